@@ -1,0 +1,609 @@
+//! The canonical model: what every format adapter translates to and from. Field names are
+//! the public contract (`schemas/` holds the JSON Schemas partners code against).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{
+    AlertId, AuthorityCode, CorridorId, CountryCode, DeclarationId, DeviceId, EquipmentId, EventId,
+    OfficeCode, SealId, TripId, ZoneId,
+};
+
+/// Time as exchanged: RFC 3339, normalised to UTC.
+pub type Timestamp = DateTime<Utc>;
+
+/// A customs office as named in a declaration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Office {
+    pub code: OfficeCode,
+    pub country: CountryCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Carrier {
+    /// The authorized (bonded) carrier's id with the authority.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Driver {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Vehicle {
+    /// Tractor (truck) registration plate.
+    pub plate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<CountryCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trailer_plate: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SealKind {
+    /// A GPS e-seal that reports events; carries a `device_id`.
+    Electronic,
+    /// A mechanical or bolt seal: checked by officers, reports nothing.
+    Mechanical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Seal {
+    pub id: SealId,
+    pub kind: SealKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+}
+
+/// A container (or other sealed transport equipment) and its seals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Equipment {
+    pub id: EquipmentId,
+    pub seals: Vec<Seal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GoodsItem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gross_mass_kg: Option<f64>,
+}
+
+/// A transit declaration (DUCA-T, T1, ICEGATE transit line, WCO DEC...) in canonical form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TransitDeclaration {
+    pub declaration_id: DeclarationId,
+    pub issuing_authority: AuthorityCode,
+    pub declared_at: DateTime<Utc>,
+    pub office_of_departure: Office,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offices_of_transit: Vec<Office>,
+    pub office_of_destination: Office,
+    /// Countries crossed, in order, departure country first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub itinerary: Vec<CountryCode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corridor_id: Option<CorridorId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carrier: Option<Carrier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<Driver>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vehicle: Option<Vehicle>,
+    pub equipment: Vec<Equipment>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub goods: Vec<GoodsItem>,
+}
+
+impl TransitDeclaration {
+    pub fn seals(&self) -> impl Iterator<Item = &Seal> {
+        self.equipment.iter().flat_map(|e| e.seals.iter())
+    }
+}
+
+/// A WGS84 point, checked on the way in.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(try_from = "RawLatLon")]
+pub struct LatLon {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatLon {
+    lat: f64,
+    lon: f64,
+}
+
+impl LatLon {
+    pub fn new(lat: f64, lon: f64) -> Result<Self, String> {
+        if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+            return Err(format!("latitude {lat} is outside -90..=90"));
+        }
+        if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
+            return Err(format!("longitude {lon} is outside -180..=180"));
+        }
+        Ok(Self { lat, lon })
+    }
+}
+
+impl TryFrom<RawLatLon> for LatLon {
+    type Error = String;
+    fn try_from(raw: RawLatLon) -> Result<Self, String> {
+        Self::new(raw.lat, raw.lon)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FixKind {
+    Gps,
+    /// Cell-tower (LBS) location: coarse.
+    Lbs,
+    Wifi,
+    /// The device had no fix and repeated its last known position.
+    LastKnown,
+}
+
+/// A position fix reported by a seal.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(try_from = "RawPosition")]
+pub struct Position {
+    pub lat: f64,
+    pub lon: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_kmh: Option<f64>,
+    /// Degrees clockwise from north, 0..360.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heading: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<FixKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_m: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPosition {
+    lat: f64,
+    lon: f64,
+    #[serde(default)]
+    speed_kmh: Option<f64>,
+    #[serde(default)]
+    heading: Option<u16>,
+    #[serde(default)]
+    fix: Option<FixKind>,
+    #[serde(default)]
+    accuracy_m: Option<f64>,
+}
+
+impl TryFrom<RawPosition> for Position {
+    type Error = String;
+    fn try_from(raw: RawPosition) -> Result<Self, String> {
+        let point = LatLon::new(raw.lat, raw.lon)?;
+        if let Some(speed) = raw.speed_kmh
+            && (!speed.is_finite() || !(0.0..=1000.0).contains(&speed))
+        {
+            return Err(format!("speed_kmh {speed} is outside 0..=1000"));
+        }
+        if let Some(heading) = raw.heading
+            && heading >= 360
+        {
+            return Err(format!("heading {heading} is outside 0..360"));
+        }
+        if let Some(acc) = raw.accuracy_m
+            && (!acc.is_finite() || acc < 0.0)
+        {
+            return Err(format!("accuracy_m {acc} is negative"));
+        }
+        Ok(Self {
+            lat: point.lat,
+            lon: point.lon,
+            speed_kmh: raw.speed_kmh,
+            heading: raw.heading,
+            fix: raw.fix,
+            accuracy_m: raw.accuracy_m,
+        })
+    }
+}
+
+impl Position {
+    pub fn point(&self) -> LatLon {
+        LatLon {
+            lat: self.lat,
+            lon: self.lon,
+        }
+    }
+
+    /// A fix the rules may trust for where the seal is.
+    pub fn is_valid_fix(&self) -> bool {
+        !matches!(self.fix, Some(FixKind::LastKnown))
+    }
+}
+
+/// What a seal reported. Vendor codes stay in `SealEvent::raw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SealEventKind {
+    Position,
+    Locked,
+    Unlocked,
+    Opened,
+    RopeCut,
+    Tamper,
+    CoverOpened,
+    WrongPasswordLockout,
+    IllegalCard,
+    LockJammed,
+    LowBattery,
+    Jamming,
+}
+
+impl SealEventKind {
+    /// Kinds that mean someone interfered with the seal.
+    pub fn is_tamper(self) -> bool {
+        matches!(
+            self,
+            Self::RopeCut
+                | Self::Tamper
+                | Self::CoverOpened
+                | Self::WrongPasswordLockout
+                | Self::IllegalCard
+                | Self::LockJammed
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Position => "position",
+            Self::Locked => "locked",
+            Self::Unlocked => "unlocked",
+            Self::Opened => "opened",
+            Self::RopeCut => "rope_cut",
+            Self::Tamper => "tamper",
+            Self::CoverOpened => "cover_opened",
+            Self::WrongPasswordLockout => "wrong_password_lockout",
+            Self::IllegalCard => "illegal_card",
+            Self::LockJammed => "lock_jammed",
+            Self::LowBattery => "low_battery",
+            Self::Jamming => "jamming",
+        }
+    }
+}
+
+/// One report from an e-seal. A sender identifies it by `event_id`, or by `device_id` and
+/// `seq`; at least one of the two must be present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SealEvent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    pub device_id: DeviceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_id: Option<SealId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    pub time: DateTime<Utc>,
+    pub kind: SealEventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct: Option<u8>,
+    /// The vendor's own codes, kept as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub raw: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl SealEvent {
+    /// The identity used for de-duplication: the sender's `event_id`, else `device_id:seq`.
+    /// `None` when the event carries neither (the schema refuses such an event).
+    pub fn identity(&self) -> Option<String> {
+        match (&self.event_id, self.seq) {
+            (Some(id), _) => Some(id.as_str().to_owned()),
+            (None, Some(seq)) => Some(format!("{}:{seq}", self.device_id)),
+            (None, None) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TripState {
+    Declared,
+    Armed,
+    InTransit,
+    Arrived,
+    Released,
+    Cancelled,
+}
+
+impl TripState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Declared => "declared",
+            Self::Armed => "armed",
+            Self::InTransit => "in_transit",
+            Self::Arrived => "arrived",
+            Self::Released => "released",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// A trip in a final state no longer takes seal events.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Released | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SealState {
+    /// Declared, not heard from yet.
+    Unknown,
+    Locked,
+    Unlocked,
+    Opened,
+    Tampered,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SealStatus {
+    pub id: SealId,
+    pub kind: SealKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    pub state: SealState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery_pct: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EquipmentStatus {
+    pub id: EquipmentId,
+    pub seals: Vec<SealStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LastPosition {
+    pub lat: f64,
+    pub lon: f64,
+    pub time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_kmh: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    RouteDeviation,
+    AbnormalStop,
+    ReportingGap,
+    SealOpened,
+    SealTamper,
+    LowBattery,
+    Overdue,
+    PositionJump,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RouteDeviation => "route_deviation",
+            Self::AbnormalStop => "abnormal_stop",
+            Self::ReportingGap => "reporting_gap",
+            Self::SealOpened => "seal_opened",
+            Self::SealTamper => "seal_tamper",
+            Self::LowBattery => "low_battery",
+            Self::Overdue => "overdue",
+            Self::PositionJump => "position_jump",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// The short form of an alert inside a trip status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AlertRef {
+    pub alert_id: AlertId,
+    pub kind: AlertKind,
+    pub severity: Severity,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Alert {
+    pub alert_id: AlertId,
+    pub trip_id: TripId,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub raised_at: DateTime<Utc>,
+    pub cleared_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<LatLon>,
+    /// Identities of the seal events that caused it.
+    pub evidence: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_id: Option<SealId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Alert {
+    pub fn as_ref(&self) -> AlertRef {
+        AlertRef {
+            alert_id: self.alert_id,
+            kind: self.kind,
+            severity: self.severity,
+        }
+    }
+}
+
+/// A customs officer, as named in releases and handovers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Officer {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Permission to open the seals of a trip at an approved place within a time window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseAuthorization {
+    pub release_id: String,
+    pub trip_id: TripId,
+    pub authority: AuthorityCode,
+    pub officer: Officer,
+    /// A zone of kind `release_place` or the destination office's zone.
+    pub place: ZoneId,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    /// Sent to the seal with the unlock command; single use.
+    pub one_time_code: String,
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SealCheck {
+    Intact,
+    Discrepancy,
+    NotChecked,
+}
+
+/// Custody of a trip passing from one authority to the next, usually at a border post.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct CustodyHandover {
+    pub handover_id: String,
+    pub trip_id: TripId,
+    pub from_authority: AuthorityCode,
+    pub to_authority: AuthorityCode,
+    pub officer: Officer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<ZoneId>,
+    pub time: DateTime<Utc>,
+    pub seal_check: SealCheck,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remarks: Option<String>,
+}
+
+/// What the API returns for a trip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TripStatus {
+    pub trip_id: TripId,
+    pub declaration_id: DeclarationId,
+    pub issuing_authority: AuthorityCode,
+    pub state: TripState,
+    pub custodian: AuthorityCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corridor_id: Option<CorridorId>,
+    pub office_of_departure: OfficeCode,
+    pub office_of_destination: OfficeCode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<DateTime<Utc>>,
+    pub equipment: Vec<EquipmentStatus>,
+    pub last_position: Option<LastPosition>,
+    pub open_alerts: Vec<AlertRef>,
+    pub custody_chain: Vec<CustodyHandover>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    Status,
+    Alert,
+    Release,
+    Handover,
+}
+
+/// What the gateway tells a subscribed partner; each adapter renders it in its format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatusNotification {
+    pub notification_id: String,
+    pub kind: NotificationKind,
+    pub trip_id: TripId,
+    pub declaration_id: DeclarationId,
+    pub issuing_authority: AuthorityCode,
+    pub state: TripState,
+    pub time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_state: Option<TripState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<Alert>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseAuthorization>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<CustodyHandover>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<LatLon>,
+}

@@ -1,0 +1,196 @@
+//! Typed configuration, layered: built-in defaults, then the TOML file (`--config`), then
+//! `ECTS_*` environment variables, then command-line flags. Clap reads flags and their
+//! environment variables; this module lays them over the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ects_core::trip::Rules;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object a line, for log shippers.
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// Everything the gateway needs to run. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP server listens on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `sqlite://path` (embedded default) or `postgres://...`. May hold a password.
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Most seal events accepted in one message.
+    pub max_events_per_message: usize,
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `ects_gateway=debug,info`.
+    pub log_filter: String,
+    /// Default thresholds of the tracking rules.
+    pub rules: Rules,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: SecretString::from("sqlite://data/ects.db"),
+            database_max_connections: 8,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_events_per_message: 10_000,
+            log_format: LogFormat::Pretty,
+            log_filter: "info".into(),
+            rules: Rules::default(),
+        }
+    }
+}
+
+/// The options shared by every command that touches configuration. Each flag also reads
+/// its `ECTS_*` environment variable; a flag given on the command line wins over it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "ECTS_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, env = "ECTS_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Database URL (default sqlite://data/ects.db).
+    #[arg(long, env = "ECTS_DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Largest request body in bytes (default 10 MiB).
+    #[arg(long, env = "ECTS_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
+    /// Log format (default pretty).
+    #[arg(long, env = "ECTS_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter (default info).
+    #[arg(long, env = "ECTS_LOG", global = true)]
+    pub log_filter: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl ConfigArgs {
+    /// Defaults, then the file, then environment and flags (clap has already merged those).
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let mut settings = match &self.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        if let Some(listen) = self.listen {
+            settings.listen = listen;
+        }
+        if let Some(url) = &self.database_url {
+            settings.database_url = SecretString::from(url.clone());
+        }
+        if let Some(n) = self.max_body_bytes {
+            settings.max_body_bytes = n;
+        }
+        if let Some(f) = self.log_format {
+            settings.log_format = f;
+        }
+        if let Some(f) = &self.log_filter {
+            settings.log_filter = f.clone();
+        }
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        // toml's message already names the line and column and shows the offending text.
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let url = self.database_url.expose_secret();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return Err(ConfigError::Invalid(
+                "database_url must start with sqlite: or postgres:".into(),
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_body_bytes must be above 0".into(),
+            ));
+        }
+        if self.max_events_per_message == 0 {
+            return Err(ConfigError::Invalid(
+                "max_events_per_message must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ects.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nmax_body_bytes = 1000\n[rules]\nlow_battery_pct = 10\nlow_battery_hysteresis_pct = 2\n",
+        )
+        .unwrap();
+        let args = ConfigArgs {
+            config: Some(path),
+            max_body_bytes: Some(2000),
+            ..Default::default()
+        };
+        let s = args.load().unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.max_body_bytes, 2000);
+        assert_eq!(s.rules.low_battery_pct, 10);
+        assert_eq!(s.database_url.expose_secret(), "sqlite://data/ects.db");
+    }
+
+    #[test]
+    fn a_bad_file_names_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ects.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_body_bytez = 1\n").unwrap();
+        let args = ConfigArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let msg = args.load().unwrap_err().to_string();
+        assert!(msg.contains("ects.toml"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("max_body_bytez"), "{msg}");
+    }
+}

@@ -1,0 +1,201 @@
+//! `ects-json`: the canonical JSON itself. Documents are checked against the JSON Schemas
+//! first (every violation with its JSON pointer), then deserialised into the model.
+
+use std::sync::Arc;
+
+use ects_core::{SealEvent, TransitDeclaration};
+use serde_json::Value;
+
+use super::{Format, Inbound, Limits};
+use crate::problem::{DocumentError, Located};
+use crate::schemas::{Canonical, Schemas};
+
+pub struct EctsJson {
+    schemas: Arc<Schemas>,
+    limits: Limits,
+}
+
+impl EctsJson {
+    pub fn new(schemas: Arc<Schemas>, limits: Limits) -> Self {
+        Self { schemas, limits }
+    }
+}
+
+/// Which canonical message a JSON document is, from its shape.
+enum Shape<'a> {
+    Declaration,
+    Event,
+    /// The events and the pointer of their array.
+    Batch(&'a [Value], &'static str),
+}
+
+fn shape(value: &Value) -> Result<Shape<'_>, DocumentError> {
+    match value {
+        Value::Array(items) => Ok(Shape::Batch(items, "")),
+        Value::Object(map) if map.contains_key("declaration_id") => Ok(Shape::Declaration),
+        Value::Object(map) => match map.get("events") {
+            Some(Value::Array(items)) => Ok(Shape::Batch(items, "/events")),
+            Some(_) => Err(DocumentError::Invalid(vec![Located::pointer(
+                "/events",
+                "must be an array of seal events",
+            )])),
+            None if map.contains_key("device_id") || map.contains_key("kind") => Ok(Shape::Event),
+            None => Err(DocumentError::Invalid(vec![Located::pointer(
+                "",
+                "not a canonical message: a transit declaration has declaration_id, a seal \
+                 event has device_id and kind, a batch is an array or has events",
+            )])),
+        },
+        _ => Err(DocumentError::Invalid(vec![Located::pointer(
+            "",
+            "a canonical message is a JSON object or an array of seal events",
+        )])),
+    }
+}
+
+/// Deserialises an already schema-checked value; a remaining problem (a rule the schema
+/// cannot say) still comes back with its pointer.
+fn from_value<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    base: &str,
+) -> Result<T, DocumentError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let pointer = if path == "." {
+            base.to_owned()
+        } else {
+            let mut p = base.to_owned();
+            for part in path.split('.') {
+                // serde_path_to_error writes `equipment[0].seals[1]`.
+                for piece in part.split('[') {
+                    let piece = piece.trim_end_matches(']');
+                    if !piece.is_empty() {
+                        p.push('/');
+                        p.push_str(&piece.replace('~', "~0").replace('/', "~1"));
+                    }
+                }
+            }
+            p
+        };
+        DocumentError::Invalid(vec![Located::pointer(pointer, e.into_inner().to_string())])
+    })
+}
+
+impl EctsJson {
+    fn checked(&self, kind: Canonical, value: &Value, base: &str) -> Result<(), DocumentError> {
+        let problems = self.schemas.check(kind, value, base);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DocumentError::Invalid(problems))
+        }
+    }
+
+    fn events(&self, items: &[Value], base: &str) -> Result<Vec<SealEvent>, DocumentError> {
+        if items.is_empty() {
+            return Err(DocumentError::Invalid(vec![Located::pointer(
+                base,
+                "a batch holds at least one seal event",
+            )]));
+        }
+        if items.len() > self.limits.max_events_per_message {
+            return Err(DocumentError::Invalid(vec![Located::pointer(
+                base,
+                format!(
+                    "{} events exceed the limit of {} per message",
+                    items.len(),
+                    self.limits.max_events_per_message
+                ),
+            )]));
+        }
+        let mut problems = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            problems.extend(
+                self.schemas
+                    .check(Canonical::SealEvent, item, &format!("{base}/{i}")),
+            );
+            if problems.len() >= 20 {
+                break;
+            }
+        }
+        if !problems.is_empty() {
+            return Err(DocumentError::Invalid(problems));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| from_value(item, &format!("{base}/{i}")))
+            .collect()
+    }
+}
+
+impl Format for EctsJson {
+    fn id(&self) -> &'static str {
+        "ects-json"
+    }
+
+    fn description(&self) -> &'static str {
+        "Canonical ECTS JSON: transit declarations and seal events (schemas/)"
+    }
+
+    fn detect(&self, body: &[u8]) -> bool {
+        matches!(
+            body.iter().find(|b| !b.is_ascii_whitespace()),
+            Some(b'{' | b'[')
+        )
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Inbound, DocumentError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            DocumentError::Malformed(Located::line_column(e.line(), e.column(), e.to_string()))
+        })?;
+        match shape(&value)? {
+            Shape::Declaration => {
+                self.checked(Canonical::TransitDeclaration, &value, "")?;
+                let declaration: TransitDeclaration = from_value(&value, "")?;
+                check_declaration(&declaration)?;
+                Ok(Inbound::Declaration(Box::new(declaration)))
+            }
+            Shape::Event => {
+                self.checked(Canonical::SealEvent, &value, "")?;
+                Ok(Inbound::SealEvents {
+                    events: vec![from_value(&value, "")?],
+                    base: None,
+                })
+            }
+            Shape::Batch(items, base) => Ok(Inbound::SealEvents {
+                events: self.events(items, base)?,
+                base: Some(base),
+            }),
+        }
+    }
+}
+
+/// Rules across fields that the schema does not state.
+fn check_declaration(d: &TransitDeclaration) -> Result<(), DocumentError> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (e, equipment) in d.equipment.iter().enumerate() {
+        for (s, seal) in equipment.seals.iter().enumerate() {
+            if !seen.insert(seal.id.as_str()) {
+                problems.push(Located::pointer(
+                    format!("/equipment/{e}/seals/{s}/id"),
+                    format!("seal {} appears twice in the declaration", seal.id),
+                ));
+            }
+        }
+    }
+    if let Some(limit) = d.time_limit
+        && limit <= d.declared_at
+    {
+        problems.push(Located::pointer(
+            "/time_limit",
+            "the time limit must be after declared_at",
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DocumentError::Invalid(problems))
+    }
+}

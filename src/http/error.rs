@@ -1,0 +1,135 @@
+//! The one place where errors become HTTP answers: RFC 9457 problem documents that say
+//! where the problem is. Internal errors are logged with their cause chain and answered
+//! with a plain 500.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::ingest::IngestError;
+use crate::problem::{DocumentError, Located, PROBLEM_BASE, Problem};
+use crate::store::StoreError;
+use crate::telemetry::error_chain;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    #[error("conflict: {0}")]
+    Conflict(Located),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("unknown format {format:?}")]
+    UnknownFormat {
+        format: String,
+        known: Vec<&'static str>,
+    },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("parameter {name}: {detail}")]
+    BadParameter { name: &'static str, detail: String },
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Document(d) => ApiError::Document(d),
+            IngestError::Conflict(l) => ApiError::Conflict(l),
+            IngestError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl ApiError {
+    fn slug(&self) -> &'static str {
+        match self {
+            ApiError::Document(DocumentError::Malformed(_)) => "malformed-document",
+            ApiError::Document(DocumentError::Invalid(_)) => "invalid-document",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::UnknownFormat { .. } => "unknown-format",
+            ApiError::TooLarge { .. } => "payload-too-large",
+            ApiError::BadParameter { .. } => "bad-parameter",
+            ApiError::Internal(_) => "internal-error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::Document(DocumentError::Malformed(_)) => "The document is not well-formed",
+            ApiError::Document(DocumentError::Invalid(_)) => "The document is not valid",
+            ApiError::Conflict(_) => "Conflicts with what is already stored",
+            ApiError::NotFound(_) => "Not found",
+            ApiError::UnknownFormat { .. } => "Unknown format",
+            ApiError::TooLarge { .. } => "Request body too large",
+            ApiError::BadParameter { .. } => "Bad parameter",
+            ApiError::Internal(_) => "Internal error",
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (detail, errors) = match self {
+            ApiError::Document(DocumentError::Malformed(l)) => (l.to_string(), vec![l.clone()]),
+            ApiError::Document(DocumentError::Invalid(list)) => (
+                match list.as_slice() {
+                    [one] => one.to_string(),
+                    [first, ..] => format!("{first} (and {} more)", list.len() - 1),
+                    [] => "invalid document".into(),
+                },
+                list.clone(),
+            ),
+            ApiError::Conflict(l) => (l.to_string(), vec![l.clone()]),
+            ApiError::UnknownFormat { format, known } => (
+                format!("no format {format:?}; known formats: {}", known.join(", ")),
+                vec![],
+            ),
+            ApiError::Internal(_) => (
+                "the gateway could not complete the request; it has been logged".into(),
+                vec![],
+            ),
+            other => (other.to_string(), vec![]),
+        };
+        Problem {
+            type_uri: format!("{PROBLEM_BASE}{}", self.slug()),
+            title: self.title().into(),
+            status: self.status_code().as_u16(),
+            detail,
+            errors,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Document(DocumentError::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Document(DocumentError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotFound(_) | ApiError::UnknownFormat { .. } => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(e) = self {
+            tracing::error!(error.cause_chain = %error_chain(e.as_ref()), "request failed");
+        }
+        problem_response(&self.problem())
+    }
+}
+
+pub fn problem_response(problem: &Problem) -> HttpResponse {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .body(serde_json::to_string(problem).unwrap_or_default())
+}

@@ -1,0 +1,155 @@
+//! Corridors and zones: GeoJSON features registered by customs, stored and returned as sent.
+
+use actix_web::{HttpRequest, HttpResponse, get, put, web};
+use chrono::Utc;
+use ects_core::geo::{Corridor, Zone};
+use ects_core::{CorridorId, ZoneId};
+
+use super::AppState;
+use super::body::read_limited;
+use super::error::ApiError;
+use crate::problem::{DocumentError, Located};
+
+fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::Document(DocumentError::Malformed(Located::line_column(
+            e.line(),
+            e.column(),
+            e.to_string(),
+        )))
+    })
+}
+
+fn geo_problem(e: ects_core::geo::GeoError) -> ApiError {
+    ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
+        e.pointer, e.reason,
+    )]))
+}
+
+fn stored(created: bool, feature: serde_json::Value) -> HttpResponse {
+    if created {
+        HttpResponse::Created().json(feature)
+    } else {
+        HttpResponse::Ok().json(feature)
+    }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CorridorList {
+    #[schema(value_type = Vec<Object>)]
+    pub corridors: Vec<serde_json::Value>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ZoneList {
+    #[schema(value_type = Vec<Object>)]
+    pub zones: Vec<serde_json::Value>,
+}
+
+/// Register or replace a corridor: a GeoJSON Feature with a LineString and `properties.width_m`.
+#[utoipa::path(
+    tag = "geometry",
+    params(("id" = String, Path, description = "Corridor id")),
+    request_body(content = Object, description = "GeoJSON Feature (LineString, properties.width_m)"),
+    responses(
+        (status = 201, description = "Registered", body = Object),
+        (status = 200, description = "Replaced", body = Object),
+        (status = 422, description = "Not a valid corridor", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/v1/corridors/{id}")]
+pub async fn put_corridor(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = CorridorId::parse(path.into_inner()).map_err(|e| ApiError::BadParameter {
+        name: "id",
+        detail: e.to_string(),
+    })?;
+    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    let feature = parse_json(&body)?;
+    let corridor = Corridor::from_geojson(id, &feature).map_err(geo_problem)?;
+    let created = state
+        .store
+        .put_corridor(&corridor, &feature, Utc::now())
+        .await?;
+    Ok(stored(created, feature))
+}
+
+/// A registered corridor, as sent.
+#[utoipa::path(tag = "geometry", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[get("/v1/corridors/{id}")]
+pub async fn get_corridor(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = state
+        .store
+        .corridor(&path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("corridor {}", path.as_str())))?;
+    Ok(HttpResponse::Ok().json(row.feature))
+}
+
+/// Every registered corridor.
+#[utoipa::path(tag = "geometry", responses((status = 200, body = CorridorList)))]
+#[get("/v1/corridors")]
+pub async fn list_corridors(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let corridors = state.store.corridors().await?;
+    Ok(HttpResponse::Ok().json(CorridorList { corridors }))
+}
+
+/// Register or replace a zone: a Feature with a Polygon (or a Point and `properties.radius_m`)
+/// and `properties.kind`.
+#[utoipa::path(
+    tag = "geometry",
+    params(("id" = String, Path, description = "Zone id")),
+    request_body(content = Object, description = "GeoJSON Feature (Polygon, or Point with properties.radius_m; properties.kind)"),
+    responses(
+        (status = 201, description = "Registered", body = Object),
+        (status = 200, description = "Replaced", body = Object),
+        (status = 422, description = "Not a valid zone", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/v1/zones/{id}")]
+pub async fn put_zone(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let id = ZoneId::parse(path.into_inner()).map_err(|e| ApiError::BadParameter {
+        name: "id",
+        detail: e.to_string(),
+    })?;
+    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    let feature = parse_json(&body)?;
+    let zone = Zone::from_geojson(id, &feature).map_err(geo_problem)?;
+    let created = state.store.put_zone(&zone, &feature, Utc::now()).await?;
+    Ok(stored(created, feature))
+}
+
+/// A registered zone, as sent.
+#[utoipa::path(tag = "geometry", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[get("/v1/zones/{id}")]
+pub async fn get_zone(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = state
+        .store
+        .zone(&path)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("zone {}", path.as_str())))?;
+    Ok(HttpResponse::Ok().json(row.feature))
+}
+
+/// Every registered zone.
+#[utoipa::path(tag = "geometry", responses((status = 200, body = ZoneList)))]
+#[get("/v1/zones")]
+pub async fn list_zones(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let zones = state.store.zones().await?;
+    Ok(HttpResponse::Ok().json(ZoneList { zones }))
+}

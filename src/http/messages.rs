@@ -1,0 +1,175 @@
+//! Ingest endpoints: messages in any registered format, and canonical seal events.
+
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::Utc;
+
+use super::AppState;
+use super::body::read_limited;
+use super::error::ApiError;
+use crate::formats::{Format, FormatInfo, Inbound};
+use crate::ingest::{Answer, IngestResponse, Source};
+use crate::problem::{DocumentError, Located, Problem};
+
+fn answer(a: Answer) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(a.status)
+        .unwrap_or(actix_web::http::StatusCode::ACCEPTED);
+    let mut response = HttpResponse::build(status);
+    response.content_type("application/json");
+    if a.replayed {
+        // As with idempotency keys elsewhere: the body is the one first given.
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.body(a.body)
+}
+
+async fn ingest_with(
+    state: &AppState,
+    req: &HttpRequest,
+    format: &dyn Format,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let source = Source {
+        transport: "http",
+        sender: "http",
+        content_type: req
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    };
+    let result = state.ingest.ingest(format, body, source, Utc::now()).await;
+    state.metrics.message_in(format.id(), &result);
+    Ok(answer(result?))
+}
+
+/// Ingest a message in the named format.
+#[utoipa::path(
+    tag = "messages",
+    params(("format" = String, Path, description = "Format id, e.g. ects-json")),
+    request_body(content = String, description = "The document, as the partner sends it"),
+    responses(
+        (status = 202, description = "Stored and applied; the trips it touched", body = IngestResponse),
+        (status = 400, description = "Not well-formed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with a stored declaration or event", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not valid; each problem with its location", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/messages/{format}")]
+pub async fn post_message(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let format_id = path.into_inner();
+    let format = state
+        .formats
+        .get(&format_id)
+        .ok_or_else(|| ApiError::UnknownFormat {
+            format: format_id.clone(),
+            known: state.formats.ids(),
+        })?
+        .clone();
+    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    ingest_with(&state, &req, format.as_ref(), &body).await
+}
+
+/// Ingest a message, its format detected from the document.
+#[utoipa::path(
+    tag = "messages",
+    request_body(content = String, description = "The document"),
+    responses(
+        (status = 202, description = "Stored and applied", body = IngestResponse),
+        (status = 422, description = "No format recognises the document, or it is not valid", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/messages")]
+pub async fn post_message_detect(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    let format = state.formats.detect(&body).cloned().ok_or_else(|| {
+        ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
+            "",
+            format!(
+                "no registered format recognises this document (known: {})",
+                state.formats.ids().join(", ")
+            ),
+        )]))
+    })?;
+    ingest_with(&state, &req, format.as_ref(), &body).await
+}
+
+/// Canonical seal events: one event, an array, or `{"events": [...]}`.
+#[utoipa::path(
+    tag = "messages",
+    request_body(content = Vec<ects_core::SealEvent>, description = "One seal event, an array of them, or {\"events\": [...]}"),
+    responses(
+        (status = 202, description = "Stored; counts of accepted, duplicate and unmatched events", body = IngestResponse),
+        (status = 400, description = "Not well-formed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not valid seal events", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/seal-events")]
+pub async fn post_seal_events(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    let format =
+        state
+            .formats
+            .get("ects-json")
+            .cloned()
+            .ok_or_else(|| ApiError::UnknownFormat {
+                format: "ects-json".into(),
+                known: state.formats.ids(),
+            })?;
+    ingest_with(&state, &req, &EventsOnly(format.as_ref()), &body).await
+}
+
+/// A format restricted to seal events: a declaration sent to the events endpoint by
+/// mistake is refused (and recorded as rejected), not registered.
+struct EventsOnly<'a>(&'a dyn Format);
+
+impl Format for EventsOnly<'_> {
+    fn id(&self) -> &'static str {
+        self.0.id()
+    }
+
+    fn description(&self) -> &'static str {
+        self.0.description()
+    }
+
+    fn detect(&self, body: &[u8]) -> bool {
+        self.0.detect(body)
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Inbound, DocumentError> {
+        match self.0.decode(body)? {
+            Inbound::Declaration(_) => Err(DocumentError::Invalid(vec![Located::pointer(
+                "/declaration_id",
+                "this endpoint takes seal events; send declarations to /v1/messages/ects-json",
+            )])),
+            events => Ok(events),
+        }
+    }
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FormatList {
+    pub formats: Vec<FormatInfo>,
+}
+
+/// The formats this gateway reads and writes.
+#[utoipa::path(tag = "messages", responses((status = 200, body = FormatList)))]
+#[get("/v1/formats")]
+pub async fn get_formats(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(FormatList {
+        formats: state.formats.list(),
+    })
+}

@@ -1,0 +1,152 @@
+//! The HTTP API (actix-web). Each module holds its handlers; `configure` registers them
+//! all and `ApiDoc` lists them for the OpenAPI document.
+
+mod body;
+pub mod error;
+mod geo;
+mod messages;
+mod ops;
+mod trips;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use utoipa::OpenApi;
+
+use crate::config::Settings;
+use crate::formats::Formats;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use error::ApiError;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub formats: Formats,
+    pub ingest: Ingest,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ECTS Gateway",
+        description = "Customs transit cargo tracking: e-seal events to trip state and alerts, \
+                       exchanged with customs systems in their own formats."
+    ),
+    paths(
+        messages::post_message,
+        messages::post_message_detect,
+        messages::post_seal_events,
+        messages::get_formats,
+        trips::get_trip,
+        trips::list_trips,
+        trips::trip_events,
+        trips::list_alerts,
+        geo::put_corridor,
+        geo::get_corridor,
+        geo::list_corridors,
+        geo::put_zone,
+        geo::get_zone,
+        geo::list_zones,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::openapi,
+    ),
+    components(schemas(ects_core::TransitDeclaration, ects_core::SealEvent))
+)]
+pub struct ApiDoc;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _req| {
+        ApiError::BadParameter {
+            name: "query",
+            detail: e.to_string(),
+        }
+        .into()
+    }))
+    .app_data(web::PathConfig::default().error_handler(|e, _req| {
+        ApiError::BadParameter {
+            name: "path",
+            detail: e.to_string(),
+        }
+        .into()
+    }))
+    .service(messages::post_message_detect)
+    .service(messages::post_message)
+    .service(messages::post_seal_events)
+    .service(messages::get_formats)
+    .service(trips::list_trips)
+    .service(trips::get_trip)
+    .service(trips::trip_events)
+    .service(trips::list_alerts)
+    .service(geo::list_corridors)
+    .service(geo::put_corridor)
+    .service(geo::get_corridor)
+    .service(geo::list_zones)
+    .service(geo::put_zone)
+    .service(geo::get_zone)
+    .service(ops::healthz)
+    .service(ops::readyz)
+    .service(ops::metrics)
+    .service(ops::openapi)
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    // An unknown route, or a known route with a method it does not take.
+    Err(ApiError::NotFound(format!(
+        "{} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Answers every request with its request id (`x-request-id`), the one its log lines carry.
+pub async fn request_id_header(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(ToString::to_string);
+    let mut res = next.call(req).await?;
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    Ok(res)
+}
+
+/// Counts and times every request by its route pattern (not its path, to bound the labels).
+pub async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let res = next.call(req).await?;
+    if let Some(metrics) = metrics {
+        metrics.http(
+            &method,
+            &route,
+            res.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(res)
+}

@@ -1,0 +1,183 @@
+//! Trip status, a trip's seal events, and alerts.
+
+use actix_web::{HttpResponse, get, web};
+use ects_core::{Alert, AlertKind, TripId, TripState, TripStatus};
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::{AlertFilter, StoredEvent};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 10_000;
+
+fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    match requested {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadParameter {
+            name: "limit",
+            detail: format!("{n} is outside 1..={MAX_LIMIT}"),
+        }),
+    }
+}
+
+fn trip_id(text: &str) -> Result<TripId, ApiError> {
+    TripId::parse(text).map_err(|e| ApiError::BadParameter {
+        name: "id",
+        detail: format!("{text:?} is not a trip id (a UUID): {}", e.reason),
+    })
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TripQuery {
+    /// A declaration id: the trips of that declaration.
+    pub reference: Option<String>,
+    /// With `reference`: only the declaration of this issuing authority.
+    pub authority: Option<String>,
+    /// Only trips in this state.
+    #[param(value_type = Option<String>)]
+    pub state: Option<TripState>,
+    /// At most this many trips (default 100, at most 10000).
+    pub limit: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TripList {
+    pub trips: Vec<TripStatus>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventList {
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<StoredEvent>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<Alert>,
+}
+
+/// A trip's status.
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)")),
+    responses(
+        (status = 200, body = TripStatus),
+        (status = 400, description = "Not a trip id", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such trip", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/trips/{id}")]
+pub async fn get_trip(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = trip_id(&path)?;
+    let status = state
+        .store
+        .trip_status(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("trip {id}")))?;
+    Ok(HttpResponse::Ok().json(status))
+}
+
+/// Trips by declaration reference, or the most recently updated.
+#[utoipa::path(tag = "trips", params(TripQuery), responses((status = 200, body = TripList)))]
+#[get("/v1/trips")]
+pub async fn list_trips(
+    state: web::Data<AppState>,
+    query: web::Query<TripQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let limit = limit(q.limit)?;
+    let trips = match &q.reference {
+        Some(reference) => {
+            let mut trips = state
+                .store
+                .trips_by_reference(reference, q.authority.as_deref())
+                .await?;
+            if let Some(wanted) = q.state {
+                trips.retain(|t| t.state == wanted);
+            }
+            trips.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            trips
+        }
+        None => state.store.list_trips(q.state, limit).await?,
+    };
+    Ok(HttpResponse::Ok().json(TripList { trips }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    /// At most this many (default 100, at most 10000).
+    pub limit: Option<i64>,
+}
+
+/// A trip's seal events, in event-time order.
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)"), LimitQuery),
+    responses((status = 200, body = EventList), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"))
+)]
+#[get("/v1/trips/{id}/events")]
+pub async fn trip_events(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<LimitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = trip_id(&path)?;
+    let limit = limit(query.limit)?;
+    if state.store.trip_status(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("trip {id}")));
+    }
+    let events = state.store.events_of_trip(id, limit).await?;
+    Ok(HttpResponse::Ok().json(EventList { events }))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Open,
+    Cleared,
+    All,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AlertQuery {
+    /// Only the alerts of this trip.
+    pub trip: Option<String>,
+    /// `open`, `cleared` or `all` (default).
+    #[param(value_type = Option<String>)]
+    pub status: Option<AlertStatus>,
+    /// Only alerts of this kind.
+    #[param(value_type = Option<String>)]
+    pub kind: Option<AlertKind>,
+    /// At most this many (default 100, at most 10000).
+    pub limit: Option<i64>,
+}
+
+/// Alerts, newest first.
+#[utoipa::path(tag = "alerts", params(AlertQuery), responses((status = 200, body = AlertList)))]
+#[get("/v1/alerts")]
+pub async fn list_alerts(
+    state: web::Data<AppState>,
+    query: web::Query<AlertQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let filter = AlertFilter {
+        trip_id: q.trip.as_deref().map(trip_id).transpose()?,
+        open: match q.status {
+            Some(AlertStatus::Open) => Some(true),
+            Some(AlertStatus::Cleared) => Some(false),
+            Some(AlertStatus::All) | None => None,
+        },
+        kind: q.kind.map(|k| k.as_str().to_owned()),
+        limit: limit(q.limit)?,
+    };
+    let alerts = state.store.alerts(&filter).await?;
+    Ok(HttpResponse::Ok().json(AlertList { alerts }))
+}

@@ -1,0 +1,464 @@
+//! Taking a message in: keep the raw bytes, decode, apply the engine, and commit the
+//! message, the state change and the alerts in one transaction. A message resent byte for
+//! byte, or whose every item is already stored, gets the answer the first one got.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use ects_core::trip::{Effect, Rules, Trip};
+use ects_core::{AuthorityCode, DeclarationId, SealEvent, TransitDeclaration, TripId};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::formats::{Format, Inbound};
+use crate::problem::{DocumentError, Located};
+use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// `http`, `amqp`, `cli`.
+    pub transport: &'a str,
+    /// Who sent it: a partner id, or the transport's own name when unauthenticated.
+    pub sender: &'a str,
+    pub content_type: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeclarationRef {
+    pub declaration_id: DeclarationId,
+    pub issuing_authority: AuthorityCode,
+    pub trip_id: TripId,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventCounts {
+    /// Stored and applied to their trip.
+    pub accepted: usize,
+    /// Already stored from an earlier message: ignored.
+    pub duplicates: usize,
+    /// Stored, but no live trip carries the seal or device yet.
+    pub unmatched: usize,
+    /// Alerts raised by these events.
+    pub alerts_raised: usize,
+}
+
+/// The answer to an ingested message (HTTP 202).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IngestResponse {
+    pub message_id: String,
+    pub format: String,
+    /// Trips the message created or changed.
+    pub trips: Vec<TripId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declaration: Option<DeclarationRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventCounts>,
+}
+
+/// What the transport sends back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    /// The answer first given to an earlier, identical message.
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+    /// The message contradicts what is already stored under the same identity.
+    #[error("conflict: {0}")]
+    Conflict(Located),
+    #[error("storage failed")]
+    Store(#[from] StoreError),
+}
+
+/// Why one attempt did not commit.
+enum Attempt {
+    Failed(IngestError),
+    /// Another writer changed a trip we read; run the whole message again.
+    Retry,
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Self {
+        if e.is_retryable() {
+            Attempt::Retry
+        } else {
+            Attempt::Failed(IngestError::Store(e))
+        }
+    }
+}
+
+impl From<sqlx::Error> for Attempt {
+    fn from(e: sqlx::Error) -> Self {
+        Attempt::from(StoreError::from(e))
+    }
+}
+
+const MAX_ATTEMPTS: usize = 5;
+
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    store: Store,
+    rules: Rules,
+}
+
+struct Message<'a> {
+    id: String,
+    format: &'a str,
+    body: &'a [u8],
+    sha256: String,
+    source: Source<'a>,
+    now: DateTime<Utc>,
+}
+
+impl Message<'_> {
+    fn record(&self, outcome: Outcome) -> MessageRecord<'_> {
+        MessageRecord {
+            message_id: self.id.clone(),
+            direction: "in",
+            format: self.format,
+            transport: self.source.transport,
+            source: self.source.sender,
+            content_type: self.source.content_type,
+            received_at: self.now,
+            body: self.body,
+            body_sha256: &self.sha256,
+            parsed: None,
+            outcome,
+            problem: None,
+            response_status: None,
+            response_body: None,
+        }
+    }
+}
+
+fn canonical<T: Serialize>(value: &T) -> String {
+    // Our model types always serialise.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl Ingest {
+    pub fn new(store: Store, rules: Rules) -> Self {
+        Self { store, rules }
+    }
+
+    #[tracing::instrument(skip_all, fields(format = format.id(), message_id))]
+    pub async fn ingest(
+        &self,
+        format: &dyn Format,
+        body: &[u8],
+        source: Source<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, IngestError> {
+        let message = Message {
+            id: Uuid::now_v7().to_string(),
+            format: format.id(),
+            body,
+            sha256: hex::encode(Sha256::digest(body)),
+            source,
+            now,
+        };
+        tracing::Span::current().record("message_id", message.id.as_str());
+
+        if let Some(answer) = self.replay_identical(&message).await? {
+            return Ok(answer);
+        }
+        let inbound = match format.decode(body) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                self.record_rejected(&message, &problem_json(&e)).await?;
+                return Err(e.into());
+            }
+        };
+        for attempt in 1..=MAX_ATTEMPTS {
+            let result = match &inbound {
+                Inbound::Declaration(d) => self.declare(&message, d).await,
+                Inbound::SealEvents { events, base } => self.events(&message, events, *base).await,
+            };
+            match result {
+                Ok(answer) => return Ok(answer),
+                Err(Attempt::Retry) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(attempt, "write conflict, trying the message again");
+                }
+                Err(Attempt::Retry) => {
+                    return Err(IngestError::Store(StoreError::Corrupt(
+                        "write conflicts persisted over every attempt".into(),
+                    )));
+                }
+                Err(Attempt::Failed(IngestError::Conflict(located))) => {
+                    let e = IngestError::Conflict(located.clone());
+                    self.record_rejected(&message, &serde_json::json!([located]).to_string())
+                        .await?;
+                    return Err(e);
+                }
+                Err(Attempt::Failed(e)) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    async fn replay_identical(&self, message: &Message<'_>) -> Result<Option<Answer>, IngestError> {
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::from)?;
+        let Some((status, body)) =
+            store::accepted_response_for_body(&mut conn, message.format, &message.sha256).await?
+        else {
+            return Ok(None);
+        };
+        drop(conn);
+        self.record_duplicate(message, status, &body).await?;
+        Ok(Some(Answer {
+            status,
+            body,
+            replayed: true,
+        }))
+    }
+
+    async fn record_duplicate(
+        &self,
+        message: &Message<'_>,
+        status: u16,
+        body: &str,
+    ) -> Result<(), StoreError> {
+        let mut record = message.record(Outcome::Duplicate);
+        record.response_status = Some(status);
+        record.response_body = Some(body.to_owned());
+        let mut conn = self.store.pool().acquire().await?;
+        store::insert_message(&mut conn, &record).await
+    }
+
+    async fn record_rejected(
+        &self,
+        message: &Message<'_>,
+        problem: &str,
+    ) -> Result<(), StoreError> {
+        let mut record = message.record(Outcome::Rejected);
+        record.problem = Some(problem.to_owned());
+        let mut conn = self.store.pool().acquire().await?;
+        store::insert_message(&mut conn, &record).await
+    }
+
+    async fn finish(
+        mut tx: Tx,
+        message: &Message<'_>,
+        response: &IngestResponse,
+    ) -> Result<Answer, Attempt> {
+        let body = canonical(response);
+        store::set_response(&mut tx, &message.id, 202, &body).await?;
+        tx.commit().await?;
+        Ok(Answer {
+            status: 202,
+            body,
+            replayed: false,
+        })
+    }
+
+    /// The same answer as the message that first stored these items, recorded as a
+    /// duplicate of it.
+    async fn replay_of(
+        &self,
+        tx: Tx,
+        message: &Message<'_>,
+        original: &str,
+    ) -> Result<Answer, Attempt> {
+        let mut tx = tx;
+        let Some((status, body)) = store::response_of_message(&mut tx, original).await? else {
+            return Err(Attempt::Failed(IngestError::Store(StoreError::Corrupt(
+                format!("message {original} has no stored answer"),
+            ))));
+        };
+        let mut record = message.record(Outcome::Duplicate);
+        record.response_status = Some(status);
+        record.response_body = Some(body.clone());
+        store::insert_message(&mut tx, &record).await?;
+        tx.commit().await?;
+        Ok(Answer {
+            status,
+            body,
+            replayed: true,
+        })
+    }
+
+    async fn declare(
+        &self,
+        message: &Message<'_>,
+        declaration: &TransitDeclaration,
+    ) -> Result<Answer, Attempt> {
+        let text = canonical(declaration);
+        let mut tx = self.store.begin_write().await?;
+        if let Some(existing) = store::find_declaration(&mut tx, declaration).await? {
+            if existing.canonical == text {
+                return self.replay_of(tx, message, &existing.message_id).await;
+            }
+            return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                "/declaration_id",
+                format!(
+                    "declaration {} of {} is already registered with different content",
+                    declaration.declaration_id, declaration.issuing_authority
+                ),
+            ))));
+        }
+        let trip_id = TripId(Uuid::now_v7());
+        let trip = Trip::declare(trip_id, declaration, message.now);
+        let mut record = message.record(Outcome::Accepted);
+        record.parsed = Some(text.clone());
+        store::insert_message(&mut tx, &record).await?;
+        store::insert_declared_trip(&mut tx, declaration, &text, &trip, &message.id, message.now)
+            .await?;
+        let response = IngestResponse {
+            message_id: message.id.clone(),
+            format: message.format.to_owned(),
+            trips: vec![trip_id],
+            declaration: Some(DeclarationRef {
+                declaration_id: declaration.declaration_id.clone(),
+                issuing_authority: declaration.issuing_authority.clone(),
+                trip_id,
+            }),
+            events: None,
+        };
+        Self::finish(tx, message, &response).await
+    }
+
+    async fn events(
+        &self,
+        message: &Message<'_>,
+        events: &[SealEvent],
+        base: Option<&'static str>,
+    ) -> Result<Answer, Attempt> {
+        let mut tx = self.store.begin_write().await?;
+        let mut record = message.record(Outcome::Accepted);
+        record.parsed = Some(canonical(&events));
+        store::insert_message(&mut tx, &record).await?;
+
+        // Applied in event-time order; the sort is stable, so equal times keep their order.
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by_key(|&i| events[i].time);
+
+        let mut trips: BTreeMap<String, (Trip, i64)> = BTreeMap::new();
+        let mut touched: Vec<TripId> = Vec::new();
+        let mut effects: Vec<Effect> = Vec::new();
+        let mut counts = EventCounts::default();
+        let mut earlier_messages = BTreeSet::new();
+        for i in order {
+            let event = &events[i];
+            let pointer = match base {
+                Some(b) => format!("{b}/{i}"),
+                None => String::new(),
+            };
+            let Some(key) = event.identity() else {
+                return Err(Attempt::Failed(IngestError::Document(
+                    DocumentError::Invalid(vec![Located::pointer(
+                        pointer,
+                        "a seal event needs event_id or seq",
+                    )]),
+                )));
+            };
+            let text = canonical(event);
+            if let Some((stored, original)) = store::find_event(&mut tx, &key, event).await? {
+                if stored == text {
+                    counts.duplicates += 1;
+                    earlier_messages.insert(original);
+                    continue;
+                }
+                return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                    pointer,
+                    format!(
+                        "seal event {key} (device {} seq {}) is already stored with different content",
+                        event.device_id,
+                        event.seq.map_or("-".into(), |s| s.to_string())
+                    ),
+                ))));
+            }
+            let trip_id = store::trip_for_event(&mut tx, event).await?;
+            if let Some(trip_id) = &trip_id {
+                if !trips.contains_key(trip_id) {
+                    let Some(loaded) = store::load_trip(&mut tx, trip_id).await? else {
+                        return Err(Attempt::Retry);
+                    };
+                    touched.push(loaded.0.status.trip_id);
+                    trips.insert(trip_id.clone(), loaded);
+                }
+                if let Some((trip, _)) = trips.get_mut(trip_id) {
+                    effects.extend(trip.apply_event(event, &self.rules, message.now));
+                }
+                counts.accepted += 1;
+            } else {
+                counts.unmatched += 1;
+            }
+            store::insert_event(
+                &mut tx,
+                &key,
+                event,
+                &text,
+                trip_id.as_deref(),
+                &message.id,
+                message.now,
+            )
+            .await?;
+        }
+
+        if counts.accepted + counts.unmatched == 0 && earlier_messages.len() == 1 {
+            let original = earlier_messages.pop_first().unwrap_or_default();
+            let same_items: i64 =
+                sqlx::query("select count(*) as n from seal_events where message_id = $1")
+                    .bind(&original)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if usize::try_from(same_items).ok() == Some(events.len()) {
+                // Undo this attempt's message row; the replay records its own.
+                tx.rollback().await?;
+                let tx = self.store.begin_write().await?;
+                return self.replay_of(tx, message, &original).await;
+            }
+        }
+
+        for (trip, version) in trips.values() {
+            if !store::update_trip(&mut tx, trip, *version).await? {
+                return Err(Attempt::Retry);
+            }
+        }
+        for effect in &effects {
+            match effect {
+                Effect::AlertRaised { alert }
+                | Effect::AlertUpdated { alert }
+                | Effect::AlertCleared { alert } => {
+                    if matches!(effect, Effect::AlertRaised { .. }) {
+                        counts.alerts_raised += 1;
+                    }
+                    store::upsert_alert(&mut tx, alert, message.now).await?;
+                }
+                Effect::StateChanged { from, to, .. } => {
+                    tracing::info!(from = from.as_str(), to = to.as_str(), "trip state changed");
+                }
+            }
+        }
+        let response = IngestResponse {
+            message_id: message.id.clone(),
+            format: message.format.to_owned(),
+            trips: touched,
+            declaration: None,
+            events: Some(counts),
+        };
+        Self::finish(tx, message, &response).await
+    }
+}
+
+fn problem_json(e: &DocumentError) -> String {
+    let located = match e {
+        DocumentError::Malformed(l) => vec![l.clone()],
+        DocumentError::Invalid(list) => list.clone(),
+    };
+    serde_json::to_string(&located).unwrap_or_default()
+}

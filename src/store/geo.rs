@@ -1,0 +1,125 @@
+//! Corridors and zones, stored as the GeoJSON features customs registered.
+
+use chrono::{DateTime, Utc};
+use ects_core::geo::{Corridor, Zone};
+use sqlx::Row;
+
+use super::{Store, StoreError, from_json, ts};
+
+/// A registered corridor or zone: the feature as sent, and when it was last replaced.
+#[derive(Debug, Clone)]
+pub struct FeatureRow {
+    pub feature: serde_json::Value,
+    pub updated_at: String,
+}
+
+/// Both tables have the same shape; `sql` selects `feature, updated_at` by id.
+async fn feature_by_id(
+    store: &Store,
+    sql: &'static str,
+    id: &str,
+) -> Result<Option<FeatureRow>, StoreError> {
+    let row = sqlx::query(sql)
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| {
+        Ok(FeatureRow {
+            feature: from_json("feature", &r.try_get::<String, _>("feature")?)?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    })
+    .transpose()
+}
+
+async fn all_features(
+    store: &Store,
+    sql: &'static str,
+) -> Result<Vec<serde_json::Value>, StoreError> {
+    let rows = sqlx::query(sql).fetch_all(store.pool()).await?;
+    rows.iter()
+        .map(|r| from_json("feature", &r.try_get::<String, _>("feature")?))
+        .collect()
+}
+
+impl Store {
+    /// Stores or replaces a corridor; `true` when it is new.
+    pub async fn put_corridor(
+        &self,
+        corridor: &Corridor,
+        feature: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let existed = sqlx::query("select 1 from corridors where corridor_id = $1")
+            .bind(corridor.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(
+            "insert into corridors (corridor_id, width_m, feature, updated_at) values ($1, $2, $3, $4)
+             on conflict (corridor_id) do update set
+                 width_m = excluded.width_m, feature = excluded.feature, updated_at = excluded.updated_at",
+        )
+        .bind(corridor.id.as_str())
+        .bind(corridor.width_m)
+        .bind(feature.to_string())
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    pub async fn corridor(&self, id: &str) -> Result<Option<FeatureRow>, StoreError> {
+        let sql = "select feature, updated_at from corridors where corridor_id = $1";
+        feature_by_id(self, sql, id).await
+    }
+
+    pub async fn corridors(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        all_features(self, "select feature from corridors order by corridor_id").await
+    }
+
+    /// Stores or replaces a zone; `true` when it is new.
+    pub async fn put_zone(
+        &self,
+        zone: &Zone,
+        feature: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let existed = sqlx::query("select 1 from zones where zone_id = $1")
+            .bind(zone.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        let kind = serde_json::to_value(zone.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        sqlx::query(
+            "insert into zones (zone_id, kind, office_code, feature, updated_at) values ($1, $2, $3, $4, $5)
+             on conflict (zone_id) do update set
+                 kind = excluded.kind, office_code = excluded.office_code,
+                 feature = excluded.feature, updated_at = excluded.updated_at",
+        )
+        .bind(zone.id.as_str())
+        .bind(kind)
+        .bind(zone.office_code.as_ref().map(|c| c.as_str()))
+        .bind(feature.to_string())
+        .bind(ts(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    pub async fn zone(&self, id: &str) -> Result<Option<FeatureRow>, StoreError> {
+        let sql = "select feature, updated_at from zones where zone_id = $1";
+        feature_by_id(self, sql, id).await
+    }
+
+    pub async fn zones(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        all_features(self, "select feature from zones order by zone_id").await
+    }
+}

@@ -1,0 +1,331 @@
+//! Declarations, trips, the seals that route events to them, seal events and alerts.
+
+use chrono::{DateTime, Utc};
+use ects_core::trip::Trip;
+use ects_core::{Alert, SealEvent, TransitDeclaration, TripId, TripState, TripStatus};
+use sqlx::{AnyConnection, Row};
+
+use super::{Store, StoreError, from_json, to_json, ts};
+
+/// A stored declaration's trip, the message that brought it, and its canonical form.
+#[derive(Debug, Clone)]
+pub struct TripRow {
+    pub trip_id: String,
+    pub message_id: String,
+    pub canonical: String,
+}
+
+pub async fn find_declaration(
+    conn: &mut AnyConnection,
+    declaration: &TransitDeclaration,
+) -> Result<Option<TripRow>, StoreError> {
+    let row = sqlx::query(
+        "select trip_id, message_id, canonical from declarations
+         where issuing_authority = $1 and declaration_id = $2",
+    )
+    .bind(declaration.issuing_authority.as_str())
+    .bind(declaration.declaration_id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        Ok(TripRow {
+            trip_id: r.try_get("trip_id")?,
+            message_id: r.try_get("message_id")?,
+            canonical: r.try_get("canonical")?,
+        })
+    })
+    .transpose()
+}
+
+/// Stores a new trip for a declaration, with the seals that route events to it.
+pub async fn insert_declared_trip(
+    conn: &mut AnyConnection,
+    declaration: &TransitDeclaration,
+    canonical: &str,
+    trip: &Trip,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let s = &trip.status;
+    sqlx::query(
+        "insert into trips (trip_id, issuing_authority, declaration_id, state, custodian,
+             corridor_id, status, engine, version, created_at, updated_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
+    )
+    .bind(s.trip_id.to_string())
+    .bind(s.issuing_authority.as_str())
+    .bind(s.declaration_id.as_str())
+    .bind(s.state.as_str())
+    .bind(s.custodian.as_str())
+    .bind(s.corridor_id.as_ref().map(|c| c.as_str()))
+    .bind(to_json(s))
+    .bind(to_json(trip))
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "insert into declarations (issuing_authority, declaration_id, trip_id, message_id,
+             canonical, declared_at, received_at)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(declaration.issuing_authority.as_str())
+    .bind(declaration.declaration_id.as_str())
+    .bind(s.trip_id.to_string())
+    .bind(message_id)
+    .bind(canonical)
+    .bind(ts(declaration.declared_at))
+    .bind(ts(now))
+    .execute(&mut *conn)
+    .await?;
+    for seal in declaration.seals() {
+        sqlx::query("insert into trip_seals (trip_id, seal_id, device_id) values ($1, $2, $3)")
+            .bind(s.trip_id.to_string())
+            .bind(seal.id.as_str())
+            .bind(seal.device_id.as_ref().map(|d| d.as_str()))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The engine state of a trip and the version it was read at.
+pub async fn load_trip(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+) -> Result<Option<(Trip, i64)>, StoreError> {
+    let row = sqlx::query("select engine, version from trips where trip_id = $1")
+        .bind(trip_id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        let engine: String = r.try_get("engine")?;
+        let version: i64 = r.try_get("version")?;
+        Ok((from_json::<Trip>("trip engine state", &engine)?, version))
+    })
+    .transpose()
+}
+
+/// Writes a trip back if nobody else has since it was read; `false` when somebody has.
+pub async fn update_trip(
+    conn: &mut AnyConnection,
+    trip: &Trip,
+    read_version: i64,
+) -> Result<bool, StoreError> {
+    let s = &trip.status;
+    let done = sqlx::query(
+        "update trips set state = $1, custodian = $2, status = $3, engine = $4,
+             version = version + 1, updated_at = $5
+         where trip_id = $6 and version = $7",
+    )
+    .bind(s.state.as_str())
+    .bind(s.custodian.as_str())
+    .bind(to_json(s))
+    .bind(to_json(trip))
+    .bind(ts(s.updated_at))
+    .bind(s.trip_id.to_string())
+    .bind(read_version)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The live trip that carries this seal (by seal id) or device, newest first.
+pub async fn trip_for_event(
+    conn: &mut AnyConnection,
+    event: &SealEvent,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "select t.trip_id from trip_seals s join trips t on t.trip_id = s.trip_id
+         where (s.seal_id = $1 or s.device_id = $2)
+           and t.state not in ('released', 'cancelled')
+         order by t.created_at desc limit 1",
+    )
+    .bind(event.seal_id.as_ref().map(|s| s.as_str()))
+    .bind(event.device_id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.try_get("trip_id")).transpose()?)
+}
+
+/// An event already stored under the same identity or the same device and sequence.
+pub async fn find_event(
+    conn: &mut AnyConnection,
+    key: &str,
+    event: &SealEvent,
+) -> Result<Option<(String, String)>, StoreError> {
+    let row = sqlx::query(
+        "select canonical, message_id from seal_events
+         where event_key = $1 or (device_id = $2 and seq = $3) limit 1",
+    )
+    .bind(key)
+    .bind(event.device_id.as_str())
+    .bind(event.seq.map(|s| s as i64))
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| Ok((r.try_get("canonical")?, r.try_get("message_id")?)))
+        .transpose()
+}
+
+pub async fn insert_event(
+    conn: &mut AnyConnection,
+    key: &str,
+    event: &SealEvent,
+    canonical: &str,
+    trip_id: Option<&str>,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into seal_events (event_key, device_id, seq, seal_id, kind, event_time, trip_id,
+             message_id, canonical, received_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(key)
+    .bind(event.device_id.as_str())
+    .bind(event.seq.map(|s| s as i64))
+    .bind(event.seal_id.as_ref().map(|s| s.as_str()))
+    .bind(event.kind.as_str())
+    .bind(ts(event.time))
+    .bind(trip_id)
+    .bind(message_id)
+    .bind(canonical)
+    .bind(ts(now))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn upsert_alert(
+    conn: &mut AnyConnection,
+    alert: &Alert,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into alerts (alert_id, trip_id, kind, severity, raised_at, cleared_at, body, updated_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         on conflict (alert_id) do update set
+             cleared_at = excluded.cleared_at, body = excluded.body, updated_at = excluded.updated_at",
+    )
+    .bind(alert.alert_id.to_string())
+    .bind(alert.trip_id.to_string())
+    .bind(alert.kind.as_str())
+    .bind(to_json(&alert.severity).trim_matches('"').to_owned())
+    .bind(ts(alert.raised_at))
+    .bind(alert.cleared_at.map(ts))
+    .bind(to_json(alert))
+    .bind(ts(now))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored seal event with when and how it arrived.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredEvent {
+    #[serde(flatten)]
+    pub event: serde_json::Value,
+    pub received_at: String,
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    pub trip_id: Option<TripId>,
+    /// `Some(true)` open only, `Some(false)` cleared only.
+    pub open: Option<bool>,
+    pub kind: Option<String>,
+    pub limit: i64,
+}
+
+impl Store {
+    pub async fn trip_status(&self, trip_id: TripId) -> Result<Option<TripStatus>, StoreError> {
+        let row = sqlx::query("select status from trips where trip_id = $1")
+            .bind(trip_id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| from_json("trip status", &r.try_get::<String, _>("status")?))
+            .transpose()
+    }
+
+    pub async fn trips_by_reference(
+        &self,
+        declaration_id: &str,
+        issuing_authority: Option<&str>,
+    ) -> Result<Vec<TripStatus>, StoreError> {
+        let rows = sqlx::query(
+            "select status from trips
+             where declaration_id = $1 and ($2 is null or issuing_authority = $2)
+             order by created_at",
+        )
+        .bind(declaration_id)
+        .bind(issuing_authority)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| from_json("trip status", &r.try_get::<String, _>("status")?))
+            .collect()
+    }
+
+    pub async fn list_trips(
+        &self,
+        state: Option<TripState>,
+        limit: i64,
+    ) -> Result<Vec<TripStatus>, StoreError> {
+        let rows = sqlx::query(
+            "select status from trips where ($1 is null or state = $1)
+             order by updated_at desc limit $2",
+        )
+        .bind(state.map(|s| s.as_str()))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| from_json("trip status", &r.try_get::<String, _>("status")?))
+            .collect()
+    }
+
+    /// A trip's seal events in event-time order.
+    pub async fn events_of_trip(
+        &self,
+        trip_id: TripId,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "select canonical, received_at, message_id from seal_events
+             where trip_id = $1 order by event_time, seq, event_key limit $2",
+        )
+        .bind(trip_id.to_string())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
+                    received_at: r.try_get("received_at")?,
+                    message_id: r.try_get("message_id")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
+        let open = filter.open.map(|o| if o { 1_i64 } else { 0 });
+        let rows = sqlx::query(
+            "select body from alerts
+             where ($1 is null or trip_id = $1)
+               and ($2 is null or ($2 = 1 and cleared_at is null) or ($2 = 0 and cleared_at is not null))
+               and ($3 is null or kind = $3)
+             order by raised_at desc, alert_id limit $4",
+        )
+        .bind(filter.trip_id.map(|t| t.to_string()))
+        .bind(open)
+        .bind(filter.kind.as_deref())
+        .bind(filter.limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| from_json("alert", &r.try_get::<String, _>("body")?))
+            .collect()
+    }
+}
