@@ -172,7 +172,31 @@ impl Schemas {
         self.validator(kind)
             .iter_errors(value)
             .take(MAX_REPORTED)
-            .map(|e| Located::pointer(format!("{base}{}", e.instance_path()), e.to_string()))
+            .map(|e| Located::pointer(format!("{base}{}", e.instance_path()), describe(&e)))
             .collect()
     }
+}
+
+/// The validator's message, except for `anyOf`/`oneOf`, whose message quotes the whole
+/// instance: say instead what each allowed form missed.
+fn describe(e: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let (Kind::AnyOf { context } | Kind::OneOfNotValid { context }) = e.kind() else {
+        return e.to_string();
+    };
+    let forms: Vec<String> = context
+        .iter()
+        .enumerate()
+        .filter_map(|(i, errors)| {
+            errors.first().map(|first| {
+                let at = first.instance_path().to_string();
+                if at.is_empty() || at == e.instance_path().to_string() {
+                    format!("({}) {first}", i + 1)
+                } else {
+                    format!("({}) {at}: {first}", i + 1)
+                }
+            })
+        })
+        .collect();
+    format!("matches none of the allowed forms: {}", forms.join("; "))
 }

@@ -1,1 +1,11 @@
-fn main() {}
+//! The gateway's integration suite: the real server over HTTP, on SQLite and PostgreSQL.
+
+mod helpers;
+
+mod bad_input;
+mod contract;
+mod declarations;
+mod events;
+mod geometry;
+mod operations;
+mod trips;

@@ -1,0 +1,261 @@
+//! `spawn_app`: the real server on a random port with a fresh database, and helpers per
+//! endpoint. Each test runs on SQLite and, with `TEST_DATABASE_URL`, on PostgreSQL.
+
+use std::sync::LazyLock;
+
+use ects_gateway::config::{LogFormat, Settings};
+use ects_gateway::schemas::{Canonical, Schemas};
+use ects_gateway::startup::Application;
+use ects_gateway::store::Store;
+use ects_gateway::telemetry::{get_subscriber, init_subscriber};
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::Connection;
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        init_subscriber(get_subscriber("info", LogFormat::Pretty, std::io::stdout));
+    } else {
+        init_subscriber(get_subscriber("info", LogFormat::Pretty, std::io::sink));
+    }
+});
+
+pub static SCHEMAS: LazyLock<Schemas> =
+    LazyLock::new(|| Schemas::load().expect("the schemas compile"));
+
+/// Limits kept small in tests so that the limit checks are cheap to reach.
+pub const TEST_BODY_LIMIT: usize = 256 * 1024;
+pub const TEST_MAX_EVENTS: usize = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh PostgreSQL database on the server of `TEST_DATABASE_URL`; `None` when unset
+/// (outside CI), so a developer without PostgreSQL still runs the SQLite half.
+async fn fresh_postgres_database() -> Option<String> {
+    let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "TEST_DATABASE_URL must be set in CI: the PostgreSQL half of the suite would not run"
+        );
+        eprintln!("TEST_DATABASE_URL is not set: skipping the PostgreSQL run of this test");
+        return None;
+    };
+    let name = format!("ects_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("TEST_DATABASE_URL is reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("can create a test database");
+    let (without_query, query) = match base.split_once('?') {
+        Some((u, q)) => (u.to_owned(), format!("?{q}")),
+        None => (base.clone(), String::new()),
+    };
+    let server = without_query
+        .rsplit_once('/')
+        .map(|(server, _db)| server.to_owned())
+        .expect("TEST_DATABASE_URL names a database");
+    Some(format!("{server}/{name}{query}"))
+}
+
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    LazyLock::force(&TRACING);
+    let (url, dir) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let url = format!("sqlite://{}/ects.db", dir.path().display());
+            (url, Some(dir))
+        }
+        Backend::Postgres => (fresh_postgres_database().await?, None),
+    };
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        database_url: SecretString::from(url),
+        database_max_connections: 5,
+        max_body_bytes: TEST_BODY_LIMIT,
+        max_events_per_message: TEST_MAX_EVENTS,
+        ..Settings::default()
+    };
+    let app = Application::build(settings)
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store().clone();
+    tokio::spawn(app.run_until_stopped());
+    Some(TestApp {
+        address,
+        client: reqwest::Client::new(),
+        store,
+        _dir: dir,
+    })
+}
+
+/// Declares tests that take a `TestApp` and runs each on both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    if let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Sqlite).await {
+                        super::$name(app).await;
+                    }
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(app) = $crate::helpers::spawn_app($crate::helpers::Backend::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+pub fn fixture(path: &str) -> Vec<u8> {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
+}
+
+pub fn fixture_json(path: &str) -> Value {
+    serde_json::from_slice(&fixture(path)).expect("fixture is JSON")
+}
+
+/// Fails the test when the gateway emitted something its own schema refuses.
+pub fn assert_valid(kind: Canonical, value: &Value) {
+    let problems = SCHEMAS.check(kind, value, "");
+    assert!(
+        problems.is_empty(),
+        "{kind:?} does not validate: {problems:?}\n{value:#}"
+    );
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// The JSON pointers a problem document names.
+    pub fn pointers(&self) -> Vec<String> {
+        self.json()["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|e| e["pointer"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl TestApp {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request
+            .send()
+            .await
+            .expect("the request reaches the server");
+        Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            text: response.text().await.expect("a body"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(format!("{}{path}", self.address)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.address))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .put(format!("{}{path}", self.address))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn post_message(&self, body: impl Into<reqwest::Body>) -> Reply {
+        self.post("/v1/messages/ects-json", body).await
+    }
+
+    pub async fn post_events(&self, body: impl Into<reqwest::Body>) -> Reply {
+        self.post("/v1/seal-events", body).await
+    }
+
+    /// Declares the Guatemala → El Salvador fixture and returns its trip id.
+    pub async fn declare_gt_sv(&self) -> String {
+        let reply = self
+            .post_message(fixture("ects-json/declaration-gt-sv.json"))
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        reply.json()["trips"][0]
+            .as_str()
+            .expect("a trip id")
+            .to_owned()
+    }
+
+    pub async fn trip(&self, trip_id: &str) -> Value {
+        let reply = self.get(&format!("/v1/trips/{trip_id}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let status = reply.json();
+        assert_valid(Canonical::TripStatus, &status);
+        status
+    }
+
+    /// Rows in a table, to prove what was (not) stored.
+    pub async fn count(&self, table: &str) -> i64 {
+        use sqlx::Row;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select count(*) as n from {table}"
+        )))
+        .fetch_one(self.store.pool())
+        .await
+        .expect("count")
+        .try_get("n")
+        .expect("a count")
+    }
+
+    pub async fn count_where(&self, table: &str, condition: &str) -> i64 {
+        self.count(&format!("{table} where {condition}")).await
+    }
+}
