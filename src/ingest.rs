@@ -204,6 +204,25 @@ impl Ingest {
         unreachable!("the loop returns on its last attempt")
     }
 
+    /// Keeps, as evidence, a document that no format recognised.
+    pub async fn record_unrecognised(
+        &self,
+        body: &[u8],
+        source: Source<'_>,
+        now: DateTime<Utc>,
+        problem: &DocumentError,
+    ) -> Result<(), IngestError> {
+        let message = Message {
+            id: Uuid::now_v7().to_string(),
+            format: "unknown",
+            body,
+            sha256: hex::encode(Sha256::digest(body)),
+            source,
+            now,
+        };
+        Ok(self.record_rejected(&message, &problem_json(problem)).await?)
+    }
+
     async fn replay_identical(&self, message: &Message<'_>) -> Result<Option<Answer>, IngestError> {
         let mut conn = self
             .store

@@ -22,21 +22,28 @@ fn answer(a: Answer) -> HttpResponse {
     response.body(a.body)
 }
 
-async fn ingest_with(
-    state: &AppState,
-    req: &HttpRequest,
-    format: &dyn Format,
-    body: &[u8],
-) -> Result<HttpResponse, ApiError> {
-    let source = Source {
+/// Until partners authenticate (mutual TLS, tokens), the sender is the transport itself.
+fn source_of(req: &HttpRequest) -> Source<'_> {
+    Source {
         transport: "http",
         sender: "http",
         content_type: req
             .headers()
             .get(actix_web::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
-    };
-    let result = state.ingest.ingest(format, body, source, Utc::now()).await;
+    }
+}
+
+async fn ingest_with(
+    state: &AppState,
+    req: &HttpRequest,
+    format: &dyn Format,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let result = state
+        .ingest
+        .ingest(format, body, source_of(req), Utc::now())
+        .await;
     state.metrics.message_in(format.id(), &result);
     Ok(answer(result?))
 }
@@ -91,15 +98,21 @@ pub async fn post_message_detect(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
-    let format = state.formats.detect(&body).cloned().ok_or_else(|| {
-        ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
+    let Some(format) = state.formats.detect(&body).cloned() else {
+        let problem = DocumentError::Invalid(vec![Located::pointer(
             "",
             format!(
                 "no registered format recognises this document (known: {})",
                 state.formats.ids().join(", ")
             ),
-        )]))
-    })?;
+        )]);
+        state
+            .ingest
+            .record_unrecognised(&body, source_of(&req), Utc::now(), &problem)
+            .await?;
+        state.metrics.message_in("unknown", &Err(problem.clone().into()));
+        return Err(ApiError::Document(problem));
+    };
     ingest_with(&state, &req, format.as_ref(), &body).await
 }
 

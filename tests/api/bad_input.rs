@@ -130,6 +130,20 @@ fn cases() -> Vec<Case> {
             pointer: Some(""),
         },
         Case {
+            name: "nesting deeper than the parser allows",
+            path: "/v1/seal-events",
+            body: format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+            status: 400,
+            pointer: None,
+        },
+        Case {
+            name: "a document no format recognises",
+            path: "/v1/messages",
+            body: b"<?xml version=\"1.0\"?><Declaration/>".to_vec(),
+            status: 422,
+            pointer: Some(""),
+        },
+        Case {
             name: "empty body",
             path: "/v1/messages/ects-json",
             body: Vec::new(),
