@@ -220,7 +220,9 @@ impl Ingest {
             source,
             now,
         };
-        Ok(self.record_rejected(&message, &problem_json(problem)).await?)
+        Ok(self
+            .record_rejected(&message, &problem_json(problem))
+            .await?)
     }
 
     async fn replay_identical(&self, message: &Message<'_>) -> Result<Option<Answer>, IngestError> {

@@ -110,7 +110,9 @@ pub async fn post_message_detect(
             .ingest
             .record_unrecognised(&body, source_of(&req), Utc::now(), &problem)
             .await?;
-        state.metrics.message_in("unknown", &Err(problem.clone().into()));
+        state
+            .metrics
+            .message_in("unknown", &Err(problem.clone().into()));
         return Err(ApiError::Document(problem));
     };
     ingest_with(&state, &req, format.as_ref(), &body).await
