@@ -23,8 +23,9 @@ where
             registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
+                    // The whole list, so the request span's request_id is on every line.
+                    .with_current_span(false)
+                    .with_span_list(true)
                     .with_writer(sink),
             ),
         ),

@@ -128,7 +128,8 @@ pub async fn request_id_header(
     Ok(res)
 }
 
-/// Counts and times every request by its route pattern (not its path, to bound the labels).
+/// Counts, times and logs every request by its route pattern (not its path, to bound
+/// the metric labels).
 pub async fn record_metrics(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -140,13 +141,18 @@ pub async fn record_metrics(
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
     let res = next.call(req).await?;
+    let status = res.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
     if let Some(metrics) = metrics {
-        metrics.http(
-            &method,
-            &route,
-            res.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
+        metrics.http(&method, &route, status, seconds);
     }
+    // The access log line; it runs inside the request span, so it carries request_id.
+    tracing::info!(
+        http.method = %method,
+        http.route = %route,
+        http.status = status,
+        elapsed_ms = (seconds * 1000.0).round(),
+        "request answered"
+    );
     Ok(res)
 }

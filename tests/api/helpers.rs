@@ -12,13 +12,40 @@ use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::Connection;
 
-static TRACING: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var("TEST_LOG").is_ok() {
-        init_subscriber(get_subscriber("info", LogFormat::Pretty, std::io::stdout));
-    } else {
-        init_subscriber(get_subscriber("info", LogFormat::Pretty, std::io::sink));
+/// Every log line of the test process, as JSON (and on stdout too with `TEST_LOG`).
+pub static LOGS: LazyLock<std::sync::Mutex<Vec<u8>>> = LazyLock::new(Default::default);
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::env::var("TEST_LOG").is_ok() {
+            std::io::stdout().write_all(buf)?;
+        }
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
     }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    init_subscriber(get_subscriber("info", LogFormat::Json, || LogWriter));
 });
+
+/// The captured log lines that mention `needle`.
+pub fn log_lines_with(needle: &str) -> Vec<serde_json::Value> {
+    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
 
 pub static SCHEMAS: LazyLock<Schemas> =
     LazyLock::new(|| Schemas::load().expect("the schemas compile"));

@@ -100,5 +100,13 @@ async fn unknown_routes_get_a_json_404_and_every_answer_a_request_id(app: TestAp
     for r in [&reply, &detected] {
         let id = r.headers["x-request-id"].to_str().unwrap();
         assert!(uuid::Uuid::parse_str(id).is_ok());
+        // The request's log lines carry the same id.
+        let lines = crate::helpers::log_lines_with(id);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["fields"]["message"] == "request answered"),
+            "no access log line with request id {id}"
+        );
     }
 }
