@@ -72,8 +72,8 @@ pub struct ConfigArgs {
     /// Log format (default pretty).
     #[arg(long, env = "ECTS_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Log filter (default info).
-    #[arg(long, env = "ECTS_LOG", global = true)]
+    /// Log filter (default info), e.g. `ects_gateway=debug,info`.
+    #[arg(long = "log", alias = "log-filter", env = "ECTS_LOG", global = true)]
     pub log_filter: Option<String>,
 }
 

@@ -186,12 +186,11 @@ impl Ingest {
                 Ok(answer) => return Ok(answer),
                 Err(Attempt::Retry) if attempt < MAX_ATTEMPTS => {
                     tracing::debug!(attempt, "write conflict, trying the message again");
+                    // A short, growing pause lets the other writer finish.
+                    let pause = 5 * (1 << attempt) + jitter_ms(&message.sha256, attempt);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
-                Err(Attempt::Retry) => {
-                    return Err(IngestError::Store(StoreError::Corrupt(
-                        "write conflicts persisted over every attempt".into(),
-                    )));
-                }
+                Err(Attempt::Retry) => return Err(IngestError::Store(StoreError::Contention)),
                 Err(Attempt::Failed(IngestError::Conflict(located))) => {
                     let e = IngestError::Conflict(located.clone());
                     self.record_rejected(&message, &serde_json::json!([located]).to_string())
@@ -322,6 +321,8 @@ impl Ingest {
             if existing.canonical == text {
                 return self.replay_of(tx, message, &existing.message_id).await;
             }
+            // Roll back now (not on drop) so the write lock is free for the rejection record.
+            tx.rollback().await?;
             return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
                 "/declaration_id",
                 format!(
@@ -392,6 +393,7 @@ impl Ingest {
                     earlier_messages.insert(original);
                     continue;
                 }
+                tx.rollback().await?;
                 return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
                     pointer,
                     format!(
@@ -404,7 +406,9 @@ impl Ingest {
             let trip_id = store::trip_for_event(&mut tx, event).await?;
             if let Some(trip_id) = &trip_id {
                 if !trips.contains_key(trip_id) {
-                    let Some(loaded) = store::load_trip(&mut tx, trip_id).await? else {
+                    let Some(loaded) =
+                        store::load_trip(&mut tx, self.store.backend(), trip_id).await?
+                    else {
                         return Err(Attempt::Retry);
                     };
                     touched.push(loaded.0.status.trip_id);
@@ -434,7 +438,7 @@ impl Ingest {
             let same_items: i64 =
                 sqlx::query("select count(*) as n from seal_events where message_id = $1")
                     .bind(&original)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut **tx)
                     .await?
                     .try_get("n")?;
             if usize::try_from(same_items).ok() == Some(events.len()) {
@@ -474,6 +478,16 @@ impl Ingest {
         };
         Self::finish(tx, message, &response).await
     }
+}
+
+/// 0..10 ms, different per message and attempt, so that retrying writers spread out.
+fn jitter_ms(sha256: &str, attempt: usize) -> u64 {
+    let byte = sha256
+        .as_bytes()
+        .get(attempt % 32)
+        .copied()
+        .unwrap_or_default();
+    u64::from(byte) % 10
 }
 
 fn problem_json(e: &DocumentError) -> String {

@@ -27,13 +27,18 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("parameter {name}: {detail}")]
     BadParameter { name: &'static str, detail: String },
+    #[error("the gateway is busy; try again shortly")]
+    Busy,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(Box::new(e))
+        match e {
+            StoreError::Contention => ApiError::Busy,
+            e => ApiError::Internal(Box::new(e)),
+        }
     }
 }
 
@@ -57,6 +62,7 @@ impl ApiError {
             ApiError::UnknownFormat { .. } => "unknown-format",
             ApiError::TooLarge { .. } => "payload-too-large",
             ApiError::BadParameter { .. } => "bad-parameter",
+            ApiError::Busy => "busy",
             ApiError::Internal(_) => "internal-error",
         }
     }
@@ -70,6 +76,7 @@ impl ApiError {
             ApiError::UnknownFormat { .. } => "Unknown format",
             ApiError::TooLarge { .. } => "Request body too large",
             ApiError::BadParameter { .. } => "Bad parameter",
+            ApiError::Busy => "Busy",
             ApiError::Internal(_) => "Internal error",
         }
     }
@@ -115,6 +122,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) | ApiError::UnknownFormat { .. } => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,7 +131,14 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(e) = self {
             tracing::error!(error.cause_chain = %error_chain(e.as_ref()), "request failed");
         }
-        problem_response(&self.problem())
+        let mut response = problem_response(&self.problem());
+        if matches!(self, ApiError::Busy) {
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

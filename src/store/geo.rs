@@ -53,7 +53,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let existed = sqlx::query("select 1 from corridors where corridor_id = $1")
             .bind(corridor.id.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .is_some();
         sqlx::query(
@@ -65,7 +65,7 @@ impl Store {
         .bind(corridor.width_m)
         .bind(feature.to_string())
         .bind(ts(now))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         tx.commit().await?;
         Ok(!existed)
@@ -90,7 +90,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let existed = sqlx::query("select 1 from zones where zone_id = $1")
             .bind(zone.id.as_str())
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?
             .is_some();
         let kind = serde_json::to_value(zone.kind)
@@ -108,7 +108,7 @@ impl Store {
         .bind(zone.office_code.as_ref().map(|c| c.as_str()))
         .bind(feature.to_string())
         .bind(ts(now))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         tx.commit().await?;
         Ok(!existed)

@@ -6,12 +6,14 @@ mod messages;
 mod trips;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use geo::FeatureRow;
 pub use messages::{MessageRecord, Outcome};
@@ -24,7 +26,35 @@ pub(crate) use trips::{
     update_trip, upsert_alert,
 };
 
-pub type Tx = Transaction<'static, Any>;
+/// A write transaction. On SQLite it also holds the process's write gate, so writers
+/// queue in order here instead of spinning on SQLite's busy handler.
+pub struct Tx {
+    tx: Transaction<'static, Any>,
+    _gate: Option<OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for Tx {
+    type Target = Transaction<'static, Any>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -48,6 +78,9 @@ pub enum StoreError {
     },
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
+    /// Other writers kept winning; the caller may try again shortly.
+    #[error("the database is busy with concurrent writes to the same trip")]
+    Contention,
 }
 
 impl StoreError {
@@ -68,6 +101,8 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time; this gate makes them wait their turn in order.
+    write_gate: Option<Arc<Mutex<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -121,7 +156,12 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Self { pool, backend })
+        let write_gate = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Ok(Self {
+            pool,
+            backend,
+            write_gate,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -144,13 +184,18 @@ impl Store {
     }
 
     /// A transaction that will write. SQLite takes the write lock at once (`begin
-    /// immediate`), so two writers queue on the busy timeout instead of failing at commit.
+    /// immediate`) so that a transaction never fails at commit for having read first; a
+    /// second process on the same file still waits on the busy timeout.
     pub async fn begin_write(&self) -> Result<Tx, StoreError> {
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        };
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("begin immediate").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(tx)
+        Ok(Tx { tx, _gate: gate })
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -5,7 +5,7 @@ use ects_core::trip::Trip;
 use ects_core::{Alert, SealEvent, TransitDeclaration, TripId, TripState, TripStatus};
 use sqlx::{AnyConnection, Row};
 
-use super::{Store, StoreError, from_json, to_json, ts};
+use super::{Backend, Store, StoreError, from_json, to_json, ts};
 
 /// A stored declaration's trip, the message that brought it, and its canonical form.
 #[derive(Debug, Clone)]
@@ -88,15 +88,19 @@ pub async fn insert_declared_trip(
     Ok(())
 }
 
-/// The engine state of a trip and the version it was read at.
+/// The engine state of a trip and the version it was read at. On PostgreSQL the row stays
+/// locked until the transaction ends, so concurrent messages for one trip apply in turn
+/// (SQLite writers are serialised already).
 pub async fn load_trip(
     conn: &mut AnyConnection,
+    backend: Backend,
     trip_id: &str,
 ) -> Result<Option<(Trip, i64)>, StoreError> {
-    let row = sqlx::query("select engine, version from trips where trip_id = $1")
-        .bind(trip_id)
-        .fetch_optional(conn)
-        .await?;
+    let sql = match backend {
+        Backend::Postgres => "select engine, version from trips where trip_id = $1 for update",
+        Backend::Sqlite => "select engine, version from trips where trip_id = $1",
+    };
+    let row = sqlx::query(sql).bind(trip_id).fetch_optional(conn).await?;
     row.map(|r| {
         let engine: String = r.try_get("engine")?;
         let version: i64 = r.try_get("version")?;

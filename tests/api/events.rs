@@ -191,8 +191,10 @@ async fn events_for_no_trip_are_kept_as_unmatched(app: TestApp) {
 
 async fn concurrent_batches_for_one_trip_are_all_applied(app: TestApp) {
     let trip_id = app.declare_gt_sv().await;
-    let batches = 8;
-    let per_batch = 5;
+    // Enough writers at once on one trip that, without row locks or a write queue, some
+    // would exhaust their retries.
+    let batches = 24;
+    let per_batch = 2;
     let mut tasks = Vec::new();
     for b in 0..batches {
         let client = app.client.clone();
