@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{CorridorId, OfficeCode, ZoneId};
 use crate::model::LatLon;
+use crate::trip::RulesOverride;
 
 /// A problem in a GeoJSON document, with the JSON pointer of the offending part.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -34,6 +35,13 @@ pub struct Corridor {
     pub id: CorridorId,
     pub width_m: f64,
     pub line: Vec<LatLon>,
+    /// The offices this corridor is registered for, so a trip that names no corridor
+    /// follows the one of its departure and destination (`properties.office_of_departure`,
+    /// `properties.office_of_destination`).
+    pub office_of_departure: Option<OfficeCode>,
+    pub office_of_destination: Option<OfficeCode>,
+    /// Thresholds that differ on this corridor (`properties.rules`).
+    pub rules: RulesOverride,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +113,17 @@ fn positive_number(feature: &Feature, name: &str, max: f64) -> Result<f64, GeoEr
     Ok(n)
 }
 
+fn office_property(feature: &Feature, name: &str) -> Result<Option<OfficeCode>, GeoError> {
+    let pointer = format!("/properties/{name}");
+    match property(feature, name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => OfficeCode::parse(s.as_str())
+            .map(Some)
+            .map_err(|e| geo_err(pointer, e.to_string())),
+        Some(_) => Err(geo_err(pointer, "must be a string")),
+    }
+}
+
 impl Corridor {
     /// Reads a Feature with a LineString geometry and `properties.width_m`.
     pub fn from_geojson(id: CorridorId, value: &serde_json::Value) -> Result<Self, GeoError> {
@@ -126,7 +145,19 @@ impl Corridor {
             .map(|(i, p)| point(p, format!("/geometry/coordinates/{i}")))
             .collect::<Result<Vec<_>, _>>()?;
         let width_m = positive_number(&feature, "width_m", MAX_CORRIDOR_WIDTH_M)?;
-        Ok(Self { id, width_m, line })
+        let rules = match property(&feature, "rules") {
+            None | Some(serde_json::Value::Null) => RulesOverride::default(),
+            Some(value) => RulesOverride::deserialize(value)
+                .map_err(|e| geo_err("/properties/rules", e.to_string()))?,
+        };
+        Ok(Self {
+            id,
+            width_m,
+            line,
+            office_of_departure: office_property(&feature, "office_of_departure")?,
+            office_of_destination: office_property(&feature, "office_of_destination")?,
+            rules,
+        })
     }
 }
 
@@ -143,14 +174,7 @@ impl Zone {
                 "must be one of customs_office, border_post, rest_area, release_place",
             )
         })?;
-        let office_code = match property(&feature, "office_code") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(
-                OfficeCode::parse(s.as_str())
-                    .map_err(|e| geo_err("/properties/office_code", e.to_string()))?,
-            ),
-            Some(_) => return Err(geo_err("/properties/office_code", "must be a string")),
-        };
+        let office_code = office_property(&feature, "office_code")?;
         let shape = match feature.geometry.as_ref().map(|g| &g.value) {
             Some(GeometryValue::Polygon { coordinates }) => {
                 if coordinates.is_empty() {

@@ -607,3 +607,15 @@ pub struct StatusNotification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<LatLon>,
 }
+
+/// The issuing authority withdraws a transit: the trip ends without release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Cancellation {
+    pub trip_id: TripId,
+    pub authority: AuthorityCode,
+    pub officer: Officer,
+    pub time: DateTime<Utc>,
+    pub reason: String,
+}

@@ -1,0 +1,583 @@
+//! One scenario per rule and per lifecycle step, on a synthetic road: a corridor along
+//! latitude 14° from the departure office (lon -91.0) to the destination office (lon -89.0).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use ects_core::engine::Engine;
+use ects_core::geo::{Corridor, Zone, ZoneKind, ZoneShape};
+use ects_core::spatial::Geography;
+use ects_core::trip::{Effect, Input, Rules, RulesOverride, Trip};
+use ects_core::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+const LAT: f64 = 14.0;
+const START_LON: f64 = -91.0;
+const END_LON: f64 = -89.0;
+/// Degrees of longitude a truck at 60 km/h covers in a minute at latitude 14°.
+const DEG_PER_MIN: f64 = 1000.0 / 107_900.0;
+
+fn ll(lat: f64, lon: f64) -> LatLon {
+    LatLon::new(lat, lon).unwrap()
+}
+
+fn circle(id: &str, kind: ZoneKind, office: Option<&str>, lat: f64, lon: f64, r: f64) -> Zone {
+    Zone {
+        id: ZoneId::parse(id).unwrap(),
+        kind,
+        office_code: office.map(|o| OfficeCode::parse(o).unwrap()),
+        shape: ZoneShape::Circle {
+            centre: ll(lat, lon),
+            radius_m: r,
+        },
+    }
+}
+
+fn geography() -> Geography {
+    geography_with(RulesOverride::default())
+}
+
+fn geography_with(rules: RulesOverride) -> Geography {
+    let corridor = Corridor {
+        id: CorridorId::parse("CA-PQZ-SAL").unwrap(),
+        width_m: 2000.0,
+        line: (0..=200)
+            .map(|i| ll(LAT, START_LON + (END_LON - START_LON) * f64::from(i) / 200.0))
+            .collect(),
+        office_of_departure: None,
+        office_of_destination: None,
+        rules,
+    };
+    Geography::new(
+        vec![corridor],
+        vec![
+            circle("GTPQZ", ZoneKind::CustomsOffice, Some("GTPQZ"), LAT, START_LON, 1000.0),
+            circle("SVSAL", ZoneKind::CustomsOffice, Some("SVSAL"), LAT, END_LON, 1000.0),
+            circle("REST-KM50", ZoneKind::RestArea, None, LAT, -90.5, 300.0),
+            circle("BORDER", ZoneKind::BorderPost, Some("GTPDA"), LAT + 0.05, -90.0, 800.0),
+            circle("DEPOT", ZoneKind::ReleasePlace, None, LAT, -89.5, 500.0),
+            circle("FIELD", ZoneKind::RestArea, None, LAT + 0.5, -89.5, 500.0),
+        ],
+    )
+}
+
+fn declaration() -> TransitDeclaration {
+    serde_json::from_value(json!({
+        "declaration_id": "GT-2026-T-000123",
+        "issuing_authority": "GT",
+        "declared_at": "2026-03-14T07:00:00Z",
+        "office_of_departure": {"code": "GTPQZ", "country": "GT"},
+        "office_of_destination": {"code": "SVSAL", "country": "SV"},
+        "time_limit": "2026-03-14T20:00:00Z",
+        "corridor_id": "CA-PQZ-SAL",
+        "equipment": [{"id": "MSKU1234565", "seals": [
+            {"id": "ES1", "kind": "electronic", "device_id": "D1"},
+            {"id": "BS1", "kind": "mechanical"}
+        ]}]
+    }))
+    .unwrap()
+}
+
+fn t0() -> DateTime<Utc> {
+    "2026-03-14T08:00:00Z".parse().unwrap()
+}
+
+/// A trip on the synthetic road, fed event by event.
+struct Scenario {
+    geo: Geography,
+    rules: Rules,
+    trip: Trip,
+    seq: u64,
+    log: Vec<Effect>,
+}
+
+impl Scenario {
+    fn new() -> Self {
+        let trip = Trip::declare(TripId(uuid::Uuid::nil()), &declaration(), t0());
+        Self {
+            geo: geography(),
+            rules: Rules::default(),
+            trip,
+            seq: 0,
+            log: Vec::new(),
+        }
+    }
+
+    fn at(minutes: f64) -> DateTime<Utc> {
+        t0() + Duration::milliseconds((minutes * 60_000.0) as i64)
+    }
+
+    fn event_at(&mut self, minutes: f64, kind: &str, point: Option<(f64, f64)>, speed: Option<f64>) -> Vec<Effect> {
+        self.seq += 1;
+        let mut e = json!({"device_id": "D1", "seq": self.seq, "kind": kind,
+                           "time": Self::at(minutes).to_rfc3339(), "battery_pct": 90});
+        if let Some((lat, lon)) = point {
+            e["position"] = json!({"lat": lat, "lon": lon, "fix": "gps"});
+            if let Some(s) = speed {
+                e["position"]["speed_kmh"] = json!(s);
+            }
+        }
+        let event: SealEvent = serde_json::from_value(e).unwrap();
+        self.input(Input::SealEvent(event), Self::at(minutes)).unwrap()
+    }
+
+    fn input(&mut self, input: Input, now: DateTime<Utc>) -> Result<Vec<Effect>, ects_core::trip::CommandError> {
+        let fx = self.trip.apply(&input, &self.geo, &self.rules, now)?;
+        self.log.extend(fx.clone());
+        Ok(fx)
+    }
+
+    /// A position on the road `minutes` after departure at 60 km/h, `off_m` north of it.
+    fn road(minutes: f64, off_m: f64) -> (f64, f64) {
+        (LAT + off_m / 111_195.0, START_LON + 1.5 * DEG_PER_MIN + minutes * DEG_PER_MIN)
+    }
+
+    fn drive(&mut self, minutes: f64, off_m: f64) -> Vec<Effect> {
+        self.event_at(minutes, "position", Some(Self::road(minutes, off_m)), Some(60.0))
+    }
+
+    fn tick(&mut self, minutes: f64) -> Vec<Effect> {
+        let fx = self.trip.tick(&self.geo, &self.rules, Self::at(minutes));
+        self.log.extend(fx.clone());
+        fx
+    }
+
+    /// Locked at the departure office, then on the road.
+    fn armed_and_rolling() -> Self {
+        let mut s = Self::new();
+        s.event_at(0.0, "locked", Some((LAT, START_LON)), Some(0.0));
+        assert_eq!(s.trip.status.state, TripState::Armed);
+        s.drive(1.0, 0.0);
+        assert_eq!(s.trip.status.state, TripState::InTransit);
+        s
+    }
+
+    fn open(&self, kind: AlertKind) -> Vec<&Alert> {
+        self.trip
+            .alerts
+            .iter()
+            .filter(|a| a.kind == kind && a.cleared_at.is_none())
+            .collect()
+    }
+
+    fn all(&self, kind: AlertKind) -> Vec<&Alert> {
+        self.trip.alerts.iter().filter(|a| a.kind == kind).collect()
+    }
+
+    fn release(&self, place: &str, from_min: f64, until_min: f64) -> ReleaseAuthorization {
+        ReleaseAuthorization {
+            release_id: format!("REL-{place}"),
+            trip_id: self.trip.status.trip_id,
+            authority: self.trip.status.custodian.clone(),
+            officer: Officer {
+                id: "SV-OF-1".into(),
+                name: None,
+            },
+            place: ZoneId::parse(place).unwrap(),
+            valid_from: Self::at(from_min),
+            valid_until: Self::at(until_min),
+            one_time_code: "739201".into(),
+            issued_at: Self::at(from_min - 1.0),
+        }
+    }
+
+    fn handover(&self, id: &str, from: &str, to: &str, minutes: f64, check: SealCheck) -> CustodyHandover {
+        CustodyHandover {
+            handover_id: id.into(),
+            trip_id: self.trip.status.trip_id,
+            from_authority: AuthorityCode::parse(from).unwrap(),
+            to_authority: AuthorityCode::parse(to).unwrap(),
+            officer: Officer {
+                id: format!("{to}-OF-7"),
+                name: None,
+            },
+            place: Some(ZoneId::parse("BORDER").unwrap()),
+            time: Self::at(minutes),
+            seal_check: check,
+            remarks: None,
+        }
+    }
+}
+
+fn states(fx: &[Effect]) -> Vec<TripState> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::StateChanged { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_whole_lifecycle_with_remote_release() {
+    let mut s = Scenario::new();
+    // Locked far from the departure office: not armed.
+    s.event_at(0.0, "locked", Some((LAT + 0.2, START_LON)), None);
+    assert_eq!(s.trip.status.state, TripState::Declared);
+    // Locked at the office: armed.
+    let fx = s.event_at(1.0, "locked", Some((LAT, START_LON + 0.001)), Some(0.0));
+    assert_eq!(states(&fx), vec![TripState::Armed]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Notify { notification } if notification.kind == NotificationKind::Status)));
+    // Out of the office zone: in transit.
+    let fx = s.drive(2.0, 0.0);
+    assert_eq!(states(&fx), vec![TripState::InTransit]);
+    // Along the road (sparse fixes at 60 km/h), into the destination zone: arrived.
+    // Fixes every 10 minutes; the last one about 3 km short of the destination office.
+    let mut m = 2.0;
+    while Scenario::road(m + 10.0, 0.0).1 < END_LON - 0.03 {
+        m += 10.0;
+        s.drive(m, 0.0);
+    }
+    assert_eq!(s.trip.status.state, TripState::InTransit);
+    let arrive_min = m + 5.0;
+    let fx = s.event_at(arrive_min, "position", Some((LAT, END_LON)), Some(5.0));
+    assert_eq!(states(&fx), vec![TripState::Arrived], "{:?}", s.trip.status.last_position);
+    assert!(s.open(AlertKind::RouteDeviation).is_empty());
+    // The destination custodian authorizes release at the office: an unlock command.
+    let release = s.release("SVSAL", arrive_min, arrive_min + 60.0);
+    let fx = s.input(Input::Release(release), Scenario::at(arrive_min)).unwrap();
+    let command = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::SealCommand { command } => Some(command.clone()),
+            _ => None,
+        })
+        .expect("an unlock command");
+    assert_eq!(command.device_id.as_str(), "D1");
+    assert_eq!(command.one_time_code, "739201");
+    // The seal opens inside the office within the window: released, no alert.
+    let fx = s.event_at(arrive_min + 5.0, "unlocked", Some((LAT, END_LON)), Some(0.0));
+    assert_eq!(states(&fx), vec![TripState::Released]);
+    assert!(s.all(AlertKind::SealOpened).is_empty());
+    // Nothing moves a released trip.
+    assert!(s.event_at(arrive_min + 10.0, "rope_cut", Some((LAT, END_LON)), None).is_empty());
+}
+
+#[test]
+fn route_deviation_needs_several_fixes_and_time_and_clears_with_hysteresis() {
+    let mut s = Scenario::armed_and_rolling();
+    // One stray fix, then back: GPS noise, no alert.
+    s.drive(2.0, 3000.0);
+    s.drive(3.0, 0.0);
+    s.drive(4.0, 0.0);
+    assert!(s.all(AlertKind::RouteDeviation).is_empty());
+    // Three fixes off the road, but within 60 s: not yet.
+    s.drive(5.0, 3000.0);
+    s.drive(5.3, 3000.0);
+    s.drive(5.6, 3000.0);
+    assert!(s.all(AlertKind::RouteDeviation).is_empty());
+    // Still off after a minute: raised, with position and evidence.
+    let fx = s.drive(6.1, 3000.0);
+    assert!(fx.iter().any(|e| matches!(e, Effect::AlertRaised { alert } if alert.kind == AlertKind::RouteDeviation)));
+    let alert = s.open(AlertKind::RouteDeviation)[0].clone();
+    assert_eq!(alert.severity, Severity::High);
+    assert!(alert.position.is_some());
+    assert!(alert.detail.as_ref().unwrap().contains("CA-PQZ-SAL"), "{:?}", alert.detail);
+    // One fix back inside is not enough to clear...
+    s.drive(7.0, 0.0);
+    assert_eq!(s.open(AlertKind::RouteDeviation).len(), 1);
+    // ...two are.
+    s.drive(8.0, 0.0);
+    assert!(s.open(AlertKind::RouteDeviation).is_empty());
+    assert_eq!(s.all(AlertKind::RouteDeviation)[0].cleared_at, Some(Scenario::at(8.0)));
+}
+
+#[test]
+fn a_border_post_off_the_line_is_not_a_deviation() {
+    let mut s = Scenario::armed_and_rolling();
+    let border = (LAT + 0.05, -90.0);
+    for m in [60.0, 61.0, 62.0, 63.0, 64.0] {
+        s.event_at(m, "position", Some(border), Some(0.0));
+    }
+    assert!(s.all(AlertKind::RouteDeviation).is_empty());
+    assert!(s.all(AlertKind::AbnormalStop).is_empty(), "a border post permits stopping");
+}
+
+#[test]
+fn abnormal_stop_outside_permitted_places() {
+    let mut s = Scenario::armed_and_rolling();
+    let spot = Scenario::road(10.0, 0.0);
+    s.event_at(10.0, "position", Some(spot), Some(0.0));
+    s.event_at(20.0, "position", Some(spot), Some(0.0));
+    assert!(s.all(AlertKind::AbnormalStop).is_empty(), "10 minutes is allowed");
+    // No further fix: the tick finds the stop too long, dated when it became too long.
+    s.tick(26.0);
+    let alert = s.open(AlertKind::AbnormalStop)[0].clone();
+    assert_eq!(alert.raised_at, Scenario::at(25.0));
+    // Moving on clears it.
+    s.drive(30.0, 0.0);
+    assert!(s.open(AlertKind::AbnormalStop).is_empty());
+}
+
+#[test]
+fn rest_areas_allow_a_rest_but_not_an_overstay() {
+    let mut s = Scenario::armed_and_rolling();
+    let rest = (LAT, -90.5);
+    s.event_at(40.0, "position", Some(rest), Some(0.0));
+    s.event_at(100.0, "position", Some(rest), Some(0.0));
+    assert!(s.all(AlertKind::AbnormalStop).is_empty(), "an hour in a rest area is fine");
+    s.event_at(40.0 + 4.0 * 60.0 + 1.0, "position", Some(rest), Some(0.0));
+    let alert = s.open(AlertKind::AbnormalStop)[0].clone();
+    assert_eq!(alert.raised_at, Scenario::at(40.0 + 240.0));
+    assert!(alert.detail.unwrap().contains("rest area"));
+}
+
+#[test]
+fn reporting_gap_is_raised_on_a_tick_and_cleared_by_the_next_fix() {
+    let mut s = Scenario::armed_and_rolling();
+    s.drive(10.0, 0.0);
+    s.tick(24.0);
+    assert!(s.all(AlertKind::ReportingGap).is_empty(), "14 minutes is within the gap");
+    let fx = s.tick(26.0);
+    assert!(matches!(&fx[0], Effect::AlertRaised { alert } if alert.raised_at == Scenario::at(25.0)));
+    let id = s.open(AlertKind::ReportingGap)[0].alert_id;
+    s.drive(40.0, 0.0);
+    let gap = s.all(AlertKind::ReportingGap);
+    assert_eq!(gap.len(), 1);
+    assert_eq!(gap[0].alert_id, id);
+    assert_eq!(gap[0].cleared_at, Some(Scenario::at(40.0)));
+}
+
+#[test]
+fn a_gap_found_by_the_next_fix_is_the_same_alert_a_tick_would_raise() {
+    let mut ticked = Scenario::armed_and_rolling();
+    ticked.drive(10.0, 0.0);
+    ticked.tick(30.0);
+    ticked.drive(40.0, 0.0);
+    let mut quiet = Scenario::armed_and_rolling();
+    quiet.drive(10.0, 0.0);
+    quiet.drive(40.0, 0.0);
+    assert_eq!(ticked.all(AlertKind::ReportingGap), quiet.all(AlertKind::ReportingGap));
+    assert_eq!(quiet.all(AlertKind::ReportingGap)[0].cleared_at, Some(Scenario::at(40.0)));
+}
+
+#[test]
+fn opening_without_a_valid_release_is_seal_opened() {
+    // No authorization at all.
+    let mut s = Scenario::armed_and_rolling();
+    s.event_at(5.0, "opened", Some(Scenario::road(5.0, 0.0)), None);
+    let alert = s.open(AlertKind::SealOpened)[0].clone();
+    assert!(alert.detail.unwrap().contains("no release authorization"));
+    assert_eq!(alert.seal_id.unwrap().as_str(), "ES1");
+
+    // Authorized at the depot, but opened elsewhere.
+    let mut s = Scenario::armed_and_rolling();
+    let release = s.release("DEPOT", 0.0, 600.0);
+    s.input(Input::Release(release), Scenario::at(1.0)).unwrap();
+    s.event_at(5.0, "unlocked", Some(Scenario::road(5.0, 0.0)), None);
+    assert!(s.open(AlertKind::SealOpened)[0].detail.as_ref().unwrap().contains("outside the release place"));
+
+    // At the depot, but after the window.
+    let mut s = Scenario::armed_and_rolling();
+    let release = s.release("DEPOT", 0.0, 30.0);
+    s.input(Input::Release(release), Scenario::at(1.0)).unwrap();
+    s.event_at(200.0, "unlocked", Some((LAT, -89.5)), None);
+    assert!(s.open(AlertKind::SealOpened)[0].detail.as_ref().unwrap().contains("window"));
+    assert_eq!(s.trip.status.state, TripState::InTransit);
+
+    // At the depot within the window: released, no alert.
+    let mut s = Scenario::armed_and_rolling();
+    let release = s.release("DEPOT", 0.0, 600.0);
+    s.input(Input::Release(release), Scenario::at(1.0)).unwrap();
+    s.event_at(200.0, "unlocked", Some((LAT, -89.5)), None);
+    assert!(s.all(AlertKind::SealOpened).is_empty());
+    assert_eq!(s.trip.status.state, TripState::Released);
+}
+
+#[test]
+fn every_tamper_kind_raises_a_critical_alert() {
+    for kind in ["rope_cut", "tamper", "cover_opened", "wrong_password_lockout", "illegal_card", "lock_jammed"] {
+        let mut s = Scenario::armed_and_rolling();
+        s.event_at(5.0, kind, Some(Scenario::road(5.0, 0.0)), None);
+        let alerts = s.open(AlertKind::SealTamper);
+        assert_eq!(alerts.len(), 1, "{kind}");
+        assert_eq!(alerts[0].severity, Severity::Critical);
+        assert_eq!(s.trip.status.equipment[0].seals[0].state, SealState::Tampered);
+    }
+}
+
+#[test]
+fn overdue_is_dated_at_the_time_limit_and_cleared_on_arrival() {
+    let mut s = Scenario::armed_and_rolling();
+    s.drive(60.0, 0.0);
+    let limit = declaration().time_limit.unwrap();
+    s.tick(13.0 * 60.0);
+    let alert = s.open(AlertKind::Overdue)[0].clone();
+    assert_eq!(alert.raised_at, limit);
+    s.event_at(13.0 * 60.0 + 5.0, "position", Some((LAT, END_LON)), Some(0.0));
+    assert_eq!(s.trip.status.state, TripState::Arrived);
+    assert!(s.open(AlertKind::Overdue).is_empty());
+}
+
+#[test]
+fn an_impossible_speed_is_a_position_jump() {
+    let mut s = Scenario::armed_and_rolling();
+    s.drive(10.0, 0.0);
+    // 50 km in one minute.
+    let fx = s.event_at(11.0, "position", Some((LAT, Scenario::road(10.0, 0.0).1 + 0.46)), None);
+    assert!(fx.iter().any(|e| matches!(e, Effect::AlertRaised { alert } if alert.kind == AlertKind::PositionJump)));
+    // A plausible next fix clears it.
+    s.event_at(12.0, "position", Some((LAT, Scenario::road(10.0, 0.0).1 + 0.47)), None);
+    assert!(s.open(AlertKind::PositionJump).is_empty());
+    // Jamming reported by the device is the same suspicion.
+    s.event_at(13.0, "jamming", None, None);
+    assert_eq!(s.open(AlertKind::PositionJump).len(), 1);
+}
+
+#[test]
+fn custody_passes_at_the_border_with_the_whole_chain() {
+    let mut s = Scenario::armed_and_rolling();
+    let wrong = s.handover("HO-1", "SV", "GT", 60.0, SealCheck::Intact);
+    let err = s.input(Input::Handover(wrong), Scenario::at(60.0)).unwrap_err();
+    assert_eq!(err.field, "from_authority");
+    let ok = s.handover("HO-1", "GT", "SV", 60.0, SealCheck::Intact);
+    let fx = s.input(Input::Handover(ok.clone()), Scenario::at(60.0)).unwrap();
+    assert!(fx.iter().any(|e| matches!(e, Effect::CustodyChanged { .. })));
+    assert_eq!(s.trip.status.custodian.as_str(), "SV");
+    // The same handover again changes nothing; another with the same id is refused.
+    assert!(s.input(Input::Handover(ok), Scenario::at(61.0)).unwrap().is_empty());
+    let reused = s.handover("HO-1", "SV", "HN", 62.0, SealCheck::Intact);
+    assert_eq!(s.input(Input::Handover(reused), Scenario::at(62.0)).unwrap_err().field, "handover_id");
+    // A second border: the chain grows; a discrepancy found there is an alert.
+    let next = s.handover("HO-2", "SV", "HN", 90.0, SealCheck::Discrepancy);
+    s.input(Input::Handover(next), Scenario::at(90.0)).unwrap();
+    let chain: Vec<_> = s.trip.status.custody_chain.iter().map(|h| h.to_authority.as_str()).collect();
+    assert_eq!(chain, vec!["SV", "HN"]);
+    assert_eq!(s.open(AlertKind::SealTamper).len(), 1);
+    // Only the custodian releases now.
+    let mut release = s.release("DEPOT", 90.0, 120.0);
+    release.authority = AuthorityCode::parse("GT").unwrap();
+    assert_eq!(s.input(Input::Release(release), Scenario::at(91.0)).unwrap_err().field, "authority");
+}
+
+#[test]
+fn release_authorizations_are_checked() {
+    let mut s = Scenario::armed_and_rolling();
+    let cases = [
+        ("NOWHERE", 0.0, 60.0, "place"),
+        ("REST-KM50", 0.0, 60.0, "place"),
+        ("GTPQZ", 0.0, 60.0, "place"),
+        ("DEPOT", 60.0, 0.0, "valid_until"),
+        ("DEPOT", 0.0, 73.0 * 60.0, "valid_until"),
+    ];
+    for (place, from, until, field) in cases {
+        let mut r = s.release("DEPOT", from, until);
+        r.place = ZoneId::parse(place).unwrap();
+        r.release_id = format!("R-{place}-{from}-{until}");
+        assert_eq!(s.input(Input::Release(r), Scenario::at(1.0)).unwrap_err().field, field, "{place}");
+    }
+    let mut short_code = s.release("DEPOT", 0.0, 60.0);
+    short_code.one_time_code = "12".into();
+    assert_eq!(s.input(Input::Release(short_code), Scenario::at(1.0)).unwrap_err().field, "one_time_code");
+}
+
+#[test]
+fn cancellation_ends_the_trip_and_closes_its_alerts() {
+    let mut s = Scenario::armed_and_rolling();
+    s.event_at(5.0, "rope_cut", None, None);
+    let cancel = |authority: &str| Cancellation {
+        trip_id: TripId(uuid::Uuid::nil()),
+        authority: AuthorityCode::parse(authority).unwrap(),
+        officer: Officer {
+            id: "GT-OF-1".into(),
+            name: None,
+        },
+        time: Scenario::at(6.0),
+        reason: "declaration withdrawn".into(),
+    };
+    assert_eq!(s.input(Input::Cancel(cancel("SV")), Scenario::at(6.0)).unwrap_err().field, "authority");
+    let fx = s.input(Input::Cancel(cancel("GT")), Scenario::at(6.0)).unwrap();
+    assert_eq!(states(&fx), vec![TripState::Cancelled]);
+    assert!(s.trip.status.open_alerts.is_empty());
+}
+
+#[test]
+fn corridor_thresholds_can_be_overridden() {
+    let mut s = Scenario::armed_and_rolling();
+    // Same road, but this corridor allows only 5 minutes without a fix.
+    s.geo = geography_with(RulesOverride {
+        max_gap_s: Some(300),
+        ..RulesOverride::default()
+    });
+    s.drive(10.0, 0.0);
+    s.tick(16.0);
+    assert_eq!(s.open(AlertKind::ReportingGap)[0].raised_at, Scenario::at(15.0));
+}
+
+/// The inputs of a trip with a deviation, a stop and a gap.
+fn journey() -> Vec<SealEvent> {
+    let mut events = Vec::new();
+    let mut seq = 0;
+    let mut push = |minutes: f64, kind: &str, point: (f64, f64), speed: f64| {
+        seq += 1;
+        events.push(
+            serde_json::from_value(json!({
+                "device_id": "D1", "seq": seq, "kind": kind,
+                "time": Scenario::at(minutes).to_rfc3339(),
+                "position": {"lat": point.0, "lon": point.1, "fix": "gps", "speed_kmh": speed},
+                "battery_pct": 90
+            }))
+            .unwrap(),
+        );
+    };
+    push(0.0, "locked", (LAT, START_LON), 0.0);
+    for m in 1..=10 {
+        push(f64::from(m), "position", Scenario::road(f64::from(m), 0.0), 60.0);
+    }
+    for m in 11..=14 {
+        push(f64::from(m), "position", Scenario::road(f64::from(m), 4000.0), 60.0);
+    }
+    for m in 15..=17 {
+        push(f64::from(m), "position", Scenario::road(f64::from(m), 0.0), 60.0);
+    }
+    for m in [20.0, 30.0, 40.0] {
+        push(m, "position", Scenario::road(18.0, 0.0), 0.0);
+    }
+    push(70.0, "position", Scenario::road(25.0, 0.0), 60.0);
+    events
+}
+
+fn run(order: &[usize]) -> Trip {
+    let events = journey();
+    let mut engine = Engine::new(Arc::new(geography()), Rules::default());
+    let id = TripId(uuid::Uuid::nil());
+    engine.declare(id, declaration(), t0());
+    let now = Scenario::at(200.0);
+    for &i in order {
+        engine.apply(id, Input::SealEvent(events[i].clone()), now).unwrap();
+    }
+    engine.tick(now);
+    engine.trip(&id).unwrap().clone()
+}
+
+#[test]
+fn the_journey_raises_what_it_should() {
+    let trip = run(&(0..journey().len()).collect::<Vec<_>>());
+    let kinds: Vec<AlertKind> = trip.alerts.iter().map(|a| a.kind).collect();
+    assert!(kinds.contains(&AlertKind::RouteDeviation), "{kinds:?}");
+    assert!(kinds.contains(&AlertKind::AbnormalStop), "{kinds:?}");
+    assert!(kinds.contains(&AlertKind::ReportingGap), "{kinds:?}");
+}
+
+#[test]
+fn replay_is_byte_identical() {
+    let order: Vec<usize> = (0..journey().len()).collect();
+    let a = serde_json::to_string(&run(&order)).unwrap();
+    let b = serde_json::to_string(&run(&order)).unwrap();
+    assert_eq!(a, b);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Delivered in any order (buffered fixes resent late), the trip ends with the alerts
+    /// and state it has when the events come in order.
+    #[test]
+    fn delivery_order_does_not_change_the_outcome(order in Just((0..journey().len()).collect::<Vec<_>>()).prop_shuffle()) {
+        let in_order = run(&(0..journey().len()).collect::<Vec<_>>());
+        let shuffled = run(&order);
+        prop_assert_eq!(&shuffled.alerts, &in_order.alerts);
+        prop_assert_eq!(shuffled.status.state, in_order.status.state);
+        prop_assert_eq!(&shuffled.status.last_position, &in_order.status.last_position);
+    }
+}
