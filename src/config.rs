@@ -36,6 +36,9 @@ pub struct Settings {
     pub log_filter: String,
     /// Default thresholds of the tracking rules.
     pub rules: Rules,
+    /// How often every live trip is checked for gaps, overdue arrival and long stops, in
+    /// seconds; 0 turns the ticker off (tests drive it themselves).
+    pub tick_interval_s: u64,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             log_format: LogFormat::Pretty,
             log_filter: "info".into(),
             rules: Rules::default(),
+            tick_interval_s: 30,
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use ects_core::trip::{Effect, Rules, Trip};
+use std::sync::Arc;
+
+use ects_core::trip::{Effect, Trip};
 use ects_core::{AuthorityCode, DeclarationId, SealEvent, TransitDeclaration, TripId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -15,6 +17,7 @@ use uuid::Uuid;
 use crate::formats::{Format, Inbound};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
+use crate::tracking::{AuditItem, Tracking, append_audit};
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +109,7 @@ const MAX_ATTEMPTS: usize = 5;
 #[derive(Debug, Clone)]
 pub struct Ingest {
     store: Store,
-    rules: Rules,
+    tracking: Arc<Tracking>,
 }
 
 struct Message<'a> {
@@ -145,8 +148,8 @@ fn canonical<T: Serialize>(value: &T) -> String {
 }
 
 impl Ingest {
-    pub fn new(store: Store, rules: Rules) -> Self {
-        Self { store, rules }
+    pub fn new(store: Store, tracking: Arc<Tracking>) -> Self {
+        Self { store, tracking }
     }
 
     #[tracing::instrument(skip_all, fields(format = format.id(), message_id))]
@@ -338,6 +341,14 @@ impl Ingest {
         store::insert_message(&mut tx, &record).await?;
         store::insert_declared_trip(&mut tx, declaration, &text, &trip, &message.id, message.now)
             .await?;
+        let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        append_audit(
+            &mut tx,
+            trip_id,
+            vec![AuditItem::new(actor, "input.declaration", declaration)],
+            message.now,
+        )
+        .await?;
         let response = IngestResponse {
             message_id: message.id.clone(),
             format: message.format.to_owned(),
@@ -367,9 +378,10 @@ impl Ingest {
         let mut order: Vec<usize> = (0..events.len()).collect();
         order.sort_by_key(|&i| events[i].time);
 
-        let mut trips: BTreeMap<String, (Trip, i64)> = BTreeMap::new();
+        // First store every new event with its trip, then apply them trip by trip: a late
+        // event's replay then reads it back with the others.
+        let mut per_trip: BTreeMap<String, Vec<&SealEvent>> = BTreeMap::new();
         let mut touched: Vec<TripId> = Vec::new();
-        let mut effects: Vec<Effect> = Vec::new();
         let mut counts = EventCounts::default();
         let mut earlier_messages = BTreeSet::new();
         for i in order {
@@ -404,22 +416,12 @@ impl Ingest {
                 ))));
             }
             let trip_id = store::trip_for_event(&mut tx, event).await?;
-            if let Some(trip_id) = &trip_id {
-                if !trips.contains_key(trip_id) {
-                    let Some(loaded) =
-                        store::load_trip(&mut tx, self.store.backend(), trip_id).await?
-                    else {
-                        return Err(Attempt::Retry);
-                    };
-                    touched.push(loaded.0.status.trip_id);
-                    trips.insert(trip_id.clone(), loaded);
+            match &trip_id {
+                Some(id) => {
+                    counts.accepted += 1;
+                    per_trip.entry(id.clone()).or_default().push(event);
                 }
-                if let Some((trip, _)) = trips.get_mut(trip_id) {
-                    effects.extend(trip.apply_event(event, &self.rules, message.now));
-                }
-                counts.accepted += 1;
-            } else {
-                counts.unmatched += 1;
+                None => counts.unmatched += 1,
             }
             store::insert_event(
                 &mut tx,
@@ -449,24 +451,17 @@ impl Ingest {
             }
         }
 
-        for (trip, version) in trips.values() {
-            if !store::update_trip(&mut tx, trip, *version).await? {
-                return Err(Attempt::Retry);
-            }
-        }
-        for effect in &effects {
-            match effect {
-                Effect::AlertRaised { alert }
-                | Effect::AlertUpdated { alert }
-                | Effect::AlertCleared { alert } => {
-                    if matches!(effect, Effect::AlertRaised { .. }) {
-                        counts.alerts_raised += 1;
-                    }
-                    store::upsert_alert(&mut tx, alert, message.now).await?;
-                }
-                Effect::StateChanged { from, to, .. } => {
-                    tracing::info!(from = from.as_str(), to = to.as_str(), "trip state changed");
-                }
+        for (trip_id, trip_events) in &per_trip {
+            let effects = self
+                .tracking
+                .apply_events(&mut tx, trip_id, trip_events, message.now)
+                .await?;
+            counts.alerts_raised += effects
+                .iter()
+                .filter(|e| matches!(e, Effect::AlertRaised { .. }))
+                .count();
+            if let Ok(id) = TripId::parse(trip_id) {
+                touched.push(id);
             }
         }
         let response = IngestResponse {

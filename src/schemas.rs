@@ -47,6 +47,10 @@ pub const FILES: &[(&str, &str)] = &[
         "status-notification.schema.json",
         include_str!("../schemas/status-notification.schema.json"),
     ),
+    (
+        "cancellation.schema.json",
+        include_str!("../schemas/cancellation.schema.json"),
+    ),
 ];
 
 /// The canonical messages that have a schema.
@@ -60,10 +64,11 @@ pub enum Canonical {
     ReleaseAuthorization,
     CustodyHandover,
     StatusNotification,
+    Cancellation,
 }
 
 impl Canonical {
-    pub const ALL: [Canonical; 8] = [
+    pub const ALL: [Canonical; 9] = [
         Canonical::TransitDeclaration,
         Canonical::SealEvent,
         Canonical::SealEventBatch,
@@ -72,6 +77,7 @@ impl Canonical {
         Canonical::ReleaseAuthorization,
         Canonical::CustodyHandover,
         Canonical::StatusNotification,
+        Canonical::Cancellation,
     ];
 
     pub fn file(self) -> &'static str {
@@ -84,6 +90,7 @@ impl Canonical {
             Canonical::ReleaseAuthorization => "release-authorization.schema.json",
             Canonical::CustodyHandover => "custody-handover.schema.json",
             Canonical::StatusNotification => "status-notification.schema.json",
+            Canonical::Cancellation => "cancellation.schema.json",
         }
     }
 }

@@ -17,22 +17,34 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::schemas::Schemas;
 use crate::store::Store;
+use crate::tracking::Tracking;
 
 pub struct Application {
     port: u16,
     server: Server,
     store: Store,
+    tracking: Arc<Tracking>,
+    tick_interval: u64,
 }
 
 /// The formats with their schemas and limits, as every command that reads documents needs.
 pub fn formats(settings: &Settings) -> anyhow::Result<Formats> {
-    let schemas = Arc::new(Schemas::load().context("the embedded JSON Schemas do not compile")?);
-    Ok(Formats::new(
+    Ok(formats_with(settings, schemas()?))
+}
+
+fn schemas() -> anyhow::Result<Arc<Schemas>> {
+    Ok(Arc::new(
+        Schemas::load().context("the embedded JSON Schemas do not compile")?,
+    ))
+}
+
+fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> Formats {
+    Formats::new(
         schemas,
         Limits {
             max_events_per_message: settings.max_events_per_message,
         },
-    ))
+    )
 }
 
 impl Application {
@@ -45,15 +57,20 @@ impl Application {
             .migrate()
             .await
             .context("cannot migrate the database")?;
-        let formats = formats(&settings)?;
+        let schemas = schemas()?;
+        let formats = formats_with(&settings, schemas.clone());
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();
+        let tracking = Arc::new(Tracking::new(store.clone(), settings.rules));
+        let tick_interval = settings.tick_interval_s;
         let state = web::Data::new(AppState {
-            ingest: Ingest::new(store.clone(), settings.rules.clone()),
+            ingest: Ingest::new(store.clone(), tracking.clone()),
+            tracking: tracking.clone(),
             settings: Arc::new(settings),
             store: store.clone(),
             formats,
+            schemas,
             metrics: Arc::new(Metrics::default()),
         });
         let server = HttpServer::new(move || {
@@ -73,7 +90,14 @@ impl Application {
             port,
             server,
             store,
+            tracking,
+            tick_interval,
         })
+    }
+
+    /// The tracking service, for driving the clock in tests.
+    pub fn tracking(&self) -> Arc<Tracking> {
+        self.tracking.clone()
     }
 
     pub fn port(&self) -> u16 {
@@ -85,10 +109,42 @@ impl Application {
     }
 
     /// Serves until a shutdown signal (SIGINT, SIGTERM), then drains and closes the pool.
+    /// The ticker runs beside the server; whichever ends first ends both.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "listening");
-        let result = self.server.await;
+        let handle = self.server.handle();
+        let ticker = run_ticker(self.tracking.clone(), self.tick_interval);
+        let result = tokio::select! {
+            r = self.server => r.context("the HTTP server stopped with an error"),
+            r = ticker => {
+                handle.stop(true).await;
+                r
+            }
+        };
         self.store.close().await;
-        result.context("the HTTP server stopped with an error")
+        if let Err(e) = &result {
+            tracing::error!(error.cause_chain = ?e, "stopped");
+        }
+        result
+    }
+}
+
+/// Ticks every live trip every `interval_s` seconds; with 0, waits forever.
+async fn run_ticker(tracking: Arc<Tracking>, interval_s: u64) -> anyhow::Result<()> {
+    if interval_s == 0 {
+        std::future::pending::<()>().await;
+    }
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(interval_s));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match tracking.tick_all(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(changed) => tracing::info!(changed, "tick"),
+            // A failed tick (database away) is retried at the next one.
+            Err(e) => {
+                tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "tick failed")
+            }
+        }
     }
 }

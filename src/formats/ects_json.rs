@@ -81,6 +81,22 @@ fn from_value<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Reads one canonical message of a known kind: JSON, then its schema, then the type.
+pub fn decode_canonical<T: serde::de::DeserializeOwned>(
+    schemas: &Schemas,
+    kind: Canonical,
+    body: &[u8],
+) -> Result<T, DocumentError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        DocumentError::Malformed(Located::line_column(e.line(), e.column(), e.to_string()))
+    })?;
+    let problems = schemas.check(kind, &value, "");
+    if !problems.is_empty() {
+        return Err(DocumentError::Invalid(problems));
+    }
+    from_value(&value, "")
+}
+
 impl EctsJson {
     fn checked(&self, kind: Canonical, value: &Value, base: &str) -> Result<(), DocumentError> {
         let problems = self.schemas.check(kind, value, base);

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::problem::DocumentError;
 use crate::schemas::Schemas;
 
-pub use ects_json::EctsJson;
+pub use ects_json::{EctsJson, decode_canonical};
 
 /// What a message carries, in canonical form.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! all and `ApiDoc` lists them for the OpenAPI document.
 
 mod body;
+mod commands;
 pub mod error;
 mod geo;
 mod messages;
@@ -22,7 +23,9 @@ use crate::config::Settings;
 use crate::formats::Formats;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::schemas::Schemas;
 use crate::store::Store;
+use crate::tracking::Tracking;
 use error::ApiError;
 
 /// What every handler shares.
@@ -31,7 +34,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub formats: Formats,
+    pub schemas: Arc<Schemas>,
     pub ingest: Ingest,
+    pub tracking: Arc<Tracking>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -51,6 +56,10 @@ pub struct AppState {
         trips::list_trips,
         trips::trip_events,
         trips::list_alerts,
+        commands::post_release,
+        commands::post_handover,
+        commands::post_cancel,
+        commands::get_audit,
         geo::put_corridor,
         geo::get_corridor,
         geo::list_corridors,
@@ -62,7 +71,13 @@ pub struct AppState {
         ops::metrics,
         ops::openapi,
     ),
-    components(schemas(ects_core::TransitDeclaration, ects_core::SealEvent))
+    components(schemas(
+        ects_core::TransitDeclaration,
+        ects_core::SealEvent,
+        ects_core::ReleaseAuthorization,
+        ects_core::CustodyHandover,
+        ects_core::Cancellation
+    ))
 )]
 pub struct ApiDoc;
 
@@ -89,6 +104,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(trips::get_trip)
     .service(trips::trip_events)
     .service(trips::list_alerts)
+    .service(commands::post_release)
+    .service(commands::post_handover)
+    .service(commands::post_cancel)
+    .service(commands::get_audit)
     .service(geo::list_corridors)
     .service(geo::put_corridor)
     .service(geo::get_corridor)

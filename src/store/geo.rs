@@ -67,6 +67,7 @@ impl Store {
         .bind(ts(now))
         .execute(&mut **tx)
         .await?;
+        crate::tracking::bump_geometry_version(&mut tx).await?;
         tx.commit().await?;
         Ok(!existed)
     }
@@ -110,6 +111,7 @@ impl Store {
         .bind(ts(now))
         .execute(&mut **tx)
         .await?;
+        crate::tracking::bump_geometry_version(&mut tx).await?;
         tx.commit().await?;
         Ok(!existed)
     }

@@ -90,14 +90,18 @@ pub async fn insert_declared_trip(
 
 /// The engine state of a trip and the version it was read at. On PostgreSQL the row stays
 /// locked until the transaction ends, so concurrent messages for one trip apply in turn
-/// (SQLite writers are serialised already).
+/// (SQLite writers are serialised already). `no key update`, not `update`: rows that
+/// reference the trip (events, audit entries) take key-share locks on it, which `for
+/// update` would deadlock against.
 pub async fn load_trip(
     conn: &mut AnyConnection,
     backend: Backend,
     trip_id: &str,
 ) -> Result<Option<(Trip, i64)>, StoreError> {
     let sql = match backend {
-        Backend::Postgres => "select engine, version from trips where trip_id = $1 for update",
+        Backend::Postgres => {
+            "select engine, version from trips where trip_id = $1 for no key update"
+        }
         Backend::Sqlite => "select engine, version from trips where trip_id = $1",
     };
     let row = sqlx::query(sql).bind(trip_id).fetch_optional(conn).await?;
@@ -317,7 +321,7 @@ impl Store {
         let open = filter.open.map(|o| if o { 1_i64 } else { 0 });
         let rows = sqlx::query(
             "select body from alerts
-             where ($1 is null or trip_id = $1)
+             where withdrawn_at is null and ($1 is null or trip_id = $1)
                and ($2 is null or ($2 = 1 and cleared_at is null) or ($2 = 0 and cleared_at is not null))
                and ($3 is null or kind = $3)
              order by raised_at desc, alert_id limit $4",

@@ -64,6 +64,7 @@ pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub store: Store,
+    pub tracking: std::sync::Arc<ects_gateway::tracking::Tracking>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -113,6 +114,8 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         database_max_connections: 5,
         max_body_bytes: TEST_BODY_LIMIT,
         max_events_per_message: TEST_MAX_EVENTS,
+        // Tests drive the clock themselves through `TestApp::tracking`.
+        tick_interval_s: 0,
         ..Settings::default()
     };
     let app = Application::build(settings)
@@ -120,11 +123,13 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let store = app.store().clone();
+    let tracking = app.tracking();
     tokio::spawn(app.run_until_stopped());
     Some(TestApp {
         address,
         client: reqwest::Client::new(),
         store,
+        tracking,
         _dir: dir,
     })
 }

@@ -9,4 +9,5 @@ mod declarations;
 mod events;
 mod geometry;
 mod operations;
+mod tracking;
 mod trips;

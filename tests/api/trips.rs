@@ -37,7 +37,7 @@ async fn trips_are_found_by_reference_and_state(app: TestApp) {
 
     app.post_events(fixture("ects-json/events-gt-sv.json"))
         .await;
-    let armed = app.get("/v1/trips?state=armed").await.json();
+    let armed = app.get("/v1/trips?state=in_transit").await.json();
     assert_eq!(armed["trips"].as_array().unwrap().len(), 1);
     assert_eq!(armed["trips"][0]["trip_id"], gt);
     let declared = app.get("/v1/trips?state=declared").await.json();

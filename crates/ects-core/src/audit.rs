@@ -33,7 +33,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn entry_hash(seq: u64, time: &DateTime<Utc>, actor: &str, action: &str, payload: &str, prev: &str) -> String {
+fn entry_hash(
+    seq: u64,
+    time: &DateTime<Utc>,
+    actor: &str,
+    action: &str,
+    payload: &str,
+    prev: &str,
+) -> String {
     let mut h = Sha256::new();
     // Length-prefixed fields: no two different entries hash the same text.
     for field in [
@@ -93,14 +100,26 @@ pub fn verify(entries: &[AuditEntry], payloads: Option<&[Vec<u8>]>) -> Result<()
         let expected_seq = i as u64 + 1;
         let broken = |reason: String| ChainError { seq: e.seq, reason };
         if e.seq != expected_seq {
-            return Err(broken(format!("sequence {} where {expected_seq} was due (removed or reordered)", e.seq)));
+            return Err(broken(format!(
+                "sequence {} where {expected_seq} was due (removed or reordered)",
+                e.seq
+            )));
         }
         if e.prev_hash != prev_hash {
             return Err(broken("does not point to the entry before it".into()));
         }
-        let recomputed = entry_hash(e.seq, &e.time, &e.actor, &e.action, &e.payload_sha256, &e.prev_hash);
+        let recomputed = entry_hash(
+            e.seq,
+            &e.time,
+            &e.actor,
+            &e.action,
+            &e.payload_sha256,
+            &e.prev_hash,
+        );
         if recomputed != e.hash {
-            return Err(broken("its content was changed after it was written".into()));
+            return Err(broken(
+                "its content was changed after it was written".into(),
+            ));
         }
         if let Some(payload) = payloads.and_then(|p| p.get(i))
             && sha256_hex(payload) != e.payload_sha256
@@ -154,7 +173,11 @@ mod tests {
         let (entries, mut payloads) = chain(5);
         payloads[3] = b"{\"n\":99}".to_vec();
         assert_eq!(verify(&entries, Some(&payloads)).unwrap_err().seq, 4);
-        assert_eq!(verify(&entries, None), Ok(()), "without payloads only the chain is checked");
+        assert_eq!(
+            verify(&entries, None),
+            Ok(()),
+            "without payloads only the chain is checked"
+        );
     }
 
     #[test]
@@ -171,7 +194,13 @@ mod tests {
     fn a_rehashed_forgery_still_breaks_the_link() {
         let (mut entries, _) = chain(4);
         // A forger rewrites entry 2 and recomputes its own hash: entry 3 no longer points to it.
-        let forged = AuditEntry::next(Some(&entries[0]), entries[1].time, "forger", "input.seal_event", b"{}");
+        let forged = AuditEntry::next(
+            Some(&entries[0]),
+            entries[1].time,
+            "forger",
+            "input.seal_event",
+            b"{}",
+        );
         entries[1] = forged;
         assert_eq!(verify(&entries, None).unwrap_err().seq, 3);
     }

@@ -83,7 +83,12 @@ impl Engine {
 
     /// Applies an input to a trip. A seal event earlier than what the trip has seen is
     /// replayed in order (with history) and the difference returned as effects.
-    pub fn apply(&mut self, trip_id: TripId, input: Input, now: Timestamp) -> Result<Vec<Effect>, CommandError> {
+    pub fn apply(
+        &mut self,
+        trip_id: TripId,
+        input: Input,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, CommandError> {
         let geo = self.geography.clone();
         let rules = self.rules;
         let keep = self.keep_history;

@@ -74,7 +74,10 @@ fn angle(a: V3, b: V3) -> f64 {
 
 /// Great-circle distance in metres.
 pub fn distance_m(a: LatLon, b: LatLon) -> f64 {
-    angle(V3::from_lat_lon(a.lat, a.lon), V3::from_lat_lon(b.lat, b.lon)) * EARTH_RADIUS_M
+    angle(
+        V3::from_lat_lon(a.lat, a.lon),
+        V3::from_lat_lon(b.lat, b.lon),
+    ) * EARTH_RADIUS_M
 }
 
 /// One corridor segment, ready for distance checks.
@@ -200,11 +203,19 @@ impl CorridorIndex {
             .windows(2)
             .map(|w| {
                 let line = Line::new(
-                    Coord { x: w[0].lon, y: w[0].lat },
-                    Coord { x: w[1].lon, y: w[1].lat },
+                    Coord {
+                        x: w[0].lon,
+                        y: w[0].lat,
+                    },
+                    Coord {
+                        x: w[1].lon,
+                        y: w[1].lat,
+                    },
                 );
                 match line.haversine_closest_point(&from) {
-                    Closest::Intersection(q) | Closest::SinglePoint(q) => Haversine.distance(from, q),
+                    Closest::Intersection(q) | Closest::SinglePoint(q) => {
+                        Haversine.distance(from, q)
+                    }
                     Closest::Indeterminate => Haversine
                         .distance(from, line.start_point())
                         .min(Haversine.distance(from, line.end_point())),
@@ -258,14 +269,20 @@ impl ZoneSet {
                         let ring = |r: &Vec<LatLon>| {
                             LineString::from(r.iter().map(|p| (p.lon, p.lat)).collect::<Vec<_>>())
                         };
-                        let exterior = rings.first().map(ring).unwrap_or_else(|| LineString::new(vec![]));
+                        let exterior = rings
+                            .first()
+                            .map(ring)
+                            .unwrap_or_else(|| LineString::new(vec![]));
                         let holes = rings.iter().skip(1).map(ring).collect();
                         let (mut lo, mut hi) = ([f64::MAX, f64::MAX], [f64::MIN, f64::MIN]);
                         for p in rings.iter().flatten() {
                             lo = [lo[0].min(p.lon), lo[1].min(p.lat)];
                             hi = [hi[0].max(p.lon), hi[1].max(p.lat)];
                         }
-                        (Prepared::Polygon(Polygon::new(exterior, holes)), AABB::from_corners(lo, hi))
+                        (
+                            Prepared::Polygon(Polygon::new(exterior, holes)),
+                            AABB::from_corners(lo, hi),
+                        )
                     }
                     ZoneShape::Circle { centre, radius_m } => (
                         Prepared::Circle {
@@ -479,7 +496,10 @@ mod tests {
         let office = OfficeCode::parse("GTPQZ").unwrap();
         assert!(set.in_office(&office, ll(13.93, -90.78)));
         assert!(!set.in_office(&office, ll(13.95, -90.78)));
-        assert_eq!(set.stop_allowed(ll(14.001, -90.6)), Some(ZoneKind::RestArea));
+        assert_eq!(
+            set.stop_allowed(ll(14.001, -90.6)),
+            Some(ZoneKind::RestArea)
+        );
         assert_eq!(set.stop_allowed(ll(14.01, -90.6)), None);
         assert!(set.zone_contains(&ZoneId::parse("REST").unwrap(), ll(14.0, -90.6)));
     }
@@ -487,7 +507,11 @@ mod tests {
     fn line_strategy() -> impl Strategy<Value = Vec<LatLon>> {
         // Corridors in the tropics to mid-latitudes, vertices a few hundred metres to tens
         // of kilometres apart.
-        (-50.0f64..50.0, -170.0f64..170.0, prop::collection::vec((-0.3f64..0.3, -0.3f64..0.3), 1..40))
+        (
+            -50.0f64..50.0,
+            -170.0f64..170.0,
+            prop::collection::vec((-0.3f64..0.3, -0.3f64..0.3), 1..40),
+        )
             .prop_map(|(lat0, lon0, steps)| {
                 let mut line = vec![ll(lat0, lon0)];
                 let (mut lat, mut lon) = (lat0, lon0);

@@ -177,7 +177,7 @@ pub enum Effect {
         command: SealCommand,
     },
     Notify {
-        notification: StatusNotification,
+        notification: Box<StatusNotification>,
     },
 }
 
@@ -407,7 +407,9 @@ impl Trip {
             let notes: Vec<Effect> = fx
                 .iter()
                 .filter_map(|e| self.notification_for(e))
-                .map(|notification| Effect::Notify { notification })
+                .map(|notification| Effect::Notify {
+                    notification: Box::new(notification),
+                })
                 .collect();
             fx.extend(notes);
         }
@@ -444,7 +446,11 @@ impl Trip {
                 )
             }),
             Effect::AlertRaised { alert } | Effect::AlertCleared { alert } => {
-                let phase = if alert.cleared_at.is_some() { "cleared" } else { "raised" };
+                let phase = if alert.cleared_at.is_some() {
+                    "cleared"
+                } else {
+                    "raised"
+                };
                 Some(StatusNotification {
                     alert: Some(alert.clone()),
                     position: alert.position,
@@ -475,7 +481,13 @@ impl Trip {
         }
     }
 
-    fn on_event(&mut self, event: &SealEvent, geo: &Geography, rules: &Rules, fx: &mut Vec<Effect>) {
+    fn on_event(
+        &mut self,
+        event: &SealEvent,
+        geo: &Geography,
+        rules: &Rules,
+        fx: &mut Vec<Effect>,
+    ) {
         if self.status.state.is_final() {
             return;
         }
@@ -505,7 +517,9 @@ impl Trip {
         if let Some((point, speed)) = fix {
             self.on_fix(event, point, speed, &evidence, geo, rules, fx);
         }
-        let point = fix.map(|(p, _)| p).or_else(|| self.track.last_fix.as_ref().map(Fix::point));
+        let point = fix
+            .map(|(p, _)| p)
+            .or_else(|| self.track.last_fix.as_ref().map(Fix::point));
 
         match event.kind {
             SealEventKind::Locked => {
@@ -544,7 +558,13 @@ impl Trip {
                             if self.all_electronic_seals(|st| {
                                 matches!(st, SealState::Unlocked | SealState::Opened)
                             }) {
-                                self.close_open_alert(AlertKind::Overdue, None, event.time, &evidence, fx);
+                                self.close_open_alert(
+                                    AlertKind::Overdue,
+                                    None,
+                                    event.time,
+                                    &evidence,
+                                    fx,
+                                );
                                 self.change_state(TripState::Released, event.time, fx);
                             }
                         }
@@ -588,7 +608,9 @@ impl Trip {
         }
 
         let battery_low = event.kind == SealEventKind::LowBattery
-            || event.battery_pct.is_some_and(|b| b <= rules.low_battery_pct);
+            || event
+                .battery_pct
+                .is_some_and(|b| b <= rules.low_battery_pct);
         let recovered = event.battery_pct.is_some_and(|b| {
             u16::from(b)
                 > u16::from(rules.low_battery_pct) + u16::from(rules.low_battery_hysteresis_pct)
@@ -608,7 +630,13 @@ impl Trip {
                 format!("seal {seal_id} battery at {level}"),
             );
         } else if recovered {
-            self.close_open_alert(AlertKind::LowBattery, Some(&seal_id), event.time, &evidence, fx);
+            self.close_open_alert(
+                AlertKind::LowBattery,
+                Some(&seal_id),
+                event.time,
+                &evidence,
+                fx,
+            );
         }
     }
 
@@ -680,11 +708,15 @@ impl Trip {
         });
 
         match self.status.state {
-            TripState::Armed if !self.at_departure(geo, point) || self.left_arming_radius(geo, point, rules) => {
+            TripState::Armed
+                if !self.at_departure(geo, point) || self.left_arming_radius(geo, point, rules) =>
+            {
                 self.change_state(TripState::InTransit, event.time, fx);
             }
             TripState::InTransit
-                if geo.zones.in_office(&self.status.office_of_destination, point) =>
+                if geo
+                    .zones
+                    .in_office(&self.status.office_of_destination, point) =>
             {
                 self.close_open_alert(AlertKind::RouteDeviation, None, event.time, evidence, fx);
                 self.close_open_alert(AlertKind::AbnormalStop, None, event.time, evidence, fx);
@@ -823,7 +855,11 @@ impl Trip {
         };
         let due = anchor.since + Duration::seconds(limit);
         if now > due {
-            let place = if anchor.zone.is_some() { "in a rest area" } else { "outside permitted stops" };
+            let place = if anchor.zone.is_some() {
+                "in a rest area"
+            } else {
+                "outside permitted stops"
+            };
             self.raise(
                 fx,
                 AlertKind::AbnormalStop,
@@ -835,7 +871,10 @@ impl Trip {
                     lat: anchor.lat,
                     lon: anchor.lon,
                 }),
-                format!("stopped {place} since {} (allowed {limit} s)", anchor.since.to_rfc3339()),
+                format!(
+                    "stopped {place} since {} (allowed {limit} s)",
+                    anchor.since.to_rfc3339()
+                ),
             );
         }
     }
@@ -934,13 +973,23 @@ impl Trip {
             return Err(refuse("trip_id", "the release names another trip"));
         }
         if s.state.is_final() {
-            return Err(refuse("trip_id", format!("the trip is {}", s.state.as_str())));
+            return Err(refuse(
+                "trip_id",
+                format!("the trip is {}", s.state.as_str()),
+            ));
         }
-        if let Some(same) = self.releases.iter().find(|r| r.release_id == release.release_id) {
+        if let Some(same) = self
+            .releases
+            .iter()
+            .find(|r| r.release_id == release.release_id)
+        {
             return if same == release {
                 Ok(())
             } else {
-                Err(refuse("release_id", "already used for another authorization"))
+                Err(refuse(
+                    "release_id",
+                    "already used for another authorization",
+                ))
             };
         }
         if release.authority != s.custodian {
@@ -1003,19 +1052,34 @@ impl Trip {
                 })
             })
             .collect();
-        fx.extend(commands.into_iter().map(|command| Effect::SealCommand { command }));
+        fx.extend(
+            commands
+                .into_iter()
+                .map(|command| Effect::SealCommand { command }),
+        );
         Ok(())
     }
 
-    fn on_handover(&mut self, handover: &CustodyHandover, fx: &mut Vec<Effect>) -> Result<(), CommandError> {
+    fn on_handover(
+        &mut self,
+        handover: &CustodyHandover,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), CommandError> {
         let s = &self.status;
         if handover.trip_id != s.trip_id {
             return Err(refuse("trip_id", "the handover names another trip"));
         }
         if s.state.is_final() {
-            return Err(refuse("trip_id", format!("the trip is {}", s.state.as_str())));
+            return Err(refuse(
+                "trip_id",
+                format!("the trip is {}", s.state.as_str()),
+            ));
         }
-        if let Some(same) = s.custody_chain.iter().find(|h| h.handover_id == handover.handover_id) {
+        if let Some(same) = s
+            .custody_chain
+            .iter()
+            .find(|h| h.handover_id == handover.handover_id)
+        {
             return if same == handover {
                 Ok(())
             } else {
@@ -1029,7 +1093,10 @@ impl Trip {
             ));
         }
         if handover.to_authority == handover.from_authority {
-            return Err(refuse("to_authority", "custody passes to another authority"));
+            return Err(refuse(
+                "to_authority",
+                "custody passes to another authority",
+            ));
         }
         self.status.custodian = handover.to_authority.clone();
         self.status.custody_chain.push(handover.clone());
@@ -1055,17 +1122,27 @@ impl Trip {
         Ok(())
     }
 
-    fn on_cancel(&mut self, cancel: &Cancellation, fx: &mut Vec<Effect>) -> Result<(), CommandError> {
+    fn on_cancel(
+        &mut self,
+        cancel: &Cancellation,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), CommandError> {
         if cancel.trip_id != self.status.trip_id {
             return Err(refuse("trip_id", "the cancellation names another trip"));
         }
         if self.status.state.is_final() {
-            return Err(refuse("trip_id", format!("the trip is {}", self.status.state.as_str())));
+            return Err(refuse(
+                "trip_id",
+                format!("the trip is {}", self.status.state.as_str()),
+            ));
         }
         if cancel.authority != self.status.issuing_authority {
             return Err(refuse(
                 "authority",
-                format!("only the issuing authority {} may cancel", self.status.issuing_authority),
+                format!(
+                    "only the issuing authority {} may cancel",
+                    self.status.issuing_authority
+                ),
             ));
         }
         let open: Vec<(AlertKind, Option<SealId>)> = self
@@ -1114,15 +1191,26 @@ impl Trip {
         evidence: &str,
         fx: &mut Vec<Effect>,
     ) {
-        if let Some(alert) = self.open_alert_mut(kind, seal_id) {
-            alert.cleared_at = Some(at.max(alert.raised_at));
-            if !alert.evidence.iter().any(|e| e == evidence) {
-                alert.evidence.push(evidence.to_owned());
-            }
-            fx.push(Effect::AlertCleared {
-                alert: alert.clone(),
-            });
+        let Some(index) = self.alerts.iter().position(|a| {
+            a.kind == kind && a.cleared_at.is_none() && a.seal_id.as_ref() == seal_id
+        }) else {
+            return;
+        };
+        let alert = &mut self.alerts[index];
+        if at < alert.raised_at {
+            // Raised by the clock (a gap, a stop, the time limit) for a moment the condition
+            // did not reach: buffered data now shows it never was.
+            let alert = self.alerts.remove(index);
+            fx.push(Effect::AlertWithdrawn { alert });
+            return;
         }
+        alert.cleared_at = Some(at);
+        if !alert.evidence.iter().any(|e| e == evidence) {
+            alert.evidence.push(evidence.to_owned());
+        }
+        fx.push(Effect::AlertCleared {
+            alert: alert.clone(),
+        });
     }
 
     /// One open alert per rule (and seal, for seal rules): a repeat adds its event to the

@@ -43,7 +43,12 @@ fn geography_with(rules: RulesOverride) -> Geography {
         id: CorridorId::parse("CA-PQZ-SAL").unwrap(),
         width_m: 2000.0,
         line: (0..=200)
-            .map(|i| ll(LAT, START_LON + (END_LON - START_LON) * f64::from(i) / 200.0))
+            .map(|i| {
+                ll(
+                    LAT,
+                    START_LON + (END_LON - START_LON) * f64::from(i) / 200.0,
+                )
+            })
             .collect(),
         office_of_departure: None,
         office_of_destination: None,
@@ -52,10 +57,31 @@ fn geography_with(rules: RulesOverride) -> Geography {
     Geography::new(
         vec![corridor],
         vec![
-            circle("GTPQZ", ZoneKind::CustomsOffice, Some("GTPQZ"), LAT, START_LON, 1000.0),
-            circle("SVSAL", ZoneKind::CustomsOffice, Some("SVSAL"), LAT, END_LON, 1000.0),
+            circle(
+                "GTPQZ",
+                ZoneKind::CustomsOffice,
+                Some("GTPQZ"),
+                LAT,
+                START_LON,
+                1000.0,
+            ),
+            circle(
+                "SVSAL",
+                ZoneKind::CustomsOffice,
+                Some("SVSAL"),
+                LAT,
+                END_LON,
+                1000.0,
+            ),
             circle("REST-KM50", ZoneKind::RestArea, None, LAT, -90.5, 300.0),
-            circle("BORDER", ZoneKind::BorderPost, Some("GTPDA"), LAT + 0.05, -90.0, 800.0),
+            circle(
+                "BORDER",
+                ZoneKind::BorderPost,
+                Some("GTPDA"),
+                LAT + 0.05,
+                -90.0,
+                800.0,
+            ),
             circle("DEPOT", ZoneKind::ReleasePlace, None, LAT, -89.5, 500.0),
             circle("FIELD", ZoneKind::RestArea, None, LAT + 0.5, -89.5, 500.0),
         ],
@@ -108,7 +134,13 @@ impl Scenario {
         t0() + Duration::milliseconds((minutes * 60_000.0) as i64)
     }
 
-    fn event_at(&mut self, minutes: f64, kind: &str, point: Option<(f64, f64)>, speed: Option<f64>) -> Vec<Effect> {
+    fn event_at(
+        &mut self,
+        minutes: f64,
+        kind: &str,
+        point: Option<(f64, f64)>,
+        speed: Option<f64>,
+    ) -> Vec<Effect> {
         self.seq += 1;
         let mut e = json!({"device_id": "D1", "seq": self.seq, "kind": kind,
                            "time": Self::at(minutes).to_rfc3339(), "battery_pct": 90});
@@ -119,10 +151,15 @@ impl Scenario {
             }
         }
         let event: SealEvent = serde_json::from_value(e).unwrap();
-        self.input(Input::SealEvent(event), Self::at(minutes)).unwrap()
+        self.input(Input::SealEvent(event), Self::at(minutes))
+            .unwrap()
     }
 
-    fn input(&mut self, input: Input, now: DateTime<Utc>) -> Result<Vec<Effect>, ects_core::trip::CommandError> {
+    fn input(
+        &mut self,
+        input: Input,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, ects_core::trip::CommandError> {
         let fx = self.trip.apply(&input, &self.geo, &self.rules, now)?;
         self.log.extend(fx.clone());
         Ok(fx)
@@ -130,11 +167,19 @@ impl Scenario {
 
     /// A position on the road `minutes` after departure at 60 km/h, `off_m` north of it.
     fn road(minutes: f64, off_m: f64) -> (f64, f64) {
-        (LAT + off_m / 111_195.0, START_LON + 1.5 * DEG_PER_MIN + minutes * DEG_PER_MIN)
+        (
+            LAT + off_m / 111_195.0,
+            START_LON + 1.5 * DEG_PER_MIN + minutes * DEG_PER_MIN,
+        )
     }
 
     fn drive(&mut self, minutes: f64, off_m: f64) -> Vec<Effect> {
-        self.event_at(minutes, "position", Some(Self::road(minutes, off_m)), Some(60.0))
+        self.event_at(
+            minutes,
+            "position",
+            Some(Self::road(minutes, off_m)),
+            Some(60.0),
+        )
     }
 
     fn tick(&mut self, minutes: f64) -> Vec<Effect> {
@@ -182,7 +227,14 @@ impl Scenario {
         }
     }
 
-    fn handover(&self, id: &str, from: &str, to: &str, minutes: f64, check: SealCheck) -> CustodyHandover {
+    fn handover(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        minutes: f64,
+        check: SealCheck,
+    ) -> CustodyHandover {
         CustodyHandover {
             handover_id: id.into(),
             trip_id: self.trip.status.trip_id,
@@ -232,11 +284,18 @@ fn the_whole_lifecycle_with_remote_release() {
     assert_eq!(s.trip.status.state, TripState::InTransit);
     let arrive_min = m + 5.0;
     let fx = s.event_at(arrive_min, "position", Some((LAT, END_LON)), Some(5.0));
-    assert_eq!(states(&fx), vec![TripState::Arrived], "{:?}", s.trip.status.last_position);
+    assert_eq!(
+        states(&fx),
+        vec![TripState::Arrived],
+        "{:?}",
+        s.trip.status.last_position
+    );
     assert!(s.open(AlertKind::RouteDeviation).is_empty());
     // The destination custodian authorizes release at the office: an unlock command.
     let release = s.release("SVSAL", arrive_min, arrive_min + 60.0);
-    let fx = s.input(Input::Release(release), Scenario::at(arrive_min)).unwrap();
+    let fx = s
+        .input(Input::Release(release), Scenario::at(arrive_min))
+        .unwrap();
     let command = fx
         .iter()
         .find_map(|e| match e {
@@ -247,11 +306,19 @@ fn the_whole_lifecycle_with_remote_release() {
     assert_eq!(command.device_id.as_str(), "D1");
     assert_eq!(command.one_time_code, "739201");
     // The seal opens inside the office within the window: released, no alert.
-    let fx = s.event_at(arrive_min + 5.0, "unlocked", Some((LAT, END_LON)), Some(0.0));
+    let fx = s.event_at(
+        arrive_min + 5.0,
+        "unlocked",
+        Some((LAT, END_LON)),
+        Some(0.0),
+    );
     assert_eq!(states(&fx), vec![TripState::Released]);
     assert!(s.all(AlertKind::SealOpened).is_empty());
     // Nothing moves a released trip.
-    assert!(s.event_at(arrive_min + 10.0, "rope_cut", Some((LAT, END_LON)), None).is_empty());
+    assert!(
+        s.event_at(arrive_min + 10.0, "rope_cut", Some((LAT, END_LON)), None)
+            .is_empty()
+    );
 }
 
 #[test]
@@ -269,18 +336,27 @@ fn route_deviation_needs_several_fixes_and_time_and_clears_with_hysteresis() {
     assert!(s.all(AlertKind::RouteDeviation).is_empty());
     // Still off after a minute: raised, with position and evidence.
     let fx = s.drive(6.1, 3000.0);
-    assert!(fx.iter().any(|e| matches!(e, Effect::AlertRaised { alert } if alert.kind == AlertKind::RouteDeviation)));
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::AlertRaised { alert } if alert.kind == AlertKind::RouteDeviation)
+    ));
     let alert = s.open(AlertKind::RouteDeviation)[0].clone();
     assert_eq!(alert.severity, Severity::High);
     assert!(alert.position.is_some());
-    assert!(alert.detail.as_ref().unwrap().contains("CA-PQZ-SAL"), "{:?}", alert.detail);
+    assert!(
+        alert.detail.as_ref().unwrap().contains("CA-PQZ-SAL"),
+        "{:?}",
+        alert.detail
+    );
     // One fix back inside is not enough to clear...
     s.drive(7.0, 0.0);
     assert_eq!(s.open(AlertKind::RouteDeviation).len(), 1);
     // ...two are.
     s.drive(8.0, 0.0);
     assert!(s.open(AlertKind::RouteDeviation).is_empty());
-    assert_eq!(s.all(AlertKind::RouteDeviation)[0].cleared_at, Some(Scenario::at(8.0)));
+    assert_eq!(
+        s.all(AlertKind::RouteDeviation)[0].cleared_at,
+        Some(Scenario::at(8.0))
+    );
 }
 
 #[test]
@@ -291,7 +367,10 @@ fn a_border_post_off_the_line_is_not_a_deviation() {
         s.event_at(m, "position", Some(border), Some(0.0));
     }
     assert!(s.all(AlertKind::RouteDeviation).is_empty());
-    assert!(s.all(AlertKind::AbnormalStop).is_empty(), "a border post permits stopping");
+    assert!(
+        s.all(AlertKind::AbnormalStop).is_empty(),
+        "a border post permits stopping"
+    );
 }
 
 #[test]
@@ -300,7 +379,10 @@ fn abnormal_stop_outside_permitted_places() {
     let spot = Scenario::road(10.0, 0.0);
     s.event_at(10.0, "position", Some(spot), Some(0.0));
     s.event_at(20.0, "position", Some(spot), Some(0.0));
-    assert!(s.all(AlertKind::AbnormalStop).is_empty(), "10 minutes is allowed");
+    assert!(
+        s.all(AlertKind::AbnormalStop).is_empty(),
+        "10 minutes is allowed"
+    );
     // No further fix: the tick finds the stop too long, dated when it became too long.
     s.tick(26.0);
     let alert = s.open(AlertKind::AbnormalStop)[0].clone();
@@ -316,7 +398,10 @@ fn rest_areas_allow_a_rest_but_not_an_overstay() {
     let rest = (LAT, -90.5);
     s.event_at(40.0, "position", Some(rest), Some(0.0));
     s.event_at(100.0, "position", Some(rest), Some(0.0));
-    assert!(s.all(AlertKind::AbnormalStop).is_empty(), "an hour in a rest area is fine");
+    assert!(
+        s.all(AlertKind::AbnormalStop).is_empty(),
+        "an hour in a rest area is fine"
+    );
     s.event_at(40.0 + 4.0 * 60.0 + 1.0, "position", Some(rest), Some(0.0));
     let alert = s.open(AlertKind::AbnormalStop)[0].clone();
     assert_eq!(alert.raised_at, Scenario::at(40.0 + 240.0));
@@ -328,9 +413,14 @@ fn reporting_gap_is_raised_on_a_tick_and_cleared_by_the_next_fix() {
     let mut s = Scenario::armed_and_rolling();
     s.drive(10.0, 0.0);
     s.tick(24.0);
-    assert!(s.all(AlertKind::ReportingGap).is_empty(), "14 minutes is within the gap");
+    assert!(
+        s.all(AlertKind::ReportingGap).is_empty(),
+        "14 minutes is within the gap"
+    );
     let fx = s.tick(26.0);
-    assert!(matches!(&fx[0], Effect::AlertRaised { alert } if alert.raised_at == Scenario::at(25.0)));
+    assert!(
+        matches!(&fx[0], Effect::AlertRaised { alert } if alert.raised_at == Scenario::at(25.0))
+    );
     let id = s.open(AlertKind::ReportingGap)[0].alert_id;
     s.drive(40.0, 0.0);
     let gap = s.all(AlertKind::ReportingGap);
@@ -348,8 +438,14 @@ fn a_gap_found_by_the_next_fix_is_the_same_alert_a_tick_would_raise() {
     let mut quiet = Scenario::armed_and_rolling();
     quiet.drive(10.0, 0.0);
     quiet.drive(40.0, 0.0);
-    assert_eq!(ticked.all(AlertKind::ReportingGap), quiet.all(AlertKind::ReportingGap));
-    assert_eq!(quiet.all(AlertKind::ReportingGap)[0].cleared_at, Some(Scenario::at(40.0)));
+    assert_eq!(
+        ticked.all(AlertKind::ReportingGap),
+        quiet.all(AlertKind::ReportingGap)
+    );
+    assert_eq!(
+        quiet.all(AlertKind::ReportingGap)[0].cleared_at,
+        Some(Scenario::at(40.0))
+    );
 }
 
 #[test]
@@ -366,14 +462,26 @@ fn opening_without_a_valid_release_is_seal_opened() {
     let release = s.release("DEPOT", 0.0, 600.0);
     s.input(Input::Release(release), Scenario::at(1.0)).unwrap();
     s.event_at(5.0, "unlocked", Some(Scenario::road(5.0, 0.0)), None);
-    assert!(s.open(AlertKind::SealOpened)[0].detail.as_ref().unwrap().contains("outside the release place"));
+    assert!(
+        s.open(AlertKind::SealOpened)[0]
+            .detail
+            .as_ref()
+            .unwrap()
+            .contains("outside the release place")
+    );
 
     // At the depot, but after the window.
     let mut s = Scenario::armed_and_rolling();
     let release = s.release("DEPOT", 0.0, 30.0);
     s.input(Input::Release(release), Scenario::at(1.0)).unwrap();
     s.event_at(200.0, "unlocked", Some((LAT, -89.5)), None);
-    assert!(s.open(AlertKind::SealOpened)[0].detail.as_ref().unwrap().contains("window"));
+    assert!(
+        s.open(AlertKind::SealOpened)[0]
+            .detail
+            .as_ref()
+            .unwrap()
+            .contains("window")
+    );
     assert_eq!(s.trip.status.state, TripState::InTransit);
 
     // At the depot within the window: released, no alert.
@@ -387,13 +495,23 @@ fn opening_without_a_valid_release_is_seal_opened() {
 
 #[test]
 fn every_tamper_kind_raises_a_critical_alert() {
-    for kind in ["rope_cut", "tamper", "cover_opened", "wrong_password_lockout", "illegal_card", "lock_jammed"] {
+    for kind in [
+        "rope_cut",
+        "tamper",
+        "cover_opened",
+        "wrong_password_lockout",
+        "illegal_card",
+        "lock_jammed",
+    ] {
         let mut s = Scenario::armed_and_rolling();
         s.event_at(5.0, kind, Some(Scenario::road(5.0, 0.0)), None);
         let alerts = s.open(AlertKind::SealTamper);
         assert_eq!(alerts.len(), 1, "{kind}");
         assert_eq!(alerts[0].severity, Severity::Critical);
-        assert_eq!(s.trip.status.equipment[0].seals[0].state, SealState::Tampered);
+        assert_eq!(
+            s.trip.status.equipment[0].seals[0].state,
+            SealState::Tampered
+        );
     }
 }
 
@@ -405,7 +523,12 @@ fn overdue_is_dated_at_the_time_limit_and_cleared_on_arrival() {
     s.tick(13.0 * 60.0);
     let alert = s.open(AlertKind::Overdue)[0].clone();
     assert_eq!(alert.raised_at, limit);
-    s.event_at(13.0 * 60.0 + 5.0, "position", Some((LAT, END_LON)), Some(0.0));
+    s.event_at(
+        13.0 * 60.0 + 5.0,
+        "position",
+        Some((LAT, END_LON)),
+        Some(0.0),
+    );
     assert_eq!(s.trip.status.state, TripState::Arrived);
     assert!(s.open(AlertKind::Overdue).is_empty());
 }
@@ -415,10 +538,22 @@ fn an_impossible_speed_is_a_position_jump() {
     let mut s = Scenario::armed_and_rolling();
     s.drive(10.0, 0.0);
     // 50 km in one minute.
-    let fx = s.event_at(11.0, "position", Some((LAT, Scenario::road(10.0, 0.0).1 + 0.46)), None);
-    assert!(fx.iter().any(|e| matches!(e, Effect::AlertRaised { alert } if alert.kind == AlertKind::PositionJump)));
+    let fx = s.event_at(
+        11.0,
+        "position",
+        Some((LAT, Scenario::road(10.0, 0.0).1 + 0.46)),
+        None,
+    );
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::AlertRaised { alert } if alert.kind == AlertKind::PositionJump)
+    ));
     // A plausible next fix clears it.
-    s.event_at(12.0, "position", Some((LAT, Scenario::road(10.0, 0.0).1 + 0.47)), None);
+    s.event_at(
+        12.0,
+        "position",
+        Some((LAT, Scenario::road(10.0, 0.0).1 + 0.47)),
+        None,
+    );
     assert!(s.open(AlertKind::PositionJump).is_empty());
     // Jamming reported by the device is the same suspicion.
     s.event_at(13.0, "jamming", None, None);
@@ -429,26 +564,53 @@ fn an_impossible_speed_is_a_position_jump() {
 fn custody_passes_at_the_border_with_the_whole_chain() {
     let mut s = Scenario::armed_and_rolling();
     let wrong = s.handover("HO-1", "SV", "GT", 60.0, SealCheck::Intact);
-    let err = s.input(Input::Handover(wrong), Scenario::at(60.0)).unwrap_err();
+    let err = s
+        .input(Input::Handover(wrong), Scenario::at(60.0))
+        .unwrap_err();
     assert_eq!(err.field, "from_authority");
     let ok = s.handover("HO-1", "GT", "SV", 60.0, SealCheck::Intact);
-    let fx = s.input(Input::Handover(ok.clone()), Scenario::at(60.0)).unwrap();
-    assert!(fx.iter().any(|e| matches!(e, Effect::CustodyChanged { .. })));
+    let fx = s
+        .input(Input::Handover(ok.clone()), Scenario::at(60.0))
+        .unwrap();
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::CustodyChanged { .. }))
+    );
     assert_eq!(s.trip.status.custodian.as_str(), "SV");
     // The same handover again changes nothing; another with the same id is refused.
-    assert!(s.input(Input::Handover(ok), Scenario::at(61.0)).unwrap().is_empty());
+    assert!(
+        s.input(Input::Handover(ok), Scenario::at(61.0))
+            .unwrap()
+            .is_empty()
+    );
     let reused = s.handover("HO-1", "SV", "HN", 62.0, SealCheck::Intact);
-    assert_eq!(s.input(Input::Handover(reused), Scenario::at(62.0)).unwrap_err().field, "handover_id");
+    assert_eq!(
+        s.input(Input::Handover(reused), Scenario::at(62.0))
+            .unwrap_err()
+            .field,
+        "handover_id"
+    );
     // A second border: the chain grows; a discrepancy found there is an alert.
     let next = s.handover("HO-2", "SV", "HN", 90.0, SealCheck::Discrepancy);
     s.input(Input::Handover(next), Scenario::at(90.0)).unwrap();
-    let chain: Vec<_> = s.trip.status.custody_chain.iter().map(|h| h.to_authority.as_str()).collect();
+    let chain: Vec<_> = s
+        .trip
+        .status
+        .custody_chain
+        .iter()
+        .map(|h| h.to_authority.as_str())
+        .collect();
     assert_eq!(chain, vec!["SV", "HN"]);
     assert_eq!(s.open(AlertKind::SealTamper).len(), 1);
     // Only the custodian releases now.
     let mut release = s.release("DEPOT", 90.0, 120.0);
     release.authority = AuthorityCode::parse("GT").unwrap();
-    assert_eq!(s.input(Input::Release(release), Scenario::at(91.0)).unwrap_err().field, "authority");
+    assert_eq!(
+        s.input(Input::Release(release), Scenario::at(91.0))
+            .unwrap_err()
+            .field,
+        "authority"
+    );
 }
 
 #[test]
@@ -465,11 +627,22 @@ fn release_authorizations_are_checked() {
         let mut r = s.release("DEPOT", from, until);
         r.place = ZoneId::parse(place).unwrap();
         r.release_id = format!("R-{place}-{from}-{until}");
-        assert_eq!(s.input(Input::Release(r), Scenario::at(1.0)).unwrap_err().field, field, "{place}");
+        assert_eq!(
+            s.input(Input::Release(r), Scenario::at(1.0))
+                .unwrap_err()
+                .field,
+            field,
+            "{place}"
+        );
     }
     let mut short_code = s.release("DEPOT", 0.0, 60.0);
     short_code.one_time_code = "12".into();
-    assert_eq!(s.input(Input::Release(short_code), Scenario::at(1.0)).unwrap_err().field, "one_time_code");
+    assert_eq!(
+        s.input(Input::Release(short_code), Scenario::at(1.0))
+            .unwrap_err()
+            .field,
+        "one_time_code"
+    );
 }
 
 #[test]
@@ -486,8 +659,15 @@ fn cancellation_ends_the_trip_and_closes_its_alerts() {
         time: Scenario::at(6.0),
         reason: "declaration withdrawn".into(),
     };
-    assert_eq!(s.input(Input::Cancel(cancel("SV")), Scenario::at(6.0)).unwrap_err().field, "authority");
-    let fx = s.input(Input::Cancel(cancel("GT")), Scenario::at(6.0)).unwrap();
+    assert_eq!(
+        s.input(Input::Cancel(cancel("SV")), Scenario::at(6.0))
+            .unwrap_err()
+            .field,
+        "authority"
+    );
+    let fx = s
+        .input(Input::Cancel(cancel("GT")), Scenario::at(6.0))
+        .unwrap();
     assert_eq!(states(&fx), vec![TripState::Cancelled]);
     assert!(s.trip.status.open_alerts.is_empty());
 }
@@ -502,7 +682,10 @@ fn corridor_thresholds_can_be_overridden() {
     });
     s.drive(10.0, 0.0);
     s.tick(16.0);
-    assert_eq!(s.open(AlertKind::ReportingGap)[0].raised_at, Scenario::at(15.0));
+    assert_eq!(
+        s.open(AlertKind::ReportingGap)[0].raised_at,
+        Scenario::at(15.0)
+    );
 }
 
 /// The inputs of a trip with a deviation, a stop and a gap.
@@ -523,13 +706,28 @@ fn journey() -> Vec<SealEvent> {
     };
     push(0.0, "locked", (LAT, START_LON), 0.0);
     for m in 1..=10 {
-        push(f64::from(m), "position", Scenario::road(f64::from(m), 0.0), 60.0);
+        push(
+            f64::from(m),
+            "position",
+            Scenario::road(f64::from(m), 0.0),
+            60.0,
+        );
     }
     for m in 11..=14 {
-        push(f64::from(m), "position", Scenario::road(f64::from(m), 4000.0), 60.0);
+        push(
+            f64::from(m),
+            "position",
+            Scenario::road(f64::from(m), 4000.0),
+            60.0,
+        );
     }
     for m in 15..=17 {
-        push(f64::from(m), "position", Scenario::road(f64::from(m), 0.0), 60.0);
+        push(
+            f64::from(m),
+            "position",
+            Scenario::road(f64::from(m), 0.0),
+            60.0,
+        );
     }
     for m in [20.0, 30.0, 40.0] {
         push(m, "position", Scenario::road(18.0, 0.0), 0.0);
@@ -545,7 +743,9 @@ fn run(order: &[usize]) -> Trip {
     engine.declare(id, declaration(), t0());
     let now = Scenario::at(200.0);
     for &i in order {
-        engine.apply(id, Input::SealEvent(events[i].clone()), now).unwrap();
+        engine
+            .apply(id, Input::SealEvent(events[i].clone()), now)
+            .unwrap();
     }
     engine.tick(now);
     engine.trip(&id).unwrap().clone()
@@ -569,7 +769,7 @@ fn replay_is_byte_identical() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
     /// Delivered in any order (buffered fixes resent late), the trip ends with the alerts
     /// and state it has when the events come in order.
     #[test]
@@ -580,4 +780,19 @@ proptest! {
         prop_assert_eq!(shuffled.status.state, in_order.status.state);
         prop_assert_eq!(&shuffled.status.last_position, &in_order.status.last_position);
     }
+}
+
+#[test]
+fn a_clock_alert_that_buffered_fixes_disprove_is_withdrawn() {
+    let mut s = Scenario::armed_and_rolling();
+    s.drive(10.0, 0.0);
+    // The device is in a dead zone; the clock raises a gap dated 10 + 15 minutes.
+    s.tick(30.0);
+    assert_eq!(s.open(AlertKind::ReportingGap).len(), 1);
+    // Its buffered fix from minute 20 arrives: there never was a 15-minute gap.
+    let fx = s.drive(20.0, 0.0);
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::AlertWithdrawn { alert } if alert.kind == AlertKind::ReportingGap)
+    ));
+    assert!(s.all(AlertKind::ReportingGap).is_empty());
 }

@@ -1,0 +1,197 @@
+//! Commands on a trip: remote release, custody handover, cancellation; and its audit trail.
+
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use chrono::Utc;
+use ects_core::trip::Input;
+use ects_core::{Cancellation, CustodyHandover, ReleaseAuthorization, TripId};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::body::read_limited;
+use super::error::ApiError;
+use crate::formats::decode_canonical;
+use crate::problem::{DocumentError, Located, Problem};
+use crate::schemas::Canonical;
+use crate::tracking::{AuditTrail, CommandFailure, CommandOutcome, audit_trail};
+
+fn path_trip_id(text: &str) -> Result<TripId, ApiError> {
+    TripId::parse(text).map_err(|e| ApiError::BadParameter {
+        name: "id",
+        detail: format!("{text:?} is not a trip id (a UUID): {}", e.reason),
+    })
+}
+
+impl From<CommandFailure> for ApiError {
+    fn from(f: CommandFailure) -> Self {
+        match f {
+            CommandFailure::NoTrip(id) => ApiError::NotFound(format!("trip {id}")),
+            CommandFailure::Conflict { field, reason } => {
+                ApiError::Conflict(Located::pointer(format!("/{field}"), reason))
+            }
+            // Refusals about the trip's state or who may act conflict with what is stored;
+            // the rest are wrong values in the document.
+            CommandFailure::Refused(e) => match e.field {
+                "trip_id" | "authority" | "from_authority" | "release_id" | "handover_id" => {
+                    ApiError::Conflict(Located::pointer(format!("/{}", e.field), e.reason))
+                }
+                field => ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
+                    format!("/{field}"),
+                    e.reason,
+                )])),
+            },
+            CommandFailure::Store(s) => s.into(),
+        }
+    }
+}
+
+/// Reads the command, checks it names the trip of the path, applies it.
+async fn run<T: DeserializeOwned>(
+    state: &AppState,
+    req: &HttpRequest,
+    path: &str,
+    payload: web::Payload,
+    kind: Canonical,
+    trip_of: impl Fn(&T) -> TripId,
+    into_input: impl Fn(T) -> (Input, String),
+) -> Result<HttpResponse, ApiError> {
+    let trip_id = path_trip_id(path)?;
+    let body = read_limited(req, payload, state.settings.max_body_bytes).await?;
+    let command: T = decode_canonical(&state.schemas, kind, &body)?;
+    if trip_of(&command) != trip_id {
+        return Err(ApiError::Document(DocumentError::Invalid(vec![
+            Located::pointer(
+                "/trip_id",
+                format!(
+                    "names trip {}, but the request is for trip {trip_id}",
+                    trip_of(&command)
+                ),
+            ),
+        ])));
+    }
+    let (input, actor) = into_input(command);
+    let outcome = state
+        .tracking
+        .command(trip_id, input, actor, Utc::now())
+        .await?;
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+/// Authorize remote release: the seals may open at the named place within the window. The
+/// answer carries the unlock commands (one-time code) for the seals.
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)")),
+    request_body = ReleaseAuthorization,
+    responses(
+        (status = 200, description = "Recorded (or already recorded); the unlock commands", body = CommandOutcome),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not the custodian, trip closed, id reused", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Place not approved, bad window or code", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/trips/{id}/release")]
+pub async fn post_release(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    run(
+        &state,
+        &req,
+        &path,
+        payload,
+        Canonical::ReleaseAuthorization,
+        |r: &ReleaseAuthorization| r.trip_id,
+        |r| {
+            let actor = format!("officer:{}/{}", r.authority, r.officer.id);
+            (Input::Release(r), actor)
+        },
+    )
+    .await
+}
+
+/// Hand custody of the trip to the next authority (at a border post).
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)")),
+    request_body = CustodyHandover,
+    responses(
+        (status = 200, description = "Recorded (or already recorded)", body = CommandOutcome),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not from the current custodian, trip closed, id reused", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/trips/{id}/handover")]
+pub async fn post_handover(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    run(
+        &state,
+        &req,
+        &path,
+        payload,
+        Canonical::CustodyHandover,
+        |h: &CustodyHandover| h.trip_id,
+        |h| {
+            let actor = format!("officer:{}/{}", h.to_authority, h.officer.id);
+            (Input::Handover(h), actor)
+        },
+    )
+    .await
+}
+
+/// Cancel the transit (issuing authority only).
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)")),
+    request_body = Cancellation,
+    responses(
+        (status = 200, body = CommandOutcome),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/trips/{id}/cancel")]
+pub async fn post_cancel(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    run(
+        &state,
+        &req,
+        &path,
+        payload,
+        Canonical::Cancellation,
+        |c: &Cancellation| c.trip_id,
+        |c| {
+            let actor = format!("officer:{}/{}", c.authority, c.officer.id);
+            (Input::Cancel(c), actor)
+        },
+    )
+    .await
+}
+
+/// The trip's audit trail: every input and effect, hash-chained, and whether it verifies.
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)")),
+    responses((status = 200, body = AuditTrail), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+#[get("/v1/trips/{id}/audit")]
+pub async fn get_audit(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let trip_id = path_trip_id(&path)?;
+    if state.store.trip_status(trip_id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("trip {trip_id}")));
+    }
+    Ok(HttpResponse::Ok().json(audit_trail(&state.store, trip_id).await?))
+}

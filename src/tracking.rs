@@ -1,0 +1,585 @@
+//! The tracking engine wired to storage: inputs are applied to a trip inside the caller's
+//! write transaction, and the trip, its alerts, unlock commands and audit entries are
+//! written in that same transaction. Late seal events rebuild the trip by replaying every
+//! stored input in event-time order; what changed is stored as effects.
+
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use ects_core::audit::{AuditEntry, verify};
+use ects_core::geo::{Corridor, Zone};
+use ects_core::spatial::Geography;
+use ects_core::trip::{CommandError, Effect, Input, Rules, Trip, reconcile};
+use ects_core::{CorridorId, SealEvent, TransitDeclaration, TripId, TripStatus, ZoneId};
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use crate::store::{self, Store, StoreError, Tx, ts};
+
+/// Corridors and zones as every trip sees them, reloaded when another request (or another
+/// gateway instance) has changed them.
+#[derive(Debug)]
+pub struct GeographyCache {
+    current: RwLock<(i64, Arc<Geography>)>,
+}
+
+impl Default for GeographyCache {
+    fn default() -> Self {
+        Self {
+            current: RwLock::new((-1, Arc::new(Geography::default()))),
+        }
+    }
+}
+
+impl GeographyCache {
+    pub async fn get(&self, conn: &mut AnyConnection) -> Result<Arc<Geography>, StoreError> {
+        let version: i64 = sqlx::query("select version from geometry_version where id = 1")
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("version")?;
+        {
+            let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if guard.0 == version {
+                return Ok(guard.1.clone());
+            }
+        }
+        let geography = Arc::new(load_geography(conn).await?);
+        let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *guard = (version, geography.clone());
+        tracing::info!(
+            version,
+            corridors = geography.corridor_count(),
+            zones = geography.zones.len(),
+            "geometry loaded"
+        );
+        Ok(geography)
+    }
+}
+
+async fn load_geography(conn: &mut AnyConnection) -> Result<Geography, StoreError> {
+    let mut corridors = Vec::new();
+    for row in sqlx::query("select corridor_id, feature from corridors")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let id: String = row.try_get("corridor_id")?;
+        let feature: serde_json::Value =
+            serde_json::from_str(&row.try_get::<String, _>("feature")?)
+                .map_err(|e| StoreError::Corrupt(format!("corridor {id}: {e}")))?;
+        let id = CorridorId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Stored features passed the same check when they were registered.
+        corridors.push(
+            Corridor::from_geojson(id, &feature).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+    }
+    let mut zones = Vec::new();
+    for row in sqlx::query("select zone_id, feature from zones")
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let id: String = row.try_get("zone_id")?;
+        let feature: serde_json::Value =
+            serde_json::from_str(&row.try_get::<String, _>("feature")?)
+                .map_err(|e| StoreError::Corrupt(format!("zone {id}: {e}")))?;
+        let id = ZoneId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        zones.push(
+            Zone::from_geojson(id, &feature).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+    }
+    Ok(Geography::new(corridors, zones))
+}
+
+/// Marks corridors or zones as changed, inside the transaction that changes them.
+pub async fn bump_geometry_version(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query("update geometry_version set version = version + 1 where id = 1")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// An audit entry to append: who, what, and the payload (canonical JSON).
+pub struct AuditItem {
+    pub actor: String,
+    pub action: String,
+    pub payload: String,
+}
+
+impl AuditItem {
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        payload: &impl Serialize,
+    ) -> Self {
+        Self {
+            actor: actor.into(),
+            action: action.into(),
+            payload: serde_json::to_string(payload).unwrap_or_default(),
+        }
+    }
+}
+
+fn effect_action(effect: &Effect) -> &'static str {
+    match effect {
+        Effect::StateChanged { .. } => "effect.state_changed",
+        Effect::AlertRaised { .. } => "effect.alert_raised",
+        Effect::AlertUpdated { .. } => "effect.alert_updated",
+        Effect::AlertCleared { .. } => "effect.alert_cleared",
+        Effect::AlertWithdrawn { .. } => "effect.alert_withdrawn",
+        Effect::CustodyChanged { .. } => "effect.custody_changed",
+        Effect::ReleaseAccepted { .. } => "effect.release_accepted",
+        Effect::SealCommand { .. } => "effect.seal_command",
+        Effect::Notify { .. } => "effect.notify",
+    }
+}
+
+/// Appends entries to a trip's chain (the trip row is locked, so the chain grows in order).
+pub async fn append_audit(
+    conn: &mut AnyConnection,
+    trip_id: TripId,
+    items: Vec<AuditItem>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let last = sqlx::query(
+        "select seq, entry_time, actor, action, payload_sha256, prev_hash, hash from audit_log
+         where trip_id = $1 order by seq desc limit 1",
+    )
+    .bind(trip_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| row_to_entry(&r))
+    .transpose()?;
+    let mut prev = last;
+    for item in items {
+        let entry = AuditEntry::next(
+            prev.as_ref(),
+            now,
+            item.actor,
+            item.action,
+            item.payload.as_bytes(),
+        );
+        sqlx::query(
+            "insert into audit_log (trip_id, seq, entry_time, actor, action, payload, payload_sha256, prev_hash, hash)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(trip_id.to_string())
+        .bind(entry.seq as i64)
+        .bind(ts(entry.time))
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&item.payload)
+        .bind(&entry.payload_sha256)
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+        .execute(&mut *conn)
+        .await?;
+        prev = Some(entry);
+    }
+    Ok(())
+}
+
+fn row_to_entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: r.try_get::<i64, _>("seq")? as u64,
+        time: store::parse_ts(&r.try_get::<String, _>("entry_time")?)?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        payload_sha256: r.try_get("payload_sha256")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// A trip's audit chain with its payloads, and whether it verifies.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditTrail {
+    pub trip_id: TripId,
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<serde_json::Value>,
+    /// `true` when every entry links to the one before and every payload matches its hash.
+    pub verified: bool,
+    /// Where the chain is broken, when it is.
+    pub problem: Option<String>,
+}
+
+pub async fn audit_trail(store: &Store, trip_id: TripId) -> Result<AuditTrail, StoreError> {
+    let rows = sqlx::query(
+        "select seq, entry_time, actor, action, payload, payload_sha256, prev_hash, hash
+         from audit_log where trip_id = $1 order by seq",
+    )
+    .bind(trip_id.to_string())
+    .fetch_all(store.pool())
+    .await?;
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    let mut shown = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let entry = row_to_entry(r)?;
+        let payload: String = r.try_get("payload")?;
+        let mut value = serde_json::to_value(&entry).unwrap_or_default();
+        value["payload"] =
+            serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload.clone()));
+        shown.push(value);
+        payloads.push(payload.into_bytes());
+        entries.push(entry);
+    }
+    let result = verify(&entries, Some(&payloads));
+    Ok(AuditTrail {
+        trip_id,
+        entries: shown,
+        verified: result.is_ok(),
+        problem: result.err().map(|e| e.to_string()),
+    })
+}
+
+/// Stores what the engine returned: alerts, unlock commands; the audit entries are added
+/// by the caller with the inputs.
+async fn store_effects(
+    conn: &mut AnyConnection,
+    effects: &[Effect],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for effect in effects {
+        match effect {
+            Effect::AlertRaised { alert }
+            | Effect::AlertUpdated { alert }
+            | Effect::AlertCleared { alert } => {
+                store::upsert_alert(&mut *conn, alert, now).await?;
+            }
+            Effect::AlertWithdrawn { alert } => {
+                sqlx::query("update alerts set withdrawn_at = $1 where alert_id = $2")
+                    .bind(ts(now))
+                    .bind(alert.alert_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Effect::SealCommand { command } => {
+                sqlx::query(
+                    "insert into seal_commands (command_id, trip_id, seal_id, device_id, body, created_at)
+                     values ($1, $2, $3, $4, $5, $6) on conflict (command_id) do nothing",
+                )
+                .bind(&command.command_id)
+                .bind(command.trip_id.to_string())
+                .bind(command.seal_id.as_str())
+                .bind(command.device_id.as_str())
+                .bind(serde_json::to_string(command).unwrap_or_default())
+                .bind(ts(now))
+                .execute(&mut *conn)
+                .await?;
+            }
+            Effect::StateChanged { from, to, .. } => {
+                tracing::info!(from = from.as_str(), to = to.as_str(), "trip state changed");
+            }
+            Effect::CustodyChanged { .. }
+            | Effect::ReleaseAccepted { .. }
+            | Effect::Notify { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// A trip command the engine refused, or a storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandFailure {
+    #[error("no trip {0}")]
+    NoTrip(TripId),
+    #[error(transparent)]
+    Refused(CommandError),
+    #[error("{field}: {reason}")]
+    Conflict { field: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for CommandFailure {
+    fn from(e: sqlx::Error) -> Self {
+        CommandFailure::Store(e.into())
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CommandOutcome {
+    pub trip: TripStatus,
+    /// Unlock commands for the seals, to be delivered by the device platform.
+    #[schema(value_type = Vec<Object>)]
+    pub commands: Vec<ects_core::trip::SealCommand>,
+}
+
+#[derive(Debug)]
+pub struct Tracking {
+    store: Store,
+    rules: Rules,
+    geography: GeographyCache,
+}
+
+impl Tracking {
+    pub fn new(store: Store, rules: Rules) -> Self {
+        Self {
+            store,
+            rules,
+            geography: GeographyCache::default(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub async fn geography(&self, conn: &mut AnyConnection) -> Result<Arc<Geography>, StoreError> {
+        self.geography.get(conn).await
+    }
+
+    /// Applies newly stored seal events to one trip. Events no earlier than what the trip
+    /// has seen are applied one by one; otherwise the trip is rebuilt from all its stored
+    /// inputs (the new events are stored already) and the difference is the effect.
+    pub async fn apply_events(
+        &self,
+        tx: &mut Tx,
+        trip_id: &str,
+        events: &[&SealEvent],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, StoreError> {
+        let geo = self.geography(tx).await?;
+        let Some((mut trip, version)) = store::load_trip(tx, self.store.backend(), trip_id).await?
+        else {
+            return Ok(Vec::new());
+        };
+        let late = events.iter().any(|e| trip.is_late(e));
+        let mut audit = Vec::new();
+        let effects = if late {
+            let before = trip.clone();
+            let rebuilt = self.replay(tx, &trip, &geo, now).await?;
+            trip = rebuilt;
+            for e in events {
+                audit.push(AuditItem::new(
+                    format!("device:{}", e.device_id),
+                    "input.seal_event.late",
+                    e,
+                ));
+            }
+            reconcile(&before, &trip, now)
+        } else {
+            let mut effects = Vec::new();
+            for e in events {
+                audit.push(AuditItem::new(
+                    format!("device:{}", e.device_id),
+                    "input.seal_event",
+                    e,
+                ));
+                // Seal events are never refused; only commands are.
+                let fx = trip
+                    .apply(&Input::SealEvent((*e).clone()), &geo, &self.rules, now)
+                    .unwrap_or_default();
+                effects.extend(fx);
+            }
+            effects
+        };
+        if !store::update_trip(tx, &trip, version).await? {
+            return Err(StoreError::Contention);
+        }
+        store_effects(tx, &effects, now).await?;
+        audit.extend(
+            effects
+                .iter()
+                .map(|e| AuditItem::new("engine", effect_action(e), e)),
+        );
+        append_audit(tx, trip.status.trip_id, audit, now).await?;
+        Ok(effects)
+    }
+
+    /// The trip as its stored inputs make it, in event-time order.
+    async fn replay(
+        &self,
+        conn: &mut AnyConnection,
+        trip: &Trip,
+        geo: &Geography,
+        now: DateTime<Utc>,
+    ) -> Result<Trip, StoreError> {
+        let trip_id = trip.status.trip_id.to_string();
+        let declaration: TransitDeclaration = {
+            let row = sqlx::query("select canonical from declarations where trip_id = $1")
+                .bind(&trip_id)
+                .fetch_one(&mut *conn)
+                .await?;
+            serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| StoreError::Corrupt(format!("declaration of trip {trip_id}: {e}")))?
+        };
+        let mut inputs = Vec::new();
+        for row in sqlx::query("select canonical from seal_events where trip_id = $1")
+            .bind(&trip_id)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
+            inputs.push(Input::SealEvent(event));
+        }
+        for row in sqlx::query("select input from trip_commands where trip_id = $1")
+            .bind(&trip_id)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            inputs.push(
+                serde_json::from_str(&row.try_get::<String, _>("input")?)
+                    .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?,
+            );
+        }
+        Ok(Trip::replay(
+            trip.status.trip_id,
+            &declaration,
+            trip.status.created_at,
+            &inputs,
+            geo,
+            &self.rules,
+            now,
+        ))
+    }
+
+    /// A release authorization, handover or cancellation for a trip. The same command sent
+    /// again changes nothing and answers the trip as it is.
+    #[tracing::instrument(skip_all, fields(trip_id = %trip_id))]
+    pub async fn command(
+        &self,
+        trip_id: TripId,
+        input: Input,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<CommandOutcome, CommandFailure> {
+        let (kind, key) = match &input {
+            Input::Release(r) => ("release", r.release_id.clone()),
+            Input::Handover(h) => ("handover", h.handover_id.clone()),
+            Input::Cancel(_) => ("cancel", "cancel".to_owned()),
+            Input::SealEvent(_) => ("seal_event", String::new()),
+        };
+        let text = serde_json::to_string(&input).unwrap_or_default();
+        for attempt in 1..=5 {
+            let mut tx = self.store.begin_write().await?;
+            let geo = self.geography(&mut tx).await?;
+            let Some((mut trip, version)) =
+                store::load_trip(&mut tx, self.store.backend(), &trip_id.to_string()).await?
+            else {
+                return Err(CommandFailure::NoTrip(trip_id));
+            };
+            let existing = sqlx::query(
+                "select input from trip_commands where trip_id = $1 and command_key = $2",
+            )
+            .bind(trip_id.to_string())
+            .bind(&key)
+            .fetch_optional(&mut **tx)
+            .await?;
+            if let Some(row) = existing {
+                tx.rollback().await?;
+                let stored: String = row.try_get("input")?;
+                if stored == text {
+                    return Ok(CommandOutcome {
+                        trip: trip.status,
+                        commands: Vec::new(),
+                    });
+                }
+                let field = match kind {
+                    "release" => "release_id",
+                    "handover" => "handover_id",
+                    _ => "trip_id",
+                };
+                return Err(CommandFailure::Conflict {
+                    field,
+                    reason: format!("{kind} {key} is already recorded with different content"),
+                });
+            }
+            let effects = match trip.apply(&input, &geo, &self.rules, now) {
+                Ok(fx) => fx,
+                Err(refused) => {
+                    tx.rollback().await?;
+                    return Err(CommandFailure::Refused(refused));
+                }
+            };
+            sqlx::query(
+                "insert into trip_commands (trip_id, command_key, kind, command_time, input, received_at)
+                 values ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(trip_id.to_string())
+            .bind(&key)
+            .bind(kind)
+            .bind(ts(input.time()))
+            .bind(&text)
+            .bind(ts(now))
+            .execute(&mut **tx)
+            .await?;
+            if !store::update_trip(&mut tx, &trip, version).await? {
+                tx.rollback().await?;
+                tracing::debug!(attempt, "trip changed meanwhile, trying the command again");
+                continue;
+            }
+            store_effects(&mut tx, &effects, now).await?;
+            let mut audit = vec![AuditItem::new(
+                actor.clone(),
+                format!("input.{kind}"),
+                &input,
+            )];
+            audit.extend(
+                effects
+                    .iter()
+                    .map(|e| AuditItem::new("engine", effect_action(e), e)),
+            );
+            append_audit(&mut tx, trip_id, audit, now).await?;
+            tx.commit().await?;
+            let commands = effects
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::SealCommand { command } => Some(command),
+                    _ => None,
+                })
+                .collect();
+            return Ok(CommandOutcome {
+                trip: trip.status,
+                commands,
+            });
+        }
+        Err(CommandFailure::Store(StoreError::Contention))
+    }
+
+    /// The clock for every live trip: raises gaps, overdue trips and long stops on time.
+    /// Returns how many trips changed.
+    pub async fn tick_all(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let ids: Vec<String> = sqlx::query(
+            "select trip_id from trips where state in ('declared', 'armed', 'in_transit') order by trip_id",
+        )
+        .fetch_all(self.store.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("trip_id"))
+        .collect::<Result<_, _>>()?;
+        let mut changed = 0;
+        for id in ids {
+            let mut tx = self.store.begin_write().await?;
+            let geo = self.geography(&mut tx).await?;
+            let Some((mut trip, version)) =
+                store::load_trip(&mut tx, self.store.backend(), &id).await?
+            else {
+                continue;
+            };
+            let effects = trip.tick(&geo, &self.rules, now);
+            if effects.is_empty() {
+                tx.rollback().await?;
+                continue;
+            }
+            if !store::update_trip(&mut tx, &trip, version).await? {
+                // Someone else changed it; the next tick will look again.
+                tx.rollback().await?;
+                continue;
+            }
+            store_effects(&mut tx, &effects, now).await?;
+            let audit = effects
+                .iter()
+                .map(|e| AuditItem::new("engine", effect_action(e), e))
+                .collect();
+            append_audit(&mut tx, trip.status.trip_id, audit, now).await?;
+            tx.commit().await?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
