@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::ConfigArgs;
+use crate::config::{ConfigArgs, Settings};
 use crate::formats::Inbound;
 use crate::problem::DocumentError;
 use crate::startup::{self, Application};
@@ -68,10 +68,10 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Runs a command; the exit status is 0 on success, 1 for an invalid document.
-pub async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let settings = cli.config.load()?;
-    match cli.command {
+/// Runs a command with its loaded settings; the exit status is 0 on success, 1 for an
+/// invalid document.
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
+    match command {
         Command::Serve => {
             let app = Application::build(settings).await?;
             app.run_until_stopped().await?;

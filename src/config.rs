@@ -144,6 +144,11 @@ impl Settings {
                 "database_url must start with sqlite: or postgres:".into(),
             ));
         }
+        if self.database_max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "database_max_connections must be at least 1".into(),
+            ));
+        }
         if self.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "max_body_bytes must be above 0".into(),

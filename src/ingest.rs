@@ -170,9 +170,8 @@ impl Ingest {
         };
         tracing::Span::current().record("message_id", message.id.as_str());
 
-        if let Some(answer) = self.replay_identical(&message).await? {
-            return Ok(answer);
-        }
+        // Decoded first, so that a document the endpoint does not take is refused even if
+        // the same bytes were once accepted elsewhere.
         let inbound = match format.decode(body) {
             Ok(inbound) => inbound,
             Err(e) => {
@@ -180,6 +179,9 @@ impl Ingest {
                 return Err(e.into());
             }
         };
+        if let Some(answer) = self.replay_identical(&message).await? {
+            return Ok(answer);
+        }
         for attempt in 1..=MAX_ATTEMPTS {
             let result = match &inbound {
                 Inbound::Declaration(d) => self.declare(&message, d).await,
@@ -257,8 +259,15 @@ impl Ingest {
         let mut record = message.record(Outcome::Duplicate);
         record.response_status = Some(status);
         record.response_body = Some(body.to_owned());
-        let mut conn = self.store.pool().acquire().await?;
-        store::insert_message(&mut conn, &record).await
+        self.record(&record).await
+    }
+
+    /// One evidence row in its own write transaction (through SQLite's write gate).
+    async fn record(&self, record: &MessageRecord<'_>) -> Result<(), StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        store::insert_message(&mut tx, record).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn record_rejected(
@@ -268,8 +277,7 @@ impl Ingest {
     ) -> Result<(), StoreError> {
         let mut record = message.record(Outcome::Rejected);
         record.problem = Some(problem.to_owned());
-        let mut conn = self.store.pool().acquire().await?;
-        store::insert_message(&mut conn, &record).await
+        self.record(&record).await
     }
 
     async fn finish(
@@ -326,10 +334,15 @@ impl Ingest {
             }
             // Roll back now (not on drop) so the write lock is free for the rejection record.
             tx.rollback().await?;
+            let stored: serde_json::Value =
+                serde_json::from_str(&existing.canonical).unwrap_or_default();
+            let now_sent = serde_json::to_value(declaration).unwrap_or_default();
+            let at = first_difference(&stored, &now_sent, String::new())
+                .unwrap_or_else(|| "/declaration_id".into());
             return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
-                "/declaration_id",
+                at,
                 format!(
-                    "declaration {} of {} is already registered with different content",
+                    "declaration {} of {} is already registered, and differs here",
                     declaration.declaration_id, declaration.issuing_authority
                 ),
             ))));
@@ -349,6 +362,16 @@ impl Ingest {
             message.now,
         )
         .await?;
+        // Seals often report before their declaration reaches us: those events were kept
+        // as unmatched and now join the trip.
+        let early =
+            store::claim_unmatched_events(&mut tx, declaration, &trip_id.to_string()).await?;
+        if !early.is_empty() {
+            let refs: Vec<&SealEvent> = early.iter().collect();
+            self.tracking
+                .apply_events(&mut tx, &trip_id.to_string(), &refs, message.now)
+                .await?;
+        }
         let response = IngestResponse {
             message_id: message.id.clone(),
             format: message.format.to_owned(),
@@ -390,7 +413,7 @@ impl Ingest {
                 Some(b) => format!("{b}/{i}"),
                 None => String::new(),
             };
-            let Some(key) = event.identity() else {
+            let Some(key) = event_key(event) else {
                 return Err(Attempt::Failed(IngestError::Document(
                     DocumentError::Invalid(vec![Located::pointer(
                         pointer,
@@ -472,6 +495,42 @@ impl Ingest {
             events: Some(counts),
         };
         Self::finish(tx, message, &response).await
+    }
+}
+
+/// The key a seal event is stored under: the sender's event id or the sequence number,
+/// each within its device (two devices may number their events alike).
+fn event_key(event: &SealEvent) -> Option<String> {
+    match (&event.event_id, event.seq) {
+        (Some(id), _) => Some(format!("id:{}:{id}", event.device_id)),
+        (None, Some(seq)) => Some(format!("seq:{}:{seq}", event.device_id)),
+        (None, None) => None,
+    }
+}
+
+/// The JSON pointer of the first place two documents differ.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let path = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, path),
+                    _ => Some(path),
+                }
+            })
+        }
+        (Value::Array(x), Value::Array(y)) => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, format!("{at}/{i}")))
+            .or_else(|| (x.len() != y.len()).then(|| format!("{at}/{}", x.len().min(y.len())))),
+        _ => (a != b).then_some(at),
     }
 }
 

@@ -5,19 +5,21 @@ use ects_gateway::telemetry::{error_chain, get_subscriber, init_subscriber};
 #[actix_web::main]
 async fn main() {
     let cli = Cli::parse();
-    // Logging settings come from flags and environment only, so that a broken
-    // configuration file can itself be reported.
-    let format = cli
-        .config
-        .log_format
-        .unwrap_or(ects_gateway::config::LogFormat::Pretty);
-    let filter = cli
-        .config
-        .log_filter
-        .clone()
-        .unwrap_or_else(|| "info".into());
-    init_subscriber(get_subscriber(&filter, format, std::io::stdout));
-    let code = match cli::run(cli).await {
+    // Configuration first, so that its log settings apply; a broken file is reported on
+    // standard error with its name and line.
+    let settings = match cli.config.load() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_subscriber(get_subscriber(
+        &settings.log_filter,
+        settings.log_format,
+        std::io::stdout,
+    ));
+    let code = match cli::run(cli.command, settings).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_chain(e.as_ref()));

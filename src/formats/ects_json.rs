@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Datelike, Utc};
 use ects_core::{SealEvent, TransitDeclaration};
 use serde_json::Value;
 
@@ -34,6 +35,17 @@ fn shape(value: &Value) -> Result<Shape<'_>, DocumentError> {
         Value::Array(items) => Ok(Shape::Batch(items, "")),
         Value::Object(map) if map.contains_key("declaration_id") => Ok(Shape::Declaration),
         Value::Object(map) => match map.get("events") {
+            Some(Value::Array(_)) if map.len() > 1 => {
+                let extra = map
+                    .keys()
+                    .find(|k| *k != "events")
+                    .cloned()
+                    .unwrap_or_default();
+                Err(DocumentError::Invalid(vec![Located::pointer(
+                    format!("/{extra}"),
+                    "a batch object holds only \"events\"",
+                )]))
+            }
             Some(Value::Array(items)) => Ok(Shape::Batch(items, "/events")),
             Some(_) => Err(DocumentError::Invalid(vec![Located::pointer(
                 "/events",
@@ -53,13 +65,33 @@ fn shape(value: &Value) -> Result<Shape<'_>, DocumentError> {
     }
 }
 
+/// JSON Schema's `integer` admits `1.0`; serde's integers do not. Whole-number floats
+/// become integers before deserialising (a float field still reads an integer).
+fn whole_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
+}
+
 /// Deserialises an already schema-checked value; a remaining problem (a rule the schema
 /// cannot say) still comes back with its pointer.
 fn from_value<T: serde::de::DeserializeOwned>(
     value: &Value,
     base: &str,
 ) -> Result<T, DocumentError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut value = value.clone();
+    whole_numbers_as_integers(&mut value);
+    serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let pointer = if path == "." {
             base.to_owned()
@@ -174,22 +206,79 @@ impl Format for EctsJson {
             }
             Shape::Event => {
                 self.checked(Canonical::SealEvent, &value, "")?;
+                let events = vec![from_value(&value, "")?];
+                check_event_times(&events, None, Utc::now())?;
+                Ok(Inbound::SealEvents { events, base: None })
+            }
+            Shape::Batch(items, base) => {
+                let events = self.events(items, base)?;
+                check_event_times(&events, Some(base), Utc::now())?;
                 Ok(Inbound::SealEvents {
-                    events: vec![from_value(&value, "")?],
-                    base: None,
+                    events,
+                    base: Some(base),
                 })
             }
-            Shape::Batch(items, base) => Ok(Inbound::SealEvents {
-                events: self.events(items, base)?,
-                base: Some(base),
-            }),
         }
+    }
+}
+
+/// Earliest event or declaration time accepted: older is a device clock fault.
+const EARLIEST_YEAR: i32 = 2000;
+/// How far ahead of our clock an event may be (device clocks drift; GPS week rollover
+/// throws them years off).
+const MAX_CLOCK_AHEAD_H: i64 = 24;
+
+fn time_problem(t: DateTime<Utc>, latest: Option<DateTime<Utc>>) -> Option<String> {
+    if t.year() < EARLIEST_YEAR || t.year() > 9999 {
+        return Some(format!("{t} is outside the years {EARLIEST_YEAR} to 9999"));
+    }
+    match latest {
+        Some(latest) if t > latest => Some(format!(
+            "{} is more than {MAX_CLOCK_AHEAD_H} hours ahead of the gateway's clock",
+            t.to_rfc3339()
+        )),
+        _ => None,
+    }
+}
+
+/// Event times must be plausible: a time far in the future would freeze the trip's
+/// "latest" state for good.
+fn check_event_times(
+    events: &[SealEvent],
+    base: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), DocumentError> {
+    let latest = now + chrono::Duration::hours(MAX_CLOCK_AHEAD_H);
+    let problems: Vec<Located> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let pointer = match base {
+                Some(b) => format!("{b}/{i}/time"),
+                None => "/time".into(),
+            };
+            time_problem(e.time, Some(latest)).map(|p| Located::pointer(pointer, p))
+        })
+        .take(20)
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DocumentError::Invalid(problems))
     }
 }
 
 /// Rules across fields that the schema does not state.
 fn check_declaration(d: &TransitDeclaration) -> Result<(), DocumentError> {
     let mut problems = Vec::new();
+    for (pointer, t) in [
+        ("/declared_at", Some(d.declared_at)),
+        ("/time_limit", d.time_limit),
+    ] {
+        if let Some(problem) = t.and_then(|t| time_problem(t, None)) {
+            problems.push(Located::pointer(pointer, problem));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for (e, equipment) in d.equipment.iter().enumerate() {
         for (s, seal) in equipment.seals.iter().enumerate() {

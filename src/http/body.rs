@@ -20,7 +20,8 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    // Reserve no more than a modest first chunk: the header is only a claim.
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit).min(64 * 1024));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
             ApiError::Document(DocumentError::Malformed(Located::pointer(

@@ -36,7 +36,9 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            // Contention that outlasted the retries (or SQLite's busy timeout): try again.
             StoreError::Contention => ApiError::Busy,
+            e if e.is_retryable() => ApiError::Busy,
             e => ApiError::Internal(Box::new(e)),
         }
     }

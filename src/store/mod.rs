@@ -22,8 +22,8 @@ pub(crate) use messages::{
 };
 pub use trips::{AlertFilter, StoredEvent, TripRow};
 pub(crate) use trips::{
-    find_declaration, find_event, insert_declared_trip, insert_event, load_trip, trip_for_event,
-    update_trip, upsert_alert,
+    claim_unmatched_events, find_declaration, find_event, insert_declared_trip, insert_event,
+    load_trip, trip_for_event, update_trip, upsert_alert,
 };
 
 /// A write transaction. On SQLite it also holds the process's write gate, so writers

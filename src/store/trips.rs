@@ -155,6 +155,47 @@ pub async fn trip_for_event(
     Ok(row.map(|r| r.try_get("trip_id")).transpose()?)
 }
 
+/// Events stored without a trip (no live trip carried their seal yet) that belong to this
+/// newly declared trip: its seals or devices, from a day before the declaration on (an
+/// older one belongs to an earlier use of the seal). They are assigned to the trip and
+/// returned in event-time order.
+pub async fn claim_unmatched_events(
+    conn: &mut AnyConnection,
+    declaration: &TransitDeclaration,
+    trip_id: &str,
+) -> Result<Vec<SealEvent>, StoreError> {
+    let since = ts(declaration.declared_at - chrono::Duration::hours(24));
+    let mut claimed = Vec::new();
+    for seal in declaration.seals() {
+        let rows = sqlx::query(
+            "select event_key, canonical from seal_events
+             where trip_id is null and event_time >= $1 and (seal_id = $2 or device_id = $3)",
+        )
+        .bind(&since)
+        .bind(seal.id.as_str())
+        .bind(seal.device_id.as_ref().map(|d| d.as_str()))
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let key: String = row.try_get("event_key")?;
+            sqlx::query(
+                "update seal_events set trip_id = $1 where event_key = $2 and trip_id is null",
+            )
+            .bind(trip_id)
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+            claimed.push(from_json::<SealEvent>(
+                "seal event",
+                &row.try_get::<String, _>("canonical")?,
+            )?);
+        }
+    }
+    claimed.sort_by_key(|e| e.time);
+    claimed.dedup_by(|a, b| a == b);
+    Ok(claimed)
+}
+
 /// An event already stored under the same identity or the same device and sequence.
 pub async fn find_event(
     conn: &mut AnyConnection,
@@ -300,7 +341,7 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(
             "select canonical, received_at, message_id from seal_events
-             where trip_id = $1 order by event_time, seq, event_key limit $2",
+             where trip_id = $1 order by event_time, coalesce(seq, -1), event_key limit $2",
         )
         .bind(trip_id.to_string())
         .bind(limit)

@@ -93,6 +93,35 @@ fn cases() -> Vec<Case> {
             pointer: Some("/1/position/lat"),
         },
         Case {
+            name: "an event from a clock years ahead",
+            path: "/v1/seal-events",
+            body: json!({"device_id": "860000000000001", "seq": 98, "time": "2046-03-14T10:00:00Z",
+                         "kind": "position"})
+            .to_string()
+            .into_bytes(),
+            status: 422,
+            pointer: Some("/time"),
+        },
+        Case {
+            name: "an event from before 2000",
+            path: "/v1/seal-events",
+            body: json!([event(13.0), {"device_id": "860000000000001", "seq": 97,
+                         "time": "1980-01-06T00:00:00Z", "kind": "position"}])
+            .to_string()
+            .into_bytes(),
+            status: 422,
+            pointer: Some("/1/time"),
+        },
+        Case {
+            name: "a batch object with more than events",
+            path: "/v1/seal-events",
+            body: json!({"events": [event(13.0)], "sender": "acme"})
+                .to_string()
+                .into_bytes(),
+            status: 422,
+            pointer: Some("/sender"),
+        },
+        Case {
             name: "unknown event kind",
             path: "/v1/seal-events",
             body: fixture("ects-json/invalid/event-unknown-kind.json"),

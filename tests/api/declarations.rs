@@ -82,7 +82,11 @@ async fn a_changed_declaration_is_refused_and_changes_nothing(app: TestApp) {
     let reply = app.post_message(changed.to_string()).await;
     assert_eq!(reply.status, 409, "{}", reply.text);
     assert_eq!(reply.content_type(), "application/problem+json");
-    assert_eq!(reply.pointers(), vec!["/declaration_id"]);
+    assert_eq!(
+        reply.pointers(),
+        vec!["/vehicle/plate"],
+        "points at what differs"
+    );
 
     assert_eq!(app.trip(&trip_id).await, before);
     assert_eq!(app.count("trips").await, 1);

@@ -11,6 +11,10 @@ on_both_backends!(
     tampering_raises_an_alert,
     events_for_no_trip_are_kept_as_unmatched,
     concurrent_batches_for_one_trip_are_all_applied,
+    events_before_their_declaration_join_the_trip,
+    event_ids_are_scoped_to_their_device,
+    whole_number_floats_count_as_integers,
+    declaration_bytes_replayed_to_the_events_endpoint_are_refused,
 );
 
 fn event(device: &str, seq: u64, minute: u32, kind: &str) -> Value {
@@ -194,21 +198,18 @@ async fn events_for_no_trip_are_kept_as_unmatched(app: TestApp) {
 async fn concurrent_batches_for_one_trip_are_all_applied(app: TestApp) {
     let trip_id = app.declare_gt_sv().await;
     // Enough writers at once on one trip that, without row locks or a write queue, some
-    // would exhaust their retries.
+    // would exhaust their retries or overwrite each other's trip state.
     let batches = 24;
     let per_batch = 2;
     let mut tasks = Vec::new();
     for b in 0..batches {
         let client = app.client.clone();
         let url = format!("{}/v1/seal-events", app.address);
+        // Every event adds its key to one alert's evidence: a lost trip update loses keys.
         let events: Vec<Value> = (0..per_batch)
             .map(|i| {
-                event(
-                    DEVICE_1,
-                    (b * per_batch + i + 1) as u64,
-                    (b * per_batch + i) as u32,
-                    "position",
-                )
+                let n = b * per_batch + i;
+                event(DEVICE_1, (n + 1) as u64, n as u32, "rope_cut")
             })
             .collect();
         tasks.push(tokio::spawn(async move {
@@ -233,11 +234,68 @@ async fn concurrent_batches_for_one_trip_are_all_applied(app: TestApp) {
         history["events"].as_array().unwrap().len(),
         batches * per_batch
     );
-    // The trip saw every event: its last position is the latest one.
-    let trip = app.trip(&trip_id).await;
-    let last_minute = batches * per_batch - 1;
+    let alerts = app
+        .get(&format!("/v1/alerts?trip={trip_id}&kind=seal_tamper"))
+        .await
+        .json();
+    let list = alerts["alerts"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "one open tamper alert per seal");
     assert_eq!(
-        trip["last_position"]["time"],
-        format!("2026-03-14T10:{last_minute:02}:00Z")
+        list[0]["evidence"].as_array().unwrap().len(),
+        batches * per_batch,
+        "every event's key is in the evidence: no update was lost"
     );
+    let audit = app.get(&format!("/v1/trips/{trip_id}/audit")).await.json();
+    assert_eq!(audit["verified"], true);
+}
+
+async fn events_before_their_declaration_join_the_trip(app: TestApp) {
+    // The seal locks and reports before the declaration reaches the gateway.
+    let early = json!([
+        event(DEVICE_1, 1, 0, "locked"),
+        event("860000000000017", 1, 0, "locked")
+    ]);
+    let reply = app.post_events(early.to_string()).await;
+    assert_eq!(reply.json()["events"]["unmatched"], 2);
+    let trip_id = app.declare_gt_sv().await;
+    let trip = app.trip(&trip_id).await;
+    assert_eq!(trip["equipment"][0]["seals"][0]["state"], "locked");
+    assert_eq!(trip["state"], "armed");
+    assert_eq!(app.count_where("seal_events", "trip_id is null").await, 0);
+    // Sending them again is a duplicate, and changes nothing.
+    let again = app.post_events(early.to_string()).await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(app.trip(&trip_id).await["state"], "armed");
+}
+
+async fn event_ids_are_scoped_to_their_device(app: TestApp) {
+    let a = json!({"event_id": "1001", "device_id": "DEV-A", "time": "2026-03-14T10:00:00Z", "kind": "position"});
+    let b = json!({"event_id": "1001", "device_id": "DEV-B", "time": "2026-03-14T10:00:00Z", "kind": "position"});
+    assert_eq!(app.post_events(a.to_string()).await.status, 202);
+    let reply = app.post_events(b.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert!(reply.headers.get("idempotent-replayed").is_none());
+    // A seq-only event and an event_id that looks like its derived key do not collide.
+    let c =
+        json!({"seq": 7, "device_id": "DEV-C", "time": "2026-03-14T10:00:00Z", "kind": "position"});
+    let z = json!({"event_id": "DEV-C:7", "device_id": "DEV-Z", "time": "2026-03-14T10:00:00Z", "kind": "position"});
+    assert_eq!(app.post_events(c.to_string()).await.status, 202);
+    assert_eq!(app.post_events(z.to_string()).await.status, 202);
+    assert_eq!(app.count("seal_events").await, 4);
+}
+
+async fn whole_number_floats_count_as_integers(app: TestApp) {
+    let e = json!({"device_id": "DEV-A", "seq": 1.0, "time": "2026-03-14T10:00:00Z",
+                   "kind": "position", "battery_pct": 80.0,
+                   "position": {"lat": 14, "lon": -90.5, "heading": 90.0}});
+    let reply = app.post_events(e.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+}
+
+async fn declaration_bytes_replayed_to_the_events_endpoint_are_refused(app: TestApp) {
+    let body = fixture("ects-json/declaration-ke-ug.json");
+    assert_eq!(app.post_message(body.clone()).await.status, 202);
+    let reply = app.post_events(body).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/declaration_id"]);
 }

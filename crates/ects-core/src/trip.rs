@@ -327,19 +327,22 @@ impl Trip {
         self.track.watermark.is_some_and(|w| event.time < w)
     }
 
+    /// The event's seal: by seal id, else by device. A device that reports a seal id this
+    /// trip does not know is still this trip's device (the seal may have been replaced or
+    /// its number mistyped): its events count, tamper alarms above all.
     fn find_seal(&self, event: &SealEvent) -> Option<(usize, usize)> {
-        for (e, equipment) in self.status.equipment.iter().enumerate() {
-            for (s, seal) in equipment.seals.iter().enumerate() {
-                let matches = match &event.seal_id {
-                    Some(id) => &seal.id == id,
-                    None => seal.device_id.as_ref() == Some(&event.device_id),
-                };
-                if matches {
-                    return Some((e, s));
-                }
-            }
-        }
-        None
+        let position = |test: &dyn Fn(&SealStatus) -> bool| {
+            self.status
+                .equipment
+                .iter()
+                .enumerate()
+                .find_map(|(e, equipment)| equipment.seals.iter().position(test).map(|s| (e, s)))
+        };
+        event
+            .seal_id
+            .as_ref()
+            .and_then(|id| position(&|seal| &seal.id == id))
+            .or_else(|| position(&|seal| seal.device_id.as_ref() == Some(&event.device_id)))
     }
 
     /// The thresholds in force: the defaults laid over by the trip's corridor.
@@ -496,15 +499,19 @@ impl Trip {
         };
         let evidence = evidence_of(event);
         let seal_id = self.status.equipment[e].seals[s].id.clone();
-        {
+        // An older event than the seal's latest (applied without replay) does not set the
+        // seal's state, battery or arming back in time; its alarms still count.
+        let newest = {
             let seal = &mut self.status.equipment[e].seals[s];
-            if seal.last_event_at.is_none_or(|t| event.time >= t) {
+            let newest = seal.last_event_at.is_none_or(|t| event.time >= t);
+            if newest {
                 seal.last_event_at = Some(event.time);
                 if event.battery_pct.is_some() {
                     seal.battery_pct = event.battery_pct;
                 }
             }
-        }
+            newest
+        };
         if self.track.watermark.is_none_or(|w| event.time > w) {
             self.track.watermark = Some(event.time);
         }
@@ -522,7 +529,7 @@ impl Trip {
             .or_else(|| self.track.last_fix.as_ref().map(Fix::point));
 
         match event.kind {
-            SealEventKind::Locked => {
+            SealEventKind::Locked if newest => {
                 self.status.equipment[e].seals[s].state = SealState::Locked;
                 let at_departure = match point {
                     Some(p) => self.at_departure(geo, p),
@@ -548,7 +555,9 @@ impl Trip {
                 } else {
                     SealState::Unlocked
                 };
-                self.status.equipment[e].seals[s].state = new_state;
+                if newest {
+                    self.status.equipment[e].seals[s].state = new_state;
+                }
                 if matches!(
                     self.status.state,
                     TripState::Armed | TripState::InTransit | TripState::Arrived
@@ -582,7 +591,9 @@ impl Trip {
                 }
             }
             kind if kind.is_tamper() => {
-                self.status.equipment[e].seals[s].state = SealState::Tampered;
+                if newest {
+                    self.status.equipment[e].seals[s].state = SealState::Tampered;
+                }
                 self.raise(
                     fx,
                     AlertKind::SealTamper,

@@ -796,3 +796,27 @@ fn a_clock_alert_that_buffered_fixes_disprove_is_withdrawn() {
     ));
     assert!(s.all(AlertKind::ReportingGap).is_empty());
 }
+
+#[test]
+fn a_stale_event_does_not_set_the_seal_back() {
+    let mut s = Scenario::armed_and_rolling();
+    s.event_at(10.0, "rope_cut", None, None);
+    // A "locked" from minute 5 arrives after it (no replay here): the seal stays tampered.
+    s.event_at(5.0, "locked", None, None);
+    assert_eq!(
+        s.trip.status.equipment[0].seals[0].state,
+        SealState::Tampered
+    );
+}
+
+#[test]
+fn a_device_reporting_an_unknown_seal_number_still_counts() {
+    let mut s = Scenario::armed_and_rolling();
+    let event: SealEvent = serde_json::from_value(json!({
+        "device_id": "D1", "seal_id": "ES-REPLACED", "seq": 999, "kind": "rope_cut",
+        "time": Scenario::at(5.0).to_rfc3339()
+    }))
+    .unwrap();
+    s.input(Input::SealEvent(event), Scenario::at(5.0)).unwrap();
+    assert_eq!(s.open(AlertKind::SealTamper).len(), 1);
+}
