@@ -110,6 +110,13 @@ impl Segment {
         Self { a, b, n, envelope }
     }
 
+    /// Whether the arc may lie within `sin_radius` (the sine of an angular radius) of `p`:
+    /// the distance to the arc is never less than the distance to its great circle, which
+    /// one dot product gives. A cheap test before the exact one.
+    fn may_be_within(&self, p: V3, sin_radius: f64) -> bool {
+        self.n.is_none_or(|n| p.dot(n).abs() <= sin_radius)
+    }
+
     /// Exact distance on the sphere from `p` to this arc, in radians.
     fn angle_to(&self, p: V3) -> f64 {
         if let Some(n) = self.n {
@@ -182,16 +189,25 @@ impl CorridorIndex {
     /// (only the segments near `p` are measured).
     pub fn distance_within(&self, p: LatLon, radius_m: f64) -> Option<f64> {
         let v = V3::from_lat_lon(p.lat, p.lon);
+        let sin_radius = (radius_m / EARTH_RADIUS_M).min(1.0).sin();
         self.tree
             .locate_in_envelope_intersecting(&search_box(p, radius_m))
+            .filter(|s| s.may_be_within(v, sin_radius))
             .map(|s| s.angle_to(v) * EARTH_RADIUS_M)
             .filter(|d| *d <= radius_m)
             .min_by(f64::total_cmp)
     }
 
-    /// Whether `p` is inside the corridor band (within half its width of the line).
+    /// Whether `p` is inside the corridor band (within half its width of the line). Stops at
+    /// the first segment close enough.
     pub fn contains(&self, p: LatLon) -> bool {
-        self.distance_within(p, self.half_width_m()).is_some()
+        let radius_m = self.half_width_m();
+        let v = V3::from_lat_lon(p.lat, p.lon);
+        let radius = radius_m / EARTH_RADIUS_M;
+        let sin_radius = radius.min(1.0).sin();
+        self.tree
+            .locate_in_envelope_intersecting(&search_box(p, radius_m))
+            .any(|s| s.may_be_within(v, sin_radius) && s.angle_to(v) <= radius)
     }
 
     /// The reference: distance to every segment with `geo`'s haversine closest point. For
@@ -539,6 +555,11 @@ mod tests {
             let p = ll((base.lat + offset.0).clamp(-89.0, 89.0), base.lon + offset.1);
             let reference = c.distance_brute_force(p);
             let radius = 20_000.0;
+            // contains() takes its own early-exit path; it must agree with the reference.
+            let half = c.half_width_m();
+            if (reference - half).abs() > 0.05 {
+                prop_assert_eq!(c.contains(p), reference <= half);
+            }
             match c.distance_within(p, radius) {
                 Some(d) => prop_assert!((d - reference).abs() <= 0.05 + reference * 1e-6,
                     "indexed {d} vs brute force {reference}"),

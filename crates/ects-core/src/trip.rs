@@ -674,14 +674,17 @@ impl Trip {
             // here) adds nothing to the movement rules.
             return;
         }
-        if let Some(last) = self.track.last_fix.clone() {
+        // Only what the rules need of the last fix: no clone of its evidence per event.
+        if let Some((last_point, last_time)) =
+            self.track.last_fix.as_ref().map(|f| (f.point(), f.time))
+        {
             if watched {
                 // A fix arriving after a gap: the gap is raised (if a tick did not already)
                 // and cleared now.
                 self.check_gap(event.time, rules, fx);
             }
-            let dt = (event.time - last.time).num_milliseconds() as f64 / 1000.0;
-            let d = distance_m(last.point(), point);
+            let dt = (event.time - last_time).num_milliseconds() as f64 / 1000.0;
+            let d = distance_m(last_point, point);
             if d >= rules.jump_min_distance_m && dt > 0.0 && d / dt * 3.6 > rules.max_speed_kmh {
                 self.raise(
                     fx,
@@ -696,7 +699,10 @@ impl Trip {
                         d / 1000.0,
                         dt,
                         d / dt * 3.6,
-                        last.evidence
+                        self.track
+                            .last_fix
+                            .as_ref()
+                            .map_or("", |f| f.evidence.as_str())
                     ),
                 );
             } else {
@@ -856,16 +862,19 @@ impl Trip {
         if !matches!(self.status.state, TripState::Armed | TripState::InTransit) {
             return;
         }
-        let Some(anchor) = self.track.stop.clone() else {
+        let Some((zone, since)) = self.track.stop.as_ref().map(|a| (a.zone, a.since)) else {
             return;
         };
-        let limit = match anchor.zone {
+        let limit = match zone {
             Some(ZoneKind::CustomsOffice | ZoneKind::BorderPost) => return,
             Some(_) => rules.max_rest_s,
             None => rules.max_stop_s,
         };
-        let due = anchor.since + Duration::seconds(limit);
+        let due = since + Duration::seconds(limit);
         if now > due {
+            let Some(anchor) = self.track.stop.clone() else {
+                return;
+            };
             let place = if anchor.zone.is_some() {
                 "in a rest area"
             } else {
@@ -896,16 +905,21 @@ impl Trip {
         if !matches!(self.status.state, TripState::Armed | TripState::InTransit) {
             return;
         }
-        let (since, evidence, point) = match (&self.track.last_fix, &self.track.armed_at) {
-            (Some(f), _) => (f.time, f.evidence.clone(), Some(f.point())),
-            (None, Some(a)) => (a.time, a.evidence.clone(), Some(a.point())),
+        let since = match (&self.track.last_fix, &self.track.armed_at) {
+            (Some(f), _) => f.time,
+            (None, Some(a)) => a.time,
             (None, None) => match self.track.watermark {
-                Some(w) => (w, String::from("watermark"), None),
+                Some(w) => w,
                 None => return,
             },
         };
         let due = since + Duration::seconds(rules.max_gap_s);
         if now > due {
+            let (evidence, point) = match (&self.track.last_fix, &self.track.armed_at) {
+                (Some(f), _) => (f.evidence.clone(), Some(f.point())),
+                (None, Some(a)) => (a.evidence.clone(), Some(a.point())),
+                (None, None) => ("watermark".to_owned(), None),
+            };
             self.raise(
                 fx,
                 AlertKind::ReportingGap,
