@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use ects_core::audit::{AuditEntry, verify};
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
-use ects_core::trip::{CommandError, Effect, Input, Rules, Trip, reconcile};
+use ects_core::trip::{CommandError, Effect, Input, Rules, RulesOverride, Trip, reconcile};
 use ects_core::{CorridorId, SealEvent, TransitDeclaration, TripId, TripStatus, ZoneId};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -431,6 +431,7 @@ impl Tracking {
             trip.status.trip_id,
             &declaration,
             trip.status.created_at,
+            &trip.rules,
             &inputs,
             geo,
             &self.rules,
@@ -539,6 +540,40 @@ impl Tracking {
             });
         }
         Err(CommandFailure::Store(StoreError::Contention))
+    }
+
+    /// Sets a trip's own thresholds (they win over its corridor's and the defaults), from
+    /// its next input on.
+    pub async fn set_trip_rules(
+        &self,
+        trip_id: TripId,
+        rules: RulesOverride,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<TripStatus, CommandFailure> {
+        let mut tx = self.store.begin_write().await?;
+        let Some((mut trip, version)) =
+            store::load_trip(&mut tx, self.store.backend(), &trip_id.to_string()).await?
+        else {
+            return Err(CommandFailure::NoTrip(trip_id));
+        };
+        if trip.rules == rules {
+            tx.rollback().await?;
+            return Ok(trip.status);
+        }
+        trip.rules = rules.clone();
+        if !store::update_trip(&mut tx, &trip, version).await? {
+            return Err(CommandFailure::Store(StoreError::Contention));
+        }
+        append_audit(
+            &mut tx,
+            trip_id,
+            vec![AuditItem::new(actor, "input.rules", &rules)],
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(trip.status)
     }
 
     /// The clock for every live trip: raises gaps, overdue trips and long stops on time.

@@ -1,8 +1,8 @@
 //! Commands on a trip: remote release, custody handover, cancellation; and its audit trail.
 
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, put, web};
 use chrono::Utc;
-use ects_core::trip::Input;
+use ects_core::trip::{Input, RulesOverride};
 use ects_core::{Cancellation, CustodyHandover, ReleaseAuthorization, TripId};
 use serde::de::DeserializeOwned;
 
@@ -194,4 +194,78 @@ pub async fn get_audit(
         return Err(ApiError::NotFound(format!("trip {trip_id}")));
     }
     Ok(HttpResponse::Ok().json(audit_trail(&state.store, trip_id).await?))
+}
+
+/// Reads a trip's own thresholds: JSON with the fields of the configuration's `[rules]`,
+/// each one positive (percentages up to 100).
+fn parse_rules(body: &[u8]) -> Result<RulesOverride, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::Document(DocumentError::Malformed(Located::line_column(
+            e.line(),
+            e.column(),
+            e.to_string(),
+        )))
+    })?;
+    if let Some(map) = value.as_object() {
+        for (name, v) in map {
+            let ok = v
+                .as_f64()
+                .is_some_and(|n| n > 0.0 && (!name.ends_with("_pct") || n <= 100.0));
+            if !ok && !v.is_null() {
+                return Err(ApiError::Document(DocumentError::Invalid(vec![
+                    Located::pointer(
+                        format!("/{name}"),
+                        "a threshold is a positive number (a percentage at most 100)",
+                    ),
+                ])));
+            }
+        }
+    }
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
+            if path == "." {
+                String::new()
+            } else {
+                format!("/{path}")
+            },
+            e.into_inner().to_string(),
+        )]))
+    })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TripRules {
+    pub trip_id: TripId,
+    /// The thresholds set for this trip; the others come from its corridor and the defaults.
+    #[schema(value_type = Object)]
+    pub rules: RulesOverride,
+}
+
+/// Set this trip's own rule thresholds (they win over its corridor's and the defaults).
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)")),
+    request_body(content = Object, description = "Thresholds, e.g. {\"max_stop_s\": 600, \"max_gap_s\": 300}"),
+    responses(
+        (status = 200, body = TripRules),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown threshold or not a positive number", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/v1/trips/{id}/rules")]
+pub async fn put_rules(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let trip_id = path_trip_id(&path)?;
+    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    let rules = parse_rules(&body)?;
+    state
+        .tracking
+        .set_trip_rules(trip_id, rules.clone(), "http".into(), Utc::now())
+        .await?;
+    Ok(HttpResponse::Ok().json(TripRules { trip_id, rules }))
 }

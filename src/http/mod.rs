@@ -60,6 +60,7 @@ pub struct AppState {
         commands::post_handover,
         commands::post_cancel,
         commands::get_audit,
+        commands::put_rules,
         geo::put_corridor,
         geo::get_corridor,
         geo::list_corridors,
@@ -108,6 +109,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(commands::post_handover)
     .service(commands::post_cancel)
     .service(commands::get_audit)
+    .service(commands::put_rules)
     .service(geo::list_corridors)
     .service(geo::put_corridor)
     .service(geo::get_corridor)

@@ -13,6 +13,7 @@ on_both_backends!(
     late_buffered_fixes_are_replayed_in_event_time_order,
     the_clock_raises_gaps_and_late_fixes_withdraw_them,
     a_tampered_audit_trail_does_not_verify,
+    a_trip_can_have_its_own_thresholds,
 );
 
 const LAT: f64 = 14.0;
@@ -398,5 +399,47 @@ async fn a_tampered_audit_trail_does_not_verify(app: TestApp) {
         audit["problem"].as_str().unwrap().contains("entry 2"),
         "{}",
         audit["problem"]
+    );
+}
+
+async fn a_trip_can_have_its_own_thresholds(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let path = format!("/v1/trips/{trip}/rules");
+    for (body, pointer) in [
+        (json!({"max_gap_s": -5}), "/max_gap_s"),
+        (json!({"low_battery_pct": 150}), "/low_battery_pct"),
+        (json!({"max_gap_z": 300}), ""),
+    ] {
+        let reply = app.put(&path, &body).await;
+        assert_eq!(reply.status, 422, "{body}: {}", reply.text);
+        assert!(
+            reply.pointers().iter().any(|p| p.starts_with(pointer)),
+            "{}",
+            reply.text
+        );
+    }
+    let reply = app.put(&path, &json!({"max_gap_s": 300})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // Five minutes without a fix is now a gap on this trip.
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 10, "position", road_lon(10), 0.0)],
+    )
+    .await;
+    app.tracking.tick_all(t(16)).await.unwrap();
+    let gap = open_alerts(&app, &trip, "reporting_gap").await;
+    assert_eq!(gap.len(), 1);
+    assert_eq!(
+        gap[0]["raised_at"],
+        t(15).to_rfc3339().replace("+00:00", "Z")
+    );
+    let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "input.rules")
     );
 }

@@ -63,6 +63,17 @@ impl Engine {
         );
     }
 
+    /// Sets thresholds for one trip (they win over its corridor's).
+    pub fn set_trip_rules(&mut self, id: &TripId, rules: crate::trip::RulesOverride) -> bool {
+        match self.trips.get_mut(id) {
+            Some(entry) => {
+                entry.trip.rules = rules;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn trip(&self, id: &TripId) -> Option<&Trip> {
         self.trips.get(id).map(|e| &e.trip)
     }
@@ -103,6 +114,7 @@ impl Engine {
                 trip_id,
                 &entry.declaration,
                 entry.trip.status.created_at,
+                &entry.trip.rules,
                 &entry.inputs,
                 &geo,
                 &rules,

@@ -247,6 +247,9 @@ pub struct Trip {
     pub track: Track,
     #[serde(default)]
     pub releases: Vec<ReleaseAuthorization>,
+    /// Thresholds set for this trip alone; they win over the corridor's.
+    #[serde(default)]
+    pub rules: RulesOverride,
 }
 
 impl Trip {
@@ -292,16 +295,19 @@ impl Trip {
             alerts: Vec::new(),
             track: Track::default(),
             releases: Vec::new(),
+            rules: RulesOverride::default(),
         }
     }
 
     /// Builds the trip from its declaration and every input, in order, as if they had
     /// arrived in order; ends with a tick at `now`. Commands the trip would refuse at their
-    /// place in the order are skipped.
+    /// place in the order are skipped. `trip_rules` are the trip's own thresholds.
+    #[allow(clippy::too_many_arguments)]
     pub fn replay(
         trip_id: TripId,
         declaration: &TransitDeclaration,
         created_at: Timestamp,
+        trip_rules: &RulesOverride,
         inputs: &[Input],
         geo: &Geography,
         rules: &Rules,
@@ -310,6 +316,7 @@ impl Trip {
         let mut ordered: Vec<&Input> = inputs.iter().collect();
         ordered.sort_by_cached_key(|i| i.sort_key());
         let mut trip = Trip::declare(trip_id, declaration, created_at);
+        trip.rules = trip_rules.clone();
         for input in ordered {
             let _ = trip.apply(input, geo, rules, now);
         }
@@ -345,12 +352,14 @@ impl Trip {
             .or_else(|| position(&|seal| seal.device_id.as_ref() == Some(&event.device_id)))
     }
 
-    /// The thresholds in force: the defaults laid over by the trip's corridor.
+    /// The thresholds in force: the defaults, laid over by the trip's corridor, laid over
+    /// by the trip's own.
     pub fn rules_for(&self, geo: &Geography, rules: &Rules) -> Rules {
-        match self.corridor(geo) {
+        let base = match self.corridor(geo) {
             Some(c) => rules.with(&c.rules),
             None => *rules,
-        }
+        };
+        base.with(&self.rules)
     }
 
     fn corridor<'g>(&self, geo: &'g Geography) -> Option<&'g CorridorIndex> {
