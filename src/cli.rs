@@ -31,7 +31,7 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
-    /// List the formats this build reads and writes.
+    /// List the formats: ids, versions, the messages each reads (in) and writes (out).
     Formats,
     /// Check a document against a format; exit status 1 when it is not valid.
     Validate {
@@ -40,6 +40,34 @@ pub enum Command {
         format: String,
         /// The document; `-` for standard input.
         file: PathBuf,
+    },
+    /// Translate a document from one format to another (nothing is stored); the result on
+    /// standard output, problems and unmapped parts on standard error.
+    Translate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        /// The document; `-` (default) for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+    },
+    /// Mapping tools for integrators.
+    Mapping {
+        #[command(subcommand)]
+        command: MappingCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Run the fixture cases (`DIR/<format>/<case>/`: input.*, expected.ects.json or
+    /// expected.problems.json, expected.<target>.<ext>) and the round trips; print a diff
+    /// for each mismatch; exit status 1 if any case fails.
+    Test {
+        /// Default: tests/fixtures.
+        #[arg(default_value = "tests/fixtures")]
+        dir: PathBuf,
     },
 }
 
@@ -88,9 +116,10 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             let formats = startup::formats(&settings)?;
             for f in formats.list() {
                 println!(
-                    "{:<14} {:<7} {}",
+                    "{:<14} {:<8} {:<60} {}",
                     f.id,
-                    f.directions.join("+"),
+                    f.version,
+                    f.messages.join(" "),
                     f.description
                 );
             }
@@ -106,30 +135,83 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             })?;
             let body = read_input(&file)?;
             match adapter.decode(&body) {
-                Ok(Inbound::Declaration(d)) => {
-                    println!(
-                        "{}: valid transit declaration {} of {}",
-                        file.display(),
-                        d.declaration_id,
-                        d.issuing_authority
-                    );
-                    Ok(0)
-                }
-                Ok(Inbound::SealEvents { events, .. }) => {
-                    println!("{}: valid, {} seal event(s)", file.display(), events.len());
+                Ok(decoded) => {
+                    match &decoded.inbound {
+                        Inbound::Declaration(d) => println!(
+                            "{}: valid transit declaration {} of {}",
+                            file.display(),
+                            d.declaration_id,
+                            d.issuing_authority
+                        ),
+                        Inbound::SealEvents { events, .. } => {
+                            println!("{}: valid, {} seal event(s)", file.display(), events.len())
+                        }
+                    }
+                    for part in &decoded.unmapped {
+                        eprintln!("{}: unmapped {part}", file.display());
+                    }
                     Ok(0)
                 }
                 Err(e) => {
-                    let problems = match e {
-                        DocumentError::Malformed(l) => vec![l],
-                        DocumentError::Invalid(list) => list,
-                    };
-                    for p in problems {
-                        eprintln!("{}: {p}", file.display());
-                    }
+                    print_problems(&file, e);
                     Ok(1)
                 }
             }
         }
+        Command::Translate { from, to, file } => {
+            let formats = startup::formats(&settings)?;
+            let body = read_input(&file)?;
+            match crate::translate::translate(&formats, &from, &to, &body) {
+                Ok(t) => {
+                    print!("{}", t.output);
+                    for part in &t.unmapped {
+                        eprintln!("{}: unmapped {part}", file.display());
+                    }
+                    for p in &t.problems {
+                        eprintln!("{}: note: {p}", file.display());
+                    }
+                    Ok(0)
+                }
+                Err(crate::translate::TranslateError::Decode { error, .. })
+                | Err(crate::translate::TranslateError::Encode { error, .. }) => {
+                    print_problems(&file, error);
+                    Ok(1)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Mapping {
+            command: MappingCommand::Test { dir },
+        } => {
+            let formats = startup::formats(&settings)?;
+            let results = crate::mapping::harness::run(&formats, &dir);
+            anyhow::ensure!(
+                !results.is_empty(),
+                "no fixture case under {}",
+                dir.display()
+            );
+            let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+            for r in &results {
+                if r.failures.is_empty() {
+                    println!("ok    {}/{}", r.format, r.case);
+                } else {
+                    println!("FAIL  {}/{}", r.format, r.case);
+                    for f in &r.failures {
+                        println!("        {f}");
+                    }
+                }
+            }
+            println!(
+                "mapping cases: {} passed, {failed} failed",
+                results.len() - failed
+            );
+            Ok(if failed == 0 { 0 } else { 1 })
+        }
+    }
+}
+
+fn print_problems(file: &std::path::Path, e: DocumentError) {
+    for p in e.into_problems() {
+        eprintln!("{}: {p}", file.display());
     }
 }

@@ -39,6 +39,8 @@ pub struct Settings {
     /// How often every live trip is checked for gaps, overdue arrival and long stops, in
     /// seconds; 0 turns the ticker off (tests drive it themselves).
     pub tick_interval_s: u64,
+    /// The mapping files (one per partner format and message) and `codes/`.
+    pub mappings_dir: PathBuf,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             log_filter: "info".into(),
             rules: Rules::default(),
             tick_interval_s: 30,
+            mappings_dir: PathBuf::from("mappings"),
         }
     }
 }
@@ -76,6 +79,9 @@ pub struct ConfigArgs {
     /// Log format (default pretty).
     #[arg(long, env = "ECTS_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Directory of mapping files (default ./mappings).
+    #[arg(long = "mappings", env = "ECTS_MAPPINGS", global = true)]
+    pub mappings_dir: Option<PathBuf>,
     /// Log filter (default info), e.g. `ects_gateway=debug,info`.
     #[arg(long = "log", alias = "log-filter", env = "ECTS_LOG", global = true)]
     pub log_filter: Option<String>,
@@ -115,6 +121,9 @@ impl ConfigArgs {
         }
         if let Some(f) = &self.log_filter {
             settings.log_filter = f.clone();
+        }
+        if let Some(d) = &self.mappings_dir {
+            settings.mappings_dir = d.clone();
         }
         settings.check()?;
         Ok(settings)

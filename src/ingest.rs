@@ -119,6 +119,8 @@ struct Message<'a> {
     sha256: String,
     source: Source<'a>,
     now: DateTime<Utc>,
+    /// Document paths no binding read (mapped formats).
+    unmapped: Option<String>,
 }
 
 impl Message<'_> {
@@ -138,6 +140,7 @@ impl Message<'_> {
             problem: None,
             response_status: None,
             response_body: None,
+            unmapped: self.unmapped.clone(),
         }
     }
 }
@@ -167,13 +170,14 @@ impl Ingest {
             sha256: hex::encode(Sha256::digest(body)),
             source,
             now,
+            unmapped: None,
         };
         tracing::Span::current().record("message_id", message.id.as_str());
 
         // Decoded first, so that a document the endpoint does not take is refused even if
         // the same bytes were once accepted elsewhere.
-        let inbound = match format.decode(body) {
-            Ok(inbound) => inbound,
+        let decoded = match format.decode(body) {
+            Ok(decoded) => decoded,
             Err(e) => {
                 self.record_rejected(&message, &problem_json(&e)).await?;
                 return Err(e.into());
@@ -182,6 +186,12 @@ impl Ingest {
         if let Some(answer) = self.replay_identical(&message).await? {
             return Ok(answer);
         }
+        let message = Message {
+            unmapped: (!decoded.unmapped.is_empty())
+                .then(|| serde_json::to_string(&decoded.unmapped).unwrap_or_default()),
+            ..message
+        };
+        let inbound = decoded.inbound;
         for attempt in 1..=MAX_ATTEMPTS {
             let result = match &inbound {
                 Inbound::Declaration(d) => self.declare(&message, d).await,
@@ -223,6 +233,7 @@ impl Ingest {
             sha256: hex::encode(Sha256::digest(body)),
             source,
             now,
+            unmapped: None,
         };
         Ok(self
             .record_rejected(&message, &problem_json(problem))
@@ -545,9 +556,6 @@ fn jitter_ms(sha256: &str, attempt: usize) -> u64 {
 }
 
 fn problem_json(e: &DocumentError) -> String {
-    let located = match e {
-        DocumentError::Malformed(l) => vec![l.clone()],
-        DocumentError::Invalid(list) => list.clone(),
-    };
+    let located = e.clone().into_problems();
     serde_json::to_string(&located).unwrap_or_default()
 }

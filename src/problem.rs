@@ -2,16 +2,24 @@
 
 use serde::Serialize;
 
-/// One problem and where it is: a JSON pointer, a line and column, or both.
+/// One problem and where it is, at both ends: in the document (a JSON pointer, an XML path
+/// or flat-file record:field, a line and column) and in the canonical form.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Located {
     /// JSON pointer (RFC 6901) of the offending part, `""` for the whole document.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
+    /// Where in a non-JSON document: `/Decl/Containers/Container[2]/Seal[1]/Number`,
+    /// `CONTAINER[3]:2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
+    /// The canonical field concerned, as a JSON pointer into the canonical form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical: Option<String>,
     pub detail: String,
 }
 
@@ -34,8 +42,10 @@ impl Located {
     pub fn pointer(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             pointer: Some(pointer.into()),
+            path: None,
             line: None,
             column: None,
+            canonical: None,
             detail: shorten(detail.into()),
         }
     }
@@ -43,8 +53,10 @@ impl Located {
     pub fn line_column(line: usize, column: usize, detail: impl Into<String>) -> Self {
         Self {
             pointer: None,
+            path: None,
             line: Some(line),
             column: Some(column),
+            canonical: None,
             detail: shorten(detail.into()),
         }
     }
@@ -52,12 +64,32 @@ impl Located {
 
 impl std::fmt::Display for Located {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.pointer, self.line, self.column) {
-            (Some(p), _, _) if p.is_empty() => write!(f, "(document): {}", self.detail),
-            (Some(p), _, _) => write!(f, "{p}: {}", self.detail),
-            (None, Some(l), Some(c)) => write!(f, "line {l}, column {c}: {}", self.detail),
-            _ => f.write_str(&self.detail),
+        let mut wrote = false;
+        match (&self.pointer, &self.path) {
+            (Some(p), _) if p.is_empty() => {
+                f.write_str("(document)")?;
+                wrote = true;
+            }
+            (Some(p), _) | (None, Some(p)) => {
+                f.write_str(p)?;
+                wrote = true;
+            }
+            _ => {}
         }
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, "{}line {l}, column {c}", if wrote { " at " } else { "" })?;
+            wrote = true;
+        }
+        if let Some(c) = &self.canonical
+            && self.pointer.as_deref() != Some(c.as_str())
+        {
+            write!(f, "{}canonical {c}", if wrote { " → " } else { "" })?;
+            wrote = true;
+        }
+        if wrote {
+            f.write_str(": ")?;
+        }
+        f.write_str(&self.detail)
     }
 }
 
@@ -66,10 +98,24 @@ impl std::fmt::Display for Located {
 pub enum DocumentError {
     /// Not well-formed in its syntax (JSON, XML, flat file).
     #[error("malformed document: {0}")]
-    Malformed(Located),
+    Malformed(Box<Located>),
     /// Well-formed, but not what the format or schema allows.
     #[error("invalid document: {}", .0.first().map(ToString::to_string).unwrap_or_default())]
     Invalid(Vec<Located>),
+}
+
+impl DocumentError {
+    pub fn malformed(located: Located) -> Self {
+        DocumentError::Malformed(Box::new(located))
+    }
+
+    /// Every problem, whichever kind.
+    pub fn into_problems(self) -> Vec<Located> {
+        match self {
+            DocumentError::Malformed(l) => vec![*l],
+            DocumentError::Invalid(list) => list,
+        }
+    }
 }
 
 /// RFC 9457 problem document (`application/problem+json`).

@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::formats::{Formats, Limits};
 use crate::http::{self, AppState};
 use crate::ingest::Ingest;
+use crate::mapping::MappingSet;
 use crate::metrics::Metrics;
 use crate::schemas::Schemas;
 use crate::store::Store;
@@ -27,9 +28,9 @@ pub struct Application {
     tick_interval: u64,
 }
 
-/// The formats with their schemas and limits, as every command that reads documents needs.
+/// The formats: the canonical one and every mapping in `settings.mappings_dir`, compiled.
 pub fn formats(settings: &Settings) -> anyhow::Result<Formats> {
-    Ok(formats_with(settings, schemas()?))
+    formats_with(settings, schemas()?)
 }
 
 fn schemas() -> anyhow::Result<Arc<Schemas>> {
@@ -38,13 +39,16 @@ fn schemas() -> anyhow::Result<Arc<Schemas>> {
     ))
 }
 
-fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> Formats {
-    Formats::new(
+fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> anyhow::Result<Formats> {
+    let mappings =
+        MappingSet::load(&settings.mappings_dir).context("a mapping file does not compile")?;
+    Ok(Formats::new(
         schemas,
         Limits {
             max_events_per_message: settings.max_events_per_message,
         },
-    )
+        &mappings,
+    ))
 }
 
 impl Application {
@@ -58,7 +62,7 @@ impl Application {
             .await
             .context("cannot migrate the database")?;
         let schemas = schemas()?;
-        let formats = formats_with(&settings, schemas.clone());
+        let formats = formats_with(&settings, schemas.clone())?;
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();

@@ -7,7 +7,8 @@ use chrono::{DateTime, Datelike, Utc};
 use ects_core::{SealEvent, TransitDeclaration};
 use serde_json::Value;
 
-use super::{Format, Inbound, Limits};
+use super::{Decoded, Encoded, Format, Inbound, Limits, Outbound};
+use crate::mapping::MessageKind;
 use crate::problem::{DocumentError, Located};
 use crate::schemas::{Canonical, Schemas};
 
@@ -120,7 +121,7 @@ pub fn decode_canonical<T: serde::de::DeserializeOwned>(
     body: &[u8],
 ) -> Result<T, DocumentError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        DocumentError::Malformed(Located::line_column(e.line(), e.column(), e.to_string()))
+        DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
     })?;
     let problems = schemas.check(kind, &value, "");
     if !problems.is_empty() {
@@ -178,12 +179,38 @@ impl EctsJson {
 }
 
 impl Format for EctsJson {
-    fn id(&self) -> &'static str {
+    fn id(&self) -> &str {
         "ects-json"
     }
 
-    fn description(&self) -> &'static str {
-        "Canonical ECTS JSON: transit declarations and seal events (schemas/)"
+    fn version(&self) -> &str {
+        "1"
+    }
+
+    fn description(&self) -> &str {
+        "Canonical ECTS JSON: transit declarations, seal events, trip status (schemas/)"
+    }
+
+    fn messages(&self) -> Vec<(MessageKind, &'static str)> {
+        vec![
+            (MessageKind::Declaration, "in"),
+            (MessageKind::Declaration, "out"),
+            (MessageKind::SealEvents, "in"),
+            (MessageKind::SealEvents, "out"),
+            (MessageKind::TripStatus, "out"),
+        ]
+    }
+
+    fn encode(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError> {
+        let value = match out {
+            Outbound::SealEvents(events) => serde_json::to_value(events).unwrap_or_default(),
+            other => other.canonical(),
+        };
+        Ok(Encoded {
+            body: serde_json::to_vec_pretty(&value).unwrap_or_default(),
+            content_type: "application/json",
+            flags: Vec::new(),
+        })
     }
 
     fn detect(&self, body: &[u8]) -> bool {
@@ -193,9 +220,18 @@ impl Format for EctsJson {
         )
     }
 
-    fn decode(&self, body: &[u8]) -> Result<Inbound, DocumentError> {
+    fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError> {
+        self.decode_inbound(body).map(|inbound| Decoded {
+            inbound,
+            unmapped: Vec::new(),
+        })
+    }
+}
+
+impl EctsJson {
+    fn decode_inbound(&self, body: &[u8]) -> Result<Inbound, DocumentError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
-            DocumentError::Malformed(Located::line_column(e.line(), e.column(), e.to_string()))
+            DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
         })?;
         match shape(&value)? {
             Shape::Declaration => {
@@ -243,7 +279,7 @@ fn time_problem(t: DateTime<Utc>, latest: Option<DateTime<Utc>>) -> Option<Strin
 
 /// Event times must be plausible: a time far in the future would freeze the trip's
 /// "latest" state for good.
-fn check_event_times(
+pub fn check_event_times(
     events: &[SealEvent],
     base: Option<&str>,
     now: DateTime<Utc>,
@@ -269,7 +305,7 @@ fn check_event_times(
 }
 
 /// Rules across fields that the schema does not state.
-fn check_declaration(d: &TransitDeclaration) -> Result<(), DocumentError> {
+pub fn check_declaration(d: &TransitDeclaration) -> Result<(), DocumentError> {
     let mut problems = Vec::new();
     for (pointer, t) in [
         ("/declared_at", Some(d.declared_at)),

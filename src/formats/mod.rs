@@ -1,17 +1,19 @@
-//! Format adapters: each turns its documents into canonical inputs. Adapters are
-//! registered here once; transports look them up by format id.
+//! Format adapters: each turns its documents into canonical inputs and canonical outputs
+//! into its documents. The canonical `ects-json` is code; every other format is a mapping
+//! file compiled at start-up (`crate::mapping`). Transports look adapters up by id.
 
 mod ects_json;
 
 use std::sync::Arc;
 
-use ects_core::{SealEvent, TransitDeclaration};
+use ects_core::{SealEvent, TransitDeclaration, TripStatus};
 use serde::Serialize;
 
-use crate::problem::DocumentError;
+use crate::mapping::{MappingSet, MessageKind};
+use crate::problem::{DocumentError, Located};
 use crate::schemas::Schemas;
 
-pub use ects_json::{EctsJson, decode_canonical};
+pub use ects_json::{EctsJson, check_declaration, check_event_times, decode_canonical};
 
 /// What a message carries, in canonical form.
 #[derive(Debug, Clone)]
@@ -24,28 +26,96 @@ pub enum Inbound {
     },
 }
 
-/// Limits every adapter enforces on top of the body size.
+impl Inbound {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Inbound::Declaration(_) => MessageKind::Declaration,
+            Inbound::SealEvents { .. } => MessageKind::SealEvents,
+        }
+    }
+}
+
+/// A decoded document, with the parts of it no binding read.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub inbound: Inbound,
+    pub unmapped: Vec<String>,
+}
+
+/// Something to write in a partner's format.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_events_per_message: usize,
+pub enum Outbound<'a> {
+    Declaration(&'a TransitDeclaration),
+    SealEvents(&'a [SealEvent]),
+    TripStatus(&'a TripStatus),
+}
+
+impl Outbound<'_> {
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Outbound::Declaration(_) => MessageKind::Declaration,
+            Outbound::SealEvents(_) => MessageKind::SealEvents,
+            Outbound::TripStatus(_) => MessageKind::TripStatus,
+        }
+    }
+
+    /// The canonical JSON of it.
+    pub fn canonical(&self) -> serde_json::Value {
+        match self {
+            Outbound::Declaration(d) => serde_json::to_value(d),
+            Outbound::SealEvents(e) => serde_json::to_value(serde_json::json!({ "events": e })),
+            Outbound::TripStatus(t) => serde_json::to_value(t),
+        }
+        .unwrap_or_default()
+    }
+}
+
+impl From<&Inbound> for serde_json::Value {
+    fn from(inbound: &Inbound) -> Self {
+        match inbound {
+            Inbound::Declaration(d) => Outbound::Declaration(d).canonical(),
+            Inbound::SealEvents { events, .. } => Outbound::SealEvents(events).canonical(),
+        }
+    }
+}
+
+/// A written document, with notes (e.g. a value flagged too long for its field).
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub flags: Vec<Located>,
 }
 
 pub trait Format: Send + Sync {
     /// The public format id (`ects-json`, `wco-dm`, ...).
-    fn id(&self) -> &'static str;
-    fn description(&self) -> &'static str;
+    fn id(&self) -> &str;
+    fn version(&self) -> &str;
+    fn description(&self) -> &str;
+    /// The messages it reads (`in`) and writes (`out`).
+    fn messages(&self) -> Vec<(MessageKind, &'static str)>;
     /// Whether a document looks like this format (for `POST /v1/messages`).
     fn detect(&self, body: &[u8]) -> bool;
     /// Reads a document into canonical inputs, or says what is wrong and where.
-    fn decode(&self, body: &[u8]) -> Result<Inbound, DocumentError>;
+    fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError>;
+    /// Writes canonical data as a document of this format.
+    fn encode(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError>;
 }
 
 /// One format as `ects-gateway formats` and `GET /v1/formats` list it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FormatInfo {
-    pub id: &'static str,
-    pub description: &'static str,
-    pub directions: Vec<&'static str>,
+    pub id: String,
+    pub version: String,
+    pub description: String,
+    /// `declaration:in`, `trip_status:out`, ...
+    pub messages: Vec<String>,
+}
+
+/// Limits every adapter enforces on top of the body size.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_events_per_message: usize,
 }
 
 #[derive(Clone)]
@@ -56,37 +126,52 @@ pub struct Formats {
 impl std::fmt::Debug for Formats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.adapters.iter().map(|a| a.id()))
+            .entries(self.adapters.iter().map(|a| a.id().to_owned()))
             .finish()
     }
 }
 
 impl Formats {
-    pub fn new(schemas: Arc<Schemas>, limits: Limits) -> Self {
-        Self {
-            adapters: vec![Arc::new(EctsJson::new(schemas, limits))],
+    /// The canonical format and every mapped one.
+    pub fn new(schemas: Arc<Schemas>, limits: Limits, mappings: &MappingSet) -> Self {
+        let mut adapters: Vec<Arc<dyn Format>> =
+            vec![Arc::new(EctsJson::new(schemas.clone(), limits))];
+        for format in mappings.formats(schemas, limits) {
+            adapters.push(Arc::new(format));
         }
+        Self { adapters }
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<dyn Format>> {
         self.adapters.iter().find(|a| a.id() == id)
     }
 
+    /// The first format that recognises the document; mapped formats are asked first, the
+    /// canonical JSON (which takes any JSON object) last.
     pub fn detect(&self, body: &[u8]) -> Option<&Arc<dyn Format>> {
-        self.adapters.iter().find(|a| a.detect(body))
+        self.adapters
+            .iter()
+            .skip(1)
+            .find(|a| a.detect(body))
+            .or_else(|| self.adapters.first().filter(|a| a.detect(body)))
     }
 
-    pub fn ids(&self) -> Vec<&'static str> {
-        self.adapters.iter().map(|a| a.id()).collect()
+    pub fn ids(&self) -> Vec<String> {
+        self.adapters.iter().map(|a| a.id().to_owned()).collect()
     }
 
     pub fn list(&self) -> Vec<FormatInfo> {
         self.adapters
             .iter()
             .map(|a| FormatInfo {
-                id: a.id(),
-                description: a.description(),
-                directions: vec!["in", "out"],
+                id: a.id().to_owned(),
+                version: a.version().to_owned(),
+                description: a.description().to_owned(),
+                messages: a
+                    .messages()
+                    .into_iter()
+                    .map(|(m, d)| format!("{}:{d}", m.as_str()))
+                    .collect(),
             })
             .collect()
     }

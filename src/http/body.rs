@@ -24,7 +24,7 @@ pub async fn read_limited(
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit).min(64 * 1024));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::Document(DocumentError::Malformed(Located::pointer(
+            ApiError::Document(DocumentError::malformed(Located::pointer(
                 "",
                 format!("the request body could not be read: {e}"),
             )))
@@ -35,7 +35,7 @@ pub async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     if body.is_empty() {
-        return Err(ApiError::Document(DocumentError::Malformed(
+        return Err(ApiError::Document(DocumentError::malformed(
             Located::pointer("", "the request body is empty"),
         )));
     }

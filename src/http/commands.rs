@@ -26,13 +26,16 @@ impl From<CommandFailure> for ApiError {
         match f {
             CommandFailure::NoTrip(id) => ApiError::NotFound(format!("trip {id}")),
             CommandFailure::Conflict { field, reason } => {
-                ApiError::Conflict(Located::pointer(format!("/{field}"), reason))
+                ApiError::Conflict(Box::new(Located::pointer(format!("/{field}"), reason)))
             }
             // Refusals about the trip's state or who may act conflict with what is stored;
             // the rest are wrong values in the document.
             CommandFailure::Refused(e) => match e.field {
                 "trip_id" | "authority" | "from_authority" | "release_id" | "handover_id" => {
-                    ApiError::Conflict(Located::pointer(format!("/{}", e.field), e.reason))
+                    ApiError::Conflict(Box::new(Located::pointer(
+                        format!("/{}", e.field),
+                        e.reason,
+                    )))
                 }
                 field => ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
                     format!("/{field}"),
@@ -200,7 +203,7 @@ pub async fn get_audit(
 /// each one positive (percentages up to 100).
 fn parse_rules(body: &[u8]) -> Result<RulesOverride, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::Document(DocumentError::Malformed(Located::line_column(
+        ApiError::Document(DocumentError::malformed(Located::line_column(
             e.line(),
             e.column(),
             e.to_string(),

@@ -15,14 +15,11 @@ pub enum ApiError {
     #[error(transparent)]
     Document(#[from] DocumentError),
     #[error("conflict: {0}")]
-    Conflict(Located),
+    Conflict(Box<Located>),
     #[error("{0} not found")]
     NotFound(String),
     #[error("unknown format {format:?}")]
-    UnknownFormat {
-        format: String,
-        known: Vec<&'static str>,
-    },
+    UnknownFormat { format: String, known: Vec<String> },
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("parameter {name}: {detail}")]
@@ -48,7 +45,7 @@ impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
         match e {
             IngestError::Document(d) => ApiError::Document(d),
-            IngestError::Conflict(l) => ApiError::Conflict(l),
+            IngestError::Conflict(l) => ApiError::Conflict(Box::new(l)),
             IngestError::Store(s) => s.into(),
         }
     }
@@ -85,7 +82,7 @@ impl ApiError {
 
     pub fn problem(&self) -> Problem {
         let (detail, errors) = match self {
-            ApiError::Document(DocumentError::Malformed(l)) => (l.to_string(), vec![l.clone()]),
+            ApiError::Document(DocumentError::Malformed(l)) => (l.to_string(), vec![(**l).clone()]),
             ApiError::Document(DocumentError::Invalid(list)) => (
                 match list.as_slice() {
                     [one] => one.to_string(),
@@ -94,7 +91,7 @@ impl ApiError {
                 },
                 list.clone(),
             ),
-            ApiError::Conflict(l) => (l.to_string(), vec![l.clone()]),
+            ApiError::Conflict(l) => (l.to_string(), vec![(**l).clone()]),
             ApiError::UnknownFormat { format, known } => (
                 format!("no format {format:?}; known formats: {}", known.join(", ")),
                 vec![],

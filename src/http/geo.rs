@@ -12,7 +12,7 @@ use crate::problem::{DocumentError, Located};
 
 fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::Document(DocumentError::Malformed(Located::line_column(
+        ApiError::Document(DocumentError::malformed(Located::line_column(
             e.line(),
             e.column(),
             e.to_string(),

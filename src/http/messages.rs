@@ -6,7 +6,7 @@ use chrono::Utc;
 use super::AppState;
 use super::body::read_limited;
 use super::error::ApiError;
-use crate::formats::{Format, FormatInfo, Inbound};
+use crate::formats::{Decoded, Format, FormatInfo, Inbound};
 use crate::ingest::{Answer, IngestResponse, Source};
 use crate::problem::{DocumentError, Located, Problem};
 
@@ -152,26 +152,42 @@ pub async fn post_seal_events(
 struct EventsOnly<'a>(&'a dyn Format);
 
 impl Format for EventsOnly<'_> {
-    fn id(&self) -> &'static str {
+    fn id(&self) -> &str {
         self.0.id()
     }
 
-    fn description(&self) -> &'static str {
+    fn version(&self) -> &str {
+        self.0.version()
+    }
+
+    fn description(&self) -> &str {
         self.0.description()
+    }
+
+    fn messages(&self) -> Vec<(crate::mapping::MessageKind, &'static str)> {
+        self.0.messages()
     }
 
     fn detect(&self, body: &[u8]) -> bool {
         self.0.detect(body)
     }
 
-    fn decode(&self, body: &[u8]) -> Result<Inbound, DocumentError> {
-        match self.0.decode(body)? {
+    fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError> {
+        let decoded = self.0.decode(body)?;
+        match decoded.inbound {
             Inbound::Declaration(_) => Err(DocumentError::Invalid(vec![Located::pointer(
                 "/declaration_id",
                 "this endpoint takes seal events; send declarations to /v1/messages/ects-json",
             )])),
-            events => Ok(events),
+            _ => Ok(decoded),
         }
+    }
+
+    fn encode(
+        &self,
+        out: &crate::formats::Outbound<'_>,
+    ) -> Result<crate::formats::Encoded, DocumentError> {
+        self.0.encode(out)
     }
 }
 
@@ -187,4 +203,49 @@ pub async fn get_formats(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(FormatList {
         formats: state.formats.list(),
     })
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TranslateQuery {
+    /// The format of the document sent.
+    pub from: String,
+    /// The format to translate it into.
+    pub to: String,
+}
+
+/// Translate a document between formats, through the canonical form; nothing is stored.
+/// The answer holds the output, the canonical form, the parts of the input no binding
+/// read (`unmapped`), and notes.
+#[utoipa::path(
+    tag = "messages",
+    params(TranslateQuery),
+    request_body(content = String, description = "The document in the `from` format"),
+    responses(
+        (status = 200, body = crate::translate::Translation),
+        (status = 404, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The document cannot be read, or not written in the target format", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/translate")]
+pub async fn post_translate(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<TranslateQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use crate::translate::{TranslateError, translate};
+    let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    match translate(&state.formats, &query.from, &query.to, &body) {
+        Ok(t) => Ok(HttpResponse::Ok().json(t)),
+        Err(TranslateError::UnknownFormat(format)) => Err(ApiError::UnknownFormat {
+            format,
+            known: state.formats.ids(),
+        }),
+        Err(TranslateError::Decode { error, .. }) => Err(ApiError::Document(error)),
+        Err(TranslateError::Encode { error, .. }) => Err(ApiError::Document(match error {
+            DocumentError::Malformed(l) => DocumentError::Invalid(vec![*l]),
+            other => other,
+        })),
+    }
 }

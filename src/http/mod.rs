@@ -52,6 +52,7 @@ pub struct AppState {
         messages::post_message_detect,
         messages::post_seal_events,
         messages::get_formats,
+        messages::post_translate,
         trips::get_trip,
         trips::list_trips,
         trips::trip_events,
@@ -101,6 +102,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(messages::post_message)
     .service(messages::post_seal_events)
     .service(messages::get_formats)
+    .service(messages::post_translate)
     .service(trips::list_trips)
     .service(trips::get_trip)
     .service(trips::trip_events)

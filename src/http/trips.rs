@@ -59,10 +59,17 @@ pub struct AlertList {
     pub alerts: Vec<Alert>,
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FormatQuery {
+    /// A partner format to answer in (default: canonical JSON).
+    pub format: Option<String>,
+}
+
 /// A trip's status.
 #[utoipa::path(
     tag = "trips",
-    params(("id" = String, Path, description = "Trip id (UUID)")),
+    params(("id" = String, Path, description = "Trip id (UUID)"), FormatQuery),
     responses(
         (status = 200, body = TripStatus),
         (status = 400, description = "Not a trip id", body = crate::problem::Problem, content_type = "application/problem+json"),
@@ -73,6 +80,7 @@ pub struct AlertList {
 pub async fn get_trip(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    query: web::Query<FormatQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = trip_id(&path)?;
     let status = state
@@ -80,7 +88,24 @@ pub async fn get_trip(
         .trip_status(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("trip {id}")))?;
-    Ok(HttpResponse::Ok().json(status))
+    match &query.format {
+        None => Ok(HttpResponse::Ok().json(status)),
+        Some(format) => {
+            let adapter = state
+                .formats
+                .get(format)
+                .ok_or_else(|| ApiError::UnknownFormat {
+                    format: format.clone(),
+                    known: state.formats.ids(),
+                })?;
+            let encoded = adapter
+                .encode(&crate::formats::Outbound::TripStatus(&status))
+                .map_err(ApiError::Document)?;
+            Ok(HttpResponse::Ok()
+                .content_type(encoded.content_type)
+                .body(encoded.body))
+        }
+    }
 }
 
 /// Trips by declaration reference, or the most recently updated.

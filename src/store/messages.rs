@@ -39,6 +39,7 @@ pub struct MessageRecord<'a> {
     pub problem: Option<String>,
     pub response_status: Option<u16>,
     pub response_body: Option<String>,
+    pub unmapped: Option<String>,
 }
 
 pub async fn insert_message(
@@ -47,8 +48,9 @@ pub async fn insert_message(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "insert into messages (message_id, direction, format, transport, source, content_type,
-             received_at, body, body_sha256, parsed, outcome, problem, response_status, response_body)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             received_at, body, body_sha256, parsed, outcome, problem, response_status, response_body,
+             unmapped)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&m.message_id)
     .bind(m.direction)
@@ -64,6 +66,7 @@ pub async fn insert_message(
     .bind(m.problem.as_deref())
     .bind(m.response_status.map(i64::from))
     .bind(m.response_body.as_deref())
+    .bind(m.unmapped.as_deref())
     .execute(conn)
     .await?;
     Ok(())

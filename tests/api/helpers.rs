@@ -116,6 +116,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         max_events_per_message: TEST_MAX_EVENTS,
         // Tests drive the clock themselves through `TestApp::tracking`.
         tick_interval_s: 0,
+        mappings_dir: mappings_dir(),
         ..Settings::default()
     };
     let app = Application::build(settings)
@@ -156,6 +157,12 @@ macro_rules! on_both_backends {
             }
         )*
     };
+}
+
+/// The test formats (tests/mappings): a small XML format, a flat file, and the canonical
+/// declaration described as a mapping.
+pub fn mappings_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mappings"))
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {

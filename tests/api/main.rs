@@ -1,6 +1,7 @@
 //! The gateway's integration suite: the real server over HTTP, on SQLite and PostgreSQL.
 
 mod helpers;
+mod mapping;
 
 mod bad_input;
 mod cli;

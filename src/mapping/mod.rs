@@ -1,0 +1,641 @@
+//! Formats described as data. A mapping file in `mappings/` describes one message of one
+//! partner format (see `mappings/README.md`); at start-up every file is compiled into a
+//! plan, and a broken file stops start-up with its name, line and reason.
+
+pub mod harness;
+mod plan;
+pub mod spec;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use plan::{CodeList, Plan};
+pub use spec::{Direction, MessageKind, Syntax};
+
+use crate::formats::{Decoded, Encoded, Format, Inbound, Limits, Outbound};
+use crate::problem::{DocumentError, Located};
+use crate::schemas::{Canonical, Schemas};
+use plan::Place;
+use tree::Node;
+
+/// Most unmapped parts reported for one document.
+const MAX_UNMAPPED: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct MappingError {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Every compiled mapping, grouped by format id.
+#[derive(Debug, Default, Clone)]
+pub struct MappingSet {
+    pub plans: Vec<Arc<Plan>>,
+}
+
+fn toml_line(source: &str, e: &toml::de::Error) -> usize {
+    e.span()
+        .map(|s| {
+            source.as_bytes()[..s.start.min(source.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        })
+        .unwrap_or(1)
+}
+
+fn read(path: &Path) -> Result<String, MappingError> {
+    std::fs::read_to_string(path).map_err(|e| MappingError {
+        file: path.display().to_string(),
+        line: 0,
+        reason: format!("cannot read: {e}"),
+    })
+}
+
+fn toml_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == "codes") {
+                continue;
+            }
+            toml_files(&path, out)?;
+        } else if path.extension().is_some_and(|x| x == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl MappingSet {
+    /// Loads `dir/codes/*.toml` and every other `*.toml` below `dir`. A missing directory is
+    /// an empty set (only the canonical format is served).
+    pub fn load(dir: &Path) -> Result<Self, MappingError> {
+        if !dir.exists() {
+            return Ok(Self::default());
+        }
+        let mut codes = BTreeMap::new();
+        let codes_dir = dir.join("codes");
+        if codes_dir.is_dir() {
+            let mut files = Vec::new();
+            toml_files(&codes_dir, &mut files).map_err(|e| MappingError {
+                file: codes_dir.display().to_string(),
+                line: 0,
+                reason: e.to_string(),
+            })?;
+            for path in files {
+                let source = read(&path)?;
+                let file = path.display().to_string();
+                let spec: spec::CodeListFile =
+                    toml::from_str(&source).map_err(|e| MappingError {
+                        line: toml_line(&source, &e),
+                        file: file.clone(),
+                        reason: e.message().to_owned(),
+                    })?;
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut input: BTreeMap<String, String> = BTreeMap::new();
+                for (ours, theirs) in &spec.codes {
+                    if let Some(other) = input.insert(theirs.clone(), ours.clone()) {
+                        return Err(MappingError {
+                            file,
+                            line: 0,
+                            reason: format!(
+                                "partner code {theirs:?} stands for both {other:?} and {ours:?}; say which one it reads as in [input]"
+                            ),
+                        });
+                    }
+                }
+                input.extend(spec.input.clone());
+                codes.insert(
+                    name.clone(),
+                    Arc::new(CodeList {
+                        name,
+                        out: spec.codes,
+                        input,
+                    }),
+                );
+            }
+        }
+        let mut files = Vec::new();
+        toml_files(dir, &mut files).map_err(|e| MappingError {
+            file: dir.display().to_string(),
+            line: 0,
+            reason: e.to_string(),
+        })?;
+        let mut plans = Vec::new();
+        for path in files {
+            let source = read(&path)?;
+            let file = path.display().to_string();
+            let parsed: spec::MappingFile = toml::from_str(&source).map_err(|e| MappingError {
+                line: toml_line(&source, &e),
+                file: file.clone(),
+                reason: e.message().to_owned(),
+            })?;
+            let plan =
+                Plan::compile(&file, &source, parsed, &codes).map_err(|(line, reason)| {
+                    MappingError {
+                        file: file.clone(),
+                        line,
+                        reason,
+                    }
+                })?;
+            if plan.id == "ects-json" {
+                return Err(MappingError {
+                    file,
+                    line: 1,
+                    reason: "ects-json is the canonical format; give this mapping another id"
+                        .into(),
+                });
+            }
+            plans.push(Arc::new(plan));
+        }
+        Ok(Self { plans })
+    }
+
+    /// One adapter per format id, holding all its messages' plans.
+    pub fn formats(&self, schemas: Arc<Schemas>, limits: Limits) -> Vec<MappedFormat> {
+        let mut by_id: BTreeMap<String, Vec<Arc<Plan>>> = BTreeMap::new();
+        for plan in &self.plans {
+            by_id.entry(plan.id.clone()).or_default().push(plan.clone());
+        }
+        by_id
+            .into_values()
+            .map(|plans| MappedFormat {
+                plans,
+                schemas: schemas.clone(),
+                limits,
+            })
+            .collect()
+    }
+}
+
+/// A partner format served by its mapping files.
+pub struct MappedFormat {
+    plans: Vec<Arc<Plan>>,
+    schemas: Arc<Schemas>,
+    limits: Limits,
+}
+
+impl MappedFormat {
+    fn first(&self) -> &Plan {
+        &self.plans[0]
+    }
+
+    fn reads(&self, plan: &Plan) -> bool {
+        plan.directions.contains(&Direction::In)
+    }
+
+    fn plan_matches(plan: &Plan, body: &[u8]) -> bool {
+        match plan.syntax {
+            Syntax::Xml => match (&plan.detect_root, tree::xml_root_name(body)) {
+                (Some(want), Some(root)) => *want == root,
+                _ => false,
+            },
+            Syntax::Json => {
+                !plan.detect_keys.is_empty()
+                    && serde_json::from_slice::<Value>(body)
+                        .ok()
+                        .and_then(|v| {
+                            v.as_object()
+                                .map(|m| plan.detect_keys.iter().all(|k| m.contains_key(k)))
+                        })
+                        .unwrap_or(false)
+            }
+            Syntax::Flat => plan
+                .detect_starts_with
+                .as_ref()
+                .is_some_and(|s| body.starts_with(s.as_bytes())),
+        }
+    }
+
+    fn parse(plan: &Plan, body: &[u8]) -> Result<Node, DocumentError> {
+        match plan.syntax {
+            Syntax::Xml => tree::parse_xml(body),
+            Syntax::Json => tree::parse_json(body),
+            Syntax::Flat => flat::parse(plan, body),
+        }
+    }
+
+    /// The canonical problems located in the document where a binding read the field.
+    fn locate(problems: Vec<Located>, origins: &BTreeMap<String, Place>) -> Vec<Located> {
+        problems
+            .into_iter()
+            .map(|mut p| {
+                let canonical = p.pointer.take().unwrap_or_default();
+                // The field itself, or the nearest enclosing one the document gave.
+                let mut probe = canonical.clone();
+                let place = loop {
+                    if let Some(place) = origins.get(&probe) {
+                        break Some(place);
+                    }
+                    match probe.rsplit_once('/') {
+                        Some((parent, _)) if !parent.is_empty() => probe = parent.to_owned(),
+                        _ => break None,
+                    }
+                };
+                if let Some(place) = place {
+                    p.path = Some(place.path.clone());
+                    p.line = place.line;
+                    p.column = place.column;
+                }
+                p.canonical = Some(canonical);
+                p
+            })
+            .collect()
+    }
+}
+
+impl Format for MappedFormat {
+    fn id(&self) -> &str {
+        &self.first().id
+    }
+
+    fn version(&self) -> &str {
+        &self.first().version
+    }
+
+    fn description(&self) -> &str {
+        &self.first().description
+    }
+
+    fn messages(&self) -> Vec<(MessageKind, &'static str)> {
+        let mut out = Vec::new();
+        for plan in &self.plans {
+            for d in &plan.directions {
+                out.push((plan.message, if *d == Direction::In { "in" } else { "out" }));
+            }
+        }
+        out
+    }
+
+    fn detect(&self, body: &[u8]) -> bool {
+        self.plans
+            .iter()
+            .any(|p| self.reads(p) && Self::plan_matches(p, body))
+    }
+
+    fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError> {
+        let readers: Vec<&Arc<Plan>> = self.plans.iter().filter(|p| self.reads(p)).collect();
+        let plan = match readers.as_slice() {
+            [] => {
+                return Err(DocumentError::Invalid(vec![Located::pointer(
+                    "",
+                    format!(
+                        "format {} is only written by this gateway, not read",
+                        self.id()
+                    ),
+                )]));
+            }
+            [only] => only,
+            several => several
+                .iter()
+                .find(|p| Self::plan_matches(p, body))
+                .ok_or_else(|| {
+                    DocumentError::Invalid(vec![Located::pointer(
+                        "",
+                        format!(
+                            "no message of format {} recognises this document",
+                            self.id()
+                        ),
+                    )])
+                })?,
+        };
+        let root = Self::parse(plan, body)?;
+        if plan.syntax == Syntax::Xml
+            && let Some(want) = &plan.detect_root
+            && *want != root.name
+        {
+            return Err(DocumentError::Invalid(vec![Located {
+                pointer: None,
+                path: Some("/".into()),
+                line: Some(root.line),
+                column: Some(root.column),
+                canonical: None,
+                detail: format!(
+                    "the root element is {}, the mapping reads {want}",
+                    root.name
+                ),
+            }]));
+        }
+        let read = plan.decode_tree(&root);
+        if !read.problems.is_empty() {
+            return Err(DocumentError::Invalid(read.problems));
+        }
+        let unmapped = plan::unmapped(&root, plan.syntax, MAX_UNMAPPED);
+        let inbound = self.to_inbound(plan, read.canonical, &read.origins)?;
+        Ok(Decoded { inbound, unmapped })
+    }
+
+    fn encode(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError> {
+        let kind = out.kind();
+        let plan = self
+            .plans
+            .iter()
+            .find(|p| p.message == kind && p.directions.contains(&Direction::Out))
+            .ok_or_else(|| {
+                DocumentError::Invalid(vec![Located::pointer(
+                    "",
+                    format!(
+                        "format {} has no mapping that writes a {}",
+                        self.id(),
+                        kind.as_str()
+                    ),
+                )])
+            })?;
+        let (root, flags) = plan
+            .encode_tree(&out.canonical())
+            .map_err(DocumentError::Invalid)?;
+        let (body, content_type) = match plan.syntax {
+            Syntax::Xml => (
+                tree::to_xml(&root, &plan.prefixes).into_bytes(),
+                "application/xml",
+            ),
+            Syntax::Json => (
+                serde_json::to_vec_pretty(&tree::to_json(&root)).unwrap_or_default(),
+                "application/json",
+            ),
+            Syntax::Flat => (flat::write(plan, &root).into_bytes(), "text/plain"),
+        };
+        Ok(Encoded {
+            body,
+            content_type,
+            flags,
+        })
+    }
+}
+
+impl MappedFormat {
+    /// The canonical value a mapping produced, checked against the canonical schema and
+    /// read into the model; problems point at the document where the field came from.
+    fn to_inbound(
+        &self,
+        plan: &Plan,
+        canonical: Value,
+        origins: &BTreeMap<String, Place>,
+    ) -> Result<Inbound, DocumentError> {
+        match plan.message {
+            MessageKind::Declaration => {
+                let problems = self
+                    .schemas
+                    .check(Canonical::TransitDeclaration, &canonical, "");
+                if !problems.is_empty() {
+                    return Err(DocumentError::Invalid(Self::locate(problems, origins)));
+                }
+                let declaration = crate::formats::decode_canonical(
+                    &self.schemas,
+                    Canonical::TransitDeclaration,
+                    canonical.to_string().as_bytes(),
+                )
+                .map_err(|e| relocate(e, origins))?;
+                crate::formats::check_declaration(&declaration)
+                    .map_err(|e| relocate(e, origins))?;
+                Ok(Inbound::Declaration(Box::new(declaration)))
+            }
+            MessageKind::SealEvents => {
+                let items = canonical
+                    .get("events")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                if items.is_empty() {
+                    return Err(DocumentError::Invalid(vec![Located::pointer(
+                        "",
+                        "the document holds no seal event",
+                    )]));
+                }
+                if items.len() > self.limits.max_events_per_message {
+                    return Err(DocumentError::Invalid(vec![Located::pointer(
+                        "",
+                        format!(
+                            "{} events exceed the limit of {}",
+                            items.len(),
+                            self.limits.max_events_per_message
+                        ),
+                    )]));
+                }
+                let mut events = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let base = format!("/events/{i}");
+                    let problems = self.schemas.check(Canonical::SealEvent, item, &base);
+                    if !problems.is_empty() {
+                        return Err(DocumentError::Invalid(Self::locate(problems, origins)));
+                    }
+                    let event = crate::formats::decode_canonical(
+                        &self.schemas,
+                        Canonical::SealEvent,
+                        item.to_string().as_bytes(),
+                    )
+                    .map_err(|e| relocate(e, origins))?;
+                    events.push(event);
+                }
+                crate::formats::check_event_times(&events, Some("/events"), chrono::Utc::now())
+                    .map_err(|e| relocate(e, origins))?;
+                Ok(Inbound::SealEvents { events, base: None })
+            }
+            MessageKind::TripStatus => Err(DocumentError::Invalid(vec![Located::pointer(
+                "",
+                "a trip status is only written, not read",
+            )])),
+        }
+    }
+}
+
+fn relocate(e: DocumentError, origins: &BTreeMap<String, Place>) -> DocumentError {
+    match e {
+        DocumentError::Invalid(list) => DocumentError::Invalid(MappedFormat::locate(list, origins)),
+        other => other,
+    }
+}
+
+/// Flat files: records by line, fields by a separator byte.
+mod flat {
+    use super::*;
+
+    pub fn parse(plan: &Plan, body: &[u8]) -> Result<Node, DocumentError> {
+        let Some(spec) = &plan.flat else {
+            return Err(DocumentError::malformed(Located::pointer(
+                "",
+                "the mapping has no [flat] table",
+            )));
+        };
+        let text = std::str::from_utf8(body).map_err(|e| {
+            DocumentError::malformed(Located::pointer(
+                "",
+                format!("the file is not UTF-8 at byte {}", e.valid_up_to()),
+            ))
+        })?;
+        let sep = spec.field_separator as char;
+        let mut root = Node::new("");
+        let mut segment: Option<String> = None;
+        let mut header_control = None;
+        let mut trailer_control = None;
+        for (n, line) in text.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            if root.children.len() >= tree::MAX_NODES {
+                return Err(DocumentError::malformed(Located::line_column(
+                    n + 1,
+                    1,
+                    "too many records",
+                )));
+            }
+            let fields: Vec<&str> = line.split(sep).collect();
+            let tag = fields
+                .get(spec.tag_field.saturating_sub(1))
+                .copied()
+                .unwrap_or_default();
+            if let Some(prefix) = &spec.segment_prefix
+                && let Some(name) = tag.strip_prefix(prefix.as_str())
+            {
+                segment = Some(name.to_owned());
+                continue;
+            }
+            let is_header = spec.header.as_deref() == Some(tag);
+            let is_trailer = spec.trailer.as_deref() == Some(tag);
+            if fields.len() < 2 && !is_header && !is_trailer {
+                return Err(DocumentError::malformed(Located {
+                    pointer: None,
+                    path: Some(format!("line {}", n + 1)),
+                    line: Some(n + 1),
+                    column: Some(1),
+                    canonical: None,
+                    detail: format!(
+                        "a record without the field separator byte 0x{:02X}",
+                        spec.field_separator
+                    ),
+                }));
+            }
+            if is_header && let Some(f) = spec.header_control_field {
+                header_control = fields.get(f - 1).map(|s| s.to_string());
+            }
+            if is_trailer && let Some(f) = spec.trailer_control_field {
+                trailer_control = Some((fields.get(f - 1).map(|s| s.to_string()), n + 1));
+            }
+            let name = if is_header || is_trailer {
+                tag.to_owned()
+            } else {
+                segment.clone().unwrap_or_else(|| tag.to_owned())
+            };
+            let mut record = Node::new(name);
+            record.repeated = true;
+            record.line = n + 1;
+            record.column = 1;
+            for (i, f) in fields.iter().enumerate() {
+                let mut field = Node::new((i + 1).to_string());
+                field.line = n + 1;
+                field.column = 1;
+                if !f.is_empty() {
+                    field.text = Some((*f).to_owned());
+                }
+                // The tag field is structure, not content.
+                if i + 1 == spec.tag_field && !(is_header || is_trailer) && segment.is_none() {
+                    field.visited.set(true);
+                }
+                record.children.push(field);
+            }
+            root.children.push(record);
+        }
+        if let Some(header) = &spec.header
+            && root.children.first().is_none_or(|r| &r.name != header)
+        {
+            return Err(DocumentError::malformed(Located::line_column(
+                1,
+                1,
+                format!(
+                    "the file must start with a {} header record",
+                    spec.header.as_deref().unwrap_or_default()
+                ),
+            )));
+        }
+        if let (Some(h), Some((t, line))) = (&header_control, &trailer_control)
+            && Some(h) != t.as_ref()
+        {
+            return Err(DocumentError::Invalid(vec![Located {
+                pointer: None,
+                path: Some(format!(
+                    "{}:{}",
+                    spec.trailer.as_deref().unwrap_or("trailer"),
+                    spec.trailer_control_field.unwrap_or(0)
+                )),
+                line: Some(*line),
+                column: Some(1),
+                canonical: None,
+                detail: format!(
+                    "control number {:?} does not match the header's {h:?}",
+                    t.as_deref().unwrap_or_default()
+                ),
+            }]));
+        }
+        Ok(root)
+    }
+
+    pub fn write(plan: &Plan, root: &Node) -> String {
+        let Some(spec) = &plan.flat else {
+            return String::new();
+        };
+        let sep = (spec.field_separator as char).to_string();
+        let mut header = Vec::new();
+        let mut body = Vec::new();
+        let mut trailer = Vec::new();
+        let mut last_segment: Option<&str> = None;
+        for record in &root.children {
+            let width = record
+                .children
+                .iter()
+                .filter_map(|f| f.name.parse::<usize>().ok())
+                .max()
+                .unwrap_or(0);
+            let mut fields = vec![String::new(); width.max(spec.tag_field)];
+            for f in &record.children {
+                if let Ok(i) = f.name.parse::<usize>()
+                    && i >= 1
+                {
+                    fields[i - 1] = f.text.clone().unwrap_or_default();
+                }
+            }
+            let is_header = spec.header.as_deref() == Some(record.name.as_str());
+            let is_trailer = spec.trailer.as_deref() == Some(record.name.as_str());
+            if (is_header || is_trailer || spec.segment_prefix.is_none())
+                && fields[spec.tag_field - 1].is_empty()
+            {
+                fields[spec.tag_field - 1] = record.name.clone();
+            }
+            let line = fields.join(&sep);
+            if is_header {
+                header.push(line);
+            } else if is_trailer {
+                trailer.push(line);
+            } else {
+                if let Some(prefix) = &spec.segment_prefix
+                    && last_segment != Some(record.name.as_str())
+                {
+                    body.push(format!("{prefix}{}", record.name));
+                    last_segment = Some(record.name.as_str());
+                }
+                body.push(line);
+            }
+        }
+        let mut lines = header;
+        lines.extend(body);
+        lines.extend(trailer);
+        let mut out = lines.join(&spec.record_separator);
+        out.push_str(&spec.record_separator);
+        out
+    }
+}

@@ -1,0 +1,1106 @@
+//! A mapping file compiled into a plan: paths resolved (namespaces, repetition), code lists
+//! looked up, conversions prepared. Decoding walks the document tree along each binding;
+//! encoding builds a tree from the canonical form along the same bindings, in file order.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use serde_json::Value;
+
+use super::spec::{Direction, MapEntry, MappingFile, MessageKind, Syntax, TooLong, ValueKind};
+use super::tree::{Attr, Node, Scalar};
+use crate::problem::Located;
+
+/// A reason a mapping file does not compile.
+pub type CompileError = (usize, String);
+
+/// One step of a document path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocSeg {
+    /// Element (Clark name), JSON key, record tag or field number.
+    pub name: String,
+    pub repeated: bool,
+    pub attribute: bool,
+}
+
+/// One step of a canonical path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanonSeg {
+    pub key: String,
+    pub repeated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CodeList {
+    pub name: String,
+    /// canonical → partner.
+    pub out: BTreeMap<String, String>,
+    /// partner → canonical.
+    pub input: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversion {
+    pub kind: ValueKind,
+    pub pattern: Option<String>,
+    pub offset: Option<FixedOffset>,
+    pub scale: Option<f64>,
+    pub decimals: Option<usize>,
+    pub codes: Option<Arc<CodeList>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub line: usize,
+    /// Several targets when one document field splits into several canonical fields.
+    pub canonical: Vec<Vec<CanonSeg>>,
+    pub canonical_text: String,
+    pub doc: Vec<DocSeg>,
+    pub doc_text: String,
+    pub required: bool,
+    pub default: Option<String>,
+    pub split: Option<String>,
+    /// The canonical path has one more repetition than the document: the split makes it.
+    pub splits_into_array: bool,
+    pub convert: Conversion,
+    pub max_length: Option<usize>,
+    pub on_too_long: TooLong,
+}
+
+#[derive(Debug, Clone)]
+pub enum Step {
+    Bind(Box<Binding>),
+    Fixed { doc: Vec<DocSeg>, value: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub file: String,
+    pub id: String,
+    pub version: String,
+    pub syntax: Syntax,
+    pub message: MessageKind,
+    pub description: String,
+    pub directions: Vec<Direction>,
+    pub detect_root: Option<String>,
+    pub detect_keys: Vec<String>,
+    pub detect_starts_with: Option<String>,
+    /// namespace → prefix, for output.
+    pub prefixes: Vec<(String, String)>,
+    pub output_root: String,
+    pub flat: Option<super::spec::FlatSpec>,
+    pub steps: Vec<Step>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn parse_offset(text: &str) -> Option<FixedOffset> {
+    if text == "Z" || text == "+00:00" {
+        return FixedOffset::east_opt(0);
+    }
+    let sign = match text.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (h, m) = text[1..].split_once(':')?;
+    let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+    FixedOffset::east_opt(sign * secs)
+}
+
+fn canon_path(text: &str) -> Result<Vec<CanonSeg>, String> {
+    text.split('.')
+        .map(|seg| {
+            let (key, repeated) = match seg.strip_suffix("[]") {
+                Some(k) => (k, true),
+                None => (seg, false),
+            };
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("canonical path {text:?}: bad segment {seg:?}"));
+            }
+            Ok(CanonSeg {
+                key: key.to_owned(),
+                repeated,
+            })
+        })
+        .collect()
+}
+
+impl Plan {
+    /// Compiles a parsed mapping file. `source` is the file's text (for line numbers).
+    pub fn compile(
+        file: &str,
+        source: &str,
+        spec: MappingFile,
+        codes: &BTreeMap<String, Arc<CodeList>>,
+    ) -> Result<Plan, CompileError> {
+        let syntax = spec.format.syntax;
+        let mut prefixes: BTreeMap<String, String> = spec.xml.namespaces.clone();
+        let default_ns = spec.xml.default_namespace.clone();
+        let resolve = |name: &str, line: usize| -> Result<String, CompileError> {
+            if syntax != Syntax::Xml {
+                return Ok(name.to_owned());
+            }
+            match name.split_once(':') {
+                Some((p, local)) => prefixes.get(p).map(|ns| format!("{{{ns}}}{local}")).ok_or((
+                    line,
+                    format!("namespace prefix {p:?} is not in [xml] namespaces"),
+                )),
+                None => Ok(match &default_ns {
+                    Some(ns) => format!("{{{ns}}}{name}"),
+                    None => name.to_owned(),
+                }),
+            }
+        };
+        let doc_path = |text: &str, line: usize| -> Result<Vec<DocSeg>, CompileError> {
+            let segs: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
+            if segs.is_empty() {
+                return Err((line, format!("path {text:?} is empty")));
+            }
+            let last = segs.len() - 1;
+            segs.iter()
+                .enumerate()
+                .map(|(i, seg)| {
+                    let (name, attribute) = match seg.strip_prefix('@') {
+                        Some(a) if i == last => (a, true),
+                        Some(_) => {
+                            return Err((
+                                line,
+                                format!("path {text:?}: an attribute can only end a path"),
+                            ));
+                        }
+                        None => (*seg, false),
+                    };
+                    let (name, repeated) = match name.strip_suffix("[]") {
+                        Some(n) => (n, true),
+                        None => (name, false),
+                    };
+                    if attribute && repeated {
+                        return Err((line, format!("path {text:?}: an attribute does not repeat")));
+                    }
+                    let resolved = if attribute && !name.contains(':') {
+                        // Unprefixed attributes are in no namespace.
+                        name.to_owned()
+                    } else {
+                        resolve(name, line)?
+                    };
+                    Ok(DocSeg {
+                        name: resolved,
+                        repeated,
+                        attribute,
+                    })
+                })
+                .collect()
+        };
+
+        let mut steps = Vec::new();
+        for entry in &spec.map {
+            let line = line_of(source, entry.span().start);
+            let e: &MapEntry = entry.get_ref();
+            let doc = doc_path(&e.path, line)?;
+            match (&e.canonical, &e.value) {
+                (None, Some(value)) => steps.push(Step::Fixed {
+                    doc,
+                    value: value.clone(),
+                }),
+                (Some(canonical), None) => {
+                    let targets = canonical.to_vec();
+                    let canonical = targets
+                        .iter()
+                        .map(|t| canon_path(t).map_err(|r| (line, r)))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let reps = |c: &Vec<CanonSeg>| c.iter().filter(|s| s.repeated).count();
+                    let doc_reps = doc.iter().filter(|s| s.repeated).count();
+                    let canon_reps = reps(&canonical[0]);
+                    if canonical.iter().any(|c| reps(c) != canon_reps) {
+                        return Err((line, "all canonical targets must repeat alike".into()));
+                    }
+                    let splits_into_array = canon_reps == doc_reps + 1;
+                    if splits_into_array && e.split.is_none() {
+                        return Err((
+                            line,
+                            format!(
+                                "{} repeats once more than {}: give `split` to make the items from one field",
+                                e.canonical_text(),
+                                e.path
+                            ),
+                        ));
+                    }
+                    if !splits_into_array && canon_reps != doc_reps {
+                        return Err((
+                            line,
+                            format!(
+                                "{} repeats {canon_reps} time(s) but {} {doc_reps}: mark the same groups with []",
+                                e.canonical_text(),
+                                e.path
+                            ),
+                        ));
+                    }
+                    if canonical.len() > 1 && e.split.is_none() {
+                        return Err((line, "several canonical targets need `split`".into()));
+                    }
+                    let kind = e.kind.unwrap_or(ValueKind::String);
+                    if matches!(kind, ValueKind::Datetime | ValueKind::Date) && e.pattern.is_none()
+                    {
+                        return Err((line, "a datetime or date needs `pattern`".into()));
+                    }
+                    let offset = match &e.offset {
+                        Some(o) => Some(
+                            parse_offset(o)
+                                .ok_or((line, format!("offset {o:?} is not like +05:30")))?,
+                        ),
+                        None => None,
+                    };
+                    let code_list = match &e.codes {
+                        Some(name) => Some(codes.get(name).cloned().ok_or((
+                            line,
+                            format!("code list {name:?} is not in mappings/codes"),
+                        ))?),
+                        None => None,
+                    };
+                    steps.push(Step::Bind(Box::new(Binding {
+                        line,
+                        canonical,
+                        canonical_text: targets.join(", "),
+                        doc,
+                        doc_text: e.path.clone(),
+                        required: e.required,
+                        default: e.default.clone(),
+                        split: e.split.clone(),
+                        splits_into_array,
+                        convert: Conversion {
+                            kind,
+                            pattern: e.pattern.clone(),
+                            offset,
+                            scale: e.scale,
+                            decimals: e.decimals,
+                            codes: code_list,
+                        },
+                        max_length: e.max_length,
+                        on_too_long: e.on_too_long.unwrap_or(TooLong::Refuse),
+                    })));
+                }
+                _ => {
+                    return Err((
+                        line,
+                        "a [[map]] entry has `canonical` (a binding) or `value` (a fixed output), one of them".into(),
+                    ));
+                }
+            }
+        }
+
+        let output_root = match syntax {
+            Syntax::Xml => {
+                let root = spec
+                    .xml
+                    .root
+                    .clone()
+                    .or_else(|| spec.detect.root.clone())
+                    .ok_or((
+                        1,
+                        "an XML mapping needs [xml] root or [detect] root".to_owned(),
+                    ))?;
+                if root.contains(':') {
+                    resolve(&root, 1)?
+                } else {
+                    match &spec.detect.namespace {
+                        Some(ns) => format!("{{{ns}}}{root}"),
+                        None => resolve(&root, 1)?,
+                    }
+                }
+            }
+            _ => String::new(),
+        };
+        let detect_root = spec
+            .detect
+            .root
+            .as_ref()
+            .map(|r| match &spec.detect.namespace {
+                Some(ns) => format!("{{{ns}}}{r}"),
+                None => r.clone(),
+            });
+        if syntax == Syntax::Flat && spec.flat.is_none() {
+            return Err((1, "a flat mapping needs a [flat] table".into()));
+        }
+        if let Some(ns) = &default_ns {
+            prefixes.insert(String::new(), ns.clone());
+        }
+        Ok(Plan {
+            file: file.to_owned(),
+            id: spec.format.id,
+            version: spec.format.version,
+            syntax,
+            message: spec.format.message,
+            description: spec.format.description,
+            directions: spec.format.directions,
+            detect_root,
+            detect_keys: spec.detect.keys,
+            detect_starts_with: spec.detect.starts_with,
+            prefixes: prefixes.into_iter().map(|(p, ns)| (ns, p)).collect(),
+            output_root,
+            flat: spec.flat,
+            steps,
+        })
+    }
+}
+
+impl MapEntry {
+    fn canonical_text(&self) -> String {
+        self.canonical
+            .as_ref()
+            .map(|c| c.to_vec().join(", "))
+            .unwrap_or_default()
+    }
+}
+
+/// Where a value was found or is written, for problems.
+#[derive(Debug, Clone)]
+pub struct Place {
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+pub fn problem(place: &Place, canonical: Option<String>, detail: impl Into<String>) -> Located {
+    Located {
+        pointer: None,
+        path: Some(place.path.clone()),
+        line: place.line,
+        column: place.column,
+        canonical,
+        detail: detail.into(),
+    }
+}
+
+fn canonical_pointer(path: &[CanonSeg], indices: &[usize]) -> String {
+    let mut out = String::new();
+    let mut idx = indices.iter();
+    for seg in path {
+        out.push('/');
+        out.push_str(&seg.key);
+        if seg.repeated
+            && let Some(i) = idx.next()
+        {
+            out.push_str(&format!("/{i}"));
+        }
+    }
+    out
+}
+
+fn step_display(
+    syntax: Syntax,
+    parent: &str,
+    name: &str,
+    index: Option<usize>,
+    attribute: bool,
+) -> String {
+    let local = match name.rsplit_once('}') {
+        Some((_, l)) => l,
+        None => name,
+    };
+    match (syntax, attribute, index) {
+        (Syntax::Json, _, Some(i)) => format!("{parent}/{local}/{i}"),
+        (Syntax::Json, _, None) => format!("{parent}/{local}"),
+        (Syntax::Flat, _, Some(i)) => format!("{parent}{local}[{}]", i + 1),
+        (Syntax::Flat, _, None) if parent.is_empty() => local.to_owned(),
+        (Syntax::Flat, _, None) => format!("{parent}:{local}"),
+        (_, true, _) => format!("{parent}/@{local}"),
+        (_, false, Some(i)) => format!("{parent}/{local}[{}]", i + 1),
+        (_, false, None) => format!("{parent}/{local}"),
+    }
+}
+
+/// A value found in the document for a binding.
+struct Found<'a> {
+    indices: Vec<usize>,
+    text: &'a str,
+    place: Place,
+}
+
+/// Collects the values a document path reaches, with the indices of its repetitions.
+#[allow(clippy::too_many_arguments)]
+fn collect<'a>(
+    syntax: Syntax,
+    node: &'a Node,
+    segs: &[DocSeg],
+    indices: &mut Vec<usize>,
+    at: &str,
+    found: &mut Vec<Found<'a>>,
+    missing: &mut Vec<(Vec<usize>, Place)>,
+    problems: &mut Vec<Located>,
+) {
+    let Some((seg, rest)) = segs.split_first() else {
+        node.visited.set(true);
+        if let Some(text) = node.text.as_deref() {
+            found.push(Found {
+                indices: indices.clone(),
+                text,
+                place: Place {
+                    path: at.to_owned(),
+                    line: (node.line > 0).then_some(node.line),
+                    column: (node.column > 0).then_some(node.column),
+                },
+            });
+        } else {
+            missing.push((indices.clone(), place_of(node, at)));
+        }
+        return;
+    };
+    if seg.attribute {
+        match node.attrs.iter().find(|a| a.name == seg.name) {
+            Some(a) => {
+                a.visited.set(true);
+                found.push(Found {
+                    indices: indices.clone(),
+                    text: &a.value,
+                    place: Place {
+                        path: step_display(syntax, at, &seg.name, None, true),
+                        line: (node.line > 0).then_some(node.line),
+                        column: (node.column > 0).then_some(node.column),
+                    },
+                });
+            }
+            None => missing.push((
+                indices.clone(),
+                place_of(node, &step_display(syntax, at, &seg.name, None, true)),
+            )),
+        }
+        return;
+    }
+    node.visited.set(true);
+    let mut matching = node
+        .children
+        .iter()
+        .filter(|c| c.name == seg.name)
+        .peekable();
+    if seg.repeated {
+        for (k, child) in matching.enumerate() {
+            indices.push(k);
+            let here = step_display(syntax, at, &seg.name, Some(k), false);
+            collect(
+                syntax, child, rest, indices, &here, found, missing, problems,
+            );
+            indices.pop();
+        }
+    } else {
+        match matching.next() {
+            None => missing.push((
+                indices.clone(),
+                place_of(node, &step_display(syntax, at, &seg.name, None, false)),
+            )),
+            Some(child) => {
+                let here = step_display(syntax, at, &seg.name, None, false);
+                if matching.peek().is_some() {
+                    problems.push(problem(
+                        &place_of(child, &here),
+                        None,
+                        "appears more than once where the mapping expects one (mark it [] to repeat)",
+                    ));
+                }
+                collect(
+                    syntax, child, rest, indices, &here, found, missing, problems,
+                );
+            }
+        }
+    }
+}
+
+fn place_of(node: &Node, path: &str) -> Place {
+    Place {
+        path: path.to_owned(),
+        line: (node.line > 0).then_some(node.line),
+        column: (node.column > 0).then_some(node.column),
+    }
+}
+
+/// Sets `value` at a canonical path, creating objects and array items as needed.
+fn set_canonical(root: &mut Value, path: &[CanonSeg], indices: &[usize], value: Value) {
+    let mut current = root;
+    let mut idx = indices.iter();
+    for (n, seg) in path.iter().enumerate() {
+        let last = n == path.len() - 1;
+        if !current.is_object() {
+            *current = Value::Object(serde_json::Map::new());
+        }
+        let Some(map) = current.as_object_mut() else {
+            return;
+        };
+        if seg.repeated {
+            let i = idx.next().copied().unwrap_or(0);
+            let slot = map
+                .entry(seg.key.clone())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if !slot.is_array() {
+                *slot = Value::Array(Vec::new());
+            }
+            let Some(items) = slot.as_array_mut() else {
+                return;
+            };
+            while items.len() <= i {
+                items.push(Value::Null);
+            }
+            if last {
+                items[i] = value;
+                return;
+            }
+            current = &mut items[i];
+        } else {
+            if last {
+                map.insert(seg.key.clone(), value);
+                return;
+            }
+            current = map
+                .entry(seg.key.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        }
+    }
+}
+
+/// Every value at a canonical path, with the indices of its repetitions.
+fn get_canonical<'v>(
+    value: &'v Value,
+    path: &[CanonSeg],
+    indices: &mut Vec<usize>,
+    out: &mut Vec<(Vec<usize>, &'v Value)>,
+) {
+    let Some((seg, rest)) = path.split_first() else {
+        if !value.is_null() {
+            out.push((indices.clone(), value));
+        }
+        return;
+    };
+    let Some(next) = value.get(&seg.key) else {
+        return;
+    };
+    if seg.repeated {
+        if let Some(items) = next.as_array() {
+            for (i, item) in items.iter().enumerate() {
+                indices.push(i);
+                get_canonical(item, rest, indices, out);
+                indices.pop();
+            }
+        }
+    } else {
+        get_canonical(next, rest, indices, out);
+    }
+}
+
+impl Conversion {
+    /// Document text → canonical value.
+    fn read(&self, text: &str) -> Result<Value, String> {
+        let text = match &self.codes {
+            Some(list) => list
+                .input
+                .get(text)
+                .cloned()
+                .ok_or_else(|| format!("code {text:?} is not in code list {}", list.name))?,
+            None => text.to_owned(),
+        };
+        match self.kind {
+            ValueKind::String => Ok(Value::String(text)),
+            ValueKind::Integer => text
+                .trim()
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| format!("{text:?} is not a whole number")),
+            ValueKind::Number => {
+                let n: f64 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("{text:?} is not a number"))?;
+                let n = n * self.scale.unwrap_or(1.0);
+                serde_json::Number::from_f64(n)
+                    .map(Value::Number)
+                    .ok_or_else(|| format!("{text:?} is not a finite number"))
+            }
+            ValueKind::Boolean => match text.trim() {
+                "true" | "1" | "Y" | "yes" => Ok(Value::Bool(true)),
+                "false" | "0" | "N" | "no" => Ok(Value::Bool(false)),
+                other => Err(format!("{other:?} is not a boolean")),
+            },
+            ValueKind::Datetime | ValueKind::Date => {
+                let pattern = self.pattern.as_deref().unwrap_or("%Y-%m-%dT%H:%M:%S%:z");
+                let t = text.trim();
+                let utc: DateTime<Utc> = if let Ok(dt) = DateTime::parse_from_str(t, pattern) {
+                    dt.with_timezone(&Utc)
+                } else {
+                    let naive = NaiveDateTime::parse_from_str(t, pattern)
+                        .or_else(|_| {
+                            NaiveDate::parse_from_str(t, pattern)
+                                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+                        })
+                        .map_err(|e| {
+                            format!("{t:?} does not match the pattern {pattern:?}: {e}")
+                        })?;
+                    let offset = self
+                        .offset
+                        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
+                    naive
+                        .and_local_timezone(offset)
+                        .single()
+                        .ok_or_else(|| format!("{t:?} is not a valid local time"))?
+                        .with_timezone(&Utc)
+                };
+                Ok(Value::String(
+                    utc.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                ))
+            }
+        }
+    }
+
+    /// Canonical value → document text (and its JSON type).
+    fn write(&self, value: &Value) -> Result<(String, Scalar), String> {
+        let (text, scalar) = match self.kind {
+            ValueKind::Datetime | ValueKind::Date => {
+                let s = value.as_str().ok_or("a time is text")?;
+                let t = DateTime::parse_from_rfc3339(s).map_err(|e| format!("{s:?}: {e}"))?;
+                let offset = self
+                    .offset
+                    .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
+                let pattern = self.pattern.as_deref().unwrap_or("%Y-%m-%dT%H:%M:%S%:z");
+                (
+                    t.with_timezone(&offset).format(pattern).to_string(),
+                    Scalar::Text,
+                )
+            }
+            ValueKind::Number => {
+                let n = value.as_f64().ok_or("not a number")? / self.scale.unwrap_or(1.0);
+                let text = match self.decimals {
+                    Some(d) => format!("{n:.d$}"),
+                    None => {
+                        let v = serde_json::Number::from_f64(n).ok_or("not a finite number")?;
+                        v.to_string()
+                    }
+                };
+                (text, Scalar::Number)
+            }
+            ValueKind::Integer => (
+                value.as_i64().ok_or("not a whole number")?.to_string(),
+                Scalar::Number,
+            ),
+            ValueKind::Boolean => (
+                value.as_bool().ok_or("not a boolean")?.to_string(),
+                Scalar::Bool,
+            ),
+            ValueKind::String => (
+                match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+                Scalar::Text,
+            ),
+        };
+        match &self.codes {
+            Some(list) => list
+                .out
+                .get(&text)
+                .map(|c| (c.clone(), Scalar::Text))
+                .ok_or_else(|| format!("code {text:?} has no entry in code list {}", list.name)),
+            None => Ok((text, scalar)),
+        }
+    }
+}
+
+/// What decoding found.
+pub struct Read {
+    pub canonical: Value,
+    /// canonical pointer → where in the document it came from.
+    pub origins: BTreeMap<String, Place>,
+    pub problems: Vec<Located>,
+}
+
+impl Plan {
+    pub fn decode_tree(&self, root: &Node) -> Read {
+        let mut canonical = Value::Object(serde_json::Map::new());
+        let mut origins = BTreeMap::new();
+        let mut problems = Vec::new();
+        let root_display = match self.syntax {
+            Syntax::Xml => step_display(self.syntax, "", &root.name, None, false),
+            _ => String::new(),
+        };
+        root.visited.set(true);
+        for step in &self.steps {
+            let b = match step {
+                Step::Bind(b) => b,
+                Step::Fixed { doc, .. } => {
+                    // Fixed parts are structure the mapping knows: read, not unmapped.
+                    let (mut found, mut missing, mut ignored) =
+                        (Vec::new(), Vec::new(), Vec::new());
+                    collect(
+                        self.syntax,
+                        root,
+                        doc,
+                        &mut Vec::new(),
+                        &root_display,
+                        &mut found,
+                        &mut missing,
+                        &mut ignored,
+                    );
+                    continue;
+                }
+            };
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            collect(
+                self.syntax,
+                root,
+                &b.doc,
+                &mut Vec::new(),
+                &root_display,
+                &mut found,
+                &mut missing,
+                &mut problems,
+            );
+            for (indices, place) in missing {
+                match &b.default {
+                    Some(default) => self.put(
+                        b,
+                        &indices,
+                        default,
+                        &place,
+                        &mut canonical,
+                        &mut origins,
+                        &mut problems,
+                    ),
+                    None if b.required => problems.push(problem(
+                        &place,
+                        Some(canonical_pointer(&b.canonical[0], &indices)),
+                        format!(
+                            "is missing (mapped to {}, mapping line {})",
+                            b.canonical_text, b.line
+                        ),
+                    )),
+                    None => {}
+                }
+            }
+            for f in found {
+                self.put(
+                    b,
+                    &f.indices,
+                    f.text,
+                    &f.place,
+                    &mut canonical,
+                    &mut origins,
+                    &mut problems,
+                );
+            }
+        }
+        Read {
+            canonical,
+            origins,
+            problems,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &self,
+        b: &Binding,
+        indices: &[usize],
+        text: &str,
+        place: &Place,
+        canonical: &mut Value,
+        origins: &mut BTreeMap<String, Place>,
+        problems: &mut Vec<Located>,
+    ) {
+        let parts: Vec<&str> = match &b.split {
+            Some(sep) => text
+                .split(sep.as_str())
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .collect(),
+            None => vec![text],
+        };
+        let mut assign = |path: &[CanonSeg], idx: Vec<usize>, raw: &str| {
+            let pointer = canonical_pointer(path, &idx);
+            match b.convert.read(raw) {
+                Ok(v) => {
+                    set_canonical(canonical, path, &idx, v);
+                    origins.insert(pointer, place.clone());
+                }
+                Err(why) => problems.push(problem(place, Some(pointer), why)),
+            }
+        };
+        if b.splits_into_array {
+            for (k, part) in parts.iter().enumerate() {
+                let mut idx = indices.to_vec();
+                idx.push(k);
+                assign(&b.canonical[0], idx, part);
+            }
+        } else if b.canonical.len() > 1 {
+            for (path, part) in b.canonical.iter().zip(parts.iter()) {
+                assign(path, indices.to_vec(), part);
+            }
+        } else {
+            assign(&b.canonical[0], indices.to_vec(), text);
+        }
+    }
+
+    /// Builds the document tree for a canonical value; problems are refusals, flags are
+    /// notes that did not stop the output.
+    pub fn encode_tree(&self, canonical: &Value) -> Result<(Node, Vec<Located>), Vec<Located>> {
+        let mut root = Node::new(self.output_root.clone());
+        let mut problems = Vec::new();
+        let mut flags = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::Fixed { doc, value } => {
+                    set_fixed(&mut root, doc, value);
+                }
+                Step::Bind(b) => {
+                    let mut values: Vec<(Vec<usize>, String, Scalar)> = Vec::new();
+                    let mut by_target: Vec<Vec<(Vec<usize>, &Value)>> = Vec::new();
+                    for path in &b.canonical {
+                        let mut out = Vec::new();
+                        get_canonical(canonical, path, &mut Vec::new(), &mut out);
+                        by_target.push(out);
+                    }
+                    let convert = |idx: &[usize],
+                                   v: &Value,
+                                   problems: &mut Vec<Located>|
+                     -> Option<(String, Scalar)> {
+                        match b.convert.write(v) {
+                            Ok(t) => Some(t),
+                            Err(why) => {
+                                problems.push(Located {
+                                    pointer: None,
+                                    path: Some(b.doc_text.clone()),
+                                    line: None,
+                                    column: None,
+                                    canonical: Some(canonical_pointer(&b.canonical[0], idx)),
+                                    detail: why,
+                                });
+                                None
+                            }
+                        }
+                    };
+                    if b.splits_into_array {
+                        // Join the last repetition into one field.
+                        let mut groups: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
+                        for (idx, v) in &by_target[0] {
+                            if let Some((t, _)) = convert(idx, v, &mut problems) {
+                                groups
+                                    .entry(idx[..idx.len() - 1].to_vec())
+                                    .or_default()
+                                    .push(t);
+                            }
+                        }
+                        let sep = b.split.clone().unwrap_or_default();
+                        for (idx, parts) in groups {
+                            values.push((idx, parts.join(&sep), Scalar::Text));
+                        }
+                    } else if b.canonical.len() > 1 {
+                        let mut groups: BTreeMap<Vec<usize>, Vec<Option<String>>> = BTreeMap::new();
+                        for (t, target) in by_target.iter().enumerate() {
+                            for (idx, v) in target {
+                                if let Some((text, _)) = convert(idx, v, &mut problems) {
+                                    let slot = groups
+                                        .entry(idx.clone())
+                                        .or_insert_with(|| vec![None; b.canonical.len()]);
+                                    slot[t] = Some(text);
+                                }
+                            }
+                        }
+                        let sep = b.split.clone().unwrap_or_default();
+                        for (idx, parts) in groups {
+                            let joined: Vec<String> = parts.into_iter().flatten().collect();
+                            values.push((idx, joined.join(&sep), Scalar::Text));
+                        }
+                    } else {
+                        for (idx, v) in &by_target[0] {
+                            if let Some((t, s)) = convert(idx, v, &mut problems) {
+                                values.push((idx.clone(), t, s));
+                            }
+                        }
+                    }
+                    let has_repeat = b.doc.iter().any(|s| s.repeated);
+                    if values.is_empty() && !has_repeat {
+                        match &b.default {
+                            Some(d) => values.push((Vec::new(), d.clone(), Scalar::Text)),
+                            None if b.required => problems.push(Located {
+                                pointer: None,
+                                path: Some(b.doc_text.clone()),
+                                line: None,
+                                column: None,
+                                canonical: Some(canonical_pointer(&b.canonical[0], &[])),
+                                detail: format!(
+                                    "the document requires it, and {} is absent",
+                                    b.canonical_text
+                                ),
+                            }),
+                            None => {}
+                        }
+                    }
+                    for (idx, text, scalar) in values {
+                        if let Some(max) = b.max_length
+                            && text.chars().count() > max
+                        {
+                            let located = Located {
+                                pointer: None,
+                                path: Some(b.doc_text.clone()),
+                                line: None,
+                                column: None,
+                                canonical: Some(canonical_pointer(&b.canonical[0], &idx)),
+                                detail: format!(
+                                    "{text:?} is {} characters; the field takes at most {max}",
+                                    text.chars().count()
+                                ),
+                            };
+                            match b.on_too_long {
+                                TooLong::Refuse => {
+                                    problems.push(located);
+                                    continue;
+                                }
+                                TooLong::Flag => flags.push(located),
+                            }
+                        }
+                        set_value(&mut root, &b.doc, &idx, text, scalar);
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok((root, flags))
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Writes text at a document path, creating the elements (the `k`-th of a repeated one).
+fn set_value(root: &mut Node, doc: &[DocSeg], indices: &[usize], text: String, scalar: Scalar) {
+    let mut node = root;
+    let mut idx = indices.iter();
+    for seg in doc {
+        if seg.attribute {
+            match node.attrs.iter_mut().find(|a| a.name == seg.name) {
+                Some(a) => a.value = text,
+                None => node.attrs.push(Attr {
+                    name: seg.name.clone(),
+                    value: text,
+                    visited: Default::default(),
+                }),
+            }
+            return;
+        }
+        let want = if seg.repeated {
+            idx.next().copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let existing: Vec<usize> = node
+            .children
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.name == seg.name)
+            .map(|(i, _)| i)
+            .collect();
+        let position = if want < existing.len() {
+            existing[want]
+        } else {
+            let insert_at = existing.last().map_or(node.children.len(), |p| p + 1);
+            let mut pos = insert_at;
+            for _ in existing.len()..=want {
+                let mut child = Node::new(seg.name.clone());
+                child.repeated = seg.repeated;
+                node.children.insert(pos, child);
+                pos += 1;
+            }
+            pos - 1
+        };
+        node = &mut node.children[position];
+    }
+    node.text = Some(text);
+    node.scalar = Some(scalar);
+}
+
+/// A fixed value: at a plain path, written once; under a repeated group, into each
+/// instance that exists.
+fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str) {
+    fn walk(node: &mut Node, doc: &[DocSeg], value: &str) {
+        let Some((seg, rest)) = doc.split_first() else {
+            node.text = Some(value.to_owned());
+            node.scalar = Some(Scalar::Text);
+            return;
+        };
+        if seg.attribute {
+            node.attrs.retain(|a| a.name != seg.name);
+            node.attrs.push(Attr {
+                name: seg.name.clone(),
+                value: value.to_owned(),
+                visited: Default::default(),
+            });
+            return;
+        }
+        if seg.repeated {
+            for child in node.children.iter_mut().filter(|c| c.name == seg.name) {
+                walk(child, rest, value);
+            }
+        } else {
+            let position = match node.children.iter().position(|c| c.name == seg.name) {
+                Some(p) => p,
+                None => {
+                    node.children.push(Node::new(seg.name.clone()));
+                    node.children.len() - 1
+                }
+            };
+            walk(&mut node.children[position], rest, value);
+        }
+    }
+    walk(root, doc, value);
+}
+
+/// Document leaves no binding read: reported as `unmapped`, never silently dropped.
+pub fn unmapped(root: &Node, syntax: Syntax, limit: usize) -> Vec<String> {
+    fn walk(node: &Node, syntax: Syntax, at: &str, out: &mut Vec<String>, limit: usize) {
+        if out.len() >= limit {
+            return;
+        }
+        for a in &node.attrs {
+            let ignorable = a
+                .name
+                .starts_with("{http://www.w3.org/2001/XMLSchema-instance}");
+            if !a.visited.get() && !ignorable {
+                out.push(step_display(syntax, at, &a.name, None, true));
+            }
+        }
+        if node.children.is_empty() {
+            if node.text.is_some() && !node.visited.get() {
+                out.push(if at.is_empty() {
+                    "/".into()
+                } else {
+                    at.to_owned()
+                });
+            }
+            return;
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for child in &node.children {
+            let many = node
+                .children
+                .iter()
+                .filter(|c| c.name == child.name)
+                .count()
+                > 1
+                || child.repeated;
+            let k = counts.entry(&child.name).or_default();
+            let here = step_display(syntax, at, &child.name, many.then_some(*k), false);
+            *k += 1;
+            walk(child, syntax, &here, out, limit);
+        }
+    }
+    let mut out = Vec::new();
+    let root_display = match syntax {
+        Syntax::Xml => step_display(syntax, "", &root.name, None, false),
+        _ => String::new(),
+    };
+    walk(root, syntax, &root_display, &mut out, limit);
+    out
+}

@@ -1,0 +1,220 @@
+//! The mapping file format (TOML), as written by integrators. `mappings/README.md`
+//! documents it with examples; `compile` turns it into a plan.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    pub format: FormatSpec,
+    #[serde(default)]
+    pub detect: DetectSpec,
+    #[serde(default)]
+    pub xml: XmlSpec,
+    #[serde(default)]
+    pub flat: Option<FlatSpec>,
+    /// Bindings and fixed values, in the order of the partner's document.
+    #[serde(default)]
+    pub map: Vec<Spanned<MapEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormatSpec {
+    /// The public format id, e.g. `wco-dm`.
+    pub id: String,
+    pub version: String,
+    pub syntax: Syntax,
+    /// The canonical message this file maps: `declaration`, `seal_events`, `trip_status`.
+    pub message: MessageKind,
+    #[serde(default)]
+    pub description: String,
+    /// `in`, `out` or both (default).
+    #[serde(default = "both")]
+    pub directions: Vec<Direction>,
+}
+
+fn both() -> Vec<Direction> {
+    vec![Direction::In, Direction::Out]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Syntax {
+    Xml,
+    Json,
+    Flat,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    Declaration,
+    SealEvents,
+    TripStatus,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Declaration => "declaration",
+            MessageKind::SealEvents => "seal_events",
+            MessageKind::TripStatus => "trip_status",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// How to recognise a document of this mapping.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectSpec {
+    /// XML: the root element's local name...
+    pub root: Option<String>,
+    /// ...and its namespace (none if absent).
+    pub namespace: Option<String>,
+    /// JSON: top-level keys that must all be present.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Flat: the text the document starts with.
+    pub starts_with: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmlSpec {
+    /// Prefixes used in this file's paths, and written on output.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, String>,
+    /// The namespace of unprefixed path segments (and the output's default namespace).
+    pub default_namespace: Option<String>,
+    /// Output root element, e.g. `t:TransitDeclaration` (default: `detect.root`).
+    pub root: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlatSpec {
+    /// Between fields: one byte, e.g. 29 (0x1D, ICES) or 124 (`|`).
+    pub field_separator: u8,
+    /// The field that holds each record's tag (1-based; default 1).
+    #[serde(default = "one")]
+    pub tag_field: usize,
+    /// Header and trailer record tags, and which of their fields carry the control
+    /// number that must match.
+    pub header: Option<String>,
+    pub trailer: Option<String>,
+    pub header_control_field: Option<usize>,
+    pub trailer_control_field: Option<usize>,
+    /// A record whose tag starts with this names the segment (table) of the records that
+    /// follow, e.g. `<TABLE>`.
+    pub segment_prefix: Option<String>,
+    /// Records separate by LF; CRLF is accepted on input. Output uses this (`\n` or `\r\n`).
+    #[serde(default = "lf")]
+    pub record_separator: String,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn lf() -> String {
+    "\n".into()
+}
+
+/// One `[[map]]` entry: a binding (`canonical` with `path`) or a fixed output value
+/// (`path` with `value`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapEntry {
+    /// Canonical field (`equipment[].seals[].id`), or several fields one document field
+    /// splits into (`["vehicle.plate", "vehicle.trailer_plate"]` with `split`).
+    pub canonical: Option<OneOrMany>,
+    /// Document path: XML `t:Containers/t:Container[]/t:Number` or `.../@attr`, JSON
+    /// `master/items[]/id`, flat `CONTAINER[]/3`.
+    pub path: String,
+    /// For a fixed entry: the text written on output.
+    pub value: Option<String>,
+    #[serde(default)]
+    pub required: bool,
+    /// Used when the field is absent (on input, and on output when the canonical is).
+    pub default: Option<String>,
+    /// `string` (default), `integer`, `number`, `boolean`, `datetime`, `date`.
+    #[serde(rename = "type")]
+    pub kind: Option<ValueKind>,
+    /// chrono pattern for `datetime`/`date`, e.g. `%Y%m%d%H%M`.
+    pub pattern: Option<String>,
+    /// The document's UTC offset for times without one, e.g. `+05:30`.
+    pub offset: Option<String>,
+    /// `number`: document value × scale = canonical value (e.g. 0.001 for grams to kg).
+    pub scale: Option<f64>,
+    /// `number` on output: decimal places.
+    pub decimals: Option<usize>,
+    /// A code list of `mappings/codes/` (canonical code ↔ partner code).
+    pub codes: Option<String>,
+    /// Separator for split (input) and join (output).
+    pub split: Option<String>,
+    /// Longest text the document field takes (checked on output).
+    pub max_length: Option<usize>,
+    /// What to do with a longer text: `refuse` (default) or `flag`. Never truncated.
+    pub on_too_long: Option<TooLong>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueKind {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Datetime,
+    Date,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TooLong {
+    Refuse,
+    Flag,
+}
+
+/// A code list file in `mappings/codes/`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeListFile {
+    #[serde(default)]
+    pub description: String,
+    /// canonical code = partner code.
+    pub codes: BTreeMap<String, String>,
+    /// Partner codes read on input beyond the reverse of `codes` (several partner codes
+    /// for one canonical code).
+    #[serde(default)]
+    pub input: BTreeMap<String, String>,
+}
