@@ -92,7 +92,15 @@ fn from_value<T: serde::de::DeserializeOwned>(
 ) -> Result<T, DocumentError> {
     let mut value = value.clone();
     whole_numbers_as_integers(&mut value);
-    serde_path_to_error::deserialize(&value).map_err(|e| {
+    deserialize_at(&value, base)
+}
+
+/// Deserialises a canonical value; a problem comes back with its JSON pointer.
+pub fn deserialize_at<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    base: &str,
+) -> Result<T, DocumentError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let pointer = if path == "." {
             base.to_owned()

@@ -13,7 +13,9 @@ use crate::mapping::{MappingSet, MessageKind};
 use crate::problem::{DocumentError, Located};
 use crate::schemas::Schemas;
 
-pub use ects_json::{EctsJson, check_declaration, check_event_times, decode_canonical};
+pub use ects_json::{
+    EctsJson, check_declaration, check_event_times, decode_canonical, deserialize_at,
+};
 
 /// What a message carries, in canonical form.
 #[derive(Debug, Clone)]

@@ -331,12 +331,29 @@ impl Format for MappedFormat {
                 ),
             }]));
         }
-        let read = plan.decode_tree(&root);
+        let read = plan.decode_tree(&root, false);
         if !read.problems.is_empty() {
-            return Err(DocumentError::Invalid(read.problems));
+            // Read again, keeping every place, so that each problem names it.
+            return Err(DocumentError::Invalid(
+                plan.decode_tree(&root, true).problems,
+            ));
         }
         let unmapped = plan::unmapped(&root, plan.syntax, MAX_UNMAPPED);
-        let inbound = self.to_inbound(plan, read.canonical, &read.origins)?;
+        let inbound = match self.to_inbound(plan, &read.canonical, &read.origins) {
+            Ok(inbound) => inbound,
+            Err(_) => {
+                let tracked = plan.decode_tree(&root, true);
+                return Err(self
+                    .to_inbound(plan, &tracked.canonical, &tracked.origins)
+                    .err()
+                    .unwrap_or_else(|| {
+                        DocumentError::Invalid(vec![Located::pointer(
+                            "",
+                            "the document is not valid",
+                        )])
+                    }));
+            }
+        };
         Ok(Decoded { inbound, unmapped })
     }
 
@@ -384,23 +401,20 @@ impl MappedFormat {
     fn to_inbound(
         &self,
         plan: &Plan,
-        canonical: Value,
+        canonical: &Value,
         origins: &BTreeMap<String, Place>,
     ) -> Result<Inbound, DocumentError> {
         match plan.message {
             MessageKind::Declaration => {
                 let problems = self
                     .schemas
-                    .check(Canonical::TransitDeclaration, &canonical, "");
+                    .check(Canonical::TransitDeclaration, canonical, "");
                 if !problems.is_empty() {
                     return Err(DocumentError::Invalid(Self::locate(problems, origins)));
                 }
-                let declaration = crate::formats::decode_canonical(
-                    &self.schemas,
-                    Canonical::TransitDeclaration,
-                    canonical.to_string().as_bytes(),
-                )
-                .map_err(|e| relocate(e, origins))?;
+                let declaration: ects_core::TransitDeclaration =
+                    crate::formats::deserialize_at(canonical, "")
+                        .map_err(|e| relocate(e, origins))?;
                 crate::formats::check_declaration(&declaration)
                     .map_err(|e| relocate(e, origins))?;
                 Ok(Inbound::Declaration(Box::new(declaration)))
@@ -434,12 +448,8 @@ impl MappedFormat {
                     if !problems.is_empty() {
                         return Err(DocumentError::Invalid(Self::locate(problems, origins)));
                     }
-                    let event = crate::formats::decode_canonical(
-                        &self.schemas,
-                        Canonical::SealEvent,
-                        item.to_string().as_bytes(),
-                    )
-                    .map_err(|e| relocate(e, origins))?;
+                    let event: ects_core::SealEvent = crate::formats::deserialize_at(item, &base)
+                        .map_err(|e| relocate(e, origins))?;
                     events.push(event);
                 }
                 crate::formats::check_event_times(&events, Some("/events"), chrono::Utc::now())

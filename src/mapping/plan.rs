@@ -428,6 +428,7 @@ struct Found<'a> {
 #[allow(clippy::too_many_arguments)]
 fn collect<'a>(
     syntax: Syntax,
+    track: bool,
     node: &'a Node,
     segs: &[DocSeg],
     indices: &mut Vec<usize>,
@@ -443,7 +444,7 @@ fn collect<'a>(
                 indices: indices.clone(),
                 text,
                 place: Place {
-                    path: at.to_owned(),
+                    path: if track { at.to_owned() } else { String::new() },
                     line: (node.line > 0).then_some(node.line),
                     column: (node.column > 0).then_some(node.column),
                 },
@@ -461,7 +462,11 @@ fn collect<'a>(
                     indices: indices.clone(),
                     text: &a.value,
                     place: Place {
-                        path: step_display(syntax, at, &seg.name, None, true),
+                        path: if track {
+                            step_display(syntax, at, &seg.name, None, true)
+                        } else {
+                            String::new()
+                        },
                         line: (node.line > 0).then_some(node.line),
                         column: (node.column > 0).then_some(node.column),
                     },
@@ -483,9 +488,13 @@ fn collect<'a>(
     if seg.repeated {
         for (k, child) in matching.enumerate() {
             indices.push(k);
-            let here = step_display(syntax, at, &seg.name, Some(k), false);
+            let here = if track {
+                step_display(syntax, at, &seg.name, Some(k), false)
+            } else {
+                String::new()
+            };
             collect(
-                syntax, child, rest, indices, &here, found, missing, problems,
+                syntax, track, child, rest, indices, &here, found, missing, problems,
             );
             indices.pop();
         }
@@ -496,7 +505,11 @@ fn collect<'a>(
                 place_of(node, &step_display(syntax, at, &seg.name, None, false)),
             )),
             Some(child) => {
-                let here = step_display(syntax, at, &seg.name, None, false);
+                let here = if track {
+                    step_display(syntax, at, &seg.name, None, false)
+                } else {
+                    String::new()
+                };
                 if matching.peek().is_some() {
                     problems.push(problem(
                         &place_of(child, &here),
@@ -505,7 +518,7 @@ fn collect<'a>(
                     ));
                 }
                 collect(
-                    syntax, child, rest, indices, &here, found, missing, problems,
+                    syntax, track, child, rest, indices, &here, found, missing, problems,
                 );
             }
         }
@@ -717,7 +730,10 @@ pub struct Read {
 }
 
 impl Plan {
-    pub fn decode_tree(&self, root: &Node) -> Read {
+    /// Reads the canonical form. With `track`, every value's document place is kept (to
+    /// locate problems); without, reading is cheaper, and a caller that meets a problem
+    /// reads again with `track`.
+    pub fn decode_tree(&self, root: &Node, track: bool) -> Read {
         let mut canonical = Value::Object(serde_json::Map::new());
         let mut origins = BTreeMap::new();
         let mut problems = Vec::new();
@@ -735,6 +751,7 @@ impl Plan {
                         (Vec::new(), Vec::new(), Vec::new());
                     collect(
                         self.syntax,
+                        false,
                         root,
                         doc,
                         &mut Vec::new(),
@@ -750,6 +767,7 @@ impl Plan {
             let mut missing = Vec::new();
             collect(
                 self.syntax,
+                track,
                 root,
                 &b.doc,
                 &mut Vec::new(),
@@ -766,7 +784,7 @@ impl Plan {
                         default,
                         &place,
                         &mut canonical,
-                        &mut origins,
+                        track.then_some(&mut origins),
                         &mut problems,
                     ),
                     None if b.required => problems.push(problem(
@@ -787,7 +805,7 @@ impl Plan {
                     f.text,
                     &f.place,
                     &mut canonical,
-                    &mut origins,
+                    track.then_some(&mut origins),
                     &mut problems,
                 );
             }
@@ -807,7 +825,7 @@ impl Plan {
         text: &str,
         place: &Place,
         canonical: &mut Value,
-        origins: &mut BTreeMap<String, Place>,
+        mut origins: Option<&mut BTreeMap<String, Place>>,
         problems: &mut Vec<Located>,
     ) {
         let parts: Vec<&str> = match &b.split {
@@ -818,15 +836,14 @@ impl Plan {
                 .collect(),
             None => vec![text],
         };
-        let mut assign = |path: &[CanonSeg], idx: Vec<usize>, raw: &str| {
-            let pointer = canonical_pointer(path, &idx);
-            match b.convert.read(raw) {
-                Ok(v) => {
-                    set_canonical(canonical, path, &idx, v);
-                    origins.insert(pointer, place.clone());
+        let mut assign = |path: &[CanonSeg], idx: Vec<usize>, raw: &str| match b.convert.read(raw) {
+            Ok(v) => {
+                set_canonical(canonical, path, &idx, v);
+                if let Some(origins) = origins.as_deref_mut() {
+                    origins.insert(canonical_pointer(path, &idx), place.clone());
                 }
-                Err(why) => problems.push(problem(place, Some(pointer), why)),
             }
+            Err(why) => problems.push(problem(place, Some(canonical_pointer(path, &idx)), why)),
         };
         if b.splits_into_array {
             for (k, part) in parts.iter().enumerate() {
@@ -1059,8 +1076,18 @@ fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str) {
 
 /// Document leaves no binding read: reported as `unmapped`, never silently dropped.
 pub fn unmapped(root: &Node, syntax: Syntax, limit: usize) -> Vec<String> {
+    fn all_read(node: &Node) -> bool {
+        let leaf_read = !node.children.is_empty() || node.text.is_none() || node.visited.get();
+        leaf_read
+            && node.attrs.iter().all(|a| {
+                a.visited.get()
+                    || a.name
+                        .starts_with("{http://www.w3.org/2001/XMLSchema-instance}")
+            })
+            && node.children.iter().all(all_read)
+    }
     fn walk(node: &Node, syntax: Syntax, at: &str, out: &mut Vec<String>, limit: usize) {
-        if out.len() >= limit {
+        if out.len() >= limit || all_read(node) {
             return;
         }
         for a in &node.attrs {

@@ -54,6 +54,40 @@ impl Node {
     }
 }
 
+/// Line and column of increasing byte offsets, counted once through the text.
+struct Lines<'t> {
+    text: &'t str,
+    offset: usize,
+    line: usize,
+    line_start: usize,
+}
+
+impl<'t> Lines<'t> {
+    fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            offset: 0,
+            line: 1,
+            line_start: 0,
+        }
+    }
+
+    fn at(&mut self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        if offset < self.offset {
+            return line_column(self.text, offset);
+        }
+        for (i, b) in self.text.as_bytes()[self.offset..offset].iter().enumerate() {
+            if *b == b'\n' {
+                self.line += 1;
+                self.line_start = self.offset + i + 1;
+            }
+        }
+        self.offset = offset;
+        (self.line, offset - self.line_start + 1)
+    }
+}
+
 /// 1-based line and column of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -96,6 +130,7 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Node, DocumentError> {
     })?;
     let mut reader = NsReader::from_str(text);
     reader.config_mut().trim_text(false);
+    let mut lines = Lines::new(text);
     let mut stack: Vec<Node> = Vec::new();
     let mut root: Option<Node> = None;
     let mut nodes = 0usize;
@@ -122,7 +157,7 @@ pub fn parse_xml(bytes: &[u8]) -> Result<Node, DocumentError> {
                 }
                 let local = e.local_name().into_inner().to_owned();
                 let name = clark(&ns, &local).map_err(|d| malformed(text, offset, d))?;
-                let (line, column) = line_column(text, offset);
+                let (line, column) = lines.at(offset);
                 let mut node = Node {
                     name,
                     line,

@@ -1,0 +1,122 @@
+//! Translation throughput per format: decode, encode, decode+encode, next to a raw parse
+//! of the same bytes (quick-xml events, serde_json value, split lines): the ceiling.
+//!
+//! `cargo bench --bench translate`
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ects_gateway::config::Settings;
+use ects_gateway::formats::{Formats, Inbound, Outbound};
+
+fn formats() -> Formats {
+    let settings = Settings {
+        mappings_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mappings")),
+        ..Settings::default()
+    };
+    ects_gateway::startup::formats(&settings).expect("the test mappings compile")
+}
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
+}
+
+fn raw_xml(bytes: &[u8]) -> usize {
+    let text = std::str::from_utf8(bytes).expect("utf-8");
+    let mut reader = quick_xml::reader::NsReader::from_str(text);
+    let mut n = 0;
+    loop {
+        match reader.read_resolved_event() {
+            Ok((_, quick_xml::events::Event::Eof)) | Err(_) => return n,
+            Ok(_) => n += 1,
+        }
+    }
+}
+
+fn raw_json(bytes: &[u8]) -> usize {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .map(|v| v.as_object().map_or(0, |o| o.len()))
+        .unwrap_or(0)
+}
+
+fn raw_flat(bytes: &[u8]) -> usize {
+    bytes
+        .split(|b| *b == b'\n')
+        .map(|l| l.split(|b| *b == 0x1d).count())
+        .sum()
+}
+
+fn outbound(inbound: &Inbound) -> Outbound<'_> {
+    match inbound {
+        Inbound::Declaration(d) => Outbound::Declaration(d),
+        Inbound::SealEvents { events, .. } => Outbound::SealEvents(events),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let formats = formats();
+    let cases: [(&str, &str, &str, fn(&[u8]) -> usize); 4] = [
+        (
+            "transit-xml",
+            "transit-xml/gt-sv-full/input.xml",
+            "ects-json",
+            raw_xml,
+        ),
+        (
+            "canonical-json",
+            "canonical-json/gt-sv/input.json",
+            "ects-json",
+            raw_json,
+        ),
+        (
+            "ects-json",
+            "ects-json/declaration-gt-sv.json",
+            "transit-xml",
+            raw_json,
+        ),
+        (
+            "transit-flat",
+            "transit-flat/three-events/input.txt",
+            "ects-json",
+            raw_flat,
+        ),
+    ];
+    for (format, path, target, raw) in cases {
+        let body = fixture(path);
+        let adapter = formats.get(format).expect("format");
+        let writer = formats.get(target).expect("target");
+        let decoded = adapter.decode(&body).expect("the fixture reads");
+        let mut group = c.benchmark_group(format);
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function("raw_parse", |b| b.iter(|| raw(black_box(&body))));
+        group.bench_function("decode", |b| {
+            b.iter(|| adapter.decode(black_box(&body)).expect("reads"))
+        });
+        group.bench_function("encode", |b| {
+            b.iter(|| {
+                adapter
+                    .encode(black_box(&outbound(&decoded.inbound)))
+                    .expect("writes")
+            })
+        });
+        group.bench_function(format!("decode_then_encode_to_{target}"), |b| {
+            b.iter(|| {
+                let d = adapter.decode(black_box(&body)).expect("reads");
+                writer.encode(&outbound(&d.inbound)).expect("writes")
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = translate;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(translate);
