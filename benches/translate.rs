@@ -51,6 +51,9 @@ fn raw_flat(bytes: &[u8]) -> usize {
         .sum()
 }
 
+/// Format, fixture, target format, and the raw parse that is its ceiling.
+type Case = (&'static str, &'static str, &'static str, fn(&[u8]) -> usize);
+
 fn outbound(inbound: &Inbound) -> Outbound<'_> {
     match inbound {
         Inbound::Declaration(d) => Outbound::Declaration(d),
@@ -60,7 +63,7 @@ fn outbound(inbound: &Inbound) -> Outbound<'_> {
 
 fn bench(c: &mut Criterion) {
     let formats = formats();
-    let cases: [(&str, &str, &str, fn(&[u8]) -> usize); 4] = [
+    let cases: [Case; 4] = [
         (
             "transit-xml",
             "transit-xml/gt-sv-full/input.xml",
