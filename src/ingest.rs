@@ -374,7 +374,17 @@ impl Ingest {
         )
         .await?;
         // Seals often report before their declaration reaches us: those events were kept
-        // as unmatched and now join the trip.
+        // as unmatched and now join the trip. The devices are locked first (in order), so
+        // a message routing their events waits for this declaration, or is seen by it.
+        let mut devices: Vec<&str> = declaration
+            .seals()
+            .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        for device in devices {
+            store::lock_device(&mut tx, self.store.backend(), device).await?;
+        }
         let early =
             store::claim_unmatched_events(&mut tx, declaration, &trip_id.to_string()).await?;
         if !early.is_empty() {
@@ -410,7 +420,7 @@ impl Ingest {
 
         // Applied in event-time order; the sort is stable, so equal times keep their order.
         let mut order: Vec<usize> = (0..events.len()).collect();
-        order.sort_by_key(|&i| events[i].time);
+        order.sort_by_cached_key(|&i| (events[i].time, ects_core::trip::event_order(&events[i])));
 
         // First store every new event with its trip, then apply them trip by trip: a late
         // event's replay then reads it back with the others.
@@ -449,6 +459,7 @@ impl Ingest {
                     ),
                 ))));
             }
+            store::lock_device(&mut tx, self.store.backend(), event.device_id.as_str()).await?;
             let trip_id = store::trip_for_event(&mut tx, event).await?;
             match &trip_id {
                 Some(id) => {

@@ -490,7 +490,11 @@ impl Tracking {
                     reason: format!("{kind} {key} is already recorded with different content"),
                 });
             }
-            let effects = match trip.apply(&input, &geo, &self.rules, now) {
+            // A command dated before events the trip has already seen takes its place in
+            // event-time order, as a late event does: checked here, then replayed.
+            let late = trip.track.watermark.is_some_and(|w| input.time() < w);
+            let before = late.then(|| trip.clone());
+            let mut effects = match trip.apply(&input, &geo, &self.rules, now) {
                 Ok(fx) => fx,
                 Err(refused) => {
                     tx.rollback().await?;
@@ -509,6 +513,22 @@ impl Tracking {
             .bind(ts(now))
             .execute(&mut **tx)
             .await?;
+            if let Some(before) = before {
+                let rebuilt = self.replay(&mut tx, &before, &geo, now).await?;
+                // What the command itself produced (acceptance, unlock commands, custody,
+                // notices) stands; the trip's state and alerts are the replay's.
+                effects.retain(|e| {
+                    matches!(
+                        e,
+                        Effect::ReleaseAccepted { .. }
+                            | Effect::SealCommand { .. }
+                            | Effect::CustodyChanged { .. }
+                            | Effect::Notify { .. }
+                    )
+                });
+                effects.extend(reconcile(&before, &rebuilt, now));
+                trip = rebuilt;
+            }
             if !store::update_trip(&mut tx, &trip, version).await? {
                 tx.rollback().await?;
                 tracing::debug!(attempt, "trip changed meanwhile, trying the command again");

@@ -268,9 +268,9 @@ impl EctsJson {
 
 /// Earliest event or declaration time accepted: older is a device clock fault.
 const EARLIEST_YEAR: i32 = 2000;
-/// How far ahead of our clock an event may be (device clocks drift; GPS week rollover
-/// throws them years off).
-const MAX_CLOCK_AHEAD_H: i64 = 24;
+/// How far ahead of our clock an event may be: device clocks drift a little; more is a
+/// clock or time-zone fault, and a future time would freeze the trip's latest state.
+const MAX_CLOCK_AHEAD_MIN: i64 = 15;
 
 fn time_problem(t: DateTime<Utc>, latest: Option<DateTime<Utc>>) -> Option<String> {
     if t.year() < EARLIEST_YEAR || t.year() > 9999 {
@@ -278,7 +278,7 @@ fn time_problem(t: DateTime<Utc>, latest: Option<DateTime<Utc>>) -> Option<Strin
     }
     match latest {
         Some(latest) if t > latest => Some(format!(
-            "{} is more than {MAX_CLOCK_AHEAD_H} hours ahead of the gateway's clock",
+            "{} is more than {MAX_CLOCK_AHEAD_MIN} minutes ahead of the gateway's clock",
             t.to_rfc3339()
         )),
         _ => None,
@@ -292,7 +292,7 @@ pub fn check_event_times(
     base: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), DocumentError> {
-    let latest = now + chrono::Duration::hours(MAX_CLOCK_AHEAD_H);
+    let latest = now + chrono::Duration::minutes(MAX_CLOCK_AHEAD_MIN);
     let problems: Vec<Located> = events
         .iter()
         .enumerate()

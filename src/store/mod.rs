@@ -23,7 +23,7 @@ pub(crate) use messages::{
 pub use trips::{AlertFilter, StoredEvent, TripRow};
 pub(crate) use trips::{
     claim_unmatched_events, find_declaration, find_event, insert_declared_trip, insert_event,
-    load_trip, trip_for_event, update_trip, upsert_alert,
+    load_trip, lock_device, trip_for_event, update_trip, upsert_alert,
 };
 
 /// A write transaction. On SQLite it also holds the process's write gate, so writers

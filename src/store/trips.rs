@@ -137,6 +137,23 @@ pub async fn update_trip(
     Ok(done.rows_affected() == 1)
 }
 
+/// On PostgreSQL, serialises work on one device across transactions until commit: a
+/// declaration claiming a device's early events and a message routing that device's
+/// events must not miss each other (SQLite writers are serialised already).
+pub async fn lock_device(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    device: &str,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("select pg_advisory_xact_lock(hashtext($1))::text as locked")
+            .bind(device)
+            .fetch_one(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The live trip that carries this seal (by seal id) or device, newest first.
 pub async fn trip_for_event(
     conn: &mut AnyConnection,
@@ -156,7 +173,7 @@ pub async fn trip_for_event(
 }
 
 /// Events stored without a trip (no live trip carried their seal yet) that belong to this
-/// newly declared trip: its seals or devices, from a day before the declaration on (an
+/// newly declared trip: its seals or devices, from six hours before the declaration on (an
 /// older one belongs to an earlier use of the seal). They are assigned to the trip and
 /// returned in event-time order.
 pub async fn claim_unmatched_events(
@@ -164,7 +181,7 @@ pub async fn claim_unmatched_events(
     declaration: &TransitDeclaration,
     trip_id: &str,
 ) -> Result<Vec<SealEvent>, StoreError> {
-    let since = ts(declaration.declared_at - chrono::Duration::hours(24));
+    let since = ts(declaration.declared_at - chrono::Duration::hours(6));
     let mut claimed = Vec::new();
     for seal in declaration.seals() {
         let rows = sqlx::query(
@@ -253,7 +270,8 @@ pub async fn upsert_alert(
         "insert into alerts (alert_id, trip_id, kind, severity, raised_at, cleared_at, body, updated_at)
          values ($1, $2, $3, $4, $5, $6, $7, $8)
          on conflict (alert_id) do update set
-             cleared_at = excluded.cleared_at, body = excluded.body, updated_at = excluded.updated_at",
+             cleared_at = excluded.cleared_at, body = excluded.body, updated_at = excluded.updated_at,
+             withdrawn_at = null",
     )
     .bind(alert.alert_id.to_string())
     .bind(alert.trip_id.to_string())

@@ -14,6 +14,7 @@ on_both_backends!(
     the_clock_raises_gaps_and_late_fixes_withdraw_them,
     a_tampered_audit_trail_does_not_verify,
     a_trip_can_have_its_own_thresholds,
+    a_release_entered_after_the_opening_it_covers_is_applied_in_time_order,
 );
 
 const LAT: f64 = 14.0;
@@ -105,6 +106,7 @@ async fn rolling(app: &TestApp, seq: &mut Seq) -> String {
             seq.event(SEAL_1, 0, "locked", DEPARTURE_LON, 0.0),
             seq.event(SEAL_2, 0, "locked", DEPARTURE_LON, 0.0),
             seq.event(SEAL_1, 2, "position", road_lon(2), 0.0),
+            seq.event(SEAL_1, 3, "position", road_lon(3), 0.0),
         ],
     )
     .await;
@@ -116,7 +118,7 @@ fn release(trip: &str, authority: &str, place: &str) -> Value {
     json!({"release_id": format!("REL-{place}"), "trip_id": trip, "authority": authority,
            "officer": {"id": format!("{authority}-OF-1")}, "place": place,
            "valid_from": t(0).to_rfc3339(), "valid_until": t(600).to_rfc3339(),
-           "one_time_code": "739201", "issued_at": t(0).to_rfc3339()})
+           "one_time_code": "739201", "issued_at": t(90).to_rfc3339()})
 }
 
 fn handover(trip: &str, id: &str, from: &str, to: &str, minute: i64) -> Value {
@@ -147,10 +149,13 @@ async fn a_trip_goes_from_declaration_to_release_over_http(app: TestApp) {
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["trip"]["custodian"], "SV");
 
-    // Into the destination office: arrived.
+    // Into the destination office (two fixes confirm it): arrived.
     post(
         &app,
-        vec![seq.event(SEAL_1, 100, "position", DESTINATION_LON, 0.0)],
+        vec![
+            seq.event(SEAL_1, 100, "position", DESTINATION_LON, 0.0),
+            seq.event(SEAL_1, 101, "position", DESTINATION_LON, 0.0),
+        ],
     )
     .await;
     let status = app.trip(&trip).await;
@@ -276,11 +281,11 @@ async fn release_and_handover_commands_are_checked(app: TestApp) {
 async fn late_buffered_fixes_are_replayed_in_event_time_order(app: TestApp) {
     let mut seq = Seq(0);
     let trip = rolling(&app, &mut seq).await;
-    // Live fixes at minutes 3 and 20 are on the road.
+    // Live fixes at minutes 4 and 20 are on the road.
     post(
         &app,
         vec![
-            seq.event(SEAL_1, 3, "position", road_lon(3), 0.0),
+            seq.event(SEAL_1, 4, "position", road_lon(4), 0.0),
             seq.event(SEAL_1, 20, "position", road_lon(20), 0.0),
         ],
     )
@@ -442,4 +447,45 @@ async fn a_trip_can_have_its_own_thresholds(app: TestApp) {
             .iter()
             .any(|e| e["action"] == "input.rules")
     );
+}
+
+async fn a_release_entered_after_the_opening_it_covers_is_applied_in_time_order(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    post(
+        &app,
+        vec![
+            seq.event(SEAL_1, 100, "position", DESTINATION_LON, 0.0),
+            seq.event(SEAL_1, 101, "position", DESTINATION_LON, 0.0),
+        ],
+    )
+    .await;
+    assert_eq!(app.trip(&trip).await["state"], "arrived");
+    // The officer opens the seals at the office at minute 110 and types the release into
+    // the system a quarter of an hour later, dated when it was given (minute 105).
+    post(
+        &app,
+        vec![
+            seq.event(SEAL_1, 110, "unlocked", DESTINATION_LON, 0.0),
+            seq.event(SEAL_2, 110, "unlocked", DESTINATION_LON, 0.0),
+        ],
+    )
+    .await;
+    assert_eq!(open_alerts(&app, &trip, "seal_opened").await.len(), 2);
+    let mut late = release(&trip, "GT", "SVSAL");
+    late["valid_from"] = t(100).to_rfc3339().into();
+    late["issued_at"] = t(105).to_rfc3339().into();
+    let reply = app
+        .post(&format!("/v1/trips/{trip}/release"), late.to_string())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // In event-time order the openings were lawful: released, the alerts withdrawn.
+    assert_eq!(app.trip(&trip).await["state"], "released");
+    assert!(open_alerts(&app, &trip, "seal_opened").await.is_empty());
+    assert_eq!(
+        app.count_where("alerts", "withdrawn_at is not null").await,
+        2
+    );
+    let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+    assert_eq!(audit["verified"], true);
 }

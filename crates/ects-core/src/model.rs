@@ -255,6 +255,16 @@ impl Position {
     pub fn is_valid_fix(&self) -> bool {
         !matches!(self.fix, Some(FixKind::LastKnown))
     }
+
+    /// Precise enough for the movement rules (corridor, stops, jumps, zones): satellite
+    /// fixes, and none whose own accuracy is worse than `max_error_m`. Cell-tower and wifi
+    /// fixes are kilometres off; they show where the seal roughly is and that it reports.
+    pub fn is_precise(&self, max_error_m: f64) -> bool {
+        !matches!(
+            self.fix,
+            Some(FixKind::Lbs | FixKind::Wifi | FixKind::LastKnown)
+        ) && self.accuracy_m.is_none_or(|a| a <= max_error_m)
+    }
 }
 
 /// What a seal reported. Vendor codes stay in `SealEvent::raw`.

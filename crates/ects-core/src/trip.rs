@@ -88,6 +88,11 @@ rules! {
     /// Where no zone is registered for the office of departure, leaving this radius around
     /// the arming position counts as departure.
     departure_radius_m: f64 = 1000.0,
+    /// Consecutive fixes that confirm leaving the departure office, entering the
+    /// destination office, or leaving it again (GPS noise near an office is common).
+    zone_fixes: u32 = 2,
+    /// A fix that says it may be off by more than this is left out of the movement rules.
+    max_fix_error_m: f64 = 500.0,
 }
 
 /// A valid fix the rules remember.
@@ -97,6 +102,13 @@ pub struct Fix {
     pub lon: f64,
     pub time: Timestamp,
     pub evidence: String,
+    /// Precise enough for the movement rules.
+    #[serde(default = "yes")]
+    pub precise: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Fix {
@@ -129,6 +141,9 @@ pub struct Track {
     pub outside_since: Option<Timestamp>,
     pub inside_fixes: u32,
     pub stop: Option<StopAnchor>,
+    /// Consecutive precise fixes agreeing on a zone transition (departure, arrival).
+    #[serde(default)]
+    pub zone_fixes: u32,
 }
 
 /// A command for a seal, delivered by the device platform.
@@ -208,7 +223,7 @@ impl Input {
             Input::Release(r) => (r.issued_at, 0, r.release_id.clone()),
             Input::Handover(h) => (h.time, 1, h.handover_id.clone()),
             Input::Cancel(c) => (c.time, 2, String::new()),
-            Input::SealEvent(e) => (e.time, 3, evidence_of(e)),
+            Input::SealEvent(e) => (e.time, 3, event_order(e)),
         }
     }
 }
@@ -228,12 +243,31 @@ fn refuse(field: &'static str, reason: impl Into<String>) -> CommandError {
     }
 }
 
+/// The order of seal events at the same instant: by device, then sequence (as a number),
+/// then positions before alarms; the same order live and in a replay.
+pub fn event_order(event: &SealEvent) -> String {
+    let rank = match event.kind {
+        SealEventKind::Position => 0,
+        SealEventKind::Locked => 1,
+        _ => 2,
+    };
+    format!(
+        "{}\u{0}{:020}\u{0}{rank}\u{0}{}",
+        event.device_id,
+        event.seq.unwrap_or(0),
+        event.event_id.as_ref().map_or("", |i| i.as_str())
+    )
+}
+
 /// How an event is named in alert evidence: its identity, else device and time.
 pub fn evidence_of(event: &SealEvent) -> String {
     event
         .identity()
         .unwrap_or_else(|| format!("{}@{}", event.device_id, event.time.to_rfc3339()))
 }
+
+/// Most events kept as an alert's evidence.
+const MAX_EVIDENCE: usize = 20;
 
 /// Longest release window accepted.
 const MAX_RELEASE_WINDOW_H: i64 = 72;
@@ -529,12 +563,12 @@ impl Trip {
         let fix = event
             .position
             .filter(|p| p.is_valid_fix())
-            .map(|p| (p.point(), p.speed_kmh));
-        if let Some((point, speed)) = fix {
-            self.on_fix(event, point, speed, &evidence, geo, rules, fx);
+            .map(|p| (p.point(), p.speed_kmh, p.is_precise(rules.max_fix_error_m)));
+        if let Some((point, speed, precise)) = fix {
+            self.on_fix(event, point, speed, precise, &evidence, geo, rules, fx);
         }
         let point = fix
-            .map(|(p, _)| p)
+            .map(|(p, _, _)| p)
             .or_else(|| self.track.last_fix.as_ref().map(Fix::point));
 
         match event.kind {
@@ -554,6 +588,7 @@ impl Trip {
                         lon: p.lon,
                         time: event.time,
                         evidence: evidence.clone(),
+                        precise: true,
                     });
                     self.change_state(TripState::Armed, event.time, fx);
                 }
@@ -667,6 +702,7 @@ impl Trip {
         event: &SealEvent,
         point: LatLon,
         speed: Option<f64>,
+        precise: bool,
         evidence: &str,
         geo: &Geography,
         rules: &Rules,
@@ -694,7 +730,13 @@ impl Trip {
             }
             let dt = (event.time - last_time).num_milliseconds() as f64 / 1000.0;
             let d = distance_m(last_point, point);
-            if d >= rules.jump_min_distance_m && dt > 0.0 && d / dt * 3.6 > rules.max_speed_kmh {
+            let last_precise = self.track.last_fix.as_ref().is_some_and(|f| f.precise);
+            if !(precise && last_precise) {
+                // A coarse fix is kilometres off by nature: no speed can be read from it.
+            } else if d >= rules.jump_min_distance_m
+                && dt > 0.0
+                && d / dt * 3.6 > rules.max_speed_kmh
+            {
                 self.raise(
                     fx,
                     AlertKind::PositionJump,
@@ -724,6 +766,7 @@ impl Trip {
             lon: point.lon,
             time: event.time,
             evidence: evidence.to_owned(),
+            precise,
         });
         self.status.last_position = Some(LastPosition {
             lat: point.lat,
@@ -733,28 +776,51 @@ impl Trip {
             device_id: Some(event.device_id.clone()),
         });
 
-        match self.status.state {
-            TripState::Armed
-                if !self.at_departure(geo, point) || self.left_arming_radius(geo, point, rules) =>
-            {
-                self.change_state(TripState::InTransit, event.time, fx);
+        if !precise {
+            return;
+        }
+        // Zone transitions need `zone_fixes` precise fixes in a row that agree.
+        let at_destination = geo
+            .zones
+            .in_office(&self.status.office_of_destination, point);
+        let moving_on = match self.status.state {
+            TripState::Armed => {
+                !self.at_departure(geo, point) || self.left_arming_radius(geo, point, rules)
             }
-            TripState::InTransit
-                if geo
-                    .zones
-                    .in_office(&self.status.office_of_destination, point) =>
-            {
-                self.close_open_alert(AlertKind::RouteDeviation, None, event.time, evidence, fx);
-                self.close_open_alert(AlertKind::AbnormalStop, None, event.time, evidence, fx);
-                self.close_open_alert(AlertKind::Overdue, None, event.time, evidence, fx);
-                self.change_state(TripState::Arrived, event.time, fx);
+            TripState::InTransit => at_destination,
+            // Left the destination office again without a release.
+            TripState::Arrived => !at_destination,
+            _ => false,
+        };
+        self.track.zone_fixes = if moving_on {
+            self.track.zone_fixes + 1
+        } else {
+            0
+        };
+        if self.track.zone_fixes >= rules.zone_fixes {
+            self.track.zone_fixes = 0;
+            match self.status.state {
+                TripState::Armed | TripState::Arrived => {
+                    self.change_state(TripState::InTransit, event.time, fx)
+                }
+                TripState::InTransit => {
+                    self.close_open_alert(
+                        AlertKind::RouteDeviation,
+                        None,
+                        event.time,
+                        evidence,
+                        fx,
+                    );
+                    self.close_open_alert(AlertKind::AbnormalStop, None, event.time, evidence, fx);
+                    self.close_open_alert(AlertKind::Overdue, None, event.time, evidence, fx);
+                    self.change_state(TripState::Arrived, event.time, fx);
+                }
+                _ => {}
             }
-            _ => {}
         }
         if self.status.state == TripState::InTransit {
             self.check_corridor(geo, point, event.time, evidence, rules, fx);
-        }
-        if matches!(self.status.state, TripState::Armed | TripState::InTransit) {
+            // Waiting at the office before leaving is not a stop; in transit it is.
             self.check_stop(geo, point, speed, event.time, evidence, rules, fx);
         }
     }
@@ -795,10 +861,12 @@ impl Trip {
                 .any(|z| matches!(z.kind, ZoneKind::CustomsOffice | ZoneKind::BorderPost));
         let t = &mut self.track;
         if inside {
+            // Any fix inside breaks a run of outside fixes; clearing an open deviation
+            // takes `deviation_clear_fixes` in a row.
+            t.outside_fixes = 0;
+            t.outside_since = None;
             t.inside_fixes += 1;
             if t.inside_fixes >= rules.deviation_clear_fixes {
-                t.outside_fixes = 0;
-                t.outside_since = None;
                 self.close_open_alert(AlertKind::RouteDeviation, None, time, evidence, fx);
             }
             return;
@@ -868,7 +936,7 @@ impl Trip {
 
     /// The stop (if any) has lasted longer than its place allows by `now`.
     fn check_stop_duration(&mut self, now: Timestamp, rules: &Rules, fx: &mut Vec<Effect>) {
-        if !matches!(self.status.state, TripState::Armed | TripState::InTransit) {
+        if self.status.state != TripState::InTransit {
             return;
         }
         let Some((zone, since)) = self.track.stop.as_ref().map(|a| (a.zone, a.since)) else {
@@ -956,12 +1024,14 @@ impl Trip {
             return;
         }
         let point = self.track.last_fix.as_ref().map(Fix::point);
+        // The same evidence whoever finds it (a tick or an event), so the id is stable.
+        let _ = evidence;
         self.raise(
             fx,
             AlertKind::Overdue,
             Severity::High,
             None,
-            evidence.unwrap_or("time_limit"),
+            "time_limit",
             limit,
             point,
             format!("time limit {} passed before arrival", limit.to_rfc3339()),
@@ -1264,7 +1334,10 @@ impl Trip {
     ) {
         let trip_id = self.status.trip_id;
         if let Some(alert) = self.open_alert_mut(kind, seal_id) {
-            if !alert.evidence.iter().any(|e| e == evidence) {
+            // Evidence is the events that raised and sustained it, up to a bound: a
+            // condition that lasts days must not grow the alert with every report.
+            if alert.evidence.len() < MAX_EVIDENCE && !alert.evidence.iter().any(|e| e == evidence)
+            {
                 alert.evidence.push(evidence.to_owned());
                 fx.push(Effect::AlertUpdated {
                     alert: alert.clone(),
@@ -1273,7 +1346,13 @@ impl Trip {
             return;
         }
         let seal = seal_id.map_or("-", |s| s.as_str());
-        let name = format!("{}/{seal}/{evidence}", kind.as_str());
+        // The same condition may recur after it cleared: each occurrence its own id.
+        let occurrence = self
+            .alerts
+            .iter()
+            .filter(|a| a.kind == kind && a.seal_id.as_ref() == seal_id)
+            .count();
+        let name = format!("{}/{seal}/{evidence}/{occurrence}", kind.as_str());
         let alert = Alert {
             alert_id: AlertId(Uuid::new_v5(&trip_id.0, name.as_bytes())),
             trip_id,

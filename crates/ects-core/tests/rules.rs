@@ -193,6 +193,8 @@ impl Scenario {
         let mut s = Self::new();
         s.event_at(0.0, "locked", Some((LAT, START_LON)), Some(0.0));
         assert_eq!(s.trip.status.state, TripState::Armed);
+        // Two fixes outside the office confirm the departure.
+        s.drive(0.5, 0.0);
         s.drive(1.0, 0.0);
         assert_eq!(s.trip.status.state, TripState::InTransit);
         s
@@ -271,7 +273,8 @@ fn the_whole_lifecycle_with_remote_release() {
     let fx = s.event_at(1.0, "locked", Some((LAT, START_LON + 0.001)), Some(0.0));
     assert_eq!(states(&fx), vec![TripState::Armed]);
     assert!(fx.iter().any(|e| matches!(e, Effect::Notify { notification } if notification.kind == NotificationKind::Status)));
-    // Out of the office zone: in transit.
+    // Out of the office zone: one fix is not enough (GPS noise), two confirm it.
+    assert!(states(&s.drive(1.5, 0.0)).is_empty());
     let fx = s.drive(2.0, 0.0);
     assert_eq!(states(&fx), vec![TripState::InTransit]);
     // Along the road (sparse fixes at 60 km/h), into the destination zone: arrived.
@@ -283,6 +286,14 @@ fn the_whole_lifecycle_with_remote_release() {
     }
     assert_eq!(s.trip.status.state, TripState::InTransit);
     let arrive_min = m + 5.0;
+    // Two fixes inside the destination office confirm the arrival.
+    let first = s.event_at(
+        arrive_min - 1.0,
+        "position",
+        Some((LAT, END_LON - 0.001)),
+        Some(5.0),
+    );
+    assert!(states(&first).is_empty());
     let fx = s.event_at(arrive_min, "position", Some((LAT, END_LON)), Some(5.0));
     assert_eq!(
         states(&fx),
@@ -524,6 +535,12 @@ fn overdue_is_dated_at_the_time_limit_and_cleared_on_arrival() {
     let alert = s.open(AlertKind::Overdue)[0].clone();
     assert_eq!(alert.raised_at, limit);
     s.event_at(
+        13.0 * 60.0 + 4.0,
+        "position",
+        Some((LAT, END_LON)),
+        Some(0.0),
+    );
+    s.event_at(
         13.0 * 60.0 + 5.0,
         "position",
         Some((LAT, END_LON)),
@@ -760,12 +777,166 @@ fn the_journey_raises_what_it_should() {
     assert!(kinds.contains(&AlertKind::ReportingGap), "{kinds:?}");
 }
 
+/// Live processing, one input at a time, and `Trip::replay` of the same inputs give the
+/// same trip, to the byte.
 #[test]
-fn replay_is_byte_identical() {
-    let order: Vec<usize> = (0..journey().len()).collect();
-    let a = serde_json::to_string(&run(&order)).unwrap();
-    let b = serde_json::to_string(&run(&order)).unwrap();
+fn live_processing_and_replay_agree() {
+    let geo = geography();
+    let rules = Rules::default();
+    let now = Scenario::at(900.0);
+    let mut inputs: Vec<Input> = journey().into_iter().map(Input::SealEvent).collect();
+    // A second seal reporting at the very same instants, an alarm in the same second as a
+    // fix, and a trip that runs past its time limit.
+    for (k, e) in journey().into_iter().enumerate() {
+        let mut twin = e.clone();
+        twin.device_id = DeviceId::parse("D2").unwrap();
+        twin.seal_id = None;
+        inputs.push(Input::SealEvent(twin));
+        if k == 12 {
+            let mut alarm = e.clone();
+            alarm.seq = Some(1000);
+            alarm.kind = SealEventKind::CoverOpened;
+            alarm.position = None;
+            inputs.push(Input::SealEvent(alarm));
+        }
+    }
+    let mut declaration = declaration();
+    declaration.equipment[0].seals.push(Seal {
+        id: SealId::parse("ES2").unwrap(),
+        kind: SealKind::Electronic,
+        device_id: Some(DeviceId::parse("D2").unwrap()),
+    });
+    declaration.time_limit = Some(Scenario::at(60.0));
+    let mut sorted = inputs.clone();
+    sorted.sort_by_cached_key(|i| i.sort_key());
+    let mut live = Trip::declare(TripId(uuid::Uuid::nil()), &declaration, t0());
+    for input in &sorted {
+        live.apply(input, &geo, &rules, now).unwrap();
+    }
+    live.tick(&geo, &rules, now);
+    let replayed = Trip::replay(
+        TripId(uuid::Uuid::nil()),
+        &declaration,
+        t0(),
+        &RulesOverride::default(),
+        &inputs,
+        &geo,
+        &rules,
+        now,
+    );
+    assert_eq!(
+        serde_json::to_string(&live).unwrap(),
+        serde_json::to_string(&replayed).unwrap()
+    );
+    let kinds: Vec<AlertKind> = live.alerts.iter().map(|a| a.kind).collect();
+    for k in [
+        AlertKind::RouteDeviation,
+        AlertKind::SealTamper,
+        AlertKind::Overdue,
+    ] {
+        assert!(kinds.contains(&k), "{k:?} missing from {kinds:?}");
+    }
+}
+
+#[test]
+fn noise_alternating_across_the_corridor_edge_is_not_a_deviation() {
+    let mut s = Scenario::armed_and_rolling();
+    // Every 30 s: 1,100 m, 900 m, 1,100 m... off the line (1,000 m allowed).
+    for k in 0..10 {
+        let off = if k % 2 == 0 { 1100.0 } else { 900.0 };
+        s.drive(2.0 + f64::from(k) * 0.5, off);
+    }
+    assert!(s.all(AlertKind::RouteDeviation).is_empty());
+}
+
+#[test]
+fn one_fix_at_the_destination_is_not_an_arrival_and_leaving_again_resumes_monitoring() {
+    let mut s = Scenario::armed_and_rolling();
+    let near = Scenario::road(((END_LON - 0.05 - START_LON) / DEG_PER_MIN) - 1.5, 0.0);
+    s.event_at(300.0, "position", Some(near), Some(60.0));
+    // One fix inside the office zone (noise, or the road passing by): still in transit.
+    s.event_at(301.0, "position", Some((LAT, END_LON)), Some(60.0));
+    s.event_at(302.0, "position", Some(near), Some(60.0));
+    assert_eq!(s.trip.status.state, TripState::InTransit);
+    // Two in a row: arrived.
+    s.event_at(310.0, "position", Some((LAT, END_LON)), Some(0.0));
+    s.event_at(311.0, "position", Some((LAT, END_LON)), Some(0.0));
+    assert_eq!(s.trip.status.state, TripState::Arrived);
+    // It leaves without a release: back in transit, watched again.
+    s.event_at(320.0, "position", Some((LAT + 0.05, END_LON)), Some(60.0));
+    s.event_at(321.0, "position", Some((LAT + 0.06, END_LON)), Some(60.0));
+    assert_eq!(s.trip.status.state, TripState::InTransit);
+}
+
+#[test]
+fn a_cell_tower_fix_is_not_a_jump() {
+    let mut s = Scenario::armed_and_rolling();
+    s.drive(10.0, 0.0);
+    let (lat, lon) = Scenario::road(10.5, 3000.0);
+    let lbs: SealEvent = serde_json::from_value(json!({
+        "device_id": "D1", "seq": 500, "kind": "position", "time": Scenario::at(10.5).to_rfc3339(),
+        "position": {"lat": lat, "lon": lon, "fix": "lbs"}
+    }))
+    .unwrap();
+    s.input(Input::SealEvent(lbs), Scenario::at(10.5)).unwrap();
+    assert!(s.all(AlertKind::PositionJump).is_empty());
+    assert!(s.all(AlertKind::RouteDeviation).is_empty());
+    // It still counts as a report: the last position moves.
+    assert_eq!(
+        s.trip.status.last_position.as_ref().unwrap().time,
+        Scenario::at(10.5)
+    );
+}
+
+#[test]
+fn overdue_has_one_id_whether_the_clock_or_an_event_finds_it() {
+    let limit_passed = Scenario::at(13.0 * 60.0);
+    let mut ticked = Scenario::armed_and_rolling();
+    ticked.tick(13.0 * 60.0);
+    let mut evented = Scenario::armed_and_rolling();
+    evented.event_at(
+        13.0 * 60.0,
+        "position",
+        Some(Scenario::road(30.0, 0.0)),
+        Some(0.0),
+    );
+    let a = ticked.open(AlertKind::Overdue)[0].alert_id;
+    let b = evented.open(AlertKind::Overdue)[0].alert_id;
     assert_eq!(a, b);
+    assert!(limit_passed > declaration().time_limit.unwrap());
+}
+
+#[test]
+fn a_lasting_condition_keeps_bounded_evidence() {
+    let mut s = Scenario::armed_and_rolling();
+    let mut updates = 0;
+    for k in 0..200 {
+        let fx = s.event_at(2.0 + f64::from(k), "low_battery", None, None);
+        updates += fx
+            .iter()
+            .filter(|e| matches!(e, Effect::AlertUpdated { .. }))
+            .count();
+    }
+    let alert = &s.open(AlertKind::LowBattery)[0];
+    assert!(alert.evidence.len() <= 20, "{}", alert.evidence.len());
+    assert!(updates < 20, "{updates}");
+}
+
+#[test]
+fn a_condition_that_recurs_is_a_new_alert() {
+    let mut s = Scenario::armed_and_rolling();
+    for (start, end) in [(5.0, 9.0), (20.0, 24.0)] {
+        let mut m = start;
+        while m <= end {
+            s.drive(m, 3000.0);
+            m += 1.0;
+        }
+        s.drive(end + 1.0, 0.0);
+        s.drive(end + 2.0, 0.0);
+    }
+    let deviations = s.all(AlertKind::RouteDeviation);
+    assert_eq!(deviations.len(), 2);
+    assert_ne!(deviations[0].alert_id, deviations[1].alert_id);
 }
 
 proptest! {
