@@ -348,10 +348,16 @@ impl Tracking {
             return Ok(Vec::new());
         };
         let late = events.iter().any(|e| trip.is_late(e));
+        // Checkpoints at or after the earliest new input no longer hold.
+        let earliest = events.iter().map(|e| e.time).min();
+        if let Some(earliest) = earliest {
+            drop_checkpoints_from(tx, trip.status.trip_id, earliest).await?;
+        }
         let mut audit = Vec::new();
         let effects = if late {
             let before = trip.clone();
-            let rebuilt = self.replay(tx, &trip, &geo, now).await?;
+            let since = earliest.unwrap_or(now);
+            let rebuilt = self.rebuild(tx, &trip, since, &geo, now).await?;
             trip = rebuilt;
             for e in events {
                 audit.push(AuditItem::new(
@@ -375,9 +381,10 @@ impl Tracking {
                     .unwrap_or_default();
                 effects.extend(fx);
             }
+            maybe_checkpoint(tx, &trip).await?;
             effects
         };
-        if !store::update_trip(tx, &trip, version).await? {
+        if !store::update_trip(tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
             return Err(StoreError::Contention);
         }
         store_effects(tx, &effects, now).await?;
@@ -390,15 +397,65 @@ impl Tracking {
         Ok(effects)
     }
 
-    /// The trip as its stored inputs make it, in event-time order.
-    async fn replay(
+    /// The trip as its stored inputs make it, in event-time order: from the last
+    /// checkpoint before `since` (the earliest input that arrived late), else from the
+    /// declaration.
+    async fn rebuild(
         &self,
         conn: &mut AnyConnection,
         trip: &Trip,
+        since: DateTime<Utc>,
         geo: &Geography,
         now: DateTime<Utc>,
     ) -> Result<Trip, StoreError> {
         let trip_id = trip.status.trip_id.to_string();
+        drop_checkpoints_from(conn, trip.status.trip_id, since).await?;
+        let checkpoint = sqlx::query(
+            "select taken_at, engine from trip_checkpoints where trip_id = $1
+             order by taken_at desc limit 1",
+        )
+        .bind(&trip_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let (after, base): (String, Option<Trip>) = match checkpoint {
+            Some(row) => {
+                let engine: String = row.try_get("engine")?;
+                let mut base: Trip = serde_json::from_str(&engine).map_err(|e| {
+                    StoreError::Corrupt(format!("checkpoint of trip {trip_id}: {e}"))
+                })?;
+                // Thresholds set since the checkpoint apply from here on.
+                base.rules = trip.rules.clone();
+                (row.try_get("taken_at")?, Some(base))
+            }
+            None => (String::new(), None),
+        };
+        let mut inputs = Vec::new();
+        for row in
+            sqlx::query("select canonical from seal_events where trip_id = $1 and event_time > $2")
+                .bind(&trip_id)
+                .bind(&after)
+                .fetch_all(&mut *conn)
+                .await?
+        {
+            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
+            inputs.push(Input::SealEvent(event));
+        }
+        for row in
+            sqlx::query("select input from trip_commands where trip_id = $1 and command_time > $2")
+                .bind(&trip_id)
+                .bind(&after)
+                .fetch_all(&mut *conn)
+                .await?
+        {
+            inputs.push(
+                serde_json::from_str(&row.try_get::<String, _>("input")?)
+                    .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?,
+            );
+        }
+        if let Some(base) = base {
+            return Ok(Trip::resume(base, &inputs, geo, &self.rules, now));
+        }
         let declaration: TransitDeclaration = {
             let row = sqlx::query("select canonical from declarations where trip_id = $1")
                 .bind(&trip_id)
@@ -407,26 +464,6 @@ impl Tracking {
             serde_json::from_str(&row.try_get::<String, _>("canonical")?)
                 .map_err(|e| StoreError::Corrupt(format!("declaration of trip {trip_id}: {e}")))?
         };
-        let mut inputs = Vec::new();
-        for row in sqlx::query("select canonical from seal_events where trip_id = $1")
-            .bind(&trip_id)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
-                .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
-            inputs.push(Input::SealEvent(event));
-        }
-        for row in sqlx::query("select input from trip_commands where trip_id = $1")
-            .bind(&trip_id)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            inputs.push(
-                serde_json::from_str(&row.try_get::<String, _>("input")?)
-                    .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?,
-            );
-        }
         Ok(Trip::replay(
             trip.status.trip_id,
             &declaration,
@@ -513,8 +550,11 @@ impl Tracking {
             .bind(ts(now))
             .execute(&mut **tx)
             .await?;
+            drop_checkpoints_from(&mut tx, trip_id, input.time()).await?;
             if let Some(before) = before {
-                let rebuilt = self.replay(&mut tx, &before, &geo, now).await?;
+                let rebuilt = self
+                    .rebuild(&mut tx, &before, input.time(), &geo, now)
+                    .await?;
                 // What the command itself produced (acceptance, unlock commands, custody,
                 // notices) stands; the trip's state and alerts are the replay's.
                 effects.retain(|e| {
@@ -529,7 +569,9 @@ impl Tracking {
                 effects.extend(reconcile(&before, &rebuilt, now));
                 trip = rebuilt;
             }
-            if !store::update_trip(&mut tx, &trip, version).await? {
+            if !store::update_trip(&mut tx, &trip, version, trip.next_due(&geo, &self.rules))
+                .await?
+            {
                 tx.rollback().await?;
                 tracing::debug!(attempt, "trip changed meanwhile, trying the command again");
                 continue;
@@ -582,7 +624,8 @@ impl Tracking {
             return Ok(trip.status);
         }
         trip.rules = rules.clone();
-        if !store::update_trip(&mut tx, &trip, version).await? {
+        let geo = self.geography(&mut tx).await?;
+        if !store::update_trip(&mut tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
             return Err(CommandFailure::Store(StoreError::Contention));
         }
         append_audit(
@@ -599,9 +642,14 @@ impl Tracking {
     /// The clock for every live trip: raises gaps, overdue trips and long stops on time.
     /// Returns how many trips changed.
     pub async fn tick_all(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        // Only trips with something due (or not yet computed, from before the column).
         let ids: Vec<String> = sqlx::query(
-            "select trip_id from trips where state in ('declared', 'armed', 'in_transit') order by trip_id",
+            "select trip_id from trips
+             where state in ('declared', 'armed', 'in_transit', 'arrived')
+               and (next_due_at is null or next_due_at <= $1)
+             order by next_due_at, trip_id",
         )
+        .bind(ts(now))
         .fetch_all(self.store.pool())
         .await?
         .iter()
@@ -617,11 +665,19 @@ impl Tracking {
                 continue;
             };
             let effects = trip.tick(&geo, &self.rules, now);
+            let next_due = trip.next_due(&geo, &self.rules);
             if effects.is_empty() {
-                tx.rollback().await?;
+                // Nothing raised (due this very instant, or never computed): keep the due
+                // time true, so the trip is not picked again for nothing.
+                sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
+                    .bind(next_due.map(ts))
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+                tx.commit().await?;
                 continue;
             }
-            if !store::update_trip(&mut tx, &trip, version).await? {
+            if !store::update_trip(&mut tx, &trip, version, next_due).await? {
                 // Someone else changed it; the next tick will look again.
                 tx.rollback().await?;
                 continue;
@@ -637,4 +693,51 @@ impl Tracking {
         }
         Ok(changed)
     }
+}
+
+/// Checkpoints at or after `since` miss an input at `since`: they are dropped.
+async fn drop_checkpoints_from(
+    conn: &mut AnyConnection,
+    trip_id: TripId,
+    since: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("delete from trip_checkpoints where trip_id = $1 and taken_at >= $2")
+        .bind(trip_id.to_string())
+        .bind(ts(since))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Event time between two checkpoints of a trip.
+const CHECKPOINT_EVERY_H: i64 = 1;
+
+/// After inputs applied in order, keeps the trip as a checkpoint when the last one is an
+/// hour of event time old or more.
+async fn maybe_checkpoint(conn: &mut AnyConnection, trip: &Trip) -> Result<(), StoreError> {
+    let Some(at) = trip.track.watermark else {
+        return Ok(());
+    };
+    let last: Option<String> =
+        sqlx::query("select max(taken_at) as last from trip_checkpoints where trip_id = $1")
+            .bind(trip.status.trip_id.to_string())
+            .fetch_one(&mut *conn)
+            .await?
+            .try_get("last")?;
+    let due = match last {
+        Some(last) => store::parse_ts(&last)? + chrono::Duration::hours(CHECKPOINT_EVERY_H) <= at,
+        None => true,
+    };
+    if due {
+        sqlx::query(
+            "insert into trip_checkpoints (trip_id, taken_at, engine) values ($1, $2, $3)
+             on conflict (trip_id, taken_at) do nothing",
+        )
+        .bind(trip.status.trip_id.to_string())
+        .bind(ts(at))
+        .bind(serde_json::to_string(trip).unwrap_or_default())
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
 }

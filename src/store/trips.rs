@@ -49,8 +49,8 @@ pub async fn insert_declared_trip(
     let s = &trip.status;
     sqlx::query(
         "insert into trips (trip_id, issuing_authority, declaration_id, state, custodian,
-             corridor_id, status, engine, version, created_at, updated_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9)",
+             corridor_id, status, engine, version, created_at, updated_at, next_due_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $9, $10)",
     )
     .bind(s.trip_id.to_string())
     .bind(s.issuing_authority.as_str())
@@ -61,6 +61,8 @@ pub async fn insert_declared_trip(
     .bind(to_json(s))
     .bind(to_json(trip))
     .bind(ts(now))
+    // A declared trip can only come due by its time limit.
+    .bind(declaration.time_limit.map(ts))
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -118,11 +120,12 @@ pub async fn update_trip(
     conn: &mut AnyConnection,
     trip: &Trip,
     read_version: i64,
+    next_due: Option<DateTime<Utc>>,
 ) -> Result<bool, StoreError> {
     let s = &trip.status;
     let done = sqlx::query(
         "update trips set state = $1, custodian = $2, status = $3, engine = $4,
-             version = version + 1, updated_at = $5
+             version = version + 1, updated_at = $5, next_due_at = $8
          where trip_id = $6 and version = $7",
     )
     .bind(s.state.as_str())
@@ -132,6 +135,7 @@ pub async fn update_trip(
     .bind(ts(s.updated_at))
     .bind(s.trip_id.to_string())
     .bind(read_version)
+    .bind(next_due.map(ts))
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)

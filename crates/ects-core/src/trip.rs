@@ -358,6 +358,73 @@ impl Trip {
         trip
     }
 
+    /// Continues a trip from a checkpoint (its state after every input up to some time)
+    /// with the inputs after it, in order, and a tick at `now`: the same trip
+    /// [`Trip::replay`] builds from the declaration.
+    pub fn resume(
+        mut checkpoint: Trip,
+        inputs: &[Input],
+        geo: &Geography,
+        rules: &Rules,
+        now: Timestamp,
+    ) -> Self {
+        let mut ordered: Vec<&Input> = inputs.iter().collect();
+        ordered.sort_by_cached_key(|i| i.sort_key());
+        for input in ordered {
+            let _ = checkpoint.apply(input, geo, rules, now);
+        }
+        checkpoint.tick(geo, rules, now);
+        checkpoint
+    }
+
+    /// When the clock next has something to check: the reporting gap, a stop's limit, the
+    /// time limit. `None` when nothing can come due.
+    pub fn next_due(&self, geo: &Geography, rules: &Rules) -> Option<Timestamp> {
+        let rules = self.rules_for(geo, rules);
+        let state = self.status.state;
+        let mut due: Vec<Timestamp> = Vec::new();
+        if let Some(limit) = self.status.time_limit
+            && !matches!(
+                state,
+                TripState::Arrived | TripState::Released | TripState::Cancelled
+            )
+            && !self.has_open(AlertKind::Overdue)
+        {
+            due.push(limit);
+        }
+        if matches!(state, TripState::Armed | TripState::InTransit)
+            && !self.has_open(AlertKind::ReportingGap)
+        {
+            let since = self
+                .track
+                .last_fix
+                .as_ref()
+                .map(|f| f.time)
+                .or(self.track.armed_at.as_ref().map(|a| a.time))
+                .or(self.track.watermark);
+            if let Some(since) = since {
+                due.push(since + Duration::seconds(rules.max_gap_s));
+            }
+        }
+        if state == TripState::InTransit
+            && !self.has_open(AlertKind::AbnormalStop)
+            && let Some(anchor) = &self.track.stop
+        {
+            match anchor.zone {
+                Some(ZoneKind::CustomsOffice | ZoneKind::BorderPost) => {}
+                Some(_) => due.push(anchor.since + Duration::seconds(rules.max_rest_s)),
+                None => due.push(anchor.since + Duration::seconds(rules.max_stop_s)),
+            }
+        }
+        due.into_iter().min()
+    }
+
+    fn has_open(&self, kind: AlertKind) -> bool {
+        self.alerts
+            .iter()
+            .any(|a| a.kind == kind && a.cleared_at.is_none())
+    }
+
     /// Whether this trip's seals include the event's seal (by seal id, else by device).
     pub fn has_seal_for(&self, event: &SealEvent) -> bool {
         self.find_seal(event).is_some()
