@@ -14,7 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ects_core::engine::Engine;
 use ects_core::geo::{Corridor, Zone, ZoneKind, ZoneShape};
 use ects_core::spatial::{CorridorIndex, Geography};
-use ects_core::trip::{Input, Rules, RulesOverride};
+use ects_core::trip::{Rules, RulesOverride};
 use ects_core::*;
 
 /// Counts live heap bytes, to measure what a trip holds.
@@ -247,7 +247,6 @@ fn benches(c: &mut Criterion) {
         })
         .count();
     eprintln!("trips in transit after the run: {moving} of {TRIPS}");
-    let _ = Input::SealEvent;
 }
 
 criterion_group! {

@@ -259,6 +259,21 @@ pub fn event_order(event: &SealEvent) -> String {
     )
 }
 
+/// A command sent again under its id: the same one changes nothing, another is refused.
+fn repeated<T: PartialEq>(
+    earlier: Option<&T>,
+    now: &T,
+    field: &'static str,
+) -> Option<Result<(), CommandError>> {
+    earlier.map(|same| {
+        if same == now {
+            Ok(())
+        } else {
+            Err(refuse(field, "already used for another command"))
+        }
+    })
+}
+
 /// How an event is named in alert evidence: its identity, else device and time.
 pub fn evidence_of(event: &SealEvent) -> String {
     event
@@ -498,7 +513,7 @@ impl Trip {
         let rules = self.rules_for(geo, rules);
         let mut fx = Vec::new();
         if !self.status.state.is_final() {
-            self.check_overdue(now, None, &mut fx);
+            self.check_overdue(now, &mut fx);
             self.check_gap(now, &rules, &mut fx);
             self.check_stop_duration(now, &rules, &mut fx);
         }
@@ -626,7 +641,7 @@ impl Trip {
             self.track.watermark = Some(event.time);
         }
 
-        self.check_overdue(event.time, Some(&evidence), fx);
+        self.check_overdue(event.time, fx);
         let fix = event
             .position
             .filter(|p| p.is_valid_fix())
@@ -1078,7 +1093,7 @@ impl Trip {
     }
 
     /// The time limit has passed before arrival.
-    fn check_overdue(&mut self, now: Timestamp, evidence: Option<&str>, fx: &mut Vec<Effect>) {
+    fn check_overdue(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
         let Some(limit) = self.status.time_limit else {
             return;
         };
@@ -1092,7 +1107,6 @@ impl Trip {
         }
         let point = self.track.last_fix.as_ref().map(Fix::point);
         // The same evidence whoever finds it (a tick or an event), so the id is stable.
-        let _ = evidence;
         self.raise(
             fx,
             AlertKind::Overdue,
@@ -1133,36 +1147,35 @@ impl Trip {
             .ok_or_else(|| "outside the release place".into())
     }
 
+    /// A command must name this trip, and the trip must still be open.
+    fn check_target(&self, trip_id: TripId, what: &str) -> Result<(), CommandError> {
+        if trip_id != self.status.trip_id {
+            return Err(refuse("trip_id", format!("the {what} names another trip")));
+        }
+        if self.status.state.is_final() {
+            return Err(refuse(
+                "trip_id",
+                format!("the trip is {}", self.status.state.as_str()),
+            ));
+        }
+        Ok(())
+    }
+
     fn on_release(
         &mut self,
         release: &ReleaseAuthorization,
         geo: &Geography,
         fx: &mut Vec<Effect>,
     ) -> Result<(), CommandError> {
-        let s = &self.status;
-        if release.trip_id != s.trip_id {
-            return Err(refuse("trip_id", "the release names another trip"));
-        }
-        if s.state.is_final() {
-            return Err(refuse(
-                "trip_id",
-                format!("the trip is {}", s.state.as_str()),
-            ));
-        }
-        if let Some(same) = self
+        self.check_target(release.trip_id, "release")?;
+        let earlier = self
             .releases
             .iter()
-            .find(|r| r.release_id == release.release_id)
-        {
-            return if same == release {
-                Ok(())
-            } else {
-                Err(refuse(
-                    "release_id",
-                    "already used for another authorization",
-                ))
-            };
+            .find(|r| r.release_id == release.release_id);
+        if let Some(repeat) = repeated(earlier, release, "release_id") {
+            return repeat;
         }
+        let s = &self.status;
         if release.authority != s.custodian {
             return Err(refuse(
                 "authority",
@@ -1236,27 +1249,16 @@ impl Trip {
         handover: &CustodyHandover,
         fx: &mut Vec<Effect>,
     ) -> Result<(), CommandError> {
-        let s = &self.status;
-        if handover.trip_id != s.trip_id {
-            return Err(refuse("trip_id", "the handover names another trip"));
-        }
-        if s.state.is_final() {
-            return Err(refuse(
-                "trip_id",
-                format!("the trip is {}", s.state.as_str()),
-            ));
-        }
-        if let Some(same) = s
+        self.check_target(handover.trip_id, "handover")?;
+        let earlier = self
+            .status
             .custody_chain
             .iter()
-            .find(|h| h.handover_id == handover.handover_id)
-        {
-            return if same == handover {
-                Ok(())
-            } else {
-                Err(refuse("handover_id", "already used for another handover"))
-            };
+            .find(|h| h.handover_id == handover.handover_id);
+        if let Some(repeat) = repeated(earlier, handover, "handover_id") {
+            return repeat;
         }
+        let s = &self.status;
         if handover.from_authority != s.custodian {
             return Err(refuse(
                 "from_authority",
@@ -1298,15 +1300,7 @@ impl Trip {
         cancel: &Cancellation,
         fx: &mut Vec<Effect>,
     ) -> Result<(), CommandError> {
-        if cancel.trip_id != self.status.trip_id {
-            return Err(refuse("trip_id", "the cancellation names another trip"));
-        }
-        if self.status.state.is_final() {
-            return Err(refuse(
-                "trip_id",
-                format!("the trip is {}", self.status.state.as_str()),
-            ));
-        }
+        self.check_target(cancel.trip_id, "cancellation")?;
         if cancel.authority != self.status.issuing_authority {
             return Err(refuse(
                 "authority",
