@@ -428,6 +428,8 @@ impl Ingest {
         let mut touched: Vec<TripId> = Vec::new();
         let mut counts = EventCounts::default();
         let mut earlier_messages = BTreeSet::new();
+        // Devices locked in this transaction (once each).
+        let mut locked = BTreeSet::new();
         for i in order {
             let event = &events[i];
             let pointer = match base {
@@ -459,7 +461,9 @@ impl Ingest {
                     ),
                 ))));
             }
-            store::lock_device(&mut tx, self.store.backend(), event.device_id.as_str()).await?;
+            if locked.insert(event.device_id.as_str()) {
+                store::lock_device(&mut tx, self.store.backend(), event.device_id.as_str()).await?;
+            }
             let trip_id = store::trip_for_event(&mut tx, event).await?;
             match &trip_id {
                 Some(id) => {
