@@ -655,10 +655,17 @@ impl Tracking {
         .iter()
         .map(|r| r.try_get("trip_id"))
         .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // One look at the geometry per tick, not per trip.
+        let geo = {
+            let mut conn = self.store.pool().acquire().await?;
+            self.geography(&mut conn).await?
+        };
         let mut changed = 0;
         for id in ids {
             let mut tx = self.store.begin_write().await?;
-            let geo = self.geography(&mut tx).await?;
             let Some((mut trip, version)) =
                 store::load_trip(&mut tx, self.store.backend(), &id).await?
             else {

@@ -309,10 +309,9 @@ fn run_case(formats: &Formats, format: &str, dir: &Path) -> Vec<String> {
     failures
 }
 
-/// Runs every case under `dir` (`dir/<format>/<case>/`).
-pub fn run(formats: &Formats, dir: &Path) -> Vec<CaseResult> {
-    let mut results = Vec::new();
-    let mut format_dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+/// The subdirectories of `dir`, sorted.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
                 .map(|e| e.path())
@@ -320,21 +319,22 @@ pub fn run(formats: &Formats, dir: &Path) -> Vec<CaseResult> {
                 .collect()
         })
         .unwrap_or_default();
-    format_dirs.sort();
-    for format_dir in format_dirs {
-        let format = format_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut cases: Vec<PathBuf> = std::fs::read_dir(&format_dir)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        cases.sort();
+    dirs.sort();
+    dirs
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs every case under `dir` (`dir/<format>/<case>/`).
+pub fn run(formats: &Formats, dir: &Path) -> Vec<CaseResult> {
+    let mut results = Vec::new();
+    for format_dir in subdirs(dir) {
+        let format = name_of(&format_dir);
+        let cases = subdirs(&format_dir);
         for case in cases {
             if find(&case, "input.").is_empty() {
                 continue;
@@ -342,10 +342,7 @@ pub fn run(formats: &Formats, dir: &Path) -> Vec<CaseResult> {
             let failures = run_case(formats, &format, &case);
             results.push(CaseResult {
                 format: format.clone(),
-                case: case
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                case: name_of(&case),
                 failures,
             });
         }
