@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::formats::{Format, Inbound};
+use crate::formats::{Decoded, Format, Inbound};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
 use crate::tracking::{AuditItem, Tracking, append_audit};
@@ -79,6 +79,21 @@ pub enum IngestError {
     Conflict(Located),
     #[error("storage failed")]
     Store(#[from] StoreError),
+}
+
+/// A declaration opens a trip only if it names a seal to watch; a translation may lack
+/// them (an ASYCUDA SAD before sealing), a trip may not.
+fn trackable(decoded: Decoded) -> Result<Decoded, DocumentError> {
+    if let Inbound::Declaration(d) = &decoded.inbound
+        && d.seals().next().is_none()
+    {
+        return Err(DocumentError::Invalid(vec![Located::pointer(
+            "/equipment",
+            "the declaration names no seal, so there is nothing to track; \
+             send it once the goods are sealed",
+        )]));
+    }
+    Ok(decoded)
 }
 
 /// Why one attempt did not commit.
@@ -176,7 +191,7 @@ impl Ingest {
 
         // Decoded first, so that a document the endpoint does not take is refused even if
         // the same bytes were once accepted elsewhere.
-        let decoded = match format.decode(body) {
+        let decoded = match format.decode(body).and_then(trackable) {
             Ok(decoded) => decoded,
             Err(e) => {
                 self.record_rejected(&message, &problem_json(&e)).await?;
@@ -337,9 +352,26 @@ impl Ingest {
         message: &Message<'_>,
         declaration: &TransitDeclaration,
     ) -> Result<Answer, Attempt> {
-        let text = canonical(declaration);
         let mut tx = self.store.begin_write().await?;
-        if let Some(existing) = store::find_declaration(&mut tx, declaration).await? {
+        let existing = store::find_declaration(&mut tx, declaration).await?;
+        // A document without a date (an unregistered SAD) is dated when first received.
+        let mut dated;
+        let declaration = match declaration.declared_at {
+            Some(_) => declaration,
+            None => {
+                dated = declaration.clone();
+                dated.declared_at = Some(
+                    existing
+                        .as_ref()
+                        .and_then(|e| serde_json::from_str::<TransitDeclaration>(&e.canonical).ok())
+                        .and_then(|d| d.declared_at)
+                        .unwrap_or(message.now),
+                );
+                &dated
+            }
+        };
+        let text = canonical(declaration);
+        if let Some(existing) = existing {
             if existing.canonical == text {
                 return self.replay_of(tx, message, &existing.message_id).await;
             }

@@ -78,6 +78,6 @@ pub fn translate(
         content_type: encoded.content_type.to_owned(),
         canonical,
         unmapped: decoded.unmapped,
-        problems: encoded.flags,
+        problems: decoded.notes.into_iter().chain(encoded.flags).collect(),
     })
 }

@@ -229,38 +229,42 @@ impl Format for EctsJson {
     }
 
     fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError> {
-        self.decode_inbound(body).map(|inbound| Decoded {
+        self.decode_inbound(body).map(|(inbound, notes)| Decoded {
             inbound,
             unmapped: Vec::new(),
+            notes,
         })
     }
 }
 
 impl EctsJson {
-    fn decode_inbound(&self, body: &[u8]) -> Result<Inbound, DocumentError> {
+    fn decode_inbound(&self, body: &[u8]) -> Result<(Inbound, Vec<Located>), DocumentError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
         })?;
         match shape(&value)? {
             Shape::Declaration => {
                 self.checked(Canonical::TransitDeclaration, &value, "")?;
-                let declaration: TransitDeclaration = from_value(&value, "")?;
-                check_declaration(&declaration)?;
-                Ok(Inbound::Declaration(Box::new(declaration)))
+                let mut declaration: TransitDeclaration = from_value(&value, "")?;
+                let notes = check_declaration(&mut declaration)?;
+                Ok((Inbound::Declaration(Box::new(declaration)), notes))
             }
             Shape::Event => {
                 self.checked(Canonical::SealEvent, &value, "")?;
                 let events = vec![from_value(&value, "")?];
                 check_event_times(&events, None, Utc::now())?;
-                Ok(Inbound::SealEvents { events, base: None })
+                Ok((Inbound::SealEvents { events, base: None }, Vec::new()))
             }
             Shape::Batch(items, base) => {
                 let events = self.events(items, base)?;
                 check_event_times(&events, Some(base), Utc::now())?;
-                Ok(Inbound::SealEvents {
-                    events,
-                    base: Some(base),
-                })
+                Ok((
+                    Inbound::SealEvents {
+                        events,
+                        base: Some(base),
+                    },
+                    Vec::new(),
+                ))
             }
         }
     }
@@ -312,11 +316,27 @@ pub fn check_event_times(
     }
 }
 
-/// Rules across fields that the schema does not state.
-pub fn check_declaration(d: &TransitDeclaration) -> Result<(), DocumentError> {
+/// Rules across fields that the schema does not state. The declaration is first put in
+/// its canonical shape (`TransitDeclaration::normalise`); what that changed or left open
+/// comes back as notes for the sender.
+pub fn check_declaration(d: &mut TransitDeclaration) -> Result<Vec<Located>, DocumentError> {
+    let notes = d
+        .normalise()
+        .into_iter()
+        .map(|n| {
+            Located::pointer(
+                if d.seals.is_empty() {
+                    "/equipment"
+                } else {
+                    "/seals"
+                },
+                n,
+            )
+        })
+        .collect();
     let mut problems = Vec::new();
     for (pointer, t) in [
-        ("/declared_at", Some(d.declared_at)),
+        ("/declared_at", d.declared_at),
         ("/time_limit", d.time_limit),
     ] {
         if let Some(problem) = t.and_then(|t| time_problem(t, None)) {
@@ -324,18 +344,29 @@ pub fn check_declaration(d: &TransitDeclaration) -> Result<(), DocumentError> {
         }
     }
     let mut seen = std::collections::HashSet::new();
-    for (e, equipment) in d.equipment.iter().enumerate() {
-        for (s, seal) in equipment.seals.iter().enumerate() {
-            if !seen.insert(seal.id.as_str()) {
-                problems.push(Located::pointer(
-                    format!("/equipment/{e}/seals/{s}/id"),
-                    format!("seal {} appears twice in the declaration", seal.id),
-                ));
-            }
+    let placed = d.equipment.iter().enumerate().flat_map(|(e, equipment)| {
+        equipment
+            .seals
+            .iter()
+            .enumerate()
+            .map(move |(s, seal)| (format!("/equipment/{e}/seals/{s}/id"), seal))
+    });
+    let loose = d
+        .seals
+        .iter()
+        .enumerate()
+        .map(|(s, seal)| (format!("/seals/{s}/id"), seal));
+    for (pointer, seal) in placed.chain(loose) {
+        if !seen.insert(seal.id.as_str()) {
+            problems.push(Located::pointer(
+                pointer,
+                format!("seal {} appears twice in the declaration", seal.id),
+            ));
         }
     }
     if let Some(limit) = d.time_limit
-        && limit <= d.declared_at
+        && let Some(declared) = d.declared_at
+        && limit <= declared
     {
         problems.push(Located::pointer(
             "/time_limit",
@@ -343,7 +374,7 @@ pub fn check_declaration(d: &TransitDeclaration) -> Result<(), DocumentError> {
         ));
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(notes)
     } else {
         Err(DocumentError::Invalid(problems))
     }

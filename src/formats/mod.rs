@@ -6,7 +6,7 @@ mod ects_json;
 
 use std::sync::Arc;
 
-use ects_core::{SealEvent, TransitDeclaration, TripStatus};
+use ects_core::{SealEvent, StatusNotification, TransitDeclaration, TripStatus};
 use serde::Serialize;
 
 use crate::mapping::{MappingSet, MessageKind};
@@ -42,6 +42,9 @@ impl Inbound {
 pub struct Decoded {
     pub inbound: Inbound,
     pub unmapped: Vec<String>,
+    /// What reading changed or left open without refusing (e.g. seals not tied to a
+    /// container).
+    pub notes: Vec<Located>,
 }
 
 /// Something to write in a partner's format.
@@ -50,6 +53,7 @@ pub enum Outbound<'a> {
     Declaration(&'a TransitDeclaration),
     SealEvents(&'a [SealEvent]),
     TripStatus(&'a TripStatus),
+    StatusNotification(&'a StatusNotification),
 }
 
 impl Outbound<'_> {
@@ -58,6 +62,7 @@ impl Outbound<'_> {
             Outbound::Declaration(_) => MessageKind::Declaration,
             Outbound::SealEvents(_) => MessageKind::SealEvents,
             Outbound::TripStatus(_) => MessageKind::TripStatus,
+            Outbound::StatusNotification(_) => MessageKind::StatusNotification,
         }
     }
 
@@ -67,6 +72,7 @@ impl Outbound<'_> {
             Outbound::Declaration(d) => serde_json::to_value(d),
             Outbound::SealEvents(e) => serde_json::to_value(serde_json::json!({ "events": e })),
             Outbound::TripStatus(t) => serde_json::to_value(t),
+            Outbound::StatusNotification(n) => serde_json::to_value(n),
         }
         .unwrap_or_default()
     }

@@ -339,7 +339,7 @@ impl Format for MappedFormat {
             ));
         }
         let unmapped = plan::unmapped(&root, plan.syntax, MAX_UNMAPPED);
-        let inbound = match self.to_inbound(plan, &read.canonical, &read.origins) {
+        let (inbound, notes) = match self.to_inbound(plan, &read.canonical, &read.origins) {
             Ok(inbound) => inbound,
             Err(_) => {
                 let tracked = plan.decode_tree(&root, true);
@@ -354,7 +354,20 @@ impl Format for MappedFormat {
                     }));
             }
         };
-        Ok(Decoded { inbound, unmapped })
+        let notes = if notes.is_empty() {
+            notes
+        } else {
+            // Locate the notes in the document: read again with places kept.
+            let tracked = plan.decode_tree(&root, true);
+            self.to_inbound(plan, &tracked.canonical, &tracked.origins)
+                .map(|(_, n)| n)
+                .unwrap_or(notes)
+        };
+        Ok(Decoded {
+            inbound,
+            unmapped,
+            notes,
+        })
     }
 
     fn encode(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError> {
@@ -403,7 +416,7 @@ impl MappedFormat {
         plan: &Plan,
         canonical: &Value,
         origins: &BTreeMap<String, Place>,
-    ) -> Result<Inbound, DocumentError> {
+    ) -> Result<(Inbound, Vec<Located>), DocumentError> {
         match plan.message {
             MessageKind::Declaration => {
                 let problems = self
@@ -412,12 +425,15 @@ impl MappedFormat {
                 if !problems.is_empty() {
                     return Err(DocumentError::Invalid(Self::locate(problems, origins)));
                 }
-                let declaration: ects_core::TransitDeclaration =
+                let mut declaration: ects_core::TransitDeclaration =
                     crate::formats::deserialize_at(canonical, "")
                         .map_err(|e| relocate(e, origins))?;
-                crate::formats::check_declaration(&declaration)
+                let notes = crate::formats::check_declaration(&mut declaration)
                     .map_err(|e| relocate(e, origins))?;
-                Ok(Inbound::Declaration(Box::new(declaration)))
+                Ok((
+                    Inbound::Declaration(Box::new(declaration)),
+                    Self::locate(notes, origins),
+                ))
             }
             MessageKind::SealEvents => {
                 let items = canonical
@@ -454,12 +470,14 @@ impl MappedFormat {
                 }
                 crate::formats::check_event_times(&events, Some("/events"), chrono::Utc::now())
                     .map_err(|e| relocate(e, origins))?;
-                Ok(Inbound::SealEvents { events, base: None })
+                Ok((Inbound::SealEvents { events, base: None }, Vec::new()))
             }
-            MessageKind::TripStatus => Err(DocumentError::Invalid(vec![Located::pointer(
-                "",
-                "a trip status is only written, not read",
-            )])),
+            MessageKind::TripStatus | MessageKind::StatusNotification => {
+                Err(DocumentError::Invalid(vec![Located::pointer(
+                    "",
+                    format!("a {} is only written, not read", plan.message.as_str()),
+                )]))
+            }
         }
     }
 }

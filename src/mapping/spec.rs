@@ -57,6 +57,9 @@ pub enum MessageKind {
     Declaration,
     SealEvents,
     TripStatus,
+    /// What the gateway tells a partner: a state change, an alert, a release or a
+    /// custody handover (written only).
+    StatusNotification,
 }
 
 impl MessageKind {
@@ -65,6 +68,7 @@ impl MessageKind {
             MessageKind::Declaration => "declaration",
             MessageKind::SealEvents => "seal_events",
             MessageKind::TripStatus => "trip_status",
+            MessageKind::StatusNotification => "status_notification",
         }
     }
 }

@@ -75,7 +75,7 @@ pub async fn insert_declared_trip(
     .bind(s.trip_id.to_string())
     .bind(message_id)
     .bind(canonical)
-    .bind(ts(declaration.declared_at))
+    .bind(declaration.declared_at.map(ts))
     .bind(ts(now))
     .execute(&mut *conn)
     .await?;
@@ -185,7 +185,8 @@ pub async fn claim_unmatched_events(
     declaration: &TransitDeclaration,
     trip_id: &str,
 ) -> Result<Vec<SealEvent>, StoreError> {
-    let since = ts(declaration.declared_at - chrono::Duration::hours(6));
+    let declared = declaration.declared_at.unwrap_or_else(chrono::Utc::now);
+    let since = ts(declared - chrono::Duration::hours(6));
     let mut claimed = Vec::new();
     for seal in declaration.seals() {
         let rows = sqlx::query(

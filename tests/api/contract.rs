@@ -154,6 +154,7 @@ fn the_other_canonical_messages_serialise_to_their_schemas() {
         release: Some(release.clone()),
         handover: Some(handover.clone()),
         position: Some(LatLon::new(14.0, -90.5).unwrap()),
+        late: true,
     };
     for (kind, value) in [
         (

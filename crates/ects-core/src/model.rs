@@ -104,7 +104,10 @@ pub struct GoodsItem {
 pub struct TransitDeclaration {
     pub declaration_id: DeclarationId,
     pub issuing_authority: AuthorityCode,
-    pub declared_at: DateTime<Utc>,
+    /// When the customs system dated it. A document without a date (an ASYCUDA SAD not
+    /// yet registered) leaves it out; the gateway then records when it received it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_at: Option<DateTime<Utc>>,
     pub office_of_departure: Office,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offices_of_transit: Vec<Office>,
@@ -122,14 +125,70 @@ pub struct TransitDeclaration {
     pub driver: Option<Driver>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vehicle: Option<Vehicle>,
+    #[serde(default)]
     pub equipment: Vec<Equipment>,
+    /// Seals the document names without tying them to equipment (an ASYCUDA SAD lists
+    /// them in one field). `normalise` ties them to the only container, if there is one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seals: Vec<Seal>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub goods: Vec<GoodsItem>,
 }
 
+/// The equipment id under which a trip lists seals not tied to any equipment.
+pub const UNASSIGNED_EQUIPMENT: &str = "UNASSIGNED";
+
 impl TransitDeclaration {
+    /// Every seal: on equipment, then those not tied to any.
     pub fn seals(&self) -> impl Iterator<Item = &Seal> {
-        self.equipment.iter().flat_map(|e| e.seals.iter())
+        self.equipment
+            .iter()
+            .flat_map(|e| e.seals.iter())
+            .chain(self.seals.iter())
+    }
+
+    /// Puts the declaration in its one canonical shape: equipment listed more than once
+    /// (a SAD repeats a container for each goods item) is merged, and seals not tied to
+    /// equipment are tied to the only container when there is exactly one. Returns a note
+    /// for each thing changed or left open, for the sender.
+    pub fn normalise(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let mut merged: Vec<Equipment> = Vec::with_capacity(self.equipment.len());
+        for e in std::mem::take(&mut self.equipment) {
+            match merged.iter_mut().find(|m| m.id == e.id) {
+                Some(m) => {
+                    for seal in e.seals {
+                        if !m.seals.iter().any(|s| s.id == seal.id) {
+                            m.seals.push(seal);
+                        }
+                    }
+                }
+                None => merged.push(e),
+            }
+        }
+        self.equipment = merged;
+        if !self.seals.is_empty() {
+            if let [only] = self.equipment.as_mut_slice() {
+                notes.push(format!(
+                    "{} seal(s) not tied to equipment were tied to {}, the only container",
+                    self.seals.len(),
+                    only.id
+                ));
+                only.seals.append(&mut self.seals);
+            } else {
+                notes.push(format!(
+                    "{} seal(s) are not tied to any equipment ({}): the trip lists them under {}",
+                    self.seals.len(),
+                    self.seals
+                        .iter()
+                        .map(|s| s.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    UNASSIGNED_EQUIPMENT
+                ));
+            }
+        }
+        notes
     }
 }
 
@@ -616,6 +675,9 @@ pub struct StatusNotification {
     pub handover: Option<CustodyHandover>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<LatLon>,
+    /// Arrived (or released after arriving) after the time limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// The issuing authority withdraws a transit: the trip ends without release.

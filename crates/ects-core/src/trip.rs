@@ -304,25 +304,34 @@ pub struct Trip {
 impl Trip {
     /// A new trip for a declaration, in state `declared`, in the issuing authority's custody.
     pub fn declare(trip_id: TripId, declaration: &TransitDeclaration, now: Timestamp) -> Self {
-        let equipment = declaration
+        let status = |seals: &[crate::model::Seal]| -> Vec<SealStatus> {
+            seals
+                .iter()
+                .map(|s| SealStatus {
+                    id: s.id.clone(),
+                    kind: s.kind,
+                    device_id: s.device_id.clone(),
+                    state: SealState::Unknown,
+                    battery_pct: None,
+                    last_event_at: None,
+                })
+                .collect()
+        };
+        let mut equipment: Vec<EquipmentStatus> = declaration
             .equipment
             .iter()
             .map(|e| EquipmentStatus {
                 id: e.id.clone(),
-                seals: e
-                    .seals
-                    .iter()
-                    .map(|s| SealStatus {
-                        id: s.id.clone(),
-                        kind: s.kind,
-                        device_id: s.device_id.clone(),
-                        state: SealState::Unknown,
-                        battery_pct: None,
-                        last_event_at: None,
-                    })
-                    .collect(),
+                seals: status(&e.seals),
             })
             .collect();
+        if !declaration.seals.is_empty() {
+            equipment.push(EquipmentStatus {
+                id: crate::ids::EquipmentId::parse(crate::model::UNASSIGNED_EQUIPMENT)
+                    .expect("a valid equipment id"),
+                seals: status(&declaration.seals),
+            });
+        }
         Self {
             status: TripStatus {
                 trip_id,
@@ -562,11 +571,21 @@ impl Trip {
                 lat: p.lat,
                 lon: p.lon,
             }),
+            late: false,
         };
         match effect {
             Effect::StateChanged { from, to, at } => Some(StatusNotification {
                 previous_state: Some(*from),
                 state: *to,
+                // Late: the time limit had passed when the goods arrived (an overdue alert
+                // was raised, or the arrival itself came after the limit).
+                late: matches!(to, TripState::Arrived | TripState::Released)
+                    && (self
+                        .alerts
+                        .iter()
+                        .any(|a| a.kind == crate::model::AlertKind::Overdue)
+                        || (*to == TripState::Arrived
+                            && s.time_limit.is_some_and(|limit| *at > limit))),
                 ..base(
                     NotificationKind::Status,
                     format!("status/{}/{}", to.as_str(), at.to_rfc3339()),
