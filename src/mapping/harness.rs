@@ -159,7 +159,87 @@ fn outbound(inbound: &Inbound) -> Outbound<'_> {
     }
 }
 
+/// The pseudo-format of cases whose input is a canonical status notification (what the
+/// gateway tells partners): they check what each format writes of it.
+pub const NOTIFICATION_CASES: &str = "ects-notification";
+
+fn notification_case(formats: &Formats, dir: &Path) -> Vec<String> {
+    let Some(input) = find(dir, "input.").into_iter().next() else {
+        return vec!["no input.* file".into()];
+    };
+    let notification: ects_core::StatusNotification = match std::fs::read(&input)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(n) => n,
+        Err(e) => return vec![format!("{}: {e}", input.display())],
+    };
+    let mut failures = Vec::new();
+    for target_file in find(dir, "expected.") {
+        let name = target_file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() < 3 {
+            continue;
+        }
+        let target = parts[1..parts.len() - 1].join(".");
+        let Some(writer) = formats.get(&target) else {
+            failures.push(format!("{name}: no format {target:?}"));
+            continue;
+        };
+        let expected = std::fs::read(&target_file).unwrap_or_default();
+        match writer.encode(&Outbound::StatusNotification(&notification)) {
+            Ok(encoded) => failures.extend(
+                compare(parts.last().copied(), &expected, &encoded.body)
+                    .into_iter()
+                    .map(|d| format!("{name}: {d}")),
+            ),
+            Err(e) => failures.push(format!("{name}: writing {target} failed: {e}")),
+        }
+    }
+    failures
+}
+
+/// The differences between an expected and a written document, by its extension.
+fn compare(extension: Option<&str>, expected: &[u8], actual: &[u8]) -> Vec<String> {
+    match extension {
+        Some("xml") => xml_differences(expected, actual),
+        Some("json") => {
+            let mut d = Vec::new();
+            match (
+                serde_json::from_slice::<Value>(expected),
+                serde_json::from_slice::<Value>(actual),
+            ) {
+                (Ok(a), Ok(b)) => json_differences(&a, &b, "", &mut d, 20),
+                _ => d.push("not JSON".into()),
+            }
+            d
+        }
+        _ => {
+            let (a, b) = (
+                String::from_utf8_lossy(expected),
+                String::from_utf8_lossy(actual),
+            );
+            a.lines()
+                .zip(b.lines())
+                .enumerate()
+                .filter(|(_, (x, y))| x != y)
+                .map(|(i, (x, y))| format!("line {}: expected {x:?}, got {y:?}", i + 1))
+                .chain(
+                    (a.lines().count() != b.lines().count())
+                        .then(|| "the line counts differ".into()),
+                )
+                .collect()
+        }
+    }
+}
+
 fn run_case(formats: &Formats, format: &str, dir: &Path) -> Vec<String> {
+    if format == NOTIFICATION_CASES {
+        return notification_case(formats, dir);
+    }
     let mut failures = Vec::new();
     let Some(adapter) = formats.get(format) else {
         return vec![format!(
@@ -254,36 +334,7 @@ fn run_case(formats: &Formats, format: &str, dir: &Path) -> Vec<String> {
         }
         match writer.encode(&outbound(&decoded.inbound)) {
             Ok(encoded) => {
-                let diffs = match parts.last().copied() {
-                    Some("xml") => xml_differences(&expected, &encoded.body),
-                    Some("json") => {
-                        let mut d = Vec::new();
-                        match (
-                            serde_json::from_slice::<Value>(&expected),
-                            serde_json::from_slice::<Value>(&encoded.body),
-                        ) {
-                            (Ok(a), Ok(b)) => json_differences(&a, &b, "", &mut d, 20),
-                            _ => d.push("not JSON".into()),
-                        }
-                        d
-                    }
-                    _ => {
-                        let (a, b) = (
-                            String::from_utf8_lossy(&expected),
-                            String::from_utf8_lossy(&encoded.body),
-                        );
-                        a.lines()
-                            .zip(b.lines())
-                            .enumerate()
-                            .filter(|(_, (x, y))| x != y)
-                            .map(|(i, (x, y))| format!("line {}: expected {x:?}, got {y:?}", i + 1))
-                            .chain(
-                                (a.lines().count() != b.lines().count())
-                                    .then(|| "the line counts differ".into()),
-                            )
-                            .collect()
-                    }
-                };
+                let diffs = compare(parts.last().copied(), &expected, &encoded.body);
                 failures.extend(diffs.into_iter().map(|d| format!("{name}: {d}")));
             }
             Err(e) => failures.push(format!("{name}: writing {target} failed: {e}")),

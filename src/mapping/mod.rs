@@ -109,7 +109,9 @@ impl MappingSet {
                     .unwrap_or_default();
                 let mut input: BTreeMap<String, String> = BTreeMap::new();
                 for (ours, theirs) in &spec.codes {
-                    if let Some(other) = input.insert(theirs.clone(), ours.clone()) {
+                    if let Some(other) = input.insert(theirs.clone(), ours.clone())
+                        && !spec.input.contains_key(theirs)
+                    {
                         return Err(MappingError {
                             file,
                             line: 0,

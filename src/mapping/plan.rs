@@ -66,12 +66,34 @@ pub struct Binding {
     pub convert: Conversion,
     pub max_length: Option<usize>,
     pub on_too_long: TooLong,
+    /// Read only when the field is still absent; never written.
+    pub fallback: bool,
+    pub first_chars: Option<usize>,
+    /// A fallback's constant: set wherever the path exists (e.g. every `Seal` is an
+    /// electronic one in this installation).
+    pub constant: Option<String>,
+    /// The canonical path repeats once more than the document: the first item only.
+    pub only_first: bool,
+    /// Several canonical fields make one code-list key (`released+late`); written only.
+    pub composite: bool,
+    /// Written, never read; joins across the canonical repetitions the document lacks.
+    pub output_only: bool,
+    /// How many repetitions the document path has.
+    pub doc_reps: usize,
 }
 
 #[derive(Debug, Clone)]
 pub enum Step {
     Bind(Box<Binding>),
-    Fixed { doc: Vec<DocSeg>, value: String },
+    Fixed {
+        doc: Vec<DocSeg>,
+        value: String,
+        with_parent: bool,
+    },
+    /// The 1-based position of each instance of the innermost repeated group.
+    Sequence {
+        doc: Vec<DocSeg>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +113,9 @@ pub struct Plan {
     pub output_root: String,
     pub flat: Option<super::spec::FlatSpec>,
     pub steps: Vec<Step>,
+    /// Output order: each element path (names from the root) ranked by where the mapping
+    /// first names it, so that written documents follow the partner's element order.
+    pub order: BTreeMap<Vec<String>, usize>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -206,11 +231,28 @@ impl Plan {
             let e: &MapEntry = entry.get_ref();
             let doc = doc_path(&e.path, line)?;
             match (&e.canonical, &e.value) {
+                (None, None) if e.sequence => {
+                    if !doc.iter().any(|s| s.repeated) {
+                        return Err((
+                            line,
+                            "`sequence` numbers a repeated group: mark it []".into(),
+                        ));
+                    }
+                    steps.push(Step::Sequence { doc })
+                }
                 (None, Some(value)) => steps.push(Step::Fixed {
                     doc,
                     value: value.clone(),
+                    with_parent: e.with_parent,
                 }),
-                (Some(canonical), None) => {
+                (Some(_), Some(_)) if !e.fallback => {
+                    return Err((
+                        line,
+                        "`canonical` with `value` is a read-only constant: add `fallback = true`"
+                            .into(),
+                    ));
+                }
+                (Some(canonical), constant) => {
                     let targets = canonical.to_vec();
                     let canonical = targets
                         .iter()
@@ -222,7 +264,16 @@ impl Plan {
                     if canonical.iter().any(|c| reps(c) != canon_reps) {
                         return Err((line, "all canonical targets must repeat alike".into()));
                     }
-                    let splits_into_array = canon_reps == doc_reps + 1;
+                    let only_first = e.only_first && canon_reps == doc_reps + 1;
+                    if e.only_first && !only_first {
+                        return Err((
+                            line,
+                            "`only_first` needs a canonical path that repeats once more than the document path".into(),
+                        ));
+                    }
+                    let splits_into_array = (canon_reps == doc_reps + 1
+                        || (e.output_only && canon_reps > doc_reps))
+                        && !only_first;
                     if splits_into_array && e.split.is_none() {
                         return Err((
                             line,
@@ -233,7 +284,7 @@ impl Plan {
                             ),
                         ));
                     }
-                    if !splits_into_array && canon_reps != doc_reps {
+                    if !splits_into_array && !only_first && canon_reps != doc_reps {
                         return Err((
                             line,
                             format!(
@@ -243,8 +294,20 @@ impl Plan {
                             ),
                         ));
                     }
-                    if canonical.len() > 1 && e.split.is_none() {
-                        return Err((line, "several canonical targets need `split`".into()));
+                    let composite = canonical.len() > 1 && e.split.is_none();
+                    if composite
+                        && (e.codes.is_none() || spec.format.directions.contains(&Direction::In))
+                    {
+                        return Err((
+                            line,
+                            "several canonical targets need `split`, or `codes` in a mapping that is only written (a composite key)".into(),
+                        ));
+                    }
+                    if e.first_chars.is_some() && !e.fallback {
+                        return Err((
+                            line,
+                            "`first_chars` is for a `fallback` binding (read only)".into(),
+                        ));
                     }
                     let kind = e.kind.unwrap_or(ValueKind::String);
                     if matches!(kind, ValueKind::Datetime | ValueKind::Date) && e.pattern.is_none()
@@ -285,6 +348,13 @@ impl Plan {
                         },
                         max_length: e.max_length,
                         on_too_long: e.on_too_long.unwrap_or(TooLong::Refuse),
+                        fallback: e.fallback,
+                        first_chars: e.first_chars,
+                        constant: constant.clone(),
+                        only_first,
+                        composite,
+                        output_only: e.output_only,
+                        doc_reps,
                     })));
                 }
                 _ => {
@@ -332,6 +402,21 @@ impl Plan {
         if let Some(ns) = &default_ns {
             prefixes.insert(String::new(), ns.clone());
         }
+        let mut order = BTreeMap::new();
+        for step in &steps {
+            let doc = match step {
+                // A fallback is read only: it says nothing of the written order.
+                Step::Bind(b) if b.fallback => continue,
+                Step::Bind(b) => &b.doc,
+                Step::Fixed { doc, .. } | Step::Sequence { doc } => doc,
+            };
+            let mut path = Vec::new();
+            for seg in doc.iter().filter(|s| !s.attribute) {
+                path.push(seg.name.clone());
+                let next = order.len();
+                order.entry(path.clone()).or_insert(next);
+            }
+        }
         Ok(Plan {
             file: file.to_owned(),
             id: spec.format.id,
@@ -347,6 +432,7 @@ impl Plan {
             output_root,
             flat: spec.flat,
             steps,
+            order,
         })
     }
 }
@@ -639,33 +725,43 @@ impl Conversion {
                 other => Err(format!("{other:?} is not a boolean")),
             },
             ValueKind::Datetime | ValueKind::Date => {
-                let pattern = self.pattern.as_deref().unwrap_or("%Y-%m-%dT%H:%M:%S%:z");
+                // Alternatives, "a | b": each tried on input; output writes the first.
+                let patterns = self.pattern.as_deref().unwrap_or("%Y-%m-%dT%H:%M:%S%:z");
                 let t = text.trim();
-                let utc: DateTime<Utc> = if let Ok(dt) = DateTime::parse_from_str(t, pattern) {
-                    dt.with_timezone(&Utc)
-                } else {
-                    let naive = NaiveDateTime::parse_from_str(t, pattern)
-                        .or_else(|_| {
-                            NaiveDate::parse_from_str(t, pattern)
-                                .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
-                        })
-                        .map_err(|e| {
-                            format!("{t:?} does not match the pattern {pattern:?}: {e}")
-                        })?;
-                    let offset = self
-                        .offset
-                        .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
-                    naive
-                        .and_local_timezone(offset)
-                        .single()
-                        .ok_or_else(|| format!("{t:?} is not a valid local time"))?
-                        .with_timezone(&Utc)
-                };
-                Ok(Value::String(
-                    utc.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-                ))
+                let mut failed = Vec::new();
+                for p in patterns.split(" | ") {
+                    match self.read_time(t, p) {
+                        Ok(v) => return Ok(v),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                Err(failed.join("; "))
             }
         }
+    }
+
+    fn read_time(&self, t: &str, pattern: &str) -> Result<Value, String> {
+        let utc: DateTime<Utc> = if let Ok(dt) = DateTime::parse_from_str(t, pattern) {
+            dt.with_timezone(&Utc)
+        } else {
+            let naive = NaiveDateTime::parse_from_str(t, pattern)
+                .or_else(|_| {
+                    NaiveDate::parse_from_str(t, pattern)
+                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+                })
+                .map_err(|e| format!("{t:?} does not match the pattern {pattern:?}: {e}"))?;
+            let offset = self
+                .offset
+                .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
+            naive
+                .and_local_timezone(offset)
+                .single()
+                .ok_or_else(|| format!("{t:?} is not a valid local time"))?
+                .with_timezone(&Utc)
+        };
+        Ok(Value::String(
+            utc.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        ))
     }
 
     /// Canonical value → document text (and its JSON type).
@@ -678,6 +774,7 @@ impl Conversion {
                     .offset
                     .unwrap_or_else(|| FixedOffset::east_opt(0).expect("zero offset"));
                 let pattern = self.pattern.as_deref().unwrap_or("%Y-%m-%dT%H:%M:%S%:z");
+                let pattern = pattern.split(" | ").next().unwrap_or(pattern);
                 (
                     t.with_timezone(&offset).format(pattern).to_string(),
                     Scalar::Text,
@@ -744,8 +841,9 @@ impl Plan {
         root.visited.set(true);
         for step in &self.steps {
             let b = match step {
+                Step::Bind(b) if b.output_only => continue,
                 Step::Bind(b) => b,
-                Step::Fixed { doc, .. } => {
+                Step::Fixed { doc, .. } | Step::Sequence { doc } => {
                     // Fixed parts are structure the mapping knows: read, not unmapped.
                     let (mut found, mut missing, mut ignored) =
                         (Vec::new(), Vec::new(), Vec::new());
@@ -828,6 +926,21 @@ impl Plan {
         mut origins: Option<&mut BTreeMap<String, Place>>,
         problems: &mut Vec<Located>,
     ) {
+        let text = match b.first_chars {
+            Some(n) => match text.char_indices().nth(n) {
+                Some((end, _)) => &text[..end],
+                None => text,
+            },
+            None => text,
+        };
+        let first = [indices, &[0]].concat();
+        let indices: &[usize] = if b.only_first { &first } else { indices };
+        if b.fallback {
+            let pointer = canonical_pointer(&b.canonical[0], indices);
+            if canonical.pointer(&pointer).is_some_and(|v| !v.is_null()) {
+                return;
+            }
+        }
         let parts: Vec<&str> = match &b.split {
             Some(sep) => text
                 .split(sep.as_str())
@@ -836,7 +949,11 @@ impl Plan {
                 .collect(),
             None => vec![text],
         };
-        let mut assign = |path: &[CanonSeg], idx: Vec<usize>, raw: &str| match b.convert.read(raw) {
+        let constant = b.constant.as_deref();
+        let mut assign = |path: &[CanonSeg], idx: Vec<usize>, raw: &str| match b
+            .convert
+            .read(constant.unwrap_or(raw))
+        {
             Ok(v) => {
                 set_canonical(canonical, path, &idx, v);
                 if let Some(origins) = origins.as_deref_mut() {
@@ -868,9 +985,9 @@ impl Plan {
         let mut flags = Vec::new();
         for step in &self.steps {
             match step {
-                Step::Fixed { doc, value } => {
-                    set_fixed(&mut root, doc, value);
-                }
+                // Written once the bindings have made the elements they go into.
+                Step::Fixed { .. } | Step::Sequence { .. } => {}
+                Step::Bind(b) if b.fallback => {}
                 Step::Bind(b) => {
                     let mut values: Vec<(Vec<usize>, String, Scalar)> = Vec::new();
                     let mut by_target: Vec<Vec<(Vec<usize>, &Value)>> = Vec::new();
@@ -904,7 +1021,7 @@ impl Plan {
                         for (idx, v) in &by_target[0] {
                             if let Some((t, _)) = convert(idx, v, &mut problems) {
                                 groups
-                                    .entry(idx[..idx.len() - 1].to_vec())
+                                    .entry(idx[..b.doc_reps.min(idx.len())].to_vec())
                                     .or_default()
                                     .push(t);
                             }
@@ -912,6 +1029,30 @@ impl Plan {
                         let sep = b.split.clone().unwrap_or_default();
                         for (idx, parts) in groups {
                             values.push((idx, parts.join(&sep), Scalar::Text));
+                        }
+                    } else if b.composite {
+                        // One code-list key from several fields: text as it is, a true
+                        // boolean by its field's name; absent or false fields left out.
+                        let mut groups: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
+                        for (path, target) in b.canonical.iter().zip(&by_target) {
+                            for (idx, v) in target {
+                                let part = match v {
+                                    Value::Bool(true) => path.last().map(|s| s.key.clone()),
+                                    Value::Bool(false) | Value::Null => None,
+                                    Value::String(t) => Some(t.clone()),
+                                    other => Some(other.to_string()),
+                                };
+                                if let Some(part) = part {
+                                    groups.entry(idx.clone()).or_default().push(part);
+                                }
+                            }
+                        }
+                        for (idx, parts) in groups {
+                            if let Some((t, s)) =
+                                convert(&idx, &Value::String(parts.join("+")), &mut problems)
+                            {
+                                values.push((idx, t, s));
+                            }
                         }
                     } else if b.canonical.len() > 1 {
                         let mut groups: BTreeMap<Vec<usize>, Vec<Option<String>>> = BTreeMap::new();
@@ -929,6 +1070,26 @@ impl Plan {
                         for (idx, parts) in groups {
                             let joined: Vec<String> = parts.into_iter().flatten().collect();
                             values.push((idx, joined.join(&sep), Scalar::Text));
+                        }
+                    } else if b.only_first {
+                        for (idx, v) in &by_target[0] {
+                            let (last, outer) = idx.split_last().unwrap_or((&0, &[]));
+                            if *last > 0 {
+                                if *last == 1 {
+                                    flags.push(Located {
+                                        pointer: None,
+                                        path: Some(b.doc_text.clone()),
+                                        line: None,
+                                        column: None,
+                                        canonical: Some(canonical_pointer(&b.canonical[0], idx)),
+                                        detail: "the document carries only the first; this one and any after it are left out".into(),
+                                    });
+                                }
+                                continue;
+                            }
+                            if let Some((t, s)) = convert(idx, v, &mut problems) {
+                                values.push((outer.to_vec(), t, s));
+                            }
                         }
                     } else {
                         for (idx, v) in &by_target[0] {
@@ -978,11 +1139,24 @@ impl Plan {
                                 TooLong::Flag => flags.push(located),
                             }
                         }
-                        set_value(&mut root, &b.doc, &idx, text, scalar);
+                        let append = b.output_only.then(|| b.split.as_deref().unwrap_or(""));
+                        set_value(&mut root, &b.doc, &idx, text, scalar, append);
                     }
                 }
             }
         }
+        for step in &self.steps {
+            match step {
+                Step::Fixed {
+                    doc,
+                    value,
+                    with_parent,
+                } => set_fixed(&mut root, doc, value, *with_parent),
+                Step::Sequence { doc } => set_sequence(&mut root, doc),
+                Step::Bind(_) => {}
+            }
+        }
+        sort_children(&mut root, &mut Vec::new(), &self.order);
         if problems.is_empty() {
             Ok((root, flags))
         } else {
@@ -991,8 +1165,90 @@ impl Plan {
     }
 }
 
+/// Puts every element's children in the mapping's order (stable: repeated instances keep
+/// theirs; elements the mapping does not name go last).
+fn sort_children(node: &mut Node, path: &mut Vec<String>, order: &BTreeMap<Vec<String>, usize>) {
+    let rank = |path: &mut Vec<String>, name: &str| {
+        path.push(name.to_owned());
+        let r = order.get(path.as_slice()).copied().unwrap_or(usize::MAX);
+        path.pop();
+        r
+    };
+    let mut ranked: Vec<(usize, Node)> = std::mem::take(&mut node.children)
+        .into_iter()
+        .map(|c| (rank(path, &c.name), c))
+        .collect();
+    ranked.sort_by_key(|(r, _)| *r);
+    node.children = ranked.into_iter().map(|(_, c)| c).collect();
+    for child in &mut node.children {
+        path.push(child.name.clone());
+        sort_children(child, path, order);
+        path.pop();
+    }
+}
+
+/// Writes the 1-based position of each instance of the path's last repeated group into
+/// its element (`TransportEquipment[]/SequenceNumeric`), where the instance exists.
+fn set_sequence(root: &mut Node, doc: &[DocSeg]) {
+    let last_repeat = doc.iter().rposition(|s| s.repeated).unwrap_or(0);
+    fn walk(node: &mut Node, doc: &[DocSeg], at: usize, last_repeat: usize, number: usize) {
+        let Some((seg, rest)) = doc.split_first() else {
+            node.text = Some(number.to_string());
+            node.scalar = Some(Scalar::Number);
+            return;
+        };
+        if seg.attribute {
+            node.attrs.retain(|a| a.name != seg.name);
+            node.attrs.push(Attr {
+                name: seg.name.clone(),
+                value: number.to_string(),
+                visited: Default::default(),
+            });
+            return;
+        }
+        if at < last_repeat {
+            // Above the numbered group: every instance there is, none created.
+            for child in node.children.iter_mut().filter(|c| c.name == seg.name) {
+                walk(child, rest, at + 1, last_repeat, number);
+            }
+        } else if at == last_repeat {
+            for (k, child) in node
+                .children
+                .iter_mut()
+                .filter(|c| c.name == seg.name)
+                .enumerate()
+            {
+                walk(child, rest, at + 1, last_repeat, k + 1);
+            }
+        } else {
+            let position = match node.children.iter().position(|c| c.name == seg.name) {
+                Some(p) => p,
+                None => {
+                    node.children.push(Node::new(seg.name.clone()));
+                    node.children.len() - 1
+                }
+            };
+            walk(
+                &mut node.children[position],
+                rest,
+                at + 1,
+                last_repeat,
+                number,
+            );
+        }
+    }
+    walk(root, doc, 0, last_repeat, 0);
+}
+
 /// Writes text at a document path, creating the elements (the `k`-th of a repeated one).
-fn set_value(root: &mut Node, doc: &[DocSeg], indices: &[usize], text: String, scalar: Scalar) {
+fn set_value(
+    root: &mut Node,
+    doc: &[DocSeg],
+    indices: &[usize],
+    text: String,
+    scalar: Scalar,
+    append: Option<&str>,
+) {
     let mut node = root;
     let mut idx = indices.iter();
     for seg in doc {
@@ -1034,14 +1290,17 @@ fn set_value(root: &mut Node, doc: &[DocSeg], indices: &[usize], text: String, s
         };
         node = &mut node.children[position];
     }
-    node.text = Some(text);
+    node.text = match (node.text.take(), append) {
+        (Some(before), Some(sep)) if !before.is_empty() => Some(format!("{before}{sep}{text}")),
+        _ => Some(text),
+    };
     node.scalar = Some(scalar);
 }
 
 /// A fixed value: at a plain path, written once; under a repeated group, into each
 /// instance that exists.
-fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str) {
-    fn walk(node: &mut Node, doc: &[DocSeg], value: &str) {
+fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool) {
+    fn walk(node: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool) {
         let Some((seg, rest)) = doc.split_first() else {
             node.text = Some(value.to_owned());
             node.scalar = Some(Scalar::Text);
@@ -1058,20 +1317,22 @@ fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str) {
         }
         if seg.repeated {
             for child in node.children.iter_mut().filter(|c| c.name == seg.name) {
-                walk(child, rest, value);
+                walk(child, rest, value, with_parent);
             }
         } else {
             let position = match node.children.iter().position(|c| c.name == seg.name) {
                 Some(p) => p,
+                // A `with_parent` value only goes into elements that are already there.
+                None if with_parent && !rest.is_empty() => return,
                 None => {
                     node.children.push(Node::new(seg.name.clone()));
                     node.children.len() - 1
                 }
             };
-            walk(&mut node.children[position], rest, value);
+            walk(&mut node.children[position], rest, value, with_parent);
         }
     }
-    walk(root, doc, value);
+    walk(root, doc, value, with_parent);
 }
 
 /// Document leaves no binding read: reported as `unmapped`, never silently dropped.

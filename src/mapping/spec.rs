@@ -173,6 +173,28 @@ pub struct MapEntry {
     pub max_length: Option<usize>,
     /// What to do with a longer text: `refuse` (default) or `flag`. Never truncated.
     pub on_too_long: Option<TooLong>,
+    /// An alternative source, read only when the canonical field is still absent; never
+    /// written (e.g. a country taken from an office code's first two letters).
+    #[serde(default)]
+    pub fallback: bool,
+    /// On input, keep only the first N characters (with `fallback`).
+    pub first_chars: Option<usize>,
+    /// The canonical field repeats but the document has one field: it carries the first
+    /// item (more items are flagged on output).
+    #[serde(default)]
+    pub only_first: bool,
+    /// The 1-based position of a repeated group (`TransportEquipment[]/SequenceNumeric`),
+    /// written on output and known on input. No `canonical`, no `value`.
+    #[serde(default)]
+    pub sequence: bool,
+    /// A fixed value written only where its parent element exists (made by a binding).
+    #[serde(default)]
+    pub with_parent: bool,
+    /// Written, never read: with `split`, every value under the document's repetition is
+    /// joined into one field, appended to what another `output_only` binding wrote there
+    /// (all the seals of all containers into one SAD field).
+    #[serde(default)]
+    pub output_only: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

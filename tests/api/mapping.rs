@@ -254,3 +254,160 @@ async fn mapped_formats_over_http(app: TestApp) {
         "{ids:?}"
     );
 }
+
+fn product_formats() -> ects_gateway::formats::Formats {
+    let settings = Settings {
+        mappings_dir: std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")),
+        ..Settings::default()
+    };
+    ects_gateway::startup::formats(&settings).expect("the product mappings compile")
+}
+
+fn product_case(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/formats/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+#[test]
+fn the_shipped_formats_pass_their_fixture_cases() {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/formats"));
+    let results = ects_gateway::mapping::harness::run(&product_formats(), dir);
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| !r.failures.is_empty())
+        .map(|r| format!("{}/{}: {}", r.format, r.case, r.failures.join("; ")))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    for format in ["wco-dm", "asycuda"] {
+        let cases: Vec<_> = results.iter().filter(|r| r.format == format).collect();
+        assert!(cases.len() >= 5, "{format}: {} cases", cases.len());
+        assert!(
+            cases.iter().filter(|r| r.case.starts_with("bad-")).count() >= 4,
+            "{format}: the refusals are tested"
+        );
+    }
+}
+
+/// Runs `xmllint --schema` on a document; the official schemas are beside the project.
+fn xmllint(schema: &str, body: &[u8]) -> Result<(), String> {
+    let schema = format!(
+        "{}/../shared/formats/wco/xsd/{schema}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body).unwrap();
+    let out = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema", &schema])
+        .arg(file.path())
+        .output()
+        .map_err(|e| format!("xmllint could not run (install libxml2-utils): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn written_wco_declarations_and_responses_validate_against_the_official_schemas() {
+    let formats = product_formats();
+    let wco = formats.get("wco-dm").unwrap();
+    let mut checked = 0;
+    for (from, case) in [
+        ("ects-json", "ects-json/ug-rw-two-containers/input.json"),
+        ("asycuda", "asycuda/transit-one-container/input.xml"),
+        ("asycuda", "asycuda/transit-two-containers/input.xml"),
+        ("asycuda", "asycuda/real-caa-tirana-import/input.xml"),
+        ("wco-dm", "wco-dm/hmrc-tt-ex001a/input.xml"),
+    ] {
+        let decoded = formats
+            .get(from)
+            .unwrap()
+            .decode(&product_case(case))
+            .unwrap();
+        let ects_gateway::formats::Inbound::Declaration(d) = &decoded.inbound else {
+            panic!("{case} is a declaration");
+        };
+        let written = wco
+            .encode(&ects_gateway::formats::Outbound::Declaration(d))
+            .unwrap();
+        xmllint("declaration/DEC_envelope.xsd", &written.body)
+            .unwrap_or_else(|e| panic!("{case}: {e}\n{}", String::from_utf8_lossy(&written.body)));
+        checked += 1;
+    }
+    for case in ["alert-deviation", "released-late"] {
+        let n: ects_core::StatusNotification = serde_json::from_slice(&product_case(&format!(
+            "ects-notification/{case}/input.json"
+        )))
+        .unwrap();
+        let written = wco
+            .encode(&ects_gateway::formats::Outbound::StatusNotification(&n))
+            .unwrap();
+        xmllint("notification/RES_envelope.xsd", &written.body)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        checked += 1;
+    }
+    // The check can fail: a DEC out of the schema's order is refused.
+    let bad = String::from_utf8(product_case("wco-dm/ug-rw-transit/input.xml"))
+        .unwrap()
+        .replace(
+            "<FunctionCode>9</FunctionCode>",
+            "<FunctionCode>7</FunctionCode>",
+        );
+    assert!(xmllint("declaration/DEC_envelope.xsd", bad.as_bytes()).is_err());
+    assert_eq!(checked, 7);
+}
+
+#[test]
+fn a_wco_declaration_through_asycuda_and_back_keeps_its_identity_offices_plates_and_seals() {
+    let formats = product_formats();
+    let dec = product_case("wco-dm/ug-rw-transit/input.xml");
+    let there = ects_gateway::translate::translate(&formats, "wco-dm", "asycuda", &dec).unwrap();
+    let back =
+        ects_gateway::translate::translate(&formats, "asycuda", "wco-dm", there.output.as_bytes())
+            .unwrap();
+    let again =
+        ects_gateway::translate::translate(&formats, "wco-dm", "ects-json", back.output.as_bytes())
+            .unwrap();
+    let (a, b) = (&there.canonical, &again.canonical);
+    for pointer in [
+        "/declaration_id",
+        "/office_of_departure",
+        "/office_of_destination",
+        "/offices_of_transit",
+        "/vehicle",
+        "/equipment",
+    ] {
+        assert_eq!(a.pointer(pointer), b.pointer(pointer), "{pointer}");
+    }
+    assert_eq!(b["equipment"][1]["seals"][0]["id"], "ES00781235");
+    assert_eq!(b["vehicle"]["trailer_plate"], "UZ4567");
+}
+
+#[test]
+fn the_real_asycuda_exports_are_read() {
+    let formats = product_formats();
+    let sad = formats.get("asycuda").unwrap();
+    let caa = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/formats/asycuda/samples/CAA-21-TETOR-KORE-8.xml"
+    ))
+    .unwrap();
+    let decoded = sad.decode(&caa).unwrap();
+    let canonical = Value::from(&decoded.inbound);
+    // Nine container segments, one per goods item, are one container.
+    assert_eq!(canonical["equipment"].as_array().unwrap().len(), 1);
+    assert_eq!(canonical["goods"].as_array().unwrap().len(), 9);
+    // The unregistered FORD export carries no identity at all: refused, saying so.
+    let ford = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/formats/asycuda/samples/FORD-IM4-902.xml"
+    ))
+    .unwrap();
+    let problems = sad.decode(&ford).unwrap_err().into_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].detail.contains("declaration_id"));
+}

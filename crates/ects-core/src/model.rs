@@ -80,6 +80,7 @@ pub struct Seal {
 #[serde(deny_unknown_fields)]
 pub struct Equipment {
     pub id: EquipmentId,
+    #[serde(default)]
     pub seals: Vec<Seal>,
 }
 
@@ -167,6 +168,13 @@ impl TransitDeclaration {
             }
         }
         self.equipment = merged;
+        // A seal listed both on its equipment and among the untied ones is tied.
+        let tied: std::collections::HashSet<SealId> = self
+            .equipment
+            .iter()
+            .flat_map(|e| e.seals.iter().map(|s| s.id.clone()))
+            .collect();
+        self.seals.retain(|s| !tied.contains(&s.id));
         if !self.seals.is_empty() {
             if let [only] = self.equipment.as_mut_slice() {
                 notes.push(format!(
