@@ -61,6 +61,46 @@ fn outbound(inbound: &Inbound) -> Outbound<'_> {
     }
 }
 
+/// The shipped formats (`mappings/`) on their cases (`tests/formats/`).
+fn shipped(c: &mut Criterion) {
+    let settings = Settings {
+        mappings_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings")),
+        ..Settings::default()
+    };
+    let formats = ects_gateway::startup::formats(&settings).expect("the mappings compile");
+    for (format, path, target) in [
+        ("wco-dm", "wco-dm/ug-rw-transit/input.xml", "asycuda"),
+        (
+            "asycuda",
+            "asycuda/transit-one-container/input.xml",
+            "wco-dm",
+        ),
+        (
+            "asycuda",
+            "asycuda/real-caa-tirana-import/input.xml",
+            "wco-dm",
+        ),
+    ] {
+        let body = std::fs::read(format!(
+            "{}/tests/formats/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("case");
+        let adapter = formats.get(format).expect("format");
+        let writer = formats.get(target).expect("target");
+        let mut group = c.benchmark_group(format!("shipped/{path}"));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function("raw_parse", |b| b.iter(|| raw_xml(black_box(&body))));
+        group.bench_function(format!("decode_then_encode_to_{target}"), |b| {
+            b.iter(|| {
+                let d = adapter.decode(black_box(&body)).expect("reads");
+                writer.encode(&outbound(&d.inbound)).expect("writes")
+            })
+        });
+        group.finish();
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let formats = formats();
     let cases: [Case; 4] = [
@@ -120,6 +160,6 @@ fn bench(c: &mut Criterion) {
 criterion_group! {
     name = translate;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
-    targets = bench
+    targets = bench, shipped
 }
 criterion_main!(translate);
