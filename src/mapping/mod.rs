@@ -388,9 +388,27 @@ impl Format for MappedFormat {
                     ),
                 )])
             })?;
-        let (root, flags) = plan
+        let (root, mut flags) = plan
             .encode_tree(&out.canonical())
             .map_err(DocumentError::Invalid)?;
+        // Seals not tied to equipment must not vanish silently where a format has no
+        // place for them (a WCO DEC puts seals only under their container).
+        if let Outbound::Declaration(d) = out
+            && !d.seals.is_empty()
+            && !plan.steps.iter().any(|s| {
+                matches!(s, plan::Step::Bind(b) if !b.fallback && b.canonical_text.starts_with("seals[]"))
+            })
+        {
+            flags.push(Located::pointer(
+                "/seals",
+                format!(
+                    "{} seal(s) not tied to a container are not written: {} has no place for them ({})",
+                    d.seals.len(),
+                    self.id(),
+                    d.seals.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         let (body, content_type) = match plan.syntax {
             Syntax::Xml => (
                 tree::to_xml(&root, &plan.prefixes).into_bytes(),

@@ -385,6 +385,19 @@ fn a_wco_declaration_through_asycuda_and_back_keeps_its_identity_offices_plates_
     }
     assert_eq!(b["equipment"][1]["seals"][0]["id"], "ES00781235");
     assert_eq!(b["vehicle"]["trailer_plate"], "UZ4567");
+    assert!(back.problems.is_empty(), "{:?}", back.problems);
+
+    // A SAD that does not tie its seals: the DEC cannot hold them, and says so.
+    let sad = product_case("asycuda/transit-two-containers/input.xml");
+    let dec = ects_gateway::translate::translate(&formats, "asycuda", "wco-dm", &sad).unwrap();
+    assert!(
+        dec.problems
+            .iter()
+            .any(|p| p.pointer.as_deref() == Some("/seals")
+                && p.detail.contains("ES-00781234, ES-00781235")),
+        "{:?}",
+        dec.problems
+    );
 }
 
 #[test]
