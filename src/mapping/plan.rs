@@ -933,8 +933,14 @@ impl Plan {
             },
             None => text,
         };
-        let first = [indices, &[0]].concat();
-        let indices: &[usize] = if b.only_first { &first } else { indices };
+        // `only_first`: the document's one field is the canonical list's first item.
+        let first;
+        let indices: &[usize] = if b.only_first {
+            first = [indices, &[0]].concat();
+            &first
+        } else {
+            indices
+        };
         if b.fallback {
             let pointer = canonical_pointer(&b.canonical[0], indices);
             if canonical.pointer(&pointer).is_some_and(|v| !v.is_null()) {
