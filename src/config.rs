@@ -41,6 +41,12 @@ pub struct Settings {
     pub tick_interval_s: u64,
     /// The mapping files (one per partner format and message) and `codes/`.
     pub mappings_dir: PathBuf,
+    /// Signers by format id: a command that reads an unsigned document on standard input
+    /// and writes it signed (ICEGATE `digSign`) on standard output, e.g.
+    /// `icegate-csn = ["/opt/icegate/sign", "--key", "/etc/ects/dsc.pem"]`.
+    pub signers: std::collections::BTreeMap<String, Vec<String>>,
+    /// Longest a signer may take, in seconds.
+    pub signer_timeout_s: u64,
 }
 
 impl Default for Settings {
@@ -56,6 +62,8 @@ impl Default for Settings {
             rules: Rules::default(),
             tick_interval_s: 30,
             mappings_dir: PathBuf::from("mappings"),
+            signers: Default::default(),
+            signer_timeout_s: 10,
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct Located {
     /// The canonical field concerned, as a JSON pointer into the canonical form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canonical: Option<String>,
+    /// The partner's own error code, where its format has them (ICEGATE `ERR100`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
     pub detail: String,
 }
 
@@ -46,6 +49,7 @@ impl Located {
             line: None,
             column: None,
             canonical: None,
+            code: None,
             detail: shorten(detail.into()),
         }
     }
@@ -57,6 +61,7 @@ impl Located {
             line: Some(line),
             column: Some(column),
             canonical: None,
+            code: None,
             detail: shorten(detail.into()),
         }
     }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Settings;
-use crate::formats::{Formats, Limits};
+use crate::formats::{CommandSigner, Formats, Limits, Signer};
 use crate::http::{self, AppState};
 use crate::ingest::Ingest;
 use crate::mapping::MappingSet;
@@ -42,12 +42,24 @@ fn schemas() -> anyhow::Result<Arc<Schemas>> {
 fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> anyhow::Result<Formats> {
     let mappings =
         MappingSet::load(&settings.mappings_dir).context("a mapping file does not compile")?;
+    let signers = settings
+        .signers
+        .iter()
+        .map(|(format, argv)| {
+            let signer: Arc<dyn Signer> = Arc::new(CommandSigner {
+                argv: argv.clone(),
+                timeout: std::time::Duration::from_secs(settings.signer_timeout_s),
+            });
+            (format.clone(), signer)
+        })
+        .collect();
     Ok(Formats::new(
         schemas,
         Limits {
             max_events_per_message: settings.max_events_per_message,
         },
         &mappings,
+        &signers,
     ))
 }
 

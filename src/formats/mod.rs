@@ -3,7 +3,9 @@
 //! file compiled at start-up (`crate::mapping`). Transports look adapters up by id.
 
 mod ects_json;
+mod sign;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ects_core::{SealEvent, StatusNotification, TransitDeclaration, TripStatus};
@@ -12,6 +14,8 @@ use serde::Serialize;
 use crate::mapping::{MappingSet, MessageKind};
 use crate::problem::{DocumentError, Located};
 use crate::schemas::Schemas;
+
+pub use sign::{CommandSigner, Signer};
 
 pub use ects_json::{
     EctsJson, check_declaration, check_event_times, decode_canonical, deserialize_at,
@@ -141,10 +145,15 @@ impl std::fmt::Debug for Formats {
 
 impl Formats {
     /// The canonical format and every mapped one.
-    pub fn new(schemas: Arc<Schemas>, limits: Limits, mappings: &MappingSet) -> Self {
+    pub fn new(
+        schemas: Arc<Schemas>,
+        limits: Limits,
+        mappings: &MappingSet,
+        signers: &BTreeMap<String, Arc<dyn Signer>>,
+    ) -> Self {
         let mut adapters: Vec<Arc<dyn Format>> =
             vec![Arc::new(EctsJson::new(schemas.clone(), limits))];
-        for format in mappings.formats(schemas, limits) {
+        for format in mappings.formats(schemas, limits, signers) {
             adapters.push(Arc::new(format));
         }
         Self { adapters }

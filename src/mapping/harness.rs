@@ -184,13 +184,29 @@ fn notification_case(formats: &Formats, dir: &Path) -> Vec<String> {
         if parts.len() < 3 {
             continue;
         }
-        let target = parts[1..parts.len() - 1].join(".");
+        let refusal = parts.len() >= 4 && parts[parts.len() - 2] == "problems";
+        let target = parts[1..parts.len() - if refusal { 2 } else { 1 }].join(".");
         let Some(writer) = formats.get(&target) else {
             failures.push(format!("{name}: no format {target:?}"));
             continue;
         };
         let expected = std::fs::read(&target_file).unwrap_or_default();
-        match writer.encode(&Outbound::StatusNotification(&notification)) {
+        let written = writer.encode(&Outbound::StatusNotification(&notification));
+        if refusal {
+            let wanted: Vec<Value> = serde_json::from_slice(&expected).unwrap_or_default();
+            match written {
+                Ok(_) => failures.push(format!(
+                    "{name}: writing {target} succeeded; a refusal was expected"
+                )),
+                Err(e) => failures.extend(
+                    unmatched(&wanted, &e.into_problems())
+                        .into_iter()
+                        .map(|m| format!("{name}: {m}")),
+                ),
+            }
+            continue;
+        }
+        match written {
             Ok(encoded) => failures.extend(
                 compare(parts.last().copied(), &expected, &encoded.body)
                     .into_iter()

@@ -16,7 +16,7 @@ use serde_json::Value;
 pub use plan::{CodeList, Plan};
 pub use spec::{Direction, MessageKind, Syntax};
 
-use crate::formats::{Decoded, Encoded, Format, Inbound, Limits, Outbound};
+use crate::formats::{Decoded, Encoded, Format, Inbound, Limits, Outbound, Signer};
 use crate::problem::{DocumentError, Located};
 use crate::schemas::{Canonical, Schemas};
 use plan::Place;
@@ -24,6 +24,8 @@ use tree::Node;
 
 /// Most unmapped parts reported for one document.
 const MAX_UNMAPPED: usize = 200;
+/// Most partner-schema problems reported for one document.
+const MAX_SCHEMA_PROBLEMS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {reason}")]
@@ -31,6 +33,65 @@ pub struct MappingError {
     pub file: String,
     pub line: usize,
     pub reason: String,
+}
+
+/// A partner's own JSON Schema, next to the mapping file or relative to the mappings
+/// directory. Formats (`date`, ...) are not checked: partners' validators differ on them.
+fn partner_schema(
+    dir: &Path,
+    mapping: &Path,
+    name: &str,
+    file: &str,
+) -> Result<jsonschema::Validator, MappingError> {
+    let error = |reason: String| MappingError {
+        file: file.to_owned(),
+        line: 0,
+        reason,
+    };
+    let candidates = [mapping.parent().map(|p| p.join(name)), Some(dir.join(name))];
+    let path = candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or_else(|| error(format!("[json] schema {name:?} is not a file")))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| error(format!("cannot read schema {}: {e}", path.display())))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| error(format!("schema {}: {e}", path.display())))?;
+    jsonschema::options()
+        .should_validate_formats(false)
+        .build(&value)
+        .map_err(|e| error(format!("schema {}: {e}", path.display())))
+}
+
+/// Problems of a document against its partner's schema: the JSON pointer, the partner's
+/// error code and the violated keyword with the validator's message.
+pub fn schema_problems(json: &plan::JsonPlan, value: &Value, limit: usize) -> Vec<Located> {
+    let Some(validator) = &json.schema else {
+        return Vec::new();
+    };
+    validator
+        .iter_errors(value)
+        .take(limit)
+        .map(|e| {
+            let mut located = Located::pointer(
+                e.instance_path().to_string(),
+                format!("{}: {e}", schema_keyword(&e)),
+            );
+            located.code = json.schema_error_code.clone();
+            located
+        })
+        .collect()
+}
+
+/// The keyword a violation broke (`minLength`, `required`), as schema replies name it.
+pub fn schema_keyword(e: &jsonschema::ValidationError<'_>) -> String {
+    e.schema_path()
+        .to_string()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Every compiled mapping, grouped by format id.
@@ -147,7 +208,7 @@ impl MappingSet {
                 file: file.clone(),
                 reason: e.message().to_owned(),
             })?;
-            let plan =
+            let mut plan =
                 Plan::compile(&file, &source, parsed, &codes).map_err(|(line, reason)| {
                     MappingError {
                         file: file.clone(),
@@ -155,6 +216,9 @@ impl MappingSet {
                         reason,
                     }
                 })?;
+            if let Some(name) = plan.json.schema_file.clone() {
+                plan.json.schema = Some(Arc::new(partner_schema(dir, &path, &name, &file)?));
+            }
             if plan.id == "ects-json" {
                 return Err(MappingError {
                     file,
@@ -169,7 +233,12 @@ impl MappingSet {
     }
 
     /// One adapter per format id, holding all its messages' plans.
-    pub fn formats(&self, schemas: Arc<Schemas>, limits: Limits) -> Vec<MappedFormat> {
+    pub fn formats(
+        &self,
+        schemas: Arc<Schemas>,
+        limits: Limits,
+        signers: &BTreeMap<String, Arc<dyn Signer>>,
+    ) -> Vec<MappedFormat> {
         let mut by_id: BTreeMap<String, Vec<Arc<Plan>>> = BTreeMap::new();
         for plan in &self.plans {
             by_id.entry(plan.id.clone()).or_default().push(plan.clone());
@@ -177,6 +246,7 @@ impl MappingSet {
         by_id
             .into_values()
             .map(|plans| MappedFormat {
+                signer: signers.get(&plans[0].id).cloned(),
                 plans,
                 schemas: schemas.clone(),
                 limits,
@@ -190,6 +260,8 @@ pub struct MappedFormat {
     plans: Vec<Arc<Plan>>,
     schemas: Arc<Schemas>,
     limits: Limits,
+    /// Signs written documents whose mapping names a `[json] signature` block.
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl MappedFormat {
@@ -227,9 +299,107 @@ impl MappedFormat {
     fn parse(plan: &Plan, body: &[u8]) -> Result<Node, DocumentError> {
         match plan.syntax {
             Syntax::Xml => tree::parse_xml(body),
+            Syntax::Json if plan.json.schema.is_some() || !plan.json.carry.is_empty() => {
+                let value = tree::json_value(body)?;
+                // The partner's schema first: its problems are what the partner's own
+                // system would answer.
+                let problems = schema_problems(&plan.json, &value, MAX_SCHEMA_PROBLEMS);
+                if !problems.is_empty() {
+                    return Err(DocumentError::Invalid(problems));
+                }
+                let root = tree::from_json(&value, "");
+                for child in root
+                    .children
+                    .iter()
+                    .filter(|c| plan.json.carry.contains(&c.name))
+                {
+                    // Kept with the raw message, not mapped: not "unmapped" either.
+                    tree::mark_read(child);
+                }
+                Ok(root)
+            }
             Syntax::Json => tree::parse_json(body),
             Syntax::Flat => flat::parse(plan, body),
         }
+    }
+
+    /// A written JSON document: its signature block (signed, or empty and flagged when no
+    /// signer is configured), then checked against the partner's schema. A document that
+    /// breaks the schema is refused, never sent.
+    fn finish_json(
+        &self,
+        plan: &Plan,
+        mut value: Value,
+        flags: &mut Vec<Located>,
+    ) -> Result<Vec<u8>, DocumentError> {
+        let refuse = |pointer: String, detail: String| {
+            DocumentError::Invalid(vec![Located::pointer(pointer, detail)])
+        };
+        if let (Some(key), Value::Object(map)) = (&plan.json.signature, &mut value) {
+            map.remove(key);
+            if self.signer.is_none() {
+                let block = plan
+                    .json
+                    .signature_fields
+                    .iter()
+                    .map(|f| (f.clone(), Value::String(String::new())))
+                    .collect();
+                map.insert(key.clone(), Value::Object(block));
+                flags.push(Located::pointer(
+                    format!("/{key}"),
+                    format!(
+                        "not signed: no signer is configured for {} ([signers] in the configuration), so the {key} block is empty",
+                        plan.id
+                    ),
+                ));
+            }
+        }
+        let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+        if let (Some(key), Some(signer)) = (&plan.json.signature, &self.signer) {
+            let signed = signer
+                .sign(&body)
+                .map_err(|why| refuse(format!("/{key}"), format!("signing failed: {why}")))?;
+            let mut returned: Value = serde_json::from_slice(&signed).map_err(|e| {
+                refuse(
+                    String::new(),
+                    format!("the signer's output is not JSON: {e}"),
+                )
+            })?;
+            let block = returned
+                .as_object_mut()
+                .and_then(|m| m.remove(key))
+                .filter(Value::is_object)
+                .ok_or_else(|| {
+                    refuse(
+                        format!("/{key}"),
+                        format!("the signer's output has no {key} object"),
+                    )
+                })?;
+            if returned != value {
+                return Err(refuse(
+                    String::new(),
+                    format!("the signer changed the document beyond its {key} block"),
+                ));
+            }
+            if let Value::Object(map) = &mut value {
+                map.insert(key.clone(), block);
+            }
+            body = signed;
+        }
+        let problems = schema_problems(&plan.json, &value, MAX_SCHEMA_PROBLEMS);
+        if !problems.is_empty() {
+            let schema = plan.json.schema_file.clone().unwrap_or_default();
+            return Err(DocumentError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|mut p| {
+                        p.detail = format!("the written document breaks {schema}: {}", p.detail);
+                        p
+                    })
+                    .collect(),
+            ));
+        }
+        Ok(body)
     }
 
     /// The canonical problems located in the document where a binding read the field.
@@ -327,6 +497,7 @@ impl Format for MappedFormat {
                 line: Some(root.line),
                 column: Some(root.column),
                 canonical: None,
+                code: None,
                 detail: format!(
                     "the root element is {}, the mapping reads {want}",
                     root.name
@@ -415,7 +586,7 @@ impl Format for MappedFormat {
                 "application/xml",
             ),
             Syntax::Json => (
-                serde_json::to_vec_pretty(&tree::to_json(&root)).unwrap_or_default(),
+                self.finish_json(plan, tree::to_json(&root), &mut flags)?,
                 "application/json",
             ),
             Syntax::Flat => (flat::write(plan, &root).into_bytes(), "text/plain"),
@@ -563,6 +734,7 @@ mod flat {
                     line: Some(n + 1),
                     column: Some(1),
                     canonical: None,
+                    code: None,
                     detail: format!(
                         "a record without the field separator byte 0x{:02X}",
                         spec.field_separator
@@ -624,6 +796,7 @@ mod flat {
                 line: Some(*line),
                 column: Some(1),
                 canonical: None,
+                code: None,
                 detail: format!(
                     "control number {:?} does not match the header's {h:?}",
                     t.as_deref().unwrap_or_default()

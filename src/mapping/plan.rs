@@ -22,6 +22,9 @@ pub struct DocSeg {
     pub name: String,
     pub repeated: bool,
     pub attribute: bool,
+    /// `name[1]`: a JSON array that holds exactly one item (read like a single element,
+    /// written as an array).
+    pub single: bool,
 }
 
 /// One step of a canonical path.
@@ -48,6 +51,9 @@ pub struct Conversion {
     pub scale: Option<f64>,
     pub decimals: Option<usize>,
     pub codes: Option<Arc<CodeList>>,
+    /// A composite key (`alert+seal_tamper+in_transit`): when the list lacks it, the key
+    /// without its last part is tried, and so on.
+    pub composite: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +84,8 @@ pub struct Binding {
     pub composite: bool,
     /// Written, never read; joins across the canonical repetitions the document lacks.
     pub output_only: bool,
+    /// Read only where this document field has this text.
+    pub when: Option<(Vec<DocSeg>, String)>,
     /// How many repetitions the document path has.
     pub doc_reps: usize,
 }
@@ -89,10 +97,19 @@ pub enum Step {
         doc: Vec<DocSeg>,
         value: String,
         with_parent: bool,
+        /// JSON: a number or boolean rather than text.
+        scalar: Scalar,
     },
     /// The 1-based position of each instance of the innermost repeated group.
     Sequence {
         doc: Vec<DocSeg>,
+    },
+    /// Written only: how many values a canonical path has (`count`), or their sum
+    /// (`total`).
+    Aggregate {
+        doc: Vec<DocSeg>,
+        canonical: Vec<CanonSeg>,
+        sum: bool,
     },
 }
 
@@ -112,10 +129,23 @@ pub struct Plan {
     pub prefixes: Vec<(String, String)>,
     pub output_root: String,
     pub flat: Option<super::spec::FlatSpec>,
+    pub json: JsonPlan,
     pub steps: Vec<Step>,
     /// Output order: each element path (names from the root) ranked by where the mapping
     /// first names it, so that written documents follow the partner's element order.
     pub order: BTreeMap<Vec<String>, usize>,
+}
+
+/// A JSON format's own schema and kept parts (`[json]` in the mapping).
+#[derive(Debug, Clone, Default)]
+pub struct JsonPlan {
+    /// The schema file as named in the mapping.
+    pub schema_file: Option<String>,
+    pub schema: Option<Arc<jsonschema::Validator>>,
+    pub schema_error_code: Option<String>,
+    pub carry: Vec<String>,
+    pub signature: Option<String>,
+    pub signature_fields: Vec<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -203,11 +233,20 @@ impl Plan {
                         }
                         None => (*seg, false),
                     };
-                    let (name, repeated) = match name.strip_suffix("[]") {
-                        Some(n) => (n, true),
-                        None => (name, false),
+                    let (name, repeated, single) = match name.strip_suffix("[]") {
+                        Some(n) => (n, true, false),
+                        None => match name.strip_suffix("[1]") {
+                            Some(n) => (n, false, true),
+                            None => (name, false, false),
+                        },
                     };
-                    if attribute && repeated {
+                    if single && syntax != Syntax::Json {
+                        return Err((
+                            line,
+                            format!("path {text:?}: `[1]` (an array of one item) is for JSON"),
+                        ));
+                    }
+                    if attribute && (repeated || single) {
                         return Err((line, format!("path {text:?}: an attribute does not repeat")));
                     }
                     let resolved = if attribute && !name.contains(':') {
@@ -220,6 +259,7 @@ impl Plan {
                         name: resolved,
                         repeated,
                         attribute,
+                        single,
                     })
                 })
                 .collect()
@@ -240,10 +280,39 @@ impl Plan {
                     }
                     steps.push(Step::Sequence { doc })
                 }
+                (None, None) if e.count.is_some() || e.total.is_some() => {
+                    let (text, sum) = match (&e.count, &e.total) {
+                        (Some(c), None) => (c, false),
+                        (None, Some(t)) => (t, true),
+                        _ => return Err((line, "`count` or `total`, not both".into())),
+                    };
+                    if doc.iter().any(|s| s.repeated) {
+                        return Err((
+                            line,
+                            "`count` and `total` write one field: no [] in its path".into(),
+                        ));
+                    }
+                    let canonical = canon_path(text).map_err(|r| (line, r))?;
+                    steps.push(Step::Aggregate {
+                        doc,
+                        canonical,
+                        sum,
+                    })
+                }
                 (None, Some(value)) => steps.push(Step::Fixed {
                     doc,
                     value: value.clone(),
                     with_parent: e.with_parent,
+                    scalar: match e.kind {
+                        Some(ValueKind::Integer | ValueKind::Number) => {
+                            if value.parse::<f64>().is_err() {
+                                return Err((line, format!("value {value:?} is not a number")));
+                            }
+                            Scalar::Number
+                        }
+                        Some(ValueKind::Boolean) => Scalar::Bool,
+                        _ => Scalar::Text,
+                    },
                 }),
                 (Some(_), Some(_)) if !e.fallback => {
                     return Err((
@@ -303,6 +372,26 @@ impl Plan {
                             "several canonical targets need `split`, or `codes` in a mapping that is only written (a composite key)".into(),
                         ));
                     }
+                    let when = match &e.when {
+                        Some(_) if !e.fallback => {
+                            return Err((
+                                line,
+                                "`when` is for a `fallback` binding (read only)".into(),
+                            ));
+                        }
+                        Some(w) => {
+                            let cond = doc_path(&w.path, line)?;
+                            let reps = cond.iter().filter(|s| s.repeated).count();
+                            if reps > doc.iter().filter(|s| s.repeated).count() {
+                                return Err((
+                                    line,
+                                    "`when` path repeats more than the binding's path".into(),
+                                ));
+                            }
+                            Some((cond, w.equals.clone()))
+                        }
+                        None => None,
+                    };
                     if e.first_chars.is_some() && !e.fallback {
                         return Err((
                             line,
@@ -345,6 +434,7 @@ impl Plan {
                             scale: e.scale,
                             decimals: e.decimals,
                             codes: code_list,
+                            composite,
                         },
                         max_length: e.max_length,
                         on_too_long: e.on_too_long.unwrap_or(TooLong::Refuse),
@@ -354,6 +444,7 @@ impl Plan {
                         only_first,
                         composite,
                         output_only: e.output_only,
+                        when,
                         doc_reps,
                     })));
                 }
@@ -408,7 +499,9 @@ impl Plan {
                 // A fallback is read only: it says nothing of the written order.
                 Step::Bind(b) if b.fallback => continue,
                 Step::Bind(b) => &b.doc,
-                Step::Fixed { doc, .. } | Step::Sequence { doc } => doc,
+                Step::Fixed { doc, .. } | Step::Sequence { doc } | Step::Aggregate { doc, .. } => {
+                    doc
+                }
             };
             let mut path = Vec::new();
             for seg in doc.iter().filter(|s| !s.attribute) {
@@ -431,6 +524,14 @@ impl Plan {
             prefixes: prefixes.into_iter().map(|(p, ns)| (ns, p)).collect(),
             output_root,
             flat: spec.flat,
+            json: JsonPlan {
+                schema_file: spec.json.schema,
+                schema: None,
+                schema_error_code: spec.json.schema_error_code,
+                carry: spec.json.carry,
+                signature: spec.json.signature,
+                signature_fields: spec.json.signature_fields,
+            },
             steps,
             order,
         })
@@ -461,6 +562,7 @@ pub fn problem(place: &Place, canonical: Option<String>, detail: impl Into<Strin
         line: place.line,
         column: place.column,
         canonical,
+        code: None,
         detail: detail.into(),
     }
 }
@@ -592,16 +694,24 @@ fn collect<'a>(
             )),
             Some(child) => {
                 let here = if track {
-                    step_display(syntax, at, &seg.name, None, false)
+                    step_display(syntax, at, &seg.name, seg.single.then_some(0), false)
                 } else {
                     String::new()
                 };
-                if matching.peek().is_some() {
-                    problems.push(problem(
-                        &place_of(child, &here),
-                        None,
-                        "appears more than once where the mapping expects one (mark it [] to repeat)",
-                    ));
+                if let Some(second) = matching.peek() {
+                    if seg.single {
+                        problems.push(problem(
+                            &place_of(second, &step_display(syntax, at, &seg.name, Some(1), false)),
+                            None,
+                            "holds more than one item: this format carries one per message (send each in its own message)",
+                        ));
+                    } else {
+                        problems.push(problem(
+                            &place_of(child, &here),
+                            None,
+                            "appears more than once where the mapping expects one (mark it [] to repeat)",
+                        ));
+                    }
                 }
                 collect(
                     syntax, track, child, rest, indices, &here, found, missing, problems,
@@ -808,11 +918,23 @@ impl Conversion {
             ),
         };
         match &self.codes {
-            Some(list) => list
-                .out
-                .get(&text)
-                .map(|c| (c.clone(), Scalar::Text))
-                .ok_or_else(|| format!("code {text:?} has no entry in code list {}", list.name)),
+            Some(list) => {
+                let mut key = text.as_str();
+                loop {
+                    if let Some(c) = list.out.get(key) {
+                        return Ok((c.clone(), Scalar::Text));
+                    }
+                    match key.rsplit_once('+') {
+                        Some((shorter, _)) if self.composite => key = shorter,
+                        _ => {
+                            return Err(format!(
+                                "code {text:?} has no entry in code list {}",
+                                list.name
+                            ));
+                        }
+                    }
+                }
+            }
             None => Ok((text, scalar)),
         }
     }
@@ -843,7 +965,7 @@ impl Plan {
             let b = match step {
                 Step::Bind(b) if b.output_only => continue,
                 Step::Bind(b) => b,
-                Step::Fixed { doc, .. } | Step::Sequence { doc } => {
+                Step::Fixed { doc, .. } | Step::Sequence { doc } | Step::Aggregate { doc, .. } => {
                     // Fixed parts are structure the mapping knows: read, not unmapped.
                     let (mut found, mut missing, mut ignored) =
                         (Vec::new(), Vec::new(), Vec::new());
@@ -874,6 +996,26 @@ impl Plan {
                 &mut missing,
                 &mut problems,
             );
+            if let Some((cond, equals)) = &b.when {
+                let (mut met, mut absent, mut ignored) = (Vec::new(), Vec::new(), Vec::new());
+                collect(
+                    self.syntax,
+                    false,
+                    root,
+                    cond,
+                    &mut Vec::new(),
+                    "",
+                    &mut met,
+                    &mut absent,
+                    &mut ignored,
+                );
+                let holds = |indices: &[usize]| {
+                    met.iter()
+                        .any(|m| m.text == equals.as_str() && indices.starts_with(&m.indices))
+                };
+                found.retain(|f| holds(&f.indices));
+                missing.retain(|(indices, _)| holds(indices));
+            }
             for (indices, place) in missing {
                 match &b.default {
                     Some(default) => self.put(
@@ -908,6 +1050,10 @@ impl Plan {
                 );
             }
         }
+        // One place may be met by every binding below it (a second item where one is
+        // expected): say it once.
+        let mut seen = std::collections::HashSet::new();
+        problems.retain(|p| seen.insert((p.path.clone(), p.pointer.clone(), p.detail.clone())));
         Read {
             canonical,
             origins,
@@ -992,7 +1138,7 @@ impl Plan {
         for step in &self.steps {
             match step {
                 // Written once the bindings have made the elements they go into.
-                Step::Fixed { .. } | Step::Sequence { .. } => {}
+                Step::Fixed { .. } | Step::Sequence { .. } | Step::Aggregate { .. } => {}
                 Step::Bind(b) if b.fallback => {}
                 Step::Bind(b) => {
                     let mut values: Vec<(Vec<usize>, String, Scalar)> = Vec::new();
@@ -1015,6 +1161,7 @@ impl Plan {
                                     line: None,
                                     column: None,
                                     canonical: Some(canonical_pointer(&b.canonical[0], idx)),
+                                    code: None,
                                     detail: why,
                                 });
                                 None
@@ -1088,6 +1235,7 @@ impl Plan {
                                         line: None,
                                         column: None,
                                         canonical: Some(canonical_pointer(&b.canonical[0], idx)),
+                                        code: None,
                                         detail: "the document carries only the first; this one and any after it are left out".into(),
                                     });
                                 }
@@ -1114,6 +1262,7 @@ impl Plan {
                                 line: None,
                                 column: None,
                                 canonical: Some(canonical_pointer(&b.canonical[0], &[])),
+                                code: None,
                                 detail: format!(
                                     "the document requires it, and {} is absent",
                                     b.canonical_text
@@ -1132,6 +1281,7 @@ impl Plan {
                                 line: None,
                                 column: None,
                                 canonical: Some(canonical_pointer(&b.canonical[0], &idx)),
+                                code: None,
                                 detail: format!(
                                     "{text:?} is {} characters; the field takes at most {max}",
                                     text.chars().count()
@@ -1157,8 +1307,34 @@ impl Plan {
                     doc,
                     value,
                     with_parent,
-                } => set_fixed(&mut root, doc, value, *with_parent),
+                    scalar,
+                } => set_fixed(&mut root, doc, value, *with_parent, *scalar),
                 Step::Sequence { doc } => set_sequence(&mut root, doc),
+                Step::Aggregate {
+                    doc,
+                    canonical: path,
+                    sum,
+                } => {
+                    let mut values = Vec::new();
+                    get_canonical(canonical, path, &mut Vec::new(), &mut values);
+                    let text = if *sum {
+                        if values.is_empty() {
+                            continue;
+                        }
+                        let total: f64 = values.iter().filter_map(|(_, v)| v.as_f64()).sum();
+                        if values.iter().all(|(_, v)| v.is_i64() || v.is_u64()) {
+                            // Whole counts stay whole (packages).
+                            format!("{total:.0}")
+                        } else {
+                            serde_json::Number::from_f64(total)
+                                .map(|n| n.to_string())
+                                .unwrap_or_default()
+                        }
+                    } else {
+                        values.len().to_string()
+                    };
+                    set_value(&mut root, doc, &[], text, Scalar::Number, None);
+                }
                 Step::Bind(_) => {}
             }
         }
@@ -1230,7 +1406,9 @@ fn set_sequence(root: &mut Node, doc: &[DocSeg]) {
             let position = match node.children.iter().position(|c| c.name == seg.name) {
                 Some(p) => p,
                 None => {
-                    node.children.push(Node::new(seg.name.clone()));
+                    let mut child = Node::new(seg.name.clone());
+                    child.repeated = seg.single;
+                    node.children.push(child);
                     node.children.len() - 1
                 }
             };
@@ -1288,7 +1466,7 @@ fn set_value(
             let mut pos = insert_at;
             for _ in existing.len()..=want {
                 let mut child = Node::new(seg.name.clone());
-                child.repeated = seg.repeated;
+                child.repeated = seg.repeated || seg.single;
                 node.children.insert(pos, child);
                 pos += 1;
             }
@@ -1305,11 +1483,11 @@ fn set_value(
 
 /// A fixed value: at a plain path, written once; under a repeated group, into each
 /// instance that exists.
-fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool) {
-    fn walk(node: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool) {
+fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool, scalar: Scalar) {
+    fn walk(node: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool, scalar: Scalar) {
         let Some((seg, rest)) = doc.split_first() else {
             node.text = Some(value.to_owned());
-            node.scalar = Some(Scalar::Text);
+            node.scalar = Some(scalar);
             return;
         };
         if seg.attribute {
@@ -1323,7 +1501,7 @@ fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool) {
         }
         if seg.repeated {
             for child in node.children.iter_mut().filter(|c| c.name == seg.name) {
-                walk(child, rest, value, with_parent);
+                walk(child, rest, value, with_parent, scalar);
             }
         } else {
             let position = match node.children.iter().position(|c| c.name == seg.name) {
@@ -1331,14 +1509,22 @@ fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool) {
                 // A `with_parent` value only goes into elements that are already there.
                 None if with_parent && !rest.is_empty() => return,
                 None => {
-                    node.children.push(Node::new(seg.name.clone()));
+                    let mut child = Node::new(seg.name.clone());
+                    child.repeated = seg.single;
+                    node.children.push(child);
                     node.children.len() - 1
                 }
             };
-            walk(&mut node.children[position], rest, value, with_parent);
+            walk(
+                &mut node.children[position],
+                rest,
+                value,
+                with_parent,
+                scalar,
+            );
         }
     }
-    walk(root, doc, value, with_parent);
+    walk(root, doc, value, with_parent, scalar);
 }
 
 /// Document leaves no binding read: reported as `unmapped`, never silently dropped.

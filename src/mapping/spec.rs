@@ -16,6 +16,8 @@ pub struct MappingFile {
     pub xml: XmlSpec,
     #[serde(default)]
     pub flat: Option<FlatSpec>,
+    #[serde(default)]
+    pub json: JsonSpec,
     /// Bindings and fixed values, in the order of the partner's document.
     #[serde(default)]
     pub map: Vec<Spanned<MapEntry>>,
@@ -107,6 +109,28 @@ pub struct XmlSpec {
     pub root: Option<String>,
 }
 
+/// JSON documents: the partner's own schema, and parts kept but not mapped.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSpec {
+    /// The partner's JSON Schema (a file next to the mapping, or relative to the mappings
+    /// directory): every document read is checked against it before mapping, and every
+    /// document written after.
+    pub schema: Option<String>,
+    /// The code put on each schema problem, as the partner's own replies do (`ERR100`).
+    pub schema_error_code: Option<String>,
+    /// Top-level keys kept with the raw message but not mapped (a signature block): never
+    /// reported as unmapped, never written from canonical data.
+    #[serde(default)]
+    pub carry: Vec<String>,
+    /// The top-level key where a signer puts its signature on output (`digSign`). Without
+    /// a configured signer it is written with empty values and the answer says so.
+    pub signature: Option<String>,
+    /// The fields of the signature block, written empty when nothing signs.
+    #[serde(default)]
+    pub signature_fields: Vec<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlatSpec {
@@ -146,7 +170,8 @@ pub struct MapEntry {
     /// splits into (`["vehicle.plate", "vehicle.trailer_plate"]` with `split`).
     pub canonical: Option<OneOrMany>,
     /// Document path: XML `t:Containers/t:Container[]/t:Number` or `.../@attr`, JSON
-    /// `master/items[]/id`, flat `CONTAINER[]/3`.
+    /// `master/items[]/id` (`items[1]`: an array that holds exactly one item), flat
+    /// `CONTAINER[]/3`.
     pub path: String,
     /// For a fixed entry: the text written on output.
     pub value: Option<String>,
@@ -195,6 +220,20 @@ pub struct MapEntry {
     /// (all the seals of all containers into one SAD field).
     #[serde(default)]
     pub output_only: bool,
+    /// A fallback read only where another document field has a given text:
+    /// `when = { path = "Eqmt[]/SealType", equals = "ESEAL" }`.
+    pub when: Option<When>,
+    /// Written only: how many values a canonical path has (`equipment[].id`).
+    pub count: Option<String>,
+    /// Written only: the sum of a canonical path's numbers (`goods[].packages`).
+    pub total: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    pub path: String,
+    pub equals: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

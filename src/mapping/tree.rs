@@ -332,10 +332,25 @@ pub fn from_json(value: &Value, name: &str) -> Node {
 }
 
 pub fn parse_json(bytes: &[u8]) -> Result<Node, DocumentError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+    Ok(from_json(&json_value(bytes)?, ""))
+}
+
+/// The JSON value of a document, or where it is not well-formed.
+pub fn json_value(bytes: &[u8]) -> Result<Value, DocumentError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
-    })?;
-    Ok(from_json(&value, ""))
+    })
+}
+
+/// Marks a whole subtree as read (kept as it is, not reported unmapped).
+pub fn mark_read(node: &Node) {
+    node.visited.set(true);
+    for a in &node.attrs {
+        a.visited.set(true);
+    }
+    for c in &node.children {
+        mark_read(c);
+    }
 }
 
 /// A tree as JSON: repeated children become arrays, scalars keep their type.

@@ -281,7 +281,7 @@ fn the_shipped_formats_pass_their_fixture_cases() {
         .map(|r| format!("{}/{}: {}", r.format, r.case, r.failures.join("; ")))
         .collect();
     assert!(failed.is_empty(), "{failed:#?}");
-    for format in ["wco-dm", "asycuda"] {
+    for format in ["wco-dm", "asycuda", "icegate-csn", "icegate-flat", "duca-t"] {
         let cases: Vec<_> = results.iter().filter(|r| r.format == format).collect();
         assert!(cases.len() >= 5, "{format}: {} cases", cases.len());
         assert!(
@@ -350,6 +350,26 @@ fn written_wco_declarations_and_responses_validate_against_the_official_schemas(
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         checked += 1;
     }
+    // Every WCO document the fixture cases expect (and so the gateway writes), whatever
+    // format it came from: DUCA-T, ICEGATE, notifications.
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/formats"));
+    let mut expected = 0;
+    for format in std::fs::read_dir(root).unwrap().flatten() {
+        for case in std::fs::read_dir(format.path()).unwrap().flatten() {
+            let file = case.path().join("expected.wco-dm.xml");
+            let Ok(body) = std::fs::read(&file) else {
+                continue;
+            };
+            let schema = if format.file_name() == "ects-notification" {
+                "notification/RES_envelope.xsd"
+            } else {
+                "declaration/DEC_envelope.xsd"
+            };
+            xmllint(schema, &body).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            expected += 1;
+        }
+    }
+    assert!(expected >= 8, "{expected} expected WCO documents checked");
     // The check can fail: a DEC out of the schema's order is refused.
     let bad = String::from_utf8(product_case("wco-dm/ug-rw-transit/input.xml"))
         .unwrap()
