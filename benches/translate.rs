@@ -68,19 +68,46 @@ fn shipped(c: &mut Criterion) {
         ..Settings::default()
     };
     let formats = ects_gateway::startup::formats(&settings).expect("the mappings compile");
-    for (format, path, target) in [
-        ("wco-dm", "wco-dm/ug-rw-transit/input.xml", "asycuda"),
+    let cases: [Case; 6] = [
+        (
+            "wco-dm",
+            "wco-dm/ug-rw-transit/input.xml",
+            "asycuda",
+            raw_xml,
+        ),
         (
             "asycuda",
             "asycuda/transit-one-container/input.xml",
             "wco-dm",
+            raw_xml,
         ),
         (
             "asycuda",
             "asycuda/real-caa-tirana-import/input.xml",
             "wco-dm",
+            raw_xml,
         ),
-    ] {
+        // Read and written against ICEGATE's schema both ways.
+        (
+            "icegate-csn",
+            "icegate-csn/ft-kolkata-birgunj/input.json",
+            "wco-dm",
+            raw_json,
+        ),
+        (
+            "icegate-flat",
+            "icegate-flat/s2b-two-containers/input.txt",
+            "wco-dm",
+            raw_flat,
+        ),
+        (
+            "duca-t",
+            "duca-t/gt-ni-two-containers-electronic/input.xml",
+            "wco-dm",
+            raw_xml,
+        ),
+    ];
+    for (format, path, target, raw) in cases {
         let body = std::fs::read(format!(
             "{}/tests/formats/{path}",
             env!("CARGO_MANIFEST_DIR")
@@ -90,7 +117,7 @@ fn shipped(c: &mut Criterion) {
         let writer = formats.get(target).expect("target");
         let mut group = c.benchmark_group(format!("shipped/{path}"));
         group.throughput(Throughput::Bytes(body.len() as u64));
-        group.bench_function("raw_parse", |b| b.iter(|| raw_xml(black_box(&body))));
+        group.bench_function("raw_parse", |b| b.iter(|| raw(black_box(&body))));
         group.bench_function(format!("decode_then_encode_to_{target}"), |b| {
             b.iter(|| {
                 let d = adapter.decode(black_box(&body)).expect("reads");

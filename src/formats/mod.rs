@@ -3,6 +3,7 @@
 //! file compiled at start-up (`crate::mapping`). Transports look adapters up by id.
 
 mod ects_json;
+pub mod icegate_ack;
 mod sign;
 
 use std::collections::BTreeMap;

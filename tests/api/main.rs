@@ -9,6 +9,7 @@ mod contract;
 mod declarations;
 mod events;
 mod geometry;
+mod icegate;
 mod operations;
 mod tracking;
 mod trips;

@@ -1,0 +1,237 @@
+//! ICEGATE: the CSN against the official schema both ways, its signature block, the ACK
+//! replies, and a foreign-transit line carried on to WCO.
+
+use ects_gateway::config::Settings;
+use ects_gateway::formats::icegate_ack::parse_ack;
+use ects_gateway::formats::{Formats, Inbound, Outbound};
+use ects_gateway::problem::DocumentError;
+use serde_json::Value;
+
+fn root(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn formats_with(signers: &[(&str, Vec<String>)]) -> Formats {
+    let settings = Settings {
+        mappings_dir: root("mappings"),
+        signers: signers
+            .iter()
+            .map(|(f, argv)| (f.to_string(), argv.clone()))
+            .collect(),
+        ..Settings::default()
+    };
+    ects_gateway::startup::formats(&settings).expect("the product mappings compile")
+}
+
+fn case(path: &str) -> Vec<u8> {
+    std::fs::read(root("tests/formats").join(path)).unwrap()
+}
+
+fn declaration(formats: &Formats, format: &str, body: &[u8]) -> ects_core::TransitDeclaration {
+    match formats.get(format).unwrap().decode(body).unwrap().inbound {
+        Inbound::Declaration(d) => *d,
+        other => panic!("not a declaration: {other:?}"),
+    }
+}
+
+/// ICEGATE's own schema, from the shared format notes (not the gateway's copy).
+fn official_schema() -> jsonschema::Validator {
+    let text = std::fs::read_to_string(root(
+        "../shared/formats/icegate/schemas/csn-sce-scx-scd.schema.json",
+    ))
+    .unwrap();
+    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+#[test]
+fn a_foreign_transit_line_reaches_wco_with_its_containers_and_seals() {
+    let formats = formats_with(&[]);
+    let csn = case("icegate-csn/ft-kolkata-birgunj/input.json");
+    let there =
+        ects_gateway::translate::translate(&formats, "icegate-csn", "wco-dm", &csn).unwrap();
+    let back = declaration(&formats, "wco-dm", there.output.as_bytes());
+    let seals: Vec<(String, Vec<String>)> = back
+        .equipment
+        .iter()
+        .map(|e| {
+            (
+                e.id.to_string(),
+                e.seals.iter().map(|s| s.id.to_string()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seals,
+        vec![
+            ("MSKU1234565".to_owned(), vec!["ES00781234".to_owned()]),
+            ("TGHU8261450".to_owned(), vec!["ES00781235".to_owned()]),
+        ]
+    );
+    assert_eq!(back.declaration_id.to_string(), "SGCCU2503001");
+    assert_eq!(back.office_of_destination.code.to_string(), "NPBRG");
+    // The signature is carried, not reported as unmapped.
+    assert!(!there.unmapped.iter().any(|u| u.contains("digSign")));
+}
+
+#[test]
+fn written_csns_pass_the_official_schema_and_one_that_would_not_is_refused() {
+    let formats = formats_with(&[]);
+    let csn = formats.get("icegate-csn").unwrap();
+    let schema = official_schema();
+    let mut d = declaration(
+        &formats,
+        "ects-json",
+        &case("ects-json/in-nsa-tkd-two-containers/input.json"),
+    );
+    let written = csn.encode(&Outbound::Declaration(&d)).unwrap();
+    let value: Value = serde_json::from_slice(&written.body).unwrap();
+    let errors: Vec<String> = schema.iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    // Unsigned, and said so.
+    assert_eq!(value["digSign"]["startSignature"], "");
+    assert!(
+        written
+            .flags
+            .iter()
+            .any(|f| f.detail.contains("not signed"))
+    );
+    // Read back, it is the same declaration's content.
+    let again = declaration(&formats, "icegate-csn", &written.body);
+    assert_eq!(again.equipment, d.equipment);
+    // ICEGATE's port of reporting must be Indian: a trip that starts in Nepal cannot be
+    // filed as this CSN, and nothing invalid is written.
+    d.office_of_departure.code = "NPBRG".to_owned().try_into().unwrap();
+    d.office_of_departure.country = "NP".to_owned().try_into().unwrap();
+    match csn.encode(&Outbound::Declaration(&d)) {
+        Err(DocumentError::Invalid(problems)) => {
+            assert!(
+                problems.iter().any(
+                    |p| p.pointer.as_deref() == Some("/master/decRef/prtofRptng")
+                        && p.code.as_deref() == Some("ERR100")
+                        && p.detail.contains("breaks csn-sce-scx-scd.schema.json")
+                ),
+                "{problems:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn inbound_schema_failures_read_like_icegates_own_sfl_reply() {
+    let formats = formats_with(&[]);
+    let bad = case("icegate-csn/bad-schema-violation/input.json");
+    let problems = formats
+        .get("icegate-csn")
+        .unwrap()
+        .decode(&bad)
+        .unwrap_err()
+        .into_problems();
+    // ICEGATE's SFL for the same document: pointer /headerField/reportingEvent, ERR100,
+    // keyword minLength.
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(
+        problems[0].pointer.as_deref(),
+        Some("/headerField/reportingEvent")
+    );
+    assert_eq!(problems[0].code.as_deref(), Some("ERR100"));
+    assert!(
+        problems[0].detail.starts_with("minLength: "),
+        "{problems:?}"
+    );
+}
+
+/// A signer as an installation would configure one: here it signs with a digest of the
+/// document it is given, so the test sees that the signature depends on the content.
+fn script_signer(dir: &tempfile::TempDir, body: &str) -> Vec<String> {
+    let path = dir.path().join("sign.sh");
+    std::fs::write(&path, body).unwrap();
+    vec!["sh".into(), path.display().to_string()]
+}
+
+#[test]
+fn a_configured_signer_signs_and_a_faulty_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = script_signer(
+        &dir,
+        r#"doc=$(cat)
+sig=$(printf '%s' "$doc" | sha256sum | cut -d' ' -f1)
+printf '%s' "$doc" | sed "1s/^{/{\"digSign\": {\"startSignature\": \"$sig\", \"startCertificate\": \"TEST\", \"signerVersion\": \"test-1\"},/"
+"#,
+    );
+    let d = declaration(
+        &formats_with(&[]),
+        "ects-json",
+        &case("ects-json/in-nsa-tkd-two-containers/input.json"),
+    );
+    let signed = formats_with(&[("icegate-csn", good)])
+        .get("icegate-csn")
+        .unwrap()
+        .encode(&Outbound::Declaration(&d))
+        .unwrap();
+    let value: Value = serde_json::from_slice(&signed.body).unwrap();
+    assert_eq!(value["digSign"]["signerVersion"], "test-1");
+    assert_eq!(
+        value["digSign"]["startSignature"].as_str().unwrap().len(),
+        64
+    );
+    assert!(signed.flags.is_empty(), "{:?}", signed.flags);
+    assert!(official_schema().is_valid(&value));
+
+    for (script, expected) in [
+        (
+            "cat >/dev/null; echo 'no key' >&2; exit 3",
+            "signing failed",
+        ),
+        ("cat >/dev/null; echo '{}'", "no digSign object"),
+        (
+            r#"sed '1s/^{/{"digSign": {"startSignature": "x", "startCertificate": "y", "signerVersion": "1"},/' | sed 's/MSKU7654321/MSKU0000000/'"#,
+            "changed the document",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = script_signer(&dir, script);
+        let refused = formats_with(&[("icegate-csn", signer)])
+            .get("icegate-csn")
+            .unwrap()
+            .encode(&Outbound::Declaration(&d))
+            .unwrap_err()
+            .into_problems();
+        assert!(
+            refused.iter().any(|p| p.detail.contains(expected)),
+            "{script}: {refused:?}"
+        );
+    }
+}
+
+#[test]
+fn acks_become_the_outcome_of_the_message_they_answer() {
+    let read = |name: &str| {
+        parse_ack(&std::fs::read(root("tests/replies/icegate").join(name)).unwrap()).unwrap()
+    };
+    let ok = read("F_SACHM22_SCE_EXAMPLEAGT01_57_20250314_ACK.json");
+    assert!(ok.accepted);
+    assert_eq!(ok.verdicts, 9);
+    assert_eq!(ok.answers.sender, "EXAMPLEAGT01");
+    assert_eq!(
+        (ok.answers.job_no.as_str(), ok.answers.job_date.as_str()),
+        ("57", "20250314")
+    );
+    assert_eq!(ok.answers.reporting_event, "SCE");
+    assert_eq!(ok.csn_no.as_deref(), Some("2000451"));
+    assert_eq!(ok.cargo_ids, vec!["PCIN:25PC140325100045100".to_owned()]);
+
+    let refused = read("F_SACHM22_SCE_EXAMPLEAGT01_58_20250314_ACK.json");
+    assert!(!refused.accepted);
+    assert_eq!(refused.csn_no, None);
+    let codes: Vec<&str> = refused.errors.iter().map(|e| e.code.as_str()).collect();
+    assert_eq!(codes, vec!["84", "000|75"]);
+    assert_eq!(refused.errors[0].path, "/master/mastrCnsgmtDec/trnsprtEqmt");
+    assert_eq!(refused.errors[0].message, "Invalid seal number");
+
+    // Not an ACK: said so, with where.
+    let e = parse_ack(br#"{"headerField": {}, "master": {}}"#).unwrap_err();
+    assert!(e.to_string().contains("no verdict"), "{e}");
+    assert!(parse_ack(b"{").is_err());
+    assert!(parse_ack(b"[]").is_err());
+}
