@@ -702,6 +702,7 @@ mod flat {
         let mut segment: Option<String> = None;
         let mut header_control = None;
         let mut trailer_control = None;
+        let mut wrong_width = Vec::new();
         for (n, line) in text.split('\n').enumerate() {
             let line = line.strip_suffix('\r').unwrap_or(line);
             if line.is_empty() {
@@ -752,6 +753,29 @@ mod flat {
             } else {
                 segment.clone().unwrap_or_else(|| tag.to_owned())
             };
+            if let Some(&want) = spec.fields.get(&name)
+                && fields.len() != want
+            {
+                let nth = root.children.iter().filter(|r| r.name == name).count() + 1;
+                wrong_width.push(Located {
+                    pointer: None,
+                    path: Some(format!("{name}[{nth}]")),
+                    line: Some(n + 1),
+                    column: Some(1),
+                    canonical: None,
+                    code: None,
+                    detail: format!(
+                        "has {} fields; a {name} record has {want} (a field separator 0x{:02X} {})",
+                        fields.len(),
+                        spec.field_separator,
+                        if fields.len() < want {
+                            "is missing"
+                        } else {
+                            "too many"
+                        }
+                    ),
+                });
+            }
             let mut record = Node::new(name);
             record.repeated = true;
             record.line = n + 1;
@@ -782,6 +806,9 @@ mod flat {
                     spec.header.as_deref().unwrap_or_default()
                 ),
             )));
+        }
+        if !wrong_width.is_empty() {
+            return Err(DocumentError::Invalid(wrong_width));
         }
         if let (Some(h), Some((t, line))) = (&header_control, &trailer_control)
             && Some(h) != t.as_ref()
@@ -822,7 +849,8 @@ mod flat {
                 .filter_map(|f| f.name.parse::<usize>().ok())
                 .max()
                 .unwrap_or(0);
-            let mut fields = vec![String::new(); width.max(spec.tag_field)];
+            let padded = spec.fields.get(&record.name).copied().unwrap_or(0);
+            let mut fields = vec![String::new(); width.max(spec.tag_field).max(padded)];
             for f in &record.children {
                 if let Ok(i) = f.name.parse::<usize>()
                     && i >= 1

@@ -148,6 +148,11 @@ pub struct FlatSpec {
     /// A record whose tag starts with this names the segment (table) of the records that
     /// follow, e.g. `<TABLE>`.
     pub segment_prefix: Option<String>,
+    /// How many fields each record of a tag or segment has (`CONTAINER = 12`): a record
+    /// with another count is refused (a delimiter missing or extra), and written records
+    /// are padded with empty fields to it.
+    #[serde(default)]
+    pub fields: BTreeMap<String, usize>,
     /// Records separate by LF; CRLF is accepted on input. Output uses this (`\n` or `\r\n`).
     #[serde(default = "lf")]
     pub record_separator: String,
