@@ -42,6 +42,24 @@ fn schemas() -> anyhow::Result<Arc<Schemas>> {
 fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> anyhow::Result<Formats> {
     let mappings =
         MappingSet::load(&settings.mappings_dir).context("a mapping file does not compile")?;
+    for (format, argv) in &settings.signers {
+        let signs = mappings
+            .plans
+            .iter()
+            .any(|p| &p.id == format && p.json.signature.is_some());
+        anyhow::ensure!(
+            signs,
+            "[signers] {format:?}: no mapping of that format has a [json] signature block to sign"
+        );
+        anyhow::ensure!(
+            !argv.is_empty(),
+            "[signers] {format:?}: the command is empty"
+        );
+    }
+    anyhow::ensure!(
+        settings.signer_timeout_s >= 1,
+        "signer_timeout_s must be at least 1 second"
+    );
     let signers = settings
         .signers
         .iter()

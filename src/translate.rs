@@ -65,7 +65,7 @@ pub fn translate(
         Inbound::SealEvents { events, .. } => Outbound::SealEvents(events),
     };
     let encoded = writer
-        .encode(&outbound)
+        .encode_unsigned(&outbound)
         .map_err(|error| TranslateError::Encode {
             format: to.to_owned(),
             error,

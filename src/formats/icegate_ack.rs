@@ -122,6 +122,12 @@ fn walk(
     depth: usize,
 ) {
     if depth > MAX_DEPTH {
+        // Deeper than any ACK: not silently taken as accepted.
+        errors.push(AckError {
+            path: at.to_owned(),
+            code: String::new(),
+            message: format!("nested deeper than {MAX_DEPTH} levels: not read"),
+        });
         return;
     }
     match value {
@@ -146,14 +152,20 @@ fn walk(
                         }
                     }
                 } else if key == "mcResponse" {
-                    let id = text(child.get("mcinPcin"));
-                    if !id.is_empty() {
-                        let kind = text(child.get("cinTyp"));
-                        cargo_ids.push(if kind.is_empty() {
-                            id
-                        } else {
-                            format!("{kind}:{id}")
-                        });
+                    let responses = match child {
+                        Value::Array(items) => items.iter().collect(),
+                        other => vec![other],
+                    };
+                    for response in responses {
+                        let id = text(response.get("mcinPcin"));
+                        if !id.is_empty() {
+                            let kind = text(response.get("cinTyp"));
+                            cargo_ids.push(if kind.is_empty() {
+                                id
+                            } else {
+                                format!("{kind}:{id}")
+                            });
+                        }
                     }
                 } else {
                     walk(child, &here, verdicts, errors, cargo_ids, depth + 1);

@@ -111,8 +111,14 @@ pub trait Format: Send + Sync {
     fn detect(&self, body: &[u8]) -> bool;
     /// Reads a document into canonical inputs, or says what is wrong and where.
     fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError>;
-    /// Writes canonical data as a document of this format.
+    /// Writes canonical data as a document of this format, signed where the format's
+    /// partner requires it and a signer is configured.
     fn encode(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError>;
+    /// The same, never signed: for previews (translate), which anyone allowed to call
+    /// them could otherwise use to have arbitrary content signed.
+    fn encode_unsigned(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError> {
+        self.encode(out)
+    }
 }
 
 /// One format as `ects-gateway formats` and `GET /v1/formats` list it.

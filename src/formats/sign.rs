@@ -41,18 +41,29 @@ impl Signer for CommandSigner {
         let input = unsigned.to_vec();
         let feeder = std::thread::spawn(move || stdin.write_all(&input));
         let mut stdout = child.stdout.take().ok_or("signer stdout")?;
-        let reader = std::thread::spawn(move || {
+        let (out_tx, out_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             let mut out = Vec::new();
-            (&mut stdout)
+            let read = (&mut stdout)
                 .take(MAX_SIGNED_BYTES as u64 + 1)
                 .read_to_end(&mut out)
-                .map(|_| out)
+                .map(|_| out);
+            let _ = out_tx.send(read);
         });
         let mut stderr = child.stderr.take().ok_or("signer stderr")?;
-        let errors = std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = (&mut stderr).take(4096).read_to_end(&mut out);
-            String::from_utf8_lossy(&out).trim().to_owned()
+        let (err_tx, err_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Read to the end (a signer must not die on a closed pipe), keep the start.
+            let mut kept = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let room = 4096usize.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            let _ = err_tx.send(String::from_utf8_lossy(&kept).trim().to_owned());
         });
         let started = Instant::now();
         let status = loop {
@@ -69,15 +80,24 @@ impl Signer for CommandSigner {
                         self.timeout.as_secs()
                     ));
                 }
-                Err(e) => return Err(format!("signer {program:?}: {e}")),
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("signer {program:?}: {e}"));
+                }
             }
         };
-        let _ = feeder.join();
-        let output = reader
-            .join()
-            .map_err(|_| "signer output reader panicked")?
+        drop(feeder);
+        // A process the signer left running may hold its output open: wait for the rest
+        // of it only until the deadline.
+        let left = self.timeout.saturating_sub(started.elapsed()) + Duration::from_millis(100);
+        let output = out_rx
+            .recv_timeout(left)
+            .map_err(|_| format!("signer {program:?} exited but its output did not end"))?
             .map_err(|e| format!("reading signer output: {e}"))?;
-        let stderr = errors.join().unwrap_or_default();
+        let stderr = err_rx
+            .recv_timeout(Duration::from_millis(100))
+            .unwrap_or_default();
         if !status.success() {
             return Err(format!("signer {program:?} failed ({status}): {stderr}"));
         }

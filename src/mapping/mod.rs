@@ -331,13 +331,15 @@ impl MappedFormat {
         plan: &Plan,
         mut value: Value,
         flags: &mut Vec<Located>,
+        sign: bool,
     ) -> Result<Vec<u8>, DocumentError> {
         let refuse = |pointer: String, detail: String| {
             DocumentError::Invalid(vec![Located::pointer(pointer, detail)])
         };
+        let signer = self.signer.as_ref().filter(|_| sign);
         if let (Some(key), Value::Object(map)) = (&plan.json.signature, &mut value) {
             map.remove(key);
-            if self.signer.is_none() {
+            if signer.is_none() {
                 let block = plan
                     .json
                     .signature_fields
@@ -347,15 +349,49 @@ impl MappedFormat {
                 map.insert(key.clone(), Value::Object(block));
                 flags.push(Located::pointer(
                     format!("/{key}"),
-                    format!(
-                        "not signed: no signer is configured for {} ([signers] in the configuration), so the {key} block is empty",
-                        plan.id
-                    ),
+                    if self.signer.is_some() {
+                        format!("not signed: a translation is a preview and is never signed, so the {key} block is empty")
+                    } else {
+                        format!(
+                            "not signed: no signer is configured for {} ([signers] in the configuration), so the {key} block is empty",
+                            plan.id
+                        )
+                    },
                 ));
             }
         }
+        let schema = plan.json.schema_file.clone().unwrap_or_default();
+        let check = |value: &Value| {
+            let problems = schema_problems(&plan.json, value, MAX_SCHEMA_PROBLEMS);
+            if problems.is_empty() {
+                return Ok(());
+            }
+            Err(DocumentError::Invalid(
+                problems
+                    .into_iter()
+                    .map(|mut p| {
+                        p.detail = format!("the written document breaks {schema}: {}", p.detail);
+                        p
+                    })
+                    .collect(),
+            ))
+        };
+        if let (Some(key), Some(_), Value::Object(map)) =
+            (&plan.json.signature, signer, &mut value.clone())
+        {
+            // Nothing that breaks the schema reaches the signer: checked first with an
+            // empty block in its place.
+            let block = plan
+                .json
+                .signature_fields
+                .iter()
+                .map(|f| (f.clone(), Value::String(String::new())))
+                .collect();
+            map.insert(key.clone(), Value::Object(block));
+            check(&Value::Object(map.clone()))?;
+        }
         let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
-        if let (Some(key), Some(signer)) = (&plan.json.signature, &self.signer) {
+        if let (Some(key), Some(signer)) = (&plan.json.signature, signer) {
             let signed = signer
                 .sign(&body)
                 .map_err(|why| refuse(format!("/{key}"), format!("signing failed: {why}")))?;
@@ -386,19 +422,7 @@ impl MappedFormat {
             }
             body = signed;
         }
-        let problems = schema_problems(&plan.json, &value, MAX_SCHEMA_PROBLEMS);
-        if !problems.is_empty() {
-            let schema = plan.json.schema_file.clone().unwrap_or_default();
-            return Err(DocumentError::Invalid(
-                problems
-                    .into_iter()
-                    .map(|mut p| {
-                        p.detail = format!("the written document breaks {schema}: {}", p.detail);
-                        p
-                    })
-                    .collect(),
-            ));
-        }
+        check(&value)?;
         Ok(body)
     }
 
@@ -544,6 +568,17 @@ impl Format for MappedFormat {
     }
 
     fn encode(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError> {
+        self.write(out, true)
+    }
+
+    fn encode_unsigned(&self, out: &Outbound<'_>) -> Result<Encoded, DocumentError> {
+        self.write(out, false)
+    }
+}
+
+impl MappedFormat {
+    /// Writes a document; `sign` runs the configured signer, if any.
+    fn write(&self, out: &Outbound<'_>, sign: bool) -> Result<Encoded, DocumentError> {
         let kind = out.kind();
         let plan = self
             .plans
@@ -586,7 +621,7 @@ impl Format for MappedFormat {
                 "application/xml",
             ),
             Syntax::Json => (
-                self.finish_json(plan, tree::to_json(&root), &mut flags)?,
+                self.finish_json(plan, tree::to_json(&root), &mut flags, sign)?,
                 "application/json",
             ),
             Syntax::Flat => (flat::write(plan, &root).into_bytes(), "text/plain"),
@@ -703,6 +738,7 @@ mod flat {
         let mut header_control = None;
         let mut trailer_control = None;
         let mut wrong_width = Vec::new();
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for (n, line) in text.split('\n').enumerate() {
             let line = line.strip_suffix('\r').unwrap_or(line);
             if line.is_empty() {
@@ -753,10 +789,15 @@ mod flat {
             } else {
                 segment.clone().unwrap_or_else(|| tag.to_owned())
             };
+            let nth = {
+                let count = seen.entry(name.clone()).or_default();
+                *count += 1;
+                *count
+            };
             if let Some(&want) = spec.fields.get(&name)
                 && fields.len() != want
+                && wrong_width.len() < MAX_SCHEMA_PROBLEMS
             {
-                let nth = root.children.iter().filter(|r| r.name == name).count() + 1;
                 wrong_width.push(Located {
                     pointer: None,
                     path: Some(format!("{name}[{nth}]")),

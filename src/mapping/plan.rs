@@ -304,13 +304,33 @@ impl Plan {
                     value: value.clone(),
                     with_parent: e.with_parent,
                     scalar: match e.kind {
-                        Some(ValueKind::Integer | ValueKind::Number) => {
-                            if value.parse::<f64>().is_err() {
-                                return Err((line, format!("value {value:?} is not a number")));
+                        Some(ValueKind::Integer) => {
+                            if value.parse::<i64>().is_err() {
+                                return Err((
+                                    line,
+                                    format!("value {value:?} is not a whole number"),
+                                ));
                             }
                             Scalar::Number
                         }
-                        Some(ValueKind::Boolean) => Scalar::Bool,
+                        Some(ValueKind::Number) => {
+                            if value.parse::<serde_json::Number>().is_err() {
+                                return Err((
+                                    line,
+                                    format!("value {value:?} is not a JSON number"),
+                                ));
+                            }
+                            Scalar::Number
+                        }
+                        Some(ValueKind::Boolean) => {
+                            if value != "true" && value != "false" {
+                                return Err((
+                                    line,
+                                    format!("value {value:?} is not true or false"),
+                                ));
+                            }
+                            Scalar::Bool
+                        }
                         _ => Scalar::Text,
                     },
                 }),
@@ -381,11 +401,22 @@ impl Plan {
                         }
                         Some(w) => {
                             let cond = doc_path(&w.path, line)?;
-                            let reps = cond.iter().filter(|s| s.repeated).count();
-                            if reps > doc.iter().filter(|s| s.repeated).count() {
+                            // Its repeated groups must be the binding's own (the same
+                            // instance), not others that happen to count alike.
+                            let shared = cond.iter().rposition(|s| s.repeated).map_or(0, |i| i + 1);
+                            let same = |a: &DocSeg, b: &DocSeg| {
+                                a.name == b.name && a.repeated == b.repeated
+                            };
+                            if shared > doc.len()
+                                || !cond[..shared]
+                                    .iter()
+                                    .zip(&doc[..shared])
+                                    .all(|(a, b)| same(a, b))
+                            {
                                 return Err((
                                     line,
-                                    "`when` path repeats more than the binding's path".into(),
+                                    "`when` path must share the binding's path up to its last []"
+                                        .into(),
                                 ));
                             }
                             Some((cond, w.equals.clone()))
@@ -1009,10 +1040,14 @@ impl Plan {
                     &mut absent,
                     &mut ignored,
                 );
-                let holds = |indices: &[usize]| {
-                    met.iter()
-                        .any(|m| m.text == equals.as_str() && indices.starts_with(&m.indices))
-                };
+                let reps = met.first().map_or(0, |m| m.indices.len());
+                let meeting: std::collections::HashSet<Vec<usize>> = met
+                    .iter()
+                    .filter(|m| m.text == equals.as_str())
+                    .map(|m| m.indices.clone())
+                    .collect();
+                let holds =
+                    |indices: &[usize]| indices.len() >= reps && meeting.contains(&indices[..reps]);
                 found.retain(|f| holds(&f.indices));
                 missing.retain(|(indices, _)| holds(indices));
             }
@@ -1322,14 +1357,18 @@ impl Plan {
                             continue;
                         }
                         let total: f64 = values.iter().filter_map(|(_, v)| v.as_f64()).sum();
-                        if values.iter().all(|(_, v)| v.is_i64() || v.is_u64()) {
-                            // Whole counts stay whole (packages).
-                            format!("{total:.0}")
-                        } else {
-                            serde_json::Number::from_f64(total)
-                                .map(|n| n.to_string())
-                                .unwrap_or_default()
-                        }
+                        // As many decimals as the most precise value: whole counts stay
+                        // whole, and 1.1 + 2.2 is 3.3, not 3.3000000000000003.
+                        let decimals = values
+                            .iter()
+                            .map(|(_, v)| {
+                                let t = v.to_string();
+                                t.split_once('.').map_or(0, |(_, f)| f.len())
+                            })
+                            .max()
+                            .unwrap_or(0)
+                            .min(9);
+                        format!("{total:.decimals$}")
                     } else {
                         values.len().to_string()
                     };
@@ -1412,6 +1451,7 @@ fn set_sequence(root: &mut Node, doc: &[DocSeg]) {
                     node.children.len() - 1
                 }
             };
+            node.children[position].repeated |= seg.single;
             walk(
                 &mut node.children[position],
                 rest,
@@ -1473,6 +1513,7 @@ fn set_value(
             pos - 1
         };
         node = &mut node.children[position];
+        node.repeated |= seg.single;
     }
     node.text = match (node.text.take(), append) {
         (Some(before), Some(sep)) if !before.is_empty() => Some(format!("{before}{sep}{text}")),
@@ -1515,6 +1556,7 @@ fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool, sc
                     node.children.len() - 1
                 }
             };
+            node.children[position].repeated |= seg.single;
             walk(
                 &mut node.children[position],
                 rest,

@@ -164,11 +164,28 @@ printf '%s' "$doc" | sed "1s/^{/{\"digSign\": {\"startSignature\": \"$sig\", \"s
         "ects-json",
         &case("ects-json/in-nsa-tkd-two-containers/input.json"),
     );
-    let signed = formats_with(&[("icegate-csn", good)])
+    let formats = formats_with(&[("icegate-csn", good)]);
+    let signed = formats
         .get("icegate-csn")
         .unwrap()
         .encode(&Outbound::Declaration(&d))
         .unwrap();
+    // A translation is a preview: whoever may call it must not get content signed.
+    let preview = ects_gateway::translate::translate(
+        &formats,
+        "ects-json",
+        "icegate-csn",
+        &case("ects-json/in-nsa-tkd-two-containers/input.json"),
+    )
+    .unwrap();
+    let unsigned: Value = serde_json::from_str(&preview.output).unwrap();
+    assert_eq!(unsigned["digSign"]["startSignature"], "");
+    assert!(
+        preview
+            .problems
+            .iter()
+            .any(|p| p.detail.contains("never signed"))
+    );
     let value: Value = serde_json::from_slice(&signed.body).unwrap();
     assert_eq!(value["digSign"]["signerVersion"], "test-1");
     assert_eq!(
@@ -201,6 +218,40 @@ printf '%s' "$doc" | sed "1s/^{/{\"digSign\": {\"startSignature\": \"$sig\", \"s
             refused.iter().any(|p| p.detail.contains(expected)),
             "{script}: {refused:?}"
         );
+    }
+}
+
+#[test]
+fn signers_are_checked_at_start_up() {
+    for (signers, timeout, expected) in [
+        (
+            vec![("icegate-cs", vec!["sh".to_owned()])],
+            10,
+            "no mapping of that format",
+        ),
+        (
+            vec![("wco-dm", vec!["sh".to_owned()])],
+            10,
+            "no mapping of that format",
+        ),
+        (vec![("icegate-csn", vec![])], 10, "the command is empty"),
+        (
+            vec![("icegate-csn", vec!["sh".to_owned()])],
+            0,
+            "at least 1 second",
+        ),
+    ] {
+        let settings = Settings {
+            mappings_dir: root("mappings"),
+            signers: signers
+                .into_iter()
+                .map(|(f, argv)| (f.to_owned(), argv))
+                .collect(),
+            signer_timeout_s: timeout,
+            ..Settings::default()
+        };
+        let e = ects_gateway::startup::formats(&settings).unwrap_err();
+        assert!(format!("{e:#}").contains(expected), "{e:#}");
     }
 }
 
