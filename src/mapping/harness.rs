@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::tree;
 use crate::formats::{Formats, Inbound, Outbound};
-use crate::problem::DocumentError;
 
 #[derive(Debug)]
 pub struct CaseResult {
@@ -176,46 +175,50 @@ fn notification_case(formats: &Formats, dir: &Path) -> Vec<String> {
     };
     let mut failures = Vec::new();
     for target_file in find(dir, "expected.") {
-        let name = target_file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parts: Vec<&str> = name.split('.').collect();
-        if parts.len() < 3 {
-            continue;
-        }
-        let refusal = parts.len() >= 4 && parts[parts.len() - 2] == "problems";
-        let target = parts[1..parts.len() - if refusal { 2 } else { 1 }].join(".");
-        let Some(writer) = formats.get(&target) else {
-            failures.push(format!("{name}: no format {target:?}"));
-            continue;
-        };
-        let expected = std::fs::read(&target_file).unwrap_or_default();
-        let written = writer.encode(&Outbound::StatusNotification(&notification));
-        if refusal {
-            let wanted: Vec<Value> = serde_json::from_slice(&expected).unwrap_or_default();
-            match written {
-                Ok(_) => failures.push(format!(
-                    "{name}: writing {target} succeeded; a refusal was expected"
-                )),
-                Err(e) => failures.extend(
-                    unmatched(&wanted, &e.into_problems())
-                        .into_iter()
-                        .map(|m| format!("{name}: {m}")),
-                ),
-            }
-            continue;
-        }
-        match written {
-            Ok(encoded) => failures.extend(
-                compare(parts.last().copied(), &expected, &encoded.body)
-                    .into_iter()
-                    .map(|d| format!("{name}: {d}")),
-            ),
-            Err(e) => failures.push(format!("{name}: writing {target} failed: {e}")),
-        }
+        failures.extend(check_written(
+            formats,
+            &target_file,
+            &Outbound::StatusNotification(&notification),
+        ));
     }
     failures
+}
+
+/// Checks one `expected.<format>.<ext>` (what writing to that format must give) or
+/// `expected.<format>.problems.json` (the refusal it must get) against what the format
+/// writes. `expected.ects.json` and `expected.problems.json` concern reading: skipped.
+fn check_written(formats: &Formats, target_file: &Path, out: &Outbound<'_>) -> Vec<String> {
+    let name = target_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() < 3 || parts[1] == "ects" || parts[1] == "problems" {
+        return Vec::new();
+    }
+    let refusal = parts.len() >= 4 && parts[parts.len() - 2] == "problems";
+    let target = parts[1..parts.len() - if refusal { 2 } else { 1 }].join(".");
+    let Some(writer) = formats.get(&target) else {
+        return vec![format!("{name}: no format {target:?}")];
+    };
+    let expected = std::fs::read(target_file).unwrap_or_default();
+    match (writer.encode(out), refusal) {
+        (Ok(_), true) => vec![format!(
+            "{name}: writing {target} succeeded; a refusal was expected"
+        )],
+        (Err(e), true) => {
+            let wanted: Vec<Value> = serde_json::from_slice(&expected).unwrap_or_default();
+            unmatched(&wanted, &e.into_problems())
+                .into_iter()
+                .map(|m| format!("{name}: {m}"))
+                .collect()
+        }
+        (Ok(encoded), false) => compare(parts.last().copied(), &expected, &encoded.body)
+            .into_iter()
+            .map(|d| format!("{name}: {d}"))
+            .collect(),
+        (Err(e), false) => vec![format!("{name}: writing {target} failed: {e}")],
+    }
 }
 
 /// The differences between an expected and a written document, by its extension.
@@ -309,52 +312,11 @@ fn run_case(formats: &Formats, format: &str, dir: &Path) -> Vec<String> {
         None => failures.push("expected.ects.json is missing or not JSON".into()),
     }
     for target_file in find(dir, "expected.") {
-        let name = target_file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parts: Vec<&str> = name.split('.').collect();
-        if parts.len() < 3 || parts[1] == "ects" || parts[1] == "problems" {
-            continue;
-        }
-        let refusal = parts.len() >= 4 && parts[parts.len() - 2] == "problems";
-        let target = parts[1..parts.len() - if refusal { 2 } else { 1 }].join(".");
-        let Some(writer) = formats.get(&target) else {
-            failures.push(format!("{name}: no format {target:?}"));
-            continue;
-        };
-        let expected = std::fs::read(&target_file).unwrap_or_default();
-        if refusal {
-            // Writing to the target must be refused with these problems.
-            let wanted: Vec<Value> = serde_json::from_slice(&expected).unwrap_or_default();
-            match writer.encode(&outbound(&decoded.inbound)) {
-                Ok(_) => failures.push(format!(
-                    "{name}: writing {target} succeeded; a refusal was expected"
-                )),
-                Err(DocumentError::Malformed(l)) => {
-                    failures.extend(
-                        unmatched(&wanted, &[*l])
-                            .into_iter()
-                            .map(|m| format!("{name}: {m}")),
-                    );
-                }
-                Err(DocumentError::Invalid(list)) => {
-                    failures.extend(
-                        unmatched(&wanted, &list)
-                            .into_iter()
-                            .map(|m| format!("{name}: {m}")),
-                    );
-                }
-            }
-            continue;
-        }
-        match writer.encode(&outbound(&decoded.inbound)) {
-            Ok(encoded) => {
-                let diffs = compare(parts.last().copied(), &expected, &encoded.body);
-                failures.extend(diffs.into_iter().map(|d| format!("{name}: {d}")));
-            }
-            Err(e) => failures.push(format!("{name}: writing {target} failed: {e}")),
-        }
+        failures.extend(check_written(
+            formats,
+            &target_file,
+            &outbound(&decoded.inbound),
+        ));
     }
     // Round trip: written back in its own format and read again, nothing mapped is lost.
     if adapter

@@ -1442,26 +1442,25 @@ fn set_sequence(root: &mut Node, doc: &[DocSeg]) {
                 walk(child, rest, at + 1, last_repeat, k + 1);
             }
         } else {
-            let position = match node.children.iter().position(|c| c.name == seg.name) {
-                Some(p) => p,
-                None => {
-                    let mut child = Node::new(seg.name.clone());
-                    child.repeated = seg.single;
-                    node.children.push(child);
-                    node.children.len() - 1
-                }
-            };
-            node.children[position].repeated |= seg.single;
-            walk(
-                &mut node.children[position],
-                rest,
-                at + 1,
-                last_repeat,
-                number,
-            );
+            walk(child_named(node, seg), rest, at + 1, last_repeat, number);
         }
     }
     walk(root, doc, 0, last_repeat, 0);
+}
+
+/// The first child of a non-repeated segment, made if missing; a one-item array stays an
+/// array however it was first made.
+fn child_named<'n>(node: &'n mut Node, seg: &DocSeg) -> &'n mut Node {
+    let position = match node.children.iter().position(|c| c.name == seg.name) {
+        Some(p) => p,
+        None => {
+            node.children.push(Node::new(seg.name.clone()));
+            node.children.len() - 1
+        }
+    };
+    let child = &mut node.children[position];
+    child.repeated |= seg.single;
+    child
 }
 
 /// Writes text at a document path, creating the elements (the `k`-th of a repeated one).
@@ -1545,25 +1544,12 @@ fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool, sc
                 walk(child, rest, value, with_parent, scalar);
             }
         } else {
-            let position = match node.children.iter().position(|c| c.name == seg.name) {
-                Some(p) => p,
-                // A `with_parent` value only goes into elements that are already there.
-                None if with_parent && !rest.is_empty() => return,
-                None => {
-                    let mut child = Node::new(seg.name.clone());
-                    child.repeated = seg.single;
-                    node.children.push(child);
-                    node.children.len() - 1
-                }
-            };
-            node.children[position].repeated |= seg.single;
-            walk(
-                &mut node.children[position],
-                rest,
-                value,
-                with_parent,
-                scalar,
-            );
+            // A `with_parent` value only goes into elements that are already there.
+            if with_parent && !rest.is_empty() && !node.children.iter().any(|c| c.name == seg.name)
+            {
+                return;
+            }
+            walk(child_named(node, seg), rest, value, with_parent, scalar);
         }
     }
     walk(root, doc, value, with_parent, scalar);
