@@ -1408,6 +1408,16 @@ fn sort_children(node: &mut Node, path: &mut Vec<String>, order: &BTreeMap<Vec<S
     }
 }
 
+/// Sets an attribute, replacing any of the same name.
+fn set_attr(node: &mut Node, name: &str, value: String) {
+    node.attrs.retain(|a| a.name != name);
+    node.attrs.push(Attr {
+        name: name.to_owned(),
+        value,
+        visited: Default::default(),
+    });
+}
+
 /// Writes the 1-based position of each instance of the path's last repeated group into
 /// its element (`TransportEquipment[]/SequenceNumeric`), where the instance exists.
 fn set_sequence(root: &mut Node, doc: &[DocSeg]) {
@@ -1419,12 +1429,7 @@ fn set_sequence(root: &mut Node, doc: &[DocSeg]) {
             return;
         };
         if seg.attribute {
-            node.attrs.retain(|a| a.name != seg.name);
-            node.attrs.push(Attr {
-                name: seg.name.clone(),
-                value: number.to_string(),
-                visited: Default::default(),
-            });
+            set_attr(node, &seg.name, number.to_string());
             return;
         }
         if at < last_repeat {
@@ -1531,12 +1536,7 @@ fn set_fixed(root: &mut Node, doc: &[DocSeg], value: &str, with_parent: bool, sc
             return;
         };
         if seg.attribute {
-            node.attrs.retain(|a| a.name != seg.name);
-            node.attrs.push(Attr {
-                name: seg.name.clone(),
-                value: value.to_owned(),
-                visited: Default::default(),
-            });
+            set_attr(node, &seg.name, value.to_owned());
             return;
         }
         if seg.repeated {
