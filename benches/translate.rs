@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ects_gateway::config::Settings;
-use ects_gateway::formats::{Formats, Inbound, Outbound};
+use ects_gateway::formats::Formats;
 
 fn formats() -> Formats {
     let settings = Settings {
@@ -53,13 +53,6 @@ fn raw_flat(bytes: &[u8]) -> usize {
 
 /// Format, fixture, target format, and the raw parse that is its ceiling.
 type Case = (&'static str, &'static str, &'static str, fn(&[u8]) -> usize);
-
-fn outbound(inbound: &Inbound) -> Outbound<'_> {
-    match inbound {
-        Inbound::Declaration(d) => Outbound::Declaration(d),
-        Inbound::SealEvents { events, .. } => Outbound::SealEvents(events),
-    }
-}
 
 /// The shipped formats (`mappings/`) on their cases (`tests/formats/`).
 fn shipped(c: &mut Criterion) {
@@ -121,7 +114,7 @@ fn shipped(c: &mut Criterion) {
         group.bench_function(format!("decode_then_encode_to_{target}"), |b| {
             b.iter(|| {
                 let d = adapter.decode(black_box(&body)).expect("reads");
-                writer.encode(&outbound(&d.inbound)).expect("writes")
+                writer.encode(&d.inbound.as_outbound()).expect("writes")
             })
         });
         group.finish();
@@ -170,14 +163,14 @@ fn bench(c: &mut Criterion) {
         group.bench_function("encode", |b| {
             b.iter(|| {
                 adapter
-                    .encode(black_box(&outbound(&decoded.inbound)))
+                    .encode(black_box(&decoded.inbound.as_outbound()))
                     .expect("writes")
             })
         });
         group.bench_function(format!("decode_then_encode_to_{target}"), |b| {
             b.iter(|| {
                 let d = adapter.decode(black_box(&body)).expect("reads");
-                writer.encode(&outbound(&d.inbound)).expect("writes")
+                writer.encode(&d.inbound.as_outbound()).expect("writes")
             })
         });
         group.finish();

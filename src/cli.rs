@@ -146,6 +146,12 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
                         Inbound::SealEvents { events, .. } => {
                             println!("{}: valid, {} seal event(s)", file.display(), events.len())
                         }
+                        Inbound::SealAssignment(a) => println!(
+                            "{}: valid seal assignment {}, {} container(s)",
+                            file.display(),
+                            a.reference,
+                            a.equipment.len()
+                        ),
                     }
                     for part in &decoded.unmapped {
                         eprintln!("{}: unmapped {part}", file.display());

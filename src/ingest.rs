@@ -7,8 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
-use ects_core::trip::{Effect, Trip};
-use ects_core::{AuthorityCode, DeclarationId, SealEvent, TransitDeclaration, TripId};
+use ects_core::trip::{Effect, Input, Trip};
+use ects_core::{
+    AuthorityCode, DeclarationId, EquipmentId, SealAssignment, SealEvent, TransitDeclaration,
+    TripId,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -17,7 +20,7 @@ use uuid::Uuid;
 use crate::formats::{Decoded, Format, Inbound};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
-use crate::tracking::{AuditItem, Tracking, append_audit};
+use crate::tracking::{AuditItem, CommandFailure, Tracking, append_audit};
 
 /// Where a message came from.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +62,38 @@ pub struct IngestResponse {
     pub declaration: Option<DeclarationRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<EventCounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<AssignmentOutcome>,
+}
+
+/// What a seal assignment did to each trip it reached.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AssignmentOutcome {
+    pub reference: String,
+    pub trips: Vec<AssignedTrip>,
+    /// Containers no single live trip carries (a manifest lists every container on board).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedEquipment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AssignedTrip {
+    pub trip_id: TripId,
+    pub declaration_id: DeclarationId,
+    pub issuing_authority: AuthorityCode,
+    pub containers: Vec<EquipmentId>,
+    /// Seals tied to a container here (new to the trip, or moved from its unassigned list).
+    pub seals_assigned: usize,
+    /// Earlier events of the new seals, kept until now as unmatched, that joined the trip.
+    pub events_claimed: usize,
+    /// The same reference was already applied to this trip with this content.
+    pub already_recorded: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SkippedEquipment {
+    pub equipment_id: EquipmentId,
+    pub reason: String,
 }
 
 /// What the transport sends back.
@@ -81,15 +116,16 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
-/// A declaration opens a trip only if it names a seal to watch; a translation may lack
-/// them (an ASYCUDA SAD before sealing), a trip may not.
+/// A declaration opens a trip only if it names something sealed: a seal, or a container
+/// whose seals a seal assignment (an e-seal record, a manifest) will tie to it later.
 fn trackable(decoded: Decoded) -> Result<Decoded, DocumentError> {
     if let Inbound::Declaration(d) = &decoded.inbound
         && d.seals().next().is_none()
+        && d.equipment.is_empty()
     {
         return Err(DocumentError::Invalid(vec![Located::pointer(
             "/equipment",
-            "the declaration names no seal, so there is nothing to track; \
+            "the declaration names no seal and no container, so there is nothing to track; \
              send it once the goods are sealed",
         )]));
     }
@@ -211,6 +247,7 @@ impl Ingest {
             let result = match &inbound {
                 Inbound::Declaration(d) => self.declare(&message, d).await,
                 Inbound::SealEvents { events, base } => self.events(&message, events, *base).await,
+                Inbound::SealAssignment(a) => self.assign(&message, a).await,
             };
             match result {
                 Ok(answer) => return Ok(answer),
@@ -435,6 +472,154 @@ impl Ingest {
                 trip_id,
             }),
             events: None,
+            assignment: None,
+        };
+        Self::finish(tx, message, &response).await
+    }
+
+    /// Ties seals to the containers of the declaration the assignment names, or of the live
+    /// trips that carry its containers; all trips or none.
+    async fn assign(
+        &self,
+        message: &Message<'_>,
+        assignment: &SealAssignment,
+    ) -> Result<Answer, Attempt> {
+        let refuse = |pointer: String, detail: String| {
+            Attempt::Failed(IngestError::Document(DocumentError::Invalid(vec![
+                Located::pointer(pointer, detail),
+            ])))
+        };
+        let mut tx = self.store.begin_write().await?;
+        let mut targets: BTreeMap<String, Vec<ects_core::Equipment>> = BTreeMap::new();
+        let mut skipped = Vec::new();
+        if let (Some(id), Some(authority)) =
+            (&assignment.declaration_id, &assignment.issuing_authority)
+        {
+            let Some(row) =
+                store::find_declaration_by(&mut tx, authority.as_str(), id.as_str()).await?
+            else {
+                tx.rollback().await?;
+                return Err(refuse(
+                    "/declaration_id".into(),
+                    format!(
+                        "no declaration {id} of {authority} is registered: send the declaration before its seals"
+                    ),
+                ));
+            };
+            targets.insert(row.trip_id, assignment.equipment.clone());
+        } else {
+            for equipment in &assignment.equipment {
+                let trips =
+                    store::live_trips_with_equipment(&mut tx, equipment.id.as_str()).await?;
+                match trips.as_slice() {
+                    [] => skipped.push(SkippedEquipment {
+                        equipment_id: equipment.id.clone(),
+                        reason: "no live trip carries this container".into(),
+                    }),
+                    [one] => targets
+                        .entry(one.clone())
+                        .or_default()
+                        .push(equipment.clone()),
+                    several => skipped.push(SkippedEquipment {
+                        equipment_id: equipment.id.clone(),
+                        reason: format!(
+                            "{} live trips carry this container ({}): an assignment naming the declaration decides",
+                            several.len(),
+                            several.join(", ")
+                        ),
+                    }),
+                }
+            }
+            if targets.is_empty() {
+                tx.rollback().await?;
+                return Err(refuse(
+                    "/equipment".into(),
+                    format!(
+                        "no seal could be tied: {}",
+                        skipped
+                            .iter()
+                            .map(|s| format!("{} ({})", s.equipment_id, s.reason))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                ));
+            }
+        }
+        let mut record = message.record(Outcome::Accepted);
+        record.parsed = Some(canonical(assignment));
+        store::insert_message(&mut tx, &record).await?;
+        let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        let mut outcome = AssignmentOutcome {
+            reference: assignment.reference.clone(),
+            trips: Vec::new(),
+            skipped,
+        };
+        for (trip, equipment) in targets {
+            let trip_id = TripId::parse(&trip).map_err(|_| {
+                Attempt::Failed(IngestError::Store(StoreError::Corrupt(format!(
+                    "trip id {trip}"
+                ))))
+            })?;
+            let containers = equipment.iter().map(|e| e.id.clone()).collect();
+            let input = Input::SealAssignment(SealAssignment {
+                equipment,
+                ..assignment.clone()
+            });
+            let applied = match self
+                .tracking
+                .command_in(&mut tx, trip_id, &input, &actor, message.now)
+                .await
+            {
+                Ok(applied) => applied,
+                Err(CommandFailure::Store(StoreError::Contention)) => return Err(Attempt::Retry),
+                Err(CommandFailure::Store(e)) => return Err(e.into()),
+                Err(CommandFailure::NoTrip(id)) => {
+                    return Err(Attempt::Failed(IngestError::Store(StoreError::Corrupt(
+                        format!("declaration of trip {id} without its trip"),
+                    ))));
+                }
+                Err(CommandFailure::Refused(e)) => {
+                    tx.rollback().await?;
+                    return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                        "/equipment",
+                        format!("trip {trip_id}: {}", e.reason),
+                    ))));
+                }
+                Err(CommandFailure::Conflict { field, reason }) => {
+                    tx.rollback().await?;
+                    return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                        format!("/{field}"),
+                        format!("trip {trip_id}: {reason}"),
+                    ))));
+                }
+            };
+            let seals_assigned = applied
+                .effects
+                .iter()
+                .map(|e| match e {
+                    Effect::SealsAssigned { equipment, .. } => {
+                        equipment.iter().map(|e| e.seals.len()).sum()
+                    }
+                    _ => 0,
+                })
+                .sum();
+            outcome.trips.push(AssignedTrip {
+                trip_id,
+                declaration_id: applied.trip.declaration_id.clone(),
+                issuing_authority: applied.trip.issuing_authority.clone(),
+                containers,
+                seals_assigned,
+                events_claimed: applied.events_claimed,
+                already_recorded: applied.repeated,
+            });
+        }
+        let response = IngestResponse {
+            message_id: message.id.clone(),
+            format: message.format.to_owned(),
+            trips: outcome.trips.iter().map(|t| t.trip_id).collect(),
+            declaration: None,
+            events: None,
+            assignment: Some(outcome),
         };
         Self::finish(tx, message, &response).await
     }
@@ -551,6 +736,7 @@ impl Ingest {
             trips: touched,
             declaration: None,
             events: Some(counts),
+            assignment: None,
         };
         Self::finish(tx, message, &response).await
     }

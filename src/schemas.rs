@@ -51,6 +51,10 @@ pub const FILES: &[(&str, &str)] = &[
         "cancellation.schema.json",
         include_str!("../schemas/cancellation.schema.json"),
     ),
+    (
+        "seal-assignment.schema.json",
+        include_str!("../schemas/seal-assignment.schema.json"),
+    ),
 ];
 
 /// The canonical messages that have a schema.
@@ -65,10 +69,11 @@ pub enum Canonical {
     CustodyHandover,
     StatusNotification,
     Cancellation,
+    SealAssignment,
 }
 
 impl Canonical {
-    pub const ALL: [Canonical; 9] = [
+    pub const ALL: [Canonical; 10] = [
         Canonical::TransitDeclaration,
         Canonical::SealEvent,
         Canonical::SealEventBatch,
@@ -78,6 +83,7 @@ impl Canonical {
         Canonical::CustodyHandover,
         Canonical::StatusNotification,
         Canonical::Cancellation,
+        Canonical::SealAssignment,
     ];
 
     pub fn file(self) -> &'static str {
@@ -91,6 +97,7 @@ impl Canonical {
             Canonical::CustodyHandover => "custody-handover.schema.json",
             Canonical::StatusNotification => "status-notification.schema.json",
             Canonical::Cancellation => "cancellation.schema.json",
+            Canonical::SealAssignment => "seal-assignment.schema.json",
         }
     }
 }

@@ -129,6 +129,7 @@ fn effect_action(effect: &Effect) -> &'static str {
         Effect::ReleaseAccepted { .. } => "effect.release_accepted",
         Effect::SealCommand { .. } => "effect.seal_command",
         Effect::Notify { .. } => "effect.notify",
+        Effect::SealsAssigned { .. } => "effect.seals_assigned",
     }
 }
 
@@ -274,6 +275,7 @@ async fn store_effects(
             }
             Effect::CustodyChanged { .. }
             | Effect::ReleaseAccepted { .. }
+            | Effect::SealsAssigned { .. }
             | Effect::Notify { .. } => {}
         }
     }
@@ -297,6 +299,17 @@ impl From<sqlx::Error> for CommandFailure {
     fn from(e: sqlx::Error) -> Self {
         CommandFailure::Store(e.into())
     }
+}
+
+/// A command applied inside a transaction: the trip after it, what it caused, and whether
+/// it had been applied already (then nothing was written).
+#[derive(Debug)]
+pub struct Applied {
+    pub trip: TripStatus,
+    pub effects: Vec<Effect>,
+    pub repeated: bool,
+    /// Events kept as unmatched that new seals brought to the trip.
+    pub events_claimed: usize,
 }
 
 /// What a command did.
@@ -486,122 +499,187 @@ impl Tracking {
         actor: String,
         now: DateTime<Utc>,
     ) -> Result<CommandOutcome, CommandFailure> {
-        let (kind, key) = match &input {
+        for attempt in 1..=5 {
+            let mut tx = self.store.begin_write().await?;
+            match self.command_in(&mut tx, trip_id, &input, &actor, now).await {
+                Ok(applied) => {
+                    if applied.repeated {
+                        tx.rollback().await?;
+                    } else {
+                        tx.commit().await?;
+                    }
+                    let commands = applied
+                        .effects
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            Effect::SealCommand { command } => Some(command),
+                            _ => None,
+                        })
+                        .collect();
+                    return Ok(CommandOutcome {
+                        trip: applied.trip,
+                        commands,
+                    });
+                }
+                Err(CommandFailure::Store(StoreError::Contention)) => {
+                    tx.rollback().await?;
+                    tracing::debug!(attempt, "trip changed meanwhile, trying the command again");
+                }
+                Err(e) => {
+                    tx.rollback().await?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(CommandFailure::Store(StoreError::Contention))
+    }
+
+    /// Applies a command to a trip inside the caller's transaction: stored for replay,
+    /// its effects and audit entries written. A seal assignment also routes the new seals'
+    /// events to the trip, claiming those that came before it. `Contention` when another
+    /// writer changed the trip meanwhile (the caller runs it again).
+    pub async fn command_in(
+        &self,
+        tx: &mut Tx,
+        trip_id: TripId,
+        input: &Input,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, CommandFailure> {
+        let (kind, key) = match input {
             Input::Release(r) => ("release", r.release_id.clone()),
             Input::Handover(h) => ("handover", h.handover_id.clone()),
             Input::Cancel(_) => ("cancel", "cancel".to_owned()),
+            Input::SealAssignment(a) => ("seal_assignment", format!("seals:{}", a.reference)),
             Input::SealEvent(_) => ("seal_event", String::new()),
         };
-        let text = serde_json::to_string(&input).unwrap_or_default();
-        for attempt in 1..=5 {
-            let mut tx = self.store.begin_write().await?;
-            let geo = self.geography(&mut tx).await?;
-            let Some((mut trip, version)) =
-                store::load_trip(&mut tx, self.store.backend(), &trip_id.to_string()).await?
-            else {
-                return Err(CommandFailure::NoTrip(trip_id));
-            };
-            let existing = sqlx::query(
-                "select input from trip_commands where trip_id = $1 and command_key = $2",
-            )
-            .bind(trip_id.to_string())
-            .bind(&key)
-            .fetch_optional(&mut **tx)
-            .await?;
-            if let Some(row) = existing {
-                tx.rollback().await?;
-                let stored: String = row.try_get("input")?;
-                if stored == text {
-                    return Ok(CommandOutcome {
-                        trip: trip.status,
-                        commands: Vec::new(),
-                    });
-                }
-                let field = match kind {
-                    "release" => "release_id",
-                    "handover" => "handover_id",
-                    _ => "trip_id",
-                };
-                return Err(CommandFailure::Conflict {
-                    field,
-                    reason: format!("{kind} {key} is already recorded with different content"),
+        let text = serde_json::to_string(input).unwrap_or_default();
+        let geo = self.geography(tx).await?;
+        let Some((mut trip, version)) =
+            store::load_trip(tx, self.store.backend(), &trip_id.to_string()).await?
+        else {
+            return Err(CommandFailure::NoTrip(trip_id));
+        };
+        let existing =
+            sqlx::query("select input from trip_commands where trip_id = $1 and command_key = $2")
+                .bind(trip_id.to_string())
+                .bind(&key)
+                .fetch_optional(&mut ***tx)
+                .await?;
+        if let Some(row) = existing {
+            let stored: String = row.try_get("input")?;
+            if stored == text {
+                return Ok(Applied {
+                    trip: trip.status,
+                    effects: Vec::new(),
+                    repeated: true,
+                    events_claimed: 0,
                 });
             }
-            // A command dated before events the trip has already seen takes its place in
-            // event-time order, as a late event does: checked here, then replayed.
-            let late = trip.track.watermark.is_some_and(|w| input.time() < w);
-            let before = late.then(|| trip.clone());
-            let mut effects = match trip.apply(&input, &geo, &self.rules, now) {
-                Ok(fx) => fx,
-                Err(refused) => {
-                    tx.rollback().await?;
-                    return Err(CommandFailure::Refused(refused));
-                }
+            let field = match kind {
+                "release" => "release_id",
+                "handover" => "handover_id",
+                "seal_assignment" => "reference",
+                _ => "trip_id",
             };
-            sqlx::query(
-                "insert into trip_commands (trip_id, command_key, kind, command_time, input, received_at)
-                 values ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(trip_id.to_string())
-            .bind(&key)
-            .bind(kind)
-            .bind(ts(input.time()))
-            .bind(&text)
-            .bind(ts(now))
-            .execute(&mut **tx)
-            .await?;
-            drop_checkpoints_from(&mut tx, trip_id, input.time()).await?;
-            if let Some(before) = before {
-                let rebuilt = self
-                    .rebuild(&mut tx, &before, input.time(), &geo, now)
-                    .await?;
-                // What the command itself produced (acceptance, unlock commands, custody,
-                // notices) stands; the trip's state and alerts are the replay's.
-                effects.retain(|e| {
-                    matches!(
-                        e,
-                        Effect::ReleaseAccepted { .. }
-                            | Effect::SealCommand { .. }
-                            | Effect::CustodyChanged { .. }
-                            | Effect::Notify { .. }
-                    )
-                });
-                effects.extend(reconcile(&before, &rebuilt, now));
-                trip = rebuilt;
-            }
-            if !store::update_trip(&mut tx, &trip, version, trip.next_due(&geo, &self.rules))
-                .await?
-            {
-                tx.rollback().await?;
-                tracing::debug!(attempt, "trip changed meanwhile, trying the command again");
-                continue;
-            }
-            store_effects(&mut tx, &effects, now).await?;
-            let mut audit = vec![AuditItem::new(
-                actor.clone(),
-                format!("input.{kind}"),
-                &input,
-            )];
-            audit.extend(
-                effects
-                    .iter()
-                    .map(|e| AuditItem::new("engine", effect_action(e), e)),
-            );
-            append_audit(&mut tx, trip_id, audit, now).await?;
-            tx.commit().await?;
-            let commands = effects
-                .into_iter()
-                .filter_map(|e| match e {
-                    Effect::SealCommand { command } => Some(command),
-                    _ => None,
-                })
-                .collect();
-            return Ok(CommandOutcome {
-                trip: trip.status,
-                commands,
+            return Err(CommandFailure::Conflict {
+                field,
+                reason: format!("{kind} {key} is already recorded with different content"),
             });
         }
-        Err(CommandFailure::Store(StoreError::Contention))
+        // A command dated before events the trip has already seen takes its place in
+        // event-time order, as a late event does: checked here, then replayed.
+        let late = trip.track.watermark.is_some_and(|w| input.time() < w);
+        let before = late.then(|| trip.clone());
+        let mut effects = trip
+            .apply(input, &geo, &self.rules, now)
+            .map_err(CommandFailure::Refused)?;
+        sqlx::query(
+            "insert into trip_commands (trip_id, command_key, kind, command_time, input, received_at)
+             values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(trip_id.to_string())
+        .bind(&key)
+        .bind(kind)
+        .bind(ts(input.time()))
+        .bind(&text)
+        .bind(ts(now))
+        .execute(&mut ***tx)
+        .await?;
+        drop_checkpoints_from(tx, trip_id, input.time()).await?;
+        if let Some(before) = before {
+            let rebuilt = self.rebuild(tx, &before, input.time(), &geo, now).await?;
+            // What the command itself produced (acceptance, unlock commands, custody,
+            // seals, notices) stands; the trip's state and alerts are the replay's.
+            effects.retain(|e| {
+                matches!(
+                    e,
+                    Effect::ReleaseAccepted { .. }
+                        | Effect::SealCommand { .. }
+                        | Effect::CustodyChanged { .. }
+                        | Effect::SealsAssigned { .. }
+                        | Effect::Notify { .. }
+                )
+            });
+            effects.extend(reconcile(&before, &rebuilt, now));
+            trip = rebuilt;
+        }
+        if !store::update_trip(tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
+            return Err(CommandFailure::Store(StoreError::Contention));
+        }
+        store_effects(tx, &effects, now).await?;
+        let mut audit = vec![AuditItem::new(actor, format!("input.{kind}"), input)];
+        audit.extend(
+            effects
+                .iter()
+                .map(|e| AuditItem::new("engine", effect_action(e), e)),
+        );
+        append_audit(tx, trip_id, audit, now).await?;
+        // New seals route their devices' events here from now on; events they sent
+        // before (kept as unmatched) join the trip.
+        let gained: Vec<&ects_core::Equipment> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::SealsAssigned { equipment, .. } => Some(equipment),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut events_claimed = 0;
+        if !gained.is_empty() {
+            let seals: Vec<&ects_core::Seal> = gained.iter().flat_map(|e| e.seals.iter()).collect();
+            store::add_trip_seals(tx, trip_id, &gained).await?;
+            let mut devices: Vec<&str> = seals
+                .iter()
+                .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
+                .collect();
+            devices.sort_unstable();
+            devices.dedup();
+            for device in devices {
+                store::lock_device(tx, self.store.backend(), device).await?;
+            }
+            let since = input.time() - chrono::Duration::hours(6);
+            let early = store::claim_unmatched_for(tx, &seals, since, &trip_id.to_string()).await?;
+            events_claimed = early.len();
+            if !early.is_empty() {
+                let refs: Vec<&SealEvent> = early.iter().collect();
+                effects.extend(
+                    self.apply_events(tx, &trip_id.to_string(), &refs, now)
+                        .await?,
+                );
+                if let Some((t, _)) =
+                    store::load_trip(tx, self.store.backend(), &trip_id.to_string()).await?
+                {
+                    trip = t;
+                }
+            }
+        }
+        Ok(Applied {
+            trip: trip.status,
+            effects,
+            repeated: false,
+            events_claimed,
+        })
     }
 
     /// Sets a trip's own thresholds (they win over its corridor's and the defaults), from

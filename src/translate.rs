@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::formats::{Formats, Inbound, Outbound};
+use crate::formats::Formats;
 use crate::problem::{DocumentError, Located};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -60,10 +60,7 @@ pub fn translate(
             error,
         })?;
     let canonical = serde_json::Value::from(&decoded.inbound);
-    let outbound = match &decoded.inbound {
-        Inbound::Declaration(d) => Outbound::Declaration(d),
-        Inbound::SealEvents { events, .. } => Outbound::SealEvents(events),
-    };
+    let outbound = decoded.inbound.as_outbound();
     let encoded = writer
         .encode_unsigned(&outbound)
         .map_err(|error| TranslateError::Encode {

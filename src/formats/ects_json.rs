@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Utc};
-use ects_core::{SealEvent, TransitDeclaration};
+use ects_core::{SealAssignment, SealEvent, TransitDeclaration};
 use serde_json::Value;
 
 use super::{Decoded, Encoded, Format, Inbound, Limits, Outbound};
@@ -26,6 +26,7 @@ impl EctsJson {
 /// Which canonical message a JSON document is, from its shape.
 enum Shape<'a> {
     Declaration,
+    Assignment,
     Event,
     /// The events and the pointer of their array.
     Batch(&'a [Value], &'static str),
@@ -34,6 +35,7 @@ enum Shape<'a> {
 fn shape(value: &Value) -> Result<Shape<'_>, DocumentError> {
     match value {
         Value::Array(items) => Ok(Shape::Batch(items, "")),
+        Value::Object(map) if map.contains_key("assigned_at") => Ok(Shape::Assignment),
         Value::Object(map) if map.contains_key("declaration_id") => Ok(Shape::Declaration),
         Value::Object(map) => match map.get("events") {
             Some(Value::Array(_)) if map.len() > 1 => {
@@ -56,7 +58,8 @@ fn shape(value: &Value) -> Result<Shape<'_>, DocumentError> {
             None => Err(DocumentError::Invalid(vec![Located::pointer(
                 "",
                 "not a canonical message: a transit declaration has declaration_id, a seal \
-                 event has device_id and kind, a batch is an array or has events",
+                 assignment has assigned_at, a seal event has device_id and kind, a batch is \
+                 an array or has events",
             )])),
         },
         _ => Err(DocumentError::Invalid(vec![Located::pointer(
@@ -205,6 +208,8 @@ impl Format for EctsJson {
             (MessageKind::Declaration, "out"),
             (MessageKind::SealEvents, "in"),
             (MessageKind::SealEvents, "out"),
+            (MessageKind::SealAssignment, "in"),
+            (MessageKind::SealAssignment, "out"),
             (MessageKind::TripStatus, "out"),
         ]
     }
@@ -248,6 +253,12 @@ impl EctsJson {
                 let mut declaration: TransitDeclaration = from_value(&value, "")?;
                 let notes = check_declaration(&mut declaration)?;
                 Ok((Inbound::Declaration(Box::new(declaration)), notes))
+            }
+            Shape::Assignment => {
+                self.checked(Canonical::SealAssignment, &value, "")?;
+                let mut assignment: SealAssignment = from_value(&value, "")?;
+                let notes = check_assignment(&mut assignment)?;
+                Ok((Inbound::SealAssignment(Box::new(assignment)), notes))
             }
             Shape::Event => {
                 self.checked(Canonical::SealEvent, &value, "")?;
@@ -378,4 +389,81 @@ pub fn check_declaration(d: &mut TransitDeclaration) -> Result<Vec<Located>, Doc
     } else {
         Err(DocumentError::Invalid(problems))
     }
+}
+
+/// Rules across the fields of a seal assignment that the schema does not state. A
+/// container listed more than once (a manifest lists it under each bill of lading) is
+/// merged; containers without a seal are left out, with a note.
+pub fn check_assignment(a: &mut SealAssignment) -> Result<Vec<Located>, DocumentError> {
+    let mut problems = Vec::new();
+    if let Some(problem) = time_problem(
+        a.assigned_at,
+        Some(Utc::now() + chrono::Duration::minutes(MAX_CLOCK_AHEAD_MIN)),
+    ) {
+        problems.push(Located::pointer("/assigned_at", problem));
+    }
+    // Where each seal was first seen: its container and pointer.
+    let mut seen: std::collections::HashMap<String, (String, String)> = Default::default();
+    let mut merged: Vec<ects_core::Equipment> = Vec::with_capacity(a.equipment.len());
+    for (e, equipment) in std::mem::take(&mut a.equipment).into_iter().enumerate() {
+        for (s, seal) in equipment.seals.iter().enumerate() {
+            let pointer = format!("/equipment/{e}/seals/{s}/id");
+            match seen.get(seal.id.as_str()) {
+                Some((container, first)) if *container != equipment.id.as_str() => {
+                    problems.push(Located::pointer(
+                        pointer,
+                        format!(
+                            "seal {} is also on container {container} ({first})",
+                            seal.id
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(
+                        seal.id.to_string(),
+                        (equipment.id.to_string(), pointer.clone()),
+                    );
+                }
+            }
+        }
+        match merged.iter_mut().find(|m| m.id == equipment.id) {
+            Some(m) => {
+                for seal in equipment.seals {
+                    if !m.seals.iter().any(|s| s.id == seal.id) {
+                        m.seals.push(seal);
+                    }
+                }
+            }
+            None => merged.push(equipment),
+        }
+    }
+    let bare: Vec<String> = merged
+        .iter()
+        .filter(|e| e.seals.is_empty())
+        .map(|e| e.id.to_string())
+        .collect();
+    merged.retain(|e| !e.seals.is_empty());
+    a.equipment = merged;
+    if a.equipment.is_empty() && problems.is_empty() {
+        problems.push(Located::pointer(
+            "/equipment",
+            "the document ties no seal to any container",
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(DocumentError::Invalid(problems));
+    }
+    let mut notes = Vec::new();
+    if !bare.is_empty() {
+        notes.push(Located::pointer(
+            "/equipment",
+            format!(
+                "{} container(s) without a seal left out: {}",
+                bare.len(),
+                bare.join(", ")
+            ),
+        ));
+    }
+    Ok(notes)
 }

@@ -9,7 +9,7 @@ mod sign;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ects_core::{SealEvent, StatusNotification, TransitDeclaration, TripStatus};
+use ects_core::{SealAssignment, SealEvent, StatusNotification, TransitDeclaration, TripStatus};
 use serde::Serialize;
 
 use crate::mapping::{MappingSet, MessageKind};
@@ -19,7 +19,8 @@ use crate::schemas::Schemas;
 pub use sign::{CommandSigner, Signer};
 
 pub use ects_json::{
-    EctsJson, check_declaration, check_event_times, decode_canonical, deserialize_at,
+    EctsJson, check_assignment, check_declaration, check_event_times, decode_canonical,
+    deserialize_at,
 };
 
 /// What a message carries, in canonical form.
@@ -31,13 +32,25 @@ pub enum Inbound {
         events: Vec<SealEvent>,
         base: Option<&'static str>,
     },
+    /// Seals tied to declared trips' containers.
+    SealAssignment(Box<SealAssignment>),
 }
 
 impl Inbound {
+    /// The same data, to be written.
+    pub fn as_outbound(&self) -> Outbound<'_> {
+        match self {
+            Inbound::Declaration(d) => Outbound::Declaration(d),
+            Inbound::SealEvents { events, .. } => Outbound::SealEvents(events),
+            Inbound::SealAssignment(a) => Outbound::SealAssignment(a),
+        }
+    }
+
     pub fn kind(&self) -> MessageKind {
         match self {
             Inbound::Declaration(_) => MessageKind::Declaration,
             Inbound::SealEvents { .. } => MessageKind::SealEvents,
+            Inbound::SealAssignment(_) => MessageKind::SealAssignment,
         }
     }
 }
@@ -57,6 +70,7 @@ pub struct Decoded {
 pub enum Outbound<'a> {
     Declaration(&'a TransitDeclaration),
     SealEvents(&'a [SealEvent]),
+    SealAssignment(&'a SealAssignment),
     TripStatus(&'a TripStatus),
     StatusNotification(&'a StatusNotification),
 }
@@ -66,6 +80,7 @@ impl Outbound<'_> {
         match self {
             Outbound::Declaration(_) => MessageKind::Declaration,
             Outbound::SealEvents(_) => MessageKind::SealEvents,
+            Outbound::SealAssignment(_) => MessageKind::SealAssignment,
             Outbound::TripStatus(_) => MessageKind::TripStatus,
             Outbound::StatusNotification(_) => MessageKind::StatusNotification,
         }
@@ -76,6 +91,7 @@ impl Outbound<'_> {
         match self {
             Outbound::Declaration(d) => serde_json::to_value(d),
             Outbound::SealEvents(e) => serde_json::to_value(serde_json::json!({ "events": e })),
+            Outbound::SealAssignment(a) => serde_json::to_value(a),
             Outbound::TripStatus(t) => serde_json::to_value(t),
             Outbound::StatusNotification(n) => serde_json::to_value(n),
         }
@@ -88,6 +104,7 @@ impl From<&Inbound> for serde_json::Value {
         match inbound {
             Inbound::Declaration(d) => Outbound::Declaration(d).canonical(),
             Inbound::SealEvents { events, .. } => Outbound::SealEvents(events).canonical(),
+            Inbound::SealAssignment(a) => Outbound::SealAssignment(a).canonical(),
         }
     }
 }

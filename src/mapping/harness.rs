@@ -152,10 +152,7 @@ fn find(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 }
 
 fn outbound(inbound: &Inbound) -> Outbound<'_> {
-    match inbound {
-        Inbound::Declaration(d) => Outbound::Declaration(d),
-        Inbound::SealEvents { events, .. } => Outbound::SealEvents(events),
-    }
+    inbound.as_outbound()
 }
 
 /// The pseudo-format of cases whose input is a canonical status notification (what the

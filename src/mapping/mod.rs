@@ -698,6 +698,21 @@ impl MappedFormat {
                     .map_err(|e| relocate(e, origins))?;
                 Ok((Inbound::SealEvents { events, base: None }, Vec::new()))
             }
+            MessageKind::SealAssignment => {
+                let problems = self.schemas.check(Canonical::SealAssignment, canonical, "");
+                if !problems.is_empty() {
+                    return Err(DocumentError::Invalid(Self::locate(problems, origins)));
+                }
+                let mut assignment: ects_core::SealAssignment =
+                    crate::formats::deserialize_at(canonical, "")
+                        .map_err(|e| relocate(e, origins))?;
+                let notes = crate::formats::check_assignment(&mut assignment)
+                    .map_err(|e| relocate(e, origins))?;
+                Ok((
+                    Inbound::SealAssignment(Box::new(assignment)),
+                    Self::locate(notes, origins),
+                ))
+            }
             MessageKind::TripStatus | MessageKind::StatusNotification => {
                 Err(DocumentError::Invalid(vec![Located::pointer(
                     "",

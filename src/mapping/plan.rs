@@ -25,6 +25,9 @@ pub struct DocSeg {
     /// `name[1]`: a JSON array that holds exactly one item (read like a single element,
     /// written as an array).
     pub single: bool,
+    /// `name[*]`: repeated, and its instances' items of the next repetition are numbered
+    /// as one list (a manifest's containers across its bills of lading). Read only.
+    pub flatten: bool,
 }
 
 /// One step of a canonical path.
@@ -86,6 +89,8 @@ pub struct Binding {
     pub output_only: bool,
     /// Read only where this document field has this text.
     pub when: Option<(Vec<DocSeg>, String)>,
+    /// Read only: another field's text appended after a separator before conversion.
+    pub join: Option<(Vec<DocSeg>, String)>,
     /// How many repetitions the document path has.
     pub doc_reps: usize,
 }
@@ -233,13 +238,28 @@ impl Plan {
                         }
                         None => (*seg, false),
                     };
-                    let (name, repeated, single) = match name.strip_suffix("[]") {
-                        Some(n) => (n, true, false),
+                    let (name, repeated, single, flatten) = match name.strip_suffix("[]") {
+                        Some(n) => (n, true, false, false),
                         None => match name.strip_suffix("[1]") {
-                            Some(n) => (n, false, true),
-                            None => (name, false, false),
+                            Some(n) => (n, false, true, false),
+                            None => match name.strip_suffix("[*]") {
+                                Some(n) => (n, false, false, true),
+                                None => (name, false, false, false),
+                            },
                         },
                     };
+                    if flatten && !segs.get(i + 1).is_some_and(|next| next.ends_with("[]")) {
+                        return Err((
+                            line,
+                            format!("path {text:?}: `[*]` must be followed by a repeated segment `[]`, whose items it numbers as one list"),
+                        ));
+                    }
+                    if flatten && spec.format.directions.contains(&Direction::Out) {
+                        return Err((
+                            line,
+                            format!("path {text:?}: `[*]` is read only: use it in a mapping that is only read (directions = [\"in\"])"),
+                        ));
+                    }
                     if single && syntax != Syntax::Json {
                         return Err((
                             line,
@@ -260,6 +280,7 @@ impl Plan {
                         repeated,
                         attribute,
                         single,
+                        flatten,
                     })
                 })
                 .collect()
@@ -353,11 +374,11 @@ impl Plan {
                     if canonical.iter().any(|c| reps(c) != canon_reps) {
                         return Err((line, "all canonical targets must repeat alike".into()));
                     }
-                    let only_first = e.only_first && canon_reps == doc_reps + 1;
+                    let only_first = e.only_first && canon_reps > doc_reps;
                     if e.only_first && !only_first {
                         return Err((
                             line,
-                            "`only_first` needs a canonical path that repeats once more than the document path".into(),
+                            "`only_first` needs a canonical path that repeats more than the document path".into(),
                         ));
                     }
                     let splits_into_array = (canon_reps == doc_reps + 1
@@ -392,6 +413,30 @@ impl Plan {
                             "several canonical targets need `split`, or `codes` in a mapping that is only written (a composite key)".into(),
                         ));
                     }
+                    // Another field read with this one: its repeated groups must be the
+                    // binding's own (the same instance), not others that happen to count
+                    // alike.
+                    let sibling = |path: &str, what: &str| {
+                        let other = doc_path(path, line)?;
+                        let shared = other.iter().rposition(|s| s.repeated).map_or(0, |i| i + 1);
+                        let same = |a: &DocSeg, b: &DocSeg| {
+                            a.name == b.name && a.repeated == b.repeated && a.flatten == b.flatten
+                        };
+                        if shared > doc.len()
+                            || !other[..shared]
+                                .iter()
+                                .zip(&doc[..shared])
+                                .all(|(a, b)| same(a, b))
+                        {
+                            return Err((
+                                line,
+                                format!(
+                                    "`{what}` path must share the binding's path up to its last []"
+                                ),
+                            ));
+                        }
+                        Ok(other)
+                    };
                     let when = match &e.when {
                         Some(_) if !e.fallback => {
                             return Err((
@@ -399,28 +444,19 @@ impl Plan {
                                 "`when` is for a `fallback` binding (read only)".into(),
                             ));
                         }
-                        Some(w) => {
-                            let cond = doc_path(&w.path, line)?;
-                            // Its repeated groups must be the binding's own (the same
-                            // instance), not others that happen to count alike.
-                            let shared = cond.iter().rposition(|s| s.repeated).map_or(0, |i| i + 1);
-                            let same = |a: &DocSeg, b: &DocSeg| {
-                                a.name == b.name && a.repeated == b.repeated
-                            };
-                            if shared > doc.len()
-                                || !cond[..shared]
-                                    .iter()
-                                    .zip(&doc[..shared])
-                                    .all(|(a, b)| same(a, b))
-                            {
-                                return Err((
-                                    line,
-                                    "`when` path must share the binding's path up to its last []"
-                                        .into(),
-                                ));
-                            }
-                            Some((cond, w.equals.clone()))
+                        Some(w) => Some((sibling(&w.path, "when")?, w.equals.clone())),
+                        None => None,
+                    };
+                    let join = match &e.join {
+                        Some(_)
+                            if spec.format.directions.contains(&Direction::Out) && !e.fallback =>
+                        {
+                            return Err((
+                                line,
+                                "`join` is read only: use it in a mapping that is only read (directions = [\"in\"]) or on a `fallback`".into(),
+                            ));
                         }
+                        Some(j) => Some((sibling(&j.path, "join")?, j.with.clone())),
                         None => None,
                     };
                     if e.first_chars.is_some() && !e.fallback {
@@ -476,6 +512,7 @@ impl Plan {
                         composite,
                         output_only: e.output_only,
                         when,
+                        join,
                         doc_reps,
                     })));
                 }
@@ -704,6 +741,40 @@ fn collect<'a>(
         .iter()
         .filter(|c| c.name == seg.name)
         .peekable();
+    if seg.flatten {
+        // The next repetition's items across every instance, numbered as one list: each
+        // instance's items are shifted by the count of those before it.
+        let next = rest.first().map(|s| s.name.as_str());
+        let depth = indices.len();
+        let mut offset = 0;
+        for (k, child) in matching.enumerate() {
+            let here = if track {
+                step_display(syntax, at, &seg.name, Some(k), false)
+            } else {
+                String::new()
+            };
+            let (f0, m0) = (found.len(), missing.len());
+            collect(
+                syntax, track, child, rest, indices, &here, found, missing, problems,
+            );
+            for f in &mut found[f0..] {
+                if let Some(i) = f.indices.get_mut(depth) {
+                    *i += offset;
+                }
+            }
+            for (m, _) in &mut missing[m0..] {
+                if let Some(i) = m.get_mut(depth) {
+                    *i += offset;
+                }
+            }
+            offset += child
+                .children
+                .iter()
+                .filter(|c| Some(c.name.as_str()) == next)
+                .count();
+        }
+        return;
+    }
     if seg.repeated {
         for (k, child) in matching.enumerate() {
             indices.push(k);
@@ -1051,6 +1122,34 @@ impl Plan {
                 found.retain(|f| holds(&f.indices));
                 missing.retain(|(indices, _)| holds(indices));
             }
+            // `join`: each value with the other field's text of the same instance.
+            let mut joined: Vec<Option<String>> = vec![None; found.len()];
+            if let Some((other, with)) = &b.join {
+                let (mut texts, mut absent, mut ignored) = (Vec::new(), Vec::new(), Vec::new());
+                collect(
+                    self.syntax,
+                    false,
+                    root,
+                    other,
+                    &mut Vec::new(),
+                    "",
+                    &mut texts,
+                    &mut absent,
+                    &mut ignored,
+                );
+                let reps = texts.first().map_or(0, |t| t.indices.len());
+                let by_instance: std::collections::HashMap<&[usize], &str> = texts
+                    .iter()
+                    .map(|t| (t.indices.as_slice(), t.text))
+                    .collect();
+                for (slot, f) in joined.iter_mut().zip(&found) {
+                    if f.indices.len() >= reps
+                        && let Some(text) = by_instance.get(&f.indices[..reps])
+                    {
+                        *slot = Some(format!("{}{with}{}", f.text, text.trim()));
+                    }
+                }
+            }
             for (indices, place) in missing {
                 match &b.default {
                     Some(default) => self.put(
@@ -1073,11 +1172,11 @@ impl Plan {
                     None => {}
                 }
             }
-            for f in found {
+            for (f, joined) in found.into_iter().zip(joined) {
                 self.put(
                     b,
                     &f.indices,
-                    f.text,
+                    joined.as_deref().unwrap_or(f.text),
                     &f.place,
                     &mut canonical,
                     track.then_some(&mut origins),
@@ -1114,10 +1213,13 @@ impl Plan {
             },
             None => text,
         };
-        // `only_first`: the document's one field is the canonical list's first item.
+        // `only_first`: the document's one field is the canonical list's first item (of
+        // the first item, when the canonical path repeats twice more: a record's one
+        // container and its one seal).
         let first;
         let indices: &[usize] = if b.only_first {
-            first = [indices, &[0]].concat();
+            let extra = b.canonical[0].iter().filter(|s| s.repeated).count() - b.doc_reps;
+            first = [indices, &vec![0; extra]].concat();
             &first
         } else {
             indices
@@ -1261,9 +1363,10 @@ impl Plan {
                         }
                     } else if b.only_first {
                         for (idx, v) in &by_target[0] {
-                            let (last, outer) = idx.split_last().unwrap_or((&0, &[]));
-                            if *last > 0 {
-                                if *last == 1 {
+                            let (outer, extra) = idx.split_at(b.doc_reps.min(idx.len()));
+                            let beyond: usize = extra.iter().sum();
+                            if beyond > 0 {
+                                if beyond == 1 {
                                     flags.push(Located {
                                         pointer: None,
                                         path: Some(b.doc_text.clone()),

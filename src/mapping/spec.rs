@@ -58,6 +58,8 @@ pub enum Syntax {
 pub enum MessageKind {
     Declaration,
     SealEvents,
+    /// Seals tied to declared trips' containers (read only).
+    SealAssignment,
     TripStatus,
     /// What the gateway tells a partner: a state change, an alert, a release or a
     /// custody handover (written only).
@@ -69,6 +71,7 @@ impl MessageKind {
         match self {
             MessageKind::Declaration => "declaration",
             MessageKind::SealEvents => "seal_events",
+            MessageKind::SealAssignment => "seal_assignment",
             MessageKind::TripStatus => "trip_status",
             MessageKind::StatusNotification => "status_notification",
         }
@@ -228,10 +231,26 @@ pub struct MapEntry {
     /// A fallback read only where another document field has a given text:
     /// `when = { path = "Eqmt[]/SealType", equals = "ESEAL" }`.
     pub when: Option<When>,
+    /// Read only: the text of another document field is appended (after `with`, default a
+    /// space) before conversion: a date and a time kept in two fields,
+    /// `join = { path = "sealingTime" }` with `pattern = "%Y-%m-%d %H:%M"`.
+    pub join: Option<Join>,
     /// Written only: how many values a canonical path has (`equipment[].id`).
     pub count: Option<String>,
     /// Written only: the sum of a canonical path's numbers (`goods[].packages`).
     pub total: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Join {
+    pub path: String,
+    #[serde(default = "space")]
+    pub with: String,
+}
+
+fn space() -> String {
+    " ".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,7 +22,8 @@ pub(crate) use messages::{
 };
 pub use trips::{AlertFilter, StoredEvent, TripRow};
 pub(crate) use trips::{
-    claim_unmatched_events, find_declaration, find_event, insert_declared_trip, insert_event,
+    add_trip_seals, claim_unmatched_events, claim_unmatched_for, find_declaration,
+    find_declaration_by, find_event, insert_declared_trip, insert_event, live_trips_with_equipment,
     load_trip, lock_device, trip_for_event, update_trip, upsert_alert,
 };
 

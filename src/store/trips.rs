@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use ects_core::trip::Trip;
-use ects_core::{Alert, SealEvent, TransitDeclaration, TripId, TripState, TripStatus};
+use ects_core::{
+    Alert, Equipment, Seal, SealEvent, TransitDeclaration, TripId, TripState, TripStatus,
+};
 use sqlx::{AnyConnection, Row};
 
 use super::{Backend, Store, StoreError, from_json, to_json, ts};
@@ -19,12 +21,25 @@ pub async fn find_declaration(
     conn: &mut AnyConnection,
     declaration: &TransitDeclaration,
 ) -> Result<Option<TripRow>, StoreError> {
+    find_declaration_by(
+        conn,
+        declaration.issuing_authority.as_str(),
+        declaration.declaration_id.as_str(),
+    )
+    .await
+}
+
+pub async fn find_declaration_by(
+    conn: &mut AnyConnection,
+    issuing_authority: &str,
+    declaration_id: &str,
+) -> Result<Option<TripRow>, StoreError> {
     let row = sqlx::query(
         "select trip_id, message_id, canonical from declarations
          where issuing_authority = $1 and declaration_id = $2",
     )
-    .bind(declaration.issuing_authority.as_str())
-    .bind(declaration.declaration_id.as_str())
+    .bind(issuing_authority)
+    .bind(declaration_id)
     .fetch_optional(conn)
     .await?;
     row.map(|r| {
@@ -87,7 +102,68 @@ pub async fn insert_declared_trip(
             .execute(&mut *conn)
             .await?;
     }
+    for equipment in &declaration.equipment {
+        add_trip_equipment(conn, &s.trip_id.to_string(), equipment.id.as_str()).await?;
+    }
     Ok(())
+}
+
+async fn add_trip_equipment(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+    equipment_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into trip_equipment (trip_id, equipment_id) values ($1, $2)
+         on conflict (trip_id, equipment_id) do nothing",
+    )
+    .bind(trip_id)
+    .bind(equipment_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Seals a seal assignment tied to a trip's containers: they route events to it from now
+/// on (a seal already listed keeps its row, gaining a device it lacked).
+pub async fn add_trip_seals(
+    conn: &mut AnyConnection,
+    trip_id: TripId,
+    equipment: &[&Equipment],
+) -> Result<(), StoreError> {
+    let trip_id = trip_id.to_string();
+    for e in equipment {
+        add_trip_equipment(conn, &trip_id, e.id.as_str()).await?;
+        for seal in &e.seals {
+            sqlx::query(
+                "insert into trip_seals (trip_id, seal_id, device_id) values ($1, $2, $3)
+                 on conflict (trip_id, seal_id)
+                 do update set device_id = coalesce(trip_seals.device_id, excluded.device_id)",
+            )
+            .bind(&trip_id)
+            .bind(seal.id.as_str())
+            .bind(seal.device_id.as_ref().map(|d| d.as_str()))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The trips not yet arrived, released or cancelled that carry a container, newest first.
+pub async fn live_trips_with_equipment(
+    conn: &mut AnyConnection,
+    equipment_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(
+        "select t.trip_id from trip_equipment e join trips t on t.trip_id = e.trip_id
+         where e.equipment_id = $1 and t.state not in ('arrived', 'released', 'cancelled')
+         order by t.created_at desc",
+    )
+    .bind(equipment_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("trip_id")?)).collect()
 }
 
 /// The engine state of a trip and the version it was read at. On PostgreSQL the row stays
@@ -186,9 +262,21 @@ pub async fn claim_unmatched_events(
     trip_id: &str,
 ) -> Result<Vec<SealEvent>, StoreError> {
     let declared = declaration.declared_at.unwrap_or_else(chrono::Utc::now);
-    let since = ts(declared - chrono::Duration::hours(6));
+    let seals: Vec<&Seal> = declaration.seals().collect();
+    claim_unmatched_for(conn, &seals, declared - chrono::Duration::hours(6), trip_id).await
+}
+
+/// Events stored without a trip, from `since` on, of these seals or their devices: they
+/// are assigned to the trip and returned in event-time order.
+pub async fn claim_unmatched_for(
+    conn: &mut AnyConnection,
+    seals: &[&Seal],
+    since: DateTime<Utc>,
+    trip_id: &str,
+) -> Result<Vec<SealEvent>, StoreError> {
+    let since = ts(since);
     let mut claimed = Vec::new();
-    for seal in declaration.seals() {
+    for seal in seals {
         let rows = sqlx::query(
             "select event_key, canonical from seal_events
              where trip_id is null and event_time >= $1 and (seal_id = $2 or device_id = $3)",

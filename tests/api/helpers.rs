@@ -99,6 +99,18 @@ async fn fresh_postgres_database() -> Option<String> {
 }
 
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with_mappings(backend, mappings_dir()).await
+}
+
+/// The shipped formats (`mappings/`), for tests of their documents end to end.
+pub fn product_mappings_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/mappings"))
+}
+
+pub async fn spawn_app_with_mappings(
+    backend: Backend,
+    mappings: std::path::PathBuf,
+) -> Option<TestApp> {
     LazyLock::force(&TRACING);
     let (url, dir) = match backend {
         Backend::Sqlite => {
@@ -116,7 +128,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         max_events_per_message: TEST_MAX_EVENTS,
         // Tests drive the clock themselves through `TestApp::tracking`.
         tick_interval_s: 0,
-        mappings_dir: mappings_dir(),
+        mappings_dir: mappings,
         ..Settings::default()
     };
     let app = Application::build(settings)

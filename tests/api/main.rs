@@ -3,6 +3,7 @@
 mod helpers;
 mod mapping;
 
+mod assignments;
 mod bad_input;
 mod cli;
 mod contract;

@@ -699,3 +699,32 @@ pub struct Cancellation {
     pub time: DateTime<Utc>,
     pub reason: String,
 }
+
+/// Seals tied to a trip's containers after its declaration: an exporter's e-seal record
+/// (CBIC), a cargo manifest's container-to-seal link (ASYCUDA AWMDS). It names the
+/// declaration it updates, or only containers (a manifest does not know the transit
+/// declaration): the gateway then finds the live trips that carry them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SealAssignment {
+    /// The update's own reference (the e-seal record, the manifest): the same reference
+    /// sent again for a trip changes nothing.
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declaration_id: Option<DeclarationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuing_authority: Option<AuthorityCode>,
+    /// When the seals were fixed (or the manifest dated).
+    pub assigned_at: DateTime<Utc>,
+    /// The containers and the seals now on them.
+    pub equipment: Vec<Equipment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vehicle: Option<Vehicle>,
+    /// Who fixed the seals: the exporter's code (IEC), a sealing party's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_by: Option<String>,
+    /// The customs office the sealed goods go to, when the record names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub office_of_destination: Option<OfficeCode>,
+}

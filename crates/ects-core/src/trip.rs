@@ -20,9 +20,10 @@ use uuid::Uuid;
 use crate::geo::ZoneKind;
 use crate::ids::{AlertId, DeviceId, SealId, TripId};
 use crate::model::{
-    Alert, AlertKind, Cancellation, CustodyHandover, EquipmentStatus, LastPosition, LatLon,
-    NotificationKind, ReleaseAuthorization, SealCheck, SealEvent, SealEventKind, SealKind,
-    SealState, SealStatus, Severity, StatusNotification, TransitDeclaration, TripState, TripStatus,
+    Alert, AlertKind, Cancellation, CustodyHandover, Equipment, EquipmentStatus, LastPosition,
+    LatLon, NotificationKind, ReleaseAuthorization, SealAssignment, SealCheck, SealEvent,
+    SealEventKind, SealKind, SealState, SealStatus, Severity, StatusNotification,
+    TransitDeclaration, TripState, TripStatus, UNASSIGNED_EQUIPMENT,
 };
 use crate::spatial::{CorridorIndex, Geography, distance_m};
 
@@ -194,6 +195,13 @@ pub enum Effect {
     Notify {
         notification: Box<StatusNotification>,
     },
+    /// A seal assignment changed the trip's seals: each container with the seals it
+    /// gained (tied from the unassigned ones, or new).
+    SealsAssigned {
+        reference: String,
+        equipment: Vec<Equipment>,
+        at: Timestamp,
+    },
 }
 
 /// One input to a trip, as stored for replay.
@@ -204,6 +212,7 @@ pub enum Input {
     Release(ReleaseAuthorization),
     Handover(CustodyHandover),
     Cancel(Cancellation),
+    SealAssignment(SealAssignment),
 }
 
 impl Input {
@@ -213,17 +222,20 @@ impl Input {
             Input::Release(r) => r.issued_at,
             Input::Handover(h) => h.time,
             Input::Cancel(c) => c.time,
+            Input::SealAssignment(a) => a.assigned_at,
         }
     }
 
-    /// The order inputs are applied in: event time, then commands before events at the
-    /// same instant, then identity, so every replay applies them alike.
+    /// The order inputs are applied in: event time, then seal assignments (a seal is known
+    /// before it reports), other commands, and events at the same instant, then identity,
+    /// so every replay applies them alike.
     pub fn sort_key(&self) -> (Timestamp, u8, String) {
         match self {
-            Input::Release(r) => (r.issued_at, 0, r.release_id.clone()),
-            Input::Handover(h) => (h.time, 1, h.handover_id.clone()),
-            Input::Cancel(c) => (c.time, 2, String::new()),
-            Input::SealEvent(e) => (e.time, 3, event_order(e)),
+            Input::SealAssignment(a) => (a.assigned_at, 0, a.reference.clone()),
+            Input::Release(r) => (r.issued_at, 1, r.release_id.clone()),
+            Input::Handover(h) => (h.time, 2, h.handover_id.clone()),
+            Input::Cancel(c) => (c.time, 3, String::new()),
+            Input::SealEvent(e) => (e.time, 4, event_order(e)),
         }
     }
 }
@@ -512,6 +524,7 @@ impl Trip {
             Input::Release(release) => self.on_release(release, geo, &mut fx)?,
             Input::Handover(handover) => self.on_handover(handover, &mut fx)?,
             Input::Cancel(cancel) => self.on_cancel(cancel, &mut fx)?,
+            Input::SealAssignment(assignment) => self.on_assignment(assignment, &mut fx)?,
         }
         self.finish(fx, now)
     }
@@ -1310,6 +1323,141 @@ impl Trip {
                     handover.from_authority, handover.to_authority
                 ),
             );
+        }
+        Ok(())
+    }
+
+    /// Ties seals to the trip's containers. A seal the trip lists as unassigned moves to
+    /// its container, whatever the state; a seal the trip does not know yet, or a
+    /// container it does not carry, joins only before departure (afterwards a new seal is
+    /// a replacement, which an officer records at a handover). A seal already on another
+    /// container, or a device already on another seal, is refused.
+    fn on_assignment(
+        &mut self,
+        assignment: &SealAssignment,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), CommandError> {
+        let state = self.status.state;
+        if state.is_final() || state == TripState::Arrived {
+            return Err(refuse(
+                "equipment",
+                format!(
+                    "the trip is {}: its seals can no longer change",
+                    state.as_str()
+                ),
+            ));
+        }
+        let before_departure = matches!(state, TripState::Declared | TripState::Armed);
+        // Worked on a copy: a refusal part-way leaves the trip as it was.
+        let mut equipment = self.status.equipment.clone();
+        let mut changed: Vec<Equipment> = Vec::new();
+        for wanted in &assignment.equipment {
+            if wanted.id.as_str() == UNASSIGNED_EQUIPMENT {
+                return Err(refuse(
+                    "equipment",
+                    format!("{UNASSIGNED_EQUIPMENT} is not a container"),
+                ));
+            }
+            let mut gained = Vec::new();
+            for seal in &wanted.seals {
+                let found = equipment.iter().enumerate().find_map(|(e, eq)| {
+                    eq.seals
+                        .iter()
+                        .position(|s| s.id == seal.id)
+                        .map(|s| (e, s))
+                });
+                let status = match found {
+                    Some((e, _)) if equipment[e].id == wanted.id => continue,
+                    Some((e, s)) if equipment[e].id.as_str() == UNASSIGNED_EQUIPMENT => {
+                        let mut status = equipment[e].seals.remove(s);
+                        if status.device_id.is_none() {
+                            status.device_id = seal.device_id.clone();
+                        }
+                        status
+                    }
+                    Some((e, _)) => {
+                        return Err(refuse(
+                            "equipment",
+                            format!(
+                                "seal {} is already on container {}",
+                                seal.id, equipment[e].id
+                            ),
+                        ));
+                    }
+                    None if !before_departure => {
+                        return Err(refuse(
+                            "equipment",
+                            format!(
+                                "seal {} is new and the trip is {}: a seal replaced in transit is recorded by an officer at a handover",
+                                seal.id,
+                                state.as_str()
+                            ),
+                        ));
+                    }
+                    None => SealStatus {
+                        id: seal.id.clone(),
+                        kind: seal.kind,
+                        device_id: seal.device_id.clone(),
+                        state: SealState::Unknown,
+                        battery_pct: None,
+                        last_event_at: None,
+                    },
+                };
+                if let Some(device) = &status.device_id
+                    && let Some(other) = self
+                        .status
+                        .equipment
+                        .iter()
+                        .flat_map(|e| e.seals.iter())
+                        .find(|s| s.device_id.as_ref() == Some(device) && s.id != status.id)
+                {
+                    return Err(refuse(
+                        "equipment",
+                        format!("device {device} is already seal {}", other.id),
+                    ));
+                }
+                let target = match self.status.equipment.iter().position(|e| e.id == wanted.id) {
+                    Some(i) => i,
+                    None => {
+                        if !before_departure {
+                            return Err(refuse(
+                                "equipment",
+                                format!(
+                                    "container {} is not on this trip, which is {}",
+                                    wanted.id,
+                                    state.as_str()
+                                ),
+                            ));
+                        }
+                        equipment.push(EquipmentStatus {
+                            id: wanted.id.clone(),
+                            seals: Vec::new(),
+                        });
+                        equipment.len() - 1
+                    }
+                };
+                gained.push(crate::model::Seal {
+                    id: status.id.clone(),
+                    kind: status.kind,
+                    device_id: status.device_id.clone(),
+                });
+                equipment[target].seals.push(status);
+            }
+            if !gained.is_empty() {
+                changed.push(Equipment {
+                    id: wanted.id.clone(),
+                    seals: gained,
+                });
+            }
+        }
+        equipment.retain(|e| e.id.as_str() != UNASSIGNED_EQUIPMENT || !e.seals.is_empty());
+        self.status.equipment = equipment;
+        if !changed.is_empty() {
+            fx.push(Effect::SealsAssigned {
+                reference: assignment.reference.clone(),
+                equipment: changed,
+                at: assignment.assigned_at,
+            });
         }
         Ok(())
     }

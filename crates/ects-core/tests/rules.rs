@@ -991,3 +991,144 @@ fn a_device_reporting_an_unknown_seal_number_still_counts() {
     s.input(Input::SealEvent(event), Scenario::at(5.0)).unwrap();
     assert_eq!(s.open(AlertKind::SealTamper).len(), 1);
 }
+
+fn assignment(reference: &str, minutes: f64, equipment: serde_json::Value) -> SealAssignment {
+    serde_json::from_value(json!({
+        "reference": reference,
+        "assigned_at": Scenario::at(minutes).to_rfc3339(),
+        "equipment": equipment,
+    }))
+    .unwrap()
+}
+
+/// A declaration whose seals are listed without their containers (an ASYCUDA SAD) and no
+/// e-seal yet: the trip cannot arm until an assignment ties and adds them.
+fn untied_declaration() -> TransitDeclaration {
+    let mut d = declaration();
+    d.equipment = vec![
+        serde_json::from_value(json!({"id": "MSKU1234565"})).unwrap(),
+        serde_json::from_value(json!({"id": "TGHU8261450"})).unwrap(),
+    ];
+    d.seals = vec![serde_json::from_value(json!({"id": "BS1", "kind": "mechanical"})).unwrap()];
+    d
+}
+
+#[test]
+fn seal_assignments_tie_and_add_seals_before_departure_only() {
+    let mut s = Scenario::new();
+    s.trip = Trip::declare(TripId(uuid::Uuid::nil()), &untied_declaration(), t0());
+    let ids = |t: &Trip| -> Vec<(String, Vec<String>)> {
+        t.status
+            .equipment
+            .iter()
+            .map(|e| {
+                (
+                    e.id.to_string(),
+                    e.seals.iter().map(|s| s.id.to_string()).collect(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(ids(&s.trip).last().unwrap().0, UNASSIGNED_EQUIPMENT);
+
+    // The manifest ties the bolt seal; the e-seal record adds the e-seal with its device.
+    let manifest = assignment(
+        "MANIFEST-1",
+        -30.0,
+        json!([{"id": "TGHU8261450", "seals": [{"id": "BS1", "kind": "mechanical"}]}]),
+    );
+    let fx = s
+        .input(Input::SealAssignment(manifest.clone()), Scenario::at(-30.0))
+        .unwrap();
+    assert!(
+        matches!(&fx[..], [Effect::SealsAssigned { reference, .. }] if reference == "MANIFEST-1")
+    );
+    let record = assignment(
+        "ES1",
+        -20.0,
+        json!([{"id": "MSKU1234565", "seals": [
+            {"id": "ES1", "kind": "electronic", "device_id": "D1"}]}]),
+    );
+    s.input(Input::SealAssignment(record.clone()), Scenario::at(-20.0))
+        .unwrap();
+    assert_eq!(
+        ids(&s.trip),
+        vec![
+            ("MSKU1234565".into(), vec!["ES1".into()]),
+            ("TGHU8261450".into(), vec!["BS1".into()]),
+        ],
+        "the unassigned list is gone once empty"
+    );
+    // The same assignment again changes nothing.
+    assert!(
+        s.input(Input::SealAssignment(record), Scenario::at(-19.0))
+            .unwrap()
+            .is_empty()
+    );
+    // A seal cannot be on two containers, nor a device on two seals.
+    let moved = assignment(
+        "MOVE",
+        -10.0,
+        json!([{"id": "MSKU1234565", "seals": [{"id": "BS1", "kind": "mechanical"}]}]),
+    );
+    let refused = s
+        .input(Input::SealAssignment(moved), Scenario::at(-10.0))
+        .unwrap_err();
+    assert!(
+        refused.reason.contains("already on container TGHU8261450"),
+        "{refused}"
+    );
+    let twin = assignment(
+        "TWIN",
+        -10.0,
+        json!([{"id": "TGHU8261450", "seals": [
+            {"id": "ES9", "kind": "electronic", "device_id": "D1"}]}]),
+    );
+    assert!(
+        s.input(Input::SealAssignment(twin), Scenario::at(-10.0))
+            .unwrap_err()
+            .reason
+            .contains("device D1 is already seal ES1")
+    );
+
+    // Now the e-seal can arm the trip, and it departs.
+    s.event_at(0.0, "locked", Some((LAT, START_LON)), Some(0.0));
+    assert_eq!(s.trip.status.state, TripState::Armed);
+    s.drive(0.5, 0.0);
+    s.drive(1.0, 0.0);
+    assert_eq!(s.trip.status.state, TripState::InTransit);
+    let late_seal = assignment(
+        "LATE",
+        2.0,
+        json!([{"id": "TGHU8261450", "seals": [{"id": "BS2", "kind": "mechanical"}]}]),
+    );
+    let before = s.trip.clone();
+    let refused = s
+        .input(Input::SealAssignment(late_seal), Scenario::at(2.0))
+        .unwrap_err();
+    assert!(refused.reason.contains("replaced in transit"), "{refused}");
+    assert_eq!(s.trip, before, "a refusal changes nothing");
+
+    // A replay from the declaration, inputs in any order, builds the same trip.
+    let mut inputs = vec![Input::SealAssignment(manifest)];
+    inputs.insert(
+        0,
+        Input::SealAssignment(assignment(
+            "ES1",
+            -20.0,
+            json!([{"id": "MSKU1234565", "seals": [
+                {"id": "ES1", "kind": "electronic", "device_id": "D1"}]}]),
+        )),
+    );
+    let replayed = Trip::replay(
+        TripId(uuid::Uuid::nil()),
+        &untied_declaration(),
+        t0(),
+        &RulesOverride::default(),
+        &inputs,
+        &s.geo,
+        &s.rules,
+        Scenario::at(-19.0),
+    );
+    assert_eq!(ids(&replayed), ids(&before));
+}
