@@ -555,6 +555,23 @@ impl Ingest {
             skipped,
         };
         for (trip, equipment) in targets {
+            // A seal or device another live trip holds would not report here: its events
+            // route to that trip.
+            for (e, seal) in equipment
+                .iter()
+                .flat_map(|e| e.seals.iter().map(move |s| (e, s)))
+            {
+                if let Some(other) = store::other_live_trip_with_seal(&mut tx, seal, &trip).await? {
+                    tx.rollback().await?;
+                    return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                        "/equipment",
+                        format!(
+                            "seal {} (container {}) is on live trip {other}",
+                            seal.id, e.id
+                        ),
+                    ))));
+                }
+            }
             let trip_id = TripId::parse(&trip).map_err(|_| {
                 Attempt::Failed(IngestError::Store(StoreError::Corrupt(format!(
                     "trip id {trip}"

@@ -554,6 +554,21 @@ impl Tracking {
             Input::SealEvent(_) => ("seal_event", String::new()),
         };
         let text = serde_json::to_string(input).unwrap_or_default();
+        // Devices before the trip row, in order, as the events path locks them: a message
+        // routing their events waits for this one, or is seen by it.
+        if let Input::SealAssignment(a) = input {
+            let mut devices: Vec<&str> = a
+                .equipment
+                .iter()
+                .flat_map(|e| e.seals.iter())
+                .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
+                .collect();
+            devices.sort_unstable();
+            devices.dedup();
+            for device in devices {
+                store::lock_device(tx, self.store.backend(), device).await?;
+            }
+        }
         let geo = self.geography(tx).await?;
         let Some((mut trip, version)) =
             store::load_trip(tx, self.store.backend(), &trip_id.to_string()).await?
@@ -624,6 +639,24 @@ impl Tracking {
             effects.extend(reconcile(&before, &rebuilt, now));
             trip = rebuilt;
         }
+        // What the seals assignment changed, as the trip now stands: a late assignment that
+        // its replay refused (the trip had departed by then) changed nothing.
+        for effect in &mut effects {
+            if let Effect::SealsAssigned { equipment, .. } = effect {
+                for e in equipment.iter_mut() {
+                    e.seals.retain(|seal| {
+                        trip.status
+                            .equipment
+                            .iter()
+                            .any(|t| t.id == e.id && t.seals.iter().any(|s| s.id == seal.id))
+                    });
+                }
+                equipment.retain(|e| !e.seals.is_empty());
+            }
+        }
+        effects.retain(
+            |e| !matches!(e, Effect::SealsAssigned { equipment, .. } if equipment.is_empty()),
+        );
         if !store::update_trip(tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
             return Err(CommandFailure::Store(StoreError::Contention));
         }
@@ -649,16 +682,9 @@ impl Tracking {
         if !gained.is_empty() {
             let seals: Vec<&ects_core::Seal> = gained.iter().flat_map(|e| e.seals.iter()).collect();
             store::add_trip_seals(tx, trip_id, &gained).await?;
-            let mut devices: Vec<&str> = seals
-                .iter()
-                .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
-                .collect();
-            devices.sort_unstable();
-            devices.dedup();
-            for device in devices {
-                store::lock_device(tx, self.store.backend(), device).await?;
-            }
-            let since = input.time() - chrono::Duration::hours(6);
+            // From the assignment's time on: an event before it finds no seal in a replay,
+            // which applies the assignment at its time.
+            let since = input.time();
             let early = store::claim_unmatched_for(tx, &seals, since, &trip_id.to_string()).await?;
             events_claimed = early.len();
             if !early.is_empty() {

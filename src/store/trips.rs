@@ -150,6 +150,26 @@ pub async fn add_trip_seals(
     Ok(())
 }
 
+/// Another live trip (not released or cancelled) that carries this seal or device.
+pub async fn other_live_trip_with_seal(
+    conn: &mut AnyConnection,
+    seal: &Seal,
+    except_trip: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "select t.trip_id from trip_seals s join trips t on t.trip_id = s.trip_id
+         where (s.seal_id = $1 or s.device_id = $2) and s.trip_id <> $3
+           and t.state not in ('released', 'cancelled')
+         limit 1",
+    )
+    .bind(seal.id.as_str())
+    .bind(seal.device_id.as_ref().map(|d| d.as_str()))
+    .bind(except_trip)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.try_get("trip_id")).transpose()?)
+}
+
 /// The trips not yet arrived, released or cancelled that carry a container, newest first.
 pub async fn live_trips_with_equipment(
     conn: &mut AnyConnection,

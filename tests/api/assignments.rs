@@ -121,6 +121,19 @@ async fn an_e_seal_record_seals_a_declared_container_and_claims_its_early_events
         "{}",
         reply.text
     );
+    // A seal another live trip holds is refused too: its events would route there.
+    let mut other = unsealed_declaration();
+    other["declaration_id"] = json!("GT-2026-T-000124");
+    assert_eq!(app.post_message(other.to_string()).await.status, 202);
+    let mut taken = record("TAKEN", "MSKU1234565", "ES00781234", "860000000000001");
+    taken["declaration_id"] = json!("GT-2026-T-000124");
+    let reply = app.post_message(taken.to_string()).await;
+    assert_eq!(reply.status, 409, "{}", reply.text);
+    assert!(
+        reply.text.contains(&format!("is on live trip {trip_id}")),
+        "{}",
+        reply.text
+    );
     assert_eq!(
         app.count_where("trip_commands", "kind = 'seal_assignment'")
             .await,

@@ -1404,9 +1404,7 @@ impl Trip {
                     },
                 };
                 if let Some(device) = &status.device_id
-                    && let Some(other) = self
-                        .status
-                        .equipment
+                    && let Some(other) = equipment
                         .iter()
                         .flat_map(|e| e.seals.iter())
                         .find(|s| s.device_id.as_ref() == Some(device) && s.id != status.id)
@@ -1416,7 +1414,7 @@ impl Trip {
                         format!("device {device} is already seal {}", other.id),
                     ));
                 }
-                let target = match self.status.equipment.iter().position(|e| e.id == wanted.id) {
+                let target = match equipment.iter().position(|e| e.id == wanted.id) {
                     Some(i) => i,
                     None => {
                         if !before_departure {

@@ -1132,3 +1132,40 @@ fn seal_assignments_tie_and_add_seals_before_departure_only() {
     );
     assert_eq!(ids(&replayed), ids(&before));
 }
+
+#[test]
+fn a_new_container_with_two_seals_is_listed_once_and_one_device_serves_one_seal() {
+    let mut s = Scenario::new();
+    s.trip = Trip::declare(TripId(uuid::Uuid::nil()), &untied_declaration(), t0());
+    let two = assignment(
+        "NEW",
+        -30.0,
+        json!([{"id": "CAIU5550001", "seals": [
+            {"id": "BS7", "kind": "mechanical"}, {"id": "BS8", "kind": "mechanical"}]}]),
+    );
+    s.input(Input::SealAssignment(two), Scenario::at(-30.0))
+        .unwrap();
+    let new: Vec<_> = s
+        .trip
+        .status
+        .equipment
+        .iter()
+        .filter(|e| e.id.as_str() == "CAIU5550001")
+        .collect();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].seals.len(), 2);
+    let clash = assignment(
+        "CLASH",
+        -20.0,
+        json!([{"id": "MSKU1234565", "seals": [
+            {"id": "ES7", "kind": "electronic", "device_id": "D7"},
+            {"id": "ES8", "kind": "electronic", "device_id": "D7"}]}]),
+    );
+    let refused = s
+        .input(Input::SealAssignment(clash), Scenario::at(-20.0))
+        .unwrap_err();
+    assert!(
+        refused.reason.contains("device D7 is already seal ES7"),
+        "{refused}"
+    );
+}
