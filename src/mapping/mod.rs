@@ -560,6 +560,11 @@ impl Format for MappedFormat {
                 .map(|(_, n)| n)
                 .unwrap_or(notes)
         };
+        let mut notes = notes;
+        if !read.notes.is_empty() {
+            // Read again with places kept, so that each note names its place.
+            notes.extend(plan.decode_tree(&root, true).notes);
+        }
         Ok(Decoded {
             inbound,
             unmapped,

@@ -91,6 +91,8 @@ pub struct Binding {
     pub when: Option<(Vec<DocSeg>, String)>,
     /// Read only: another field's text appended after a separator before conversion.
     pub join: Option<(Vec<DocSeg>, String)>,
+    /// One canonical value repeated in each instance of the document's group.
+    pub in_each: bool,
     /// How many repetitions the document path has.
     pub doc_reps: usize,
 }
@@ -374,6 +376,12 @@ impl Plan {
                     if canonical.iter().any(|c| reps(c) != canon_reps) {
                         return Err((line, "all canonical targets must repeat alike".into()));
                     }
+                    if e.in_each && (canon_reps != 0 || doc_reps == 0) {
+                        return Err((
+                            line,
+                            "`in_each` needs a canonical field that does not repeat and a document path that does".into(),
+                        ));
+                    }
                     let only_first = e.only_first && canon_reps > doc_reps;
                     if e.only_first && !only_first {
                         return Err((
@@ -394,7 +402,7 @@ impl Plan {
                             ),
                         ));
                     }
-                    if !splits_into_array && !only_first && canon_reps != doc_reps {
+                    if !splits_into_array && !only_first && !e.in_each && canon_reps != doc_reps {
                         return Err((
                             line,
                             format!(
@@ -513,6 +521,7 @@ impl Plan {
                         output_only: e.output_only,
                         when,
                         join,
+                        in_each: e.in_each,
                         doc_reps,
                     })));
                 }
@@ -1048,6 +1057,8 @@ pub struct Read {
     /// canonical pointer → where in the document it came from.
     pub origins: BTreeMap<String, Place>,
     pub problems: Vec<Located>,
+    /// What reading left out without refusing (a repeated copy that said otherwise).
+    pub notes: Vec<Located>,
 }
 
 impl Plan {
@@ -1058,6 +1069,7 @@ impl Plan {
         let mut canonical = Value::Object(serde_json::Map::new());
         let mut origins = BTreeMap::new();
         let mut problems = Vec::new();
+        let mut notes = Vec::new();
         let root_display = match self.syntax {
             Syntax::Xml => step_display(self.syntax, "", &root.name, None, false),
             _ => String::new(),
@@ -1121,6 +1133,62 @@ impl Plan {
                     |indices: &[usize]| indices.len() >= reps && meeting.contains(&indices[..reps]);
                 found.retain(|f| holds(&f.indices));
                 missing.retain(|(indices, _)| holds(indices));
+            }
+            if b.in_each {
+                // One value, copied in each instance: the first is read, a copy that says
+                // otherwise is noted.
+                found.retain(|f| !f.text.trim().is_empty());
+                if let Some(first) = found.first() {
+                    let mut others: Vec<&str> = found[1..]
+                        .iter()
+                        .map(|f| f.text.trim())
+                        .filter(|t| *t != first.text.trim())
+                        .collect();
+                    others.dedup();
+                    if !others.is_empty() {
+                        notes.push(problem(
+                            &first.place,
+                            Some(canonical_pointer(&b.canonical[0], &[])),
+                            format!(
+                                "{} is one for the declaration and is read from the first record, {:?}; others name {} and are not kept",
+                                b.canonical_text,
+                                first.text.trim(),
+                                others.join(", ")
+                            ),
+                        ));
+                    }
+                    self.put(
+                        b,
+                        &[],
+                        first.text,
+                        &first.place,
+                        &mut canonical,
+                        track.then_some(&mut origins),
+                        &mut problems,
+                    );
+                } else if let Some((_, place)) = missing.first() {
+                    match &b.default {
+                        Some(default) => self.put(
+                            b,
+                            &[],
+                            default,
+                            place,
+                            &mut canonical,
+                            track.then_some(&mut origins),
+                            &mut problems,
+                        ),
+                        None if b.required => problems.push(problem(
+                            place,
+                            Some(canonical_pointer(&b.canonical[0], &[])),
+                            format!(
+                                "is missing (mapped to {}, mapping line {})",
+                                b.canonical_text, b.line
+                            ),
+                        )),
+                        None => {}
+                    }
+                }
+                continue;
             }
             // `join`: each value with the other field's text of the same instance.
             let mut joined: Vec<Option<String>> = vec![None; found.len()];
@@ -1192,6 +1260,7 @@ impl Plan {
             canonical,
             origins,
             problems,
+            notes,
         }
     }
 
@@ -1272,6 +1341,8 @@ impl Plan {
         let mut root = Node::new(self.output_root.clone());
         let mut problems = Vec::new();
         let mut flags = Vec::new();
+        // `in_each` values, written into each instance once the bindings made them.
+        let mut each: Vec<(&[DocSeg], String, Scalar)> = Vec::new();
         for step in &self.steps {
             match step {
                 // Written once the bindings have made the elements they go into.
@@ -1305,6 +1376,30 @@ impl Plan {
                             }
                         }
                     };
+                    if b.in_each {
+                        if let Some((idx, v)) = by_target[0].first()
+                            && let Some((text, scalar)) = convert(idx, v, &mut problems)
+                        {
+                            match b.max_length {
+                                Some(max) if text.chars().count() > max => {
+                                    problems.push(Located {
+                                            pointer: None,
+                                            path: Some(b.doc_text.clone()),
+                                            line: None,
+                                            column: None,
+                                            canonical: Some(canonical_pointer(&b.canonical[0], idx)),
+                                            code: None,
+                                            detail: format!(
+                                                "{text:?} is {} characters; the field takes at most {max}",
+                                                text.chars().count()
+                                            ),
+                                        });
+                                }
+                                _ => each.push((&b.doc, text, scalar)),
+                            }
+                        }
+                        continue;
+                    }
                     if b.splits_into_array {
                         // Join the last repetition into one field.
                         let mut groups: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
@@ -1438,6 +1533,9 @@ impl Plan {
                     }
                 }
             }
+        }
+        for (doc, text, scalar) in each {
+            set_fixed(&mut root, doc, &text, true, scalar);
         }
         for step in &self.steps {
             match step {

@@ -235,6 +235,11 @@ pub struct MapEntry {
     /// space) before conversion: a date and a time kept in two fields,
     /// `join = { path = "sealingTime" }` with `pattern = "%Y-%m-%d %H:%M"`.
     pub join: Option<Join>,
+    /// The document repeats this field in every instance of a group (each container
+    /// record names the truck); the canonical field is one: written into each instance,
+    /// read from the first (instances that say otherwise are noted, not kept).
+    #[serde(default)]
+    pub in_each: bool,
     /// Written only: how many values a canonical path has (`equipment[].id`).
     pub count: Option<String>,
     /// Written only: the sum of a canonical path's numbers (`goods[].packages`).
