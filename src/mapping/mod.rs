@@ -289,10 +289,15 @@ impl MappedFormat {
                         })
                         .unwrap_or(false)
             }
-            Syntax::Flat => plan
-                .detect_starts_with
-                .as_ref()
-                .is_some_and(|s| body.starts_with(s.as_bytes())),
+            Syntax::Flat => {
+                plan.detect_starts_with
+                    .as_ref()
+                    .is_some_and(|s| body.starts_with(s.as_bytes()))
+                    && plan
+                        .detect_contains
+                        .as_ref()
+                        .is_none_or(|c| body.windows(c.len().max(1)).any(|w| w == c.as_bytes()))
+            }
         }
     }
 
@@ -779,7 +784,8 @@ mod flat {
             if let Some(prefix) = &spec.segment_prefix
                 && let Some(name) = tag.strip_prefix(prefix.as_str())
             {
-                segment = Some(name.to_owned());
+                // `<contain>` (an IGM section) names segment `contain`.
+                segment = Some(name.strip_suffix('>').unwrap_or(name).to_owned());
                 continue;
             }
             let is_header = spec.header.as_deref() == Some(tag);

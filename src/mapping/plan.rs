@@ -132,6 +132,7 @@ pub struct Plan {
     pub detect_root: Option<String>,
     pub detect_keys: Vec<String>,
     pub detect_starts_with: Option<String>,
+    pub detect_contains: Option<String>,
     /// namespace → prefix, for output.
     pub prefixes: Vec<(String, String)>,
     pub output_root: String,
@@ -598,6 +599,7 @@ impl Plan {
             detect_root,
             detect_keys: spec.detect.keys,
             detect_starts_with: spec.detect.starts_with,
+            detect_contains: spec.detect.contains,
             prefixes: prefixes.into_iter().map(|(p, ns)| (ns, p)).collect(),
             output_root,
             flat: spec.flat,

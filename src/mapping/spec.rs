@@ -96,8 +96,10 @@ pub struct DetectSpec {
     /// JSON: top-level keys that must all be present.
     #[serde(default)]
     pub keys: Vec<String>,
-    /// Flat: the text the document starts with.
+    /// Flat: the text the document starts with...
     pub starts_with: Option<String>,
+    /// ...and a text it holds (a segment tag that tells two messages apart).
+    pub contains: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -308,6 +308,38 @@ async fn shipped_manifest_and_e_seal_record(backend: Backend) {
     let trip = app.trip(&bill_trip).await;
     assert_eq!(trip["equipment"][0]["seals"][0]["id"], "ES00781234");
     assert_eq!(trip["equipment"][0]["seals"][0]["device_id"], "ES00781234");
+
+    // An Indian IGM's container section seals a transit declared without them.
+    let mut transit: Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/formats/ects-json/in-nsa-tkd-two-containers/input.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for e in transit["equipment"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("seals");
+    }
+    let reply = app
+        .post("/v1/messages/ects-json", transit.to_string())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let transit_trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+    let igm = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/formats/icegate-flat/igm-containers/input.txt"
+    ))
+    .unwrap();
+    let reply = app.post("/v1/messages", igm).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(reply.json()["format"], "icegate-flat");
+    assert_eq!(reply.json()["assignment"]["trips"][0]["seals_assigned"], 2);
+    let trip = app.trip(&transit_trip).await;
+    assert_eq!(
+        trip["equipment"][1]["seals"][0]["id"], "MLIN104568",
+        "{trip}"
+    );
 }
 
 #[tokio::test]
