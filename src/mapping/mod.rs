@@ -645,6 +645,26 @@ impl MappedFormat {
 }
 
 impl MappedFormat {
+    /// One canonical message: its schema, the type, then the rules across its fields
+    /// (`check`, which may put it in shape and return notes); problems and notes point at
+    /// the document.
+    fn read_checked<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: Canonical,
+        canonical: &Value,
+        origins: &BTreeMap<String, Place>,
+        check: fn(&mut T) -> Result<Vec<Located>, DocumentError>,
+    ) -> Result<(T, Vec<Located>), DocumentError> {
+        let problems = self.schemas.check(kind, canonical, "");
+        if !problems.is_empty() {
+            return Err(DocumentError::Invalid(Self::locate(problems, origins)));
+        }
+        let mut value: T =
+            crate::formats::deserialize_at(canonical, "").map_err(|e| relocate(e, origins))?;
+        let notes = check(&mut value).map_err(|e| relocate(e, origins))?;
+        Ok((value, Self::locate(notes, origins)))
+    }
+
     /// The canonical value a mapping produced, checked against the canonical schema and
     /// read into the model; problems point at the document where the field came from.
     fn to_inbound(
@@ -655,21 +675,13 @@ impl MappedFormat {
     ) -> Result<(Inbound, Vec<Located>), DocumentError> {
         match plan.message {
             MessageKind::Declaration => {
-                let problems = self
-                    .schemas
-                    .check(Canonical::TransitDeclaration, canonical, "");
-                if !problems.is_empty() {
-                    return Err(DocumentError::Invalid(Self::locate(problems, origins)));
-                }
-                let mut declaration: ects_core::TransitDeclaration =
-                    crate::formats::deserialize_at(canonical, "")
-                        .map_err(|e| relocate(e, origins))?;
-                let notes = crate::formats::check_declaration(&mut declaration)
-                    .map_err(|e| relocate(e, origins))?;
-                Ok((
-                    Inbound::Declaration(Box::new(declaration)),
-                    Self::locate(notes, origins),
-                ))
+                let (declaration, notes) = self.read_checked(
+                    Canonical::TransitDeclaration,
+                    canonical,
+                    origins,
+                    crate::formats::check_declaration,
+                )?;
+                Ok((Inbound::Declaration(Box::new(declaration)), notes))
             }
             MessageKind::SealEvents => {
                 let items = canonical
@@ -709,19 +721,13 @@ impl MappedFormat {
                 Ok((Inbound::SealEvents { events, base: None }, Vec::new()))
             }
             MessageKind::SealAssignment => {
-                let problems = self.schemas.check(Canonical::SealAssignment, canonical, "");
-                if !problems.is_empty() {
-                    return Err(DocumentError::Invalid(Self::locate(problems, origins)));
-                }
-                let mut assignment: ects_core::SealAssignment =
-                    crate::formats::deserialize_at(canonical, "")
-                        .map_err(|e| relocate(e, origins))?;
-                let notes = crate::formats::check_assignment(&mut assignment)
-                    .map_err(|e| relocate(e, origins))?;
-                Ok((
-                    Inbound::SealAssignment(Box::new(assignment)),
-                    Self::locate(notes, origins),
-                ))
+                let (assignment, notes) = self.read_checked(
+                    Canonical::SealAssignment,
+                    canonical,
+                    origins,
+                    crate::formats::check_assignment,
+                )?;
+                Ok((Inbound::SealAssignment(Box::new(assignment)), notes))
             }
             MessageKind::TripStatus | MessageKind::StatusNotification => {
                 Err(DocumentError::Invalid(vec![Located::pointer(

@@ -1379,30 +1379,13 @@ impl Plan {
                         }
                     };
                     if b.in_each {
+                        // One value, written into each instance below.
                         if let Some((idx, v)) = by_target[0].first()
                             && let Some((text, scalar)) = convert(idx, v, &mut problems)
                         {
-                            match b.max_length {
-                                Some(max) if text.chars().count() > max => {
-                                    problems.push(Located {
-                                            pointer: None,
-                                            path: Some(b.doc_text.clone()),
-                                            line: None,
-                                            column: None,
-                                            canonical: Some(canonical_pointer(&b.canonical[0], idx)),
-                                            code: None,
-                                            detail: format!(
-                                                "{text:?} is {} characters; the field takes at most {max}",
-                                                text.chars().count()
-                                            ),
-                                        });
-                                }
-                                _ => each.push((&b.doc, text, scalar)),
-                            }
+                            values.push((idx.clone(), text, scalar));
                         }
-                        continue;
-                    }
-                    if b.splits_into_array {
+                    } else if b.splits_into_array {
                         // Join the last repetition into one field.
                         let mut groups: BTreeMap<Vec<usize>, Vec<String>> = BTreeMap::new();
                         for (idx, v) in &by_target[0] {
@@ -1529,6 +1512,10 @@ impl Plan {
                                 }
                                 TooLong::Flag => flags.push(located),
                             }
+                        }
+                        if b.in_each {
+                            each.push((&b.doc, text, scalar));
+                            continue;
                         }
                         let append = b.output_only.then(|| b.split.as_deref().unwrap_or(""));
                         set_value(&mut root, &b.doc, &idx, text, scalar, append);
