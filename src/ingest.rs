@@ -445,15 +445,7 @@ impl Ingest {
         // Seals often report before their declaration reaches us: those events were kept
         // as unmatched and now join the trip. The devices are locked first (in order), so
         // a message routing their events waits for this declaration, or is seen by it.
-        let mut devices: Vec<&str> = declaration
-            .seals()
-            .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
-            .collect();
-        devices.sort_unstable();
-        devices.dedup();
-        for device in devices {
-            store::lock_device(&mut tx, self.store.backend(), device).await?;
-        }
+        store::lock_seal_devices(&mut tx, self.store.backend(), declaration.seals()).await?;
         let early =
             store::claim_unmatched_events(&mut tx, declaration, &trip_id.to_string()).await?;
         if !early.is_empty() {

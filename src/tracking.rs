@@ -557,17 +557,8 @@ impl Tracking {
         // Devices before the trip row, in order, as the events path locks them: a message
         // routing their events waits for this one, or is seen by it.
         if let Input::SealAssignment(a) = input {
-            let mut devices: Vec<&str> = a
-                .equipment
-                .iter()
-                .flat_map(|e| e.seals.iter())
-                .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
-                .collect();
-            devices.sort_unstable();
-            devices.dedup();
-            for device in devices {
-                store::lock_device(tx, self.store.backend(), device).await?;
-            }
+            let seals = a.equipment.iter().flat_map(|e| e.seals.iter());
+            store::lock_seal_devices(tx, self.store.backend(), seals).await?;
         }
         let geo = self.geography(tx).await?;
         let Some((mut trip, version)) =

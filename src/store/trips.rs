@@ -254,6 +254,24 @@ pub async fn lock_device(
     Ok(())
 }
 
+/// Locks the devices of these seals, each once and in order (so that two writers lock
+/// them alike and cannot deadlock on each other).
+pub async fn lock_seal_devices<'a>(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    seals: impl Iterator<Item = &'a Seal>,
+) -> Result<(), StoreError> {
+    let mut devices: Vec<&str> = seals
+        .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    for device in devices {
+        lock_device(conn, backend, device).await?;
+    }
+    Ok(())
+}
+
 /// The live trip that carries this seal (by seal id) or device, newest first.
 pub async fn trip_for_event(
     conn: &mut AnyConnection,
