@@ -47,6 +47,79 @@ pub struct Settings {
     pub signers: std::collections::BTreeMap<String, Vec<String>>,
     /// Longest a signer may take, in seconds.
     pub signer_timeout_s: u64,
+    /// The RabbitMQ broker (`amqp://user:pass@host:5672/%2f`); none turns AMQP off.
+    pub amqp_url: Option<SecretString>,
+    pub amqp: AmqpSettings,
+    pub outbox: OutboxSettings,
+    /// The partner systems: what they send, what they receive, what they may see.
+    pub partners: Vec<crate::partners::PartnerConfig>,
+}
+
+/// How the gateway uses its broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Unacknowledged messages the broker may hand each inbound consumer at once.
+    pub prefetch: u16,
+    /// The topic exchange notifications are published to.
+    pub exchange: String,
+    /// Pause before a message that failed for a passing reason (database away) is handed
+    /// back to the broker, in milliseconds.
+    pub retry_delay_ms: u64,
+    /// First and longest pause between reconnection attempts, in milliseconds.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Longest wait for the broker to confirm a published message, in milliseconds; a
+    /// message left unconfirmed (the connection dropped) is tried again.
+    pub confirm_timeout_ms: u64,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            prefetch: 32,
+            exchange: "ects.out".into(),
+            retry_delay_ms: 1_000,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 30_000,
+            confirm_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The outbox dispatcher: how often it looks, how hard it tries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Failed attempts after which a message is parked (`failed`) until retried by hand.
+    pub max_attempts: u32,
+    /// Pause after the first failure; it doubles with each further one (with jitter), up
+    /// to `max_backoff_ms`.
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// How long the dispatcher waits for new messages when it found none, in milliseconds.
+    pub poll_ms: u64,
+    /// Messages taken per round.
+    pub batch: u32,
+    /// How long a taken message is reserved for the instance that took it, in seconds; an
+    /// instance that dies holding it gives it up after this.
+    pub lease_s: u64,
+    /// Longest an HTTP push may take, in seconds.
+    pub http_timeout_s: u64,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            base_backoff_ms: 500,
+            max_backoff_ms: 300_000,
+            poll_ms: 250,
+            batch: 200,
+            lease_s: 60,
+            http_timeout_s: 15,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -64,6 +137,10 @@ impl Default for Settings {
             mappings_dir: PathBuf::from("mappings"),
             signers: Default::default(),
             signer_timeout_s: 10,
+            amqp_url: None,
+            amqp: AmqpSettings::default(),
+            outbox: OutboxSettings::default(),
+            partners: Vec::new(),
         }
     }
 }
@@ -93,6 +170,9 @@ pub struct ConfigArgs {
     /// Log filter (default info), e.g. `ects_gateway=debug,info`.
     #[arg(long = "log", alias = "log-filter", env = "ECTS_LOG", global = true)]
     pub log_filter: Option<String>,
+    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (default: AMQP off).
+    #[arg(long, env = "ECTS_AMQP_URL", global = true, hide_env_values = true)]
+    pub amqp_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +212,9 @@ impl ConfigArgs {
         }
         if let Some(d) = &self.mappings_dir {
             settings.mappings_dir = d.clone();
+        }
+        if let Some(url) = &self.amqp_url {
+            settings.amqp_url = Some(SecretString::from(url.clone()));
         }
         settings.check()?;
         Ok(settings)
@@ -176,6 +259,24 @@ impl Settings {
                 "max_events_per_message must be above 0".into(),
             ));
         }
+        if let Some(url) = &self.amqp_url
+            && !(url.expose_secret().starts_with("amqp://")
+                || url.expose_secret().starts_with("amqps://"))
+        {
+            return Err(ConfigError::Invalid(
+                "amqp_url must start with amqp:// or amqps://".into(),
+            ));
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(ConfigError::Invalid("amqp.prefetch must be above 0".into()));
+        }
+        let o = &self.outbox;
+        if o.max_attempts == 0 || o.batch == 0 || o.lease_s == 0 || o.http_timeout_s == 0 {
+            return Err(ConfigError::Invalid(
+                "outbox.max_attempts, batch, lease_s and http_timeout_s must be above 0".into(),
+            ));
+        }
+        crate::partners::check(&self.partners).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

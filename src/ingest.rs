@@ -30,6 +30,11 @@ pub struct Source<'a> {
     /// Who sent it: a partner id, or the transport's own name when unauthenticated.
     pub sender: &'a str,
     pub content_type: Option<&'a str>,
+    /// The transport's own id of the message (AMQP `message_id`, else the body's hash):
+    /// a redelivery under it is recognised.
+    pub message_id: Option<&'a str>,
+    /// The partner it came from, when the transport knows it (its AMQP queue).
+    pub partner: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -192,6 +197,7 @@ impl Message<'_> {
             response_status: None,
             response_body: None,
             unmapped: self.unmapped.clone(),
+            transport_message_id: self.source.message_id,
         }
     }
 }
@@ -434,6 +440,12 @@ impl Ingest {
         store::insert_message(&mut tx, &record).await?;
         store::insert_declared_trip(&mut tx, declaration, &text, &trip, &message.id, message.now)
             .await?;
+        store::outbox::insert_parties(
+            &mut tx,
+            &trip_id.to_string(),
+            &crate::partners::parties_of(declaration, message.source.partner),
+        )
+        .await?;
         let actor = format!("{}:{}", message.source.transport, message.source.sender);
         append_audit(
             &mut tx,
@@ -549,10 +561,13 @@ impl Ingest {
         for (trip, equipment) in targets {
             // A seal or device another live trip holds would not report here: its events
             // route to that trip.
-            for (e, seal) in equipment
+            // Collected first: an iterator held across the awaits below would keep this
+            // future from being Send for every lifetime (the AMQP consumer spawns it).
+            let sealed: Vec<(&ects_core::Equipment, &ects_core::Seal)> = equipment
                 .iter()
                 .flat_map(|e| e.seals.iter().map(move |s| (e, s)))
-            {
+                .collect();
+            for (e, seal) in sealed {
                 if let Some(other) = store::other_live_trip_with_seal(&mut tx, seal, &trip).await? {
                     tx.rollback().await?;
                     return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(

@@ -1,5 +1,6 @@
 //! ECTS Gateway: the adapter server around the `ects-core` tracking engine.
 
+pub mod amqp;
 pub mod cli;
 pub mod config;
 pub mod formats;
@@ -7,6 +8,8 @@ pub mod http;
 pub mod ingest;
 pub mod mapping;
 pub mod metrics;
+pub mod outbox;
+pub mod partners;
 pub mod problem;
 pub mod schemas;
 pub mod startup;
@@ -14,3 +17,8 @@ pub mod store;
 pub mod telemetry;
 pub mod tracking;
 pub mod translate;
+
+/// Makes ring the process's TLS crypto provider (reqwest is built without one). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

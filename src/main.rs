@@ -5,6 +5,7 @@ use ects_gateway::telemetry::{error_chain, get_subscriber, init_subscriber};
 #[actix_web::main]
 async fn main() {
     let cli = Cli::parse();
+    ects_gateway::install_crypto_provider();
     // Configuration first, so that its log settings apply; a broken file is reported on
     // standard error with its name and line.
     let settings = match cli.config.load() {

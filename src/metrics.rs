@@ -29,6 +29,12 @@ struct MessageLabels {
     outcome: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    channel: String,
+    result: String,
+}
+
 type DurationFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -36,6 +42,7 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     http_duration: DurationFamily,
     messages_in: Family<MessageLabels, Counter>,
+    outbox_attempts: Family<OutboxLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,11 +77,18 @@ impl Default for Metrics {
             "Inbound messages by format and outcome (accepted, duplicate, rejected, failed)",
             messages_in.clone(),
         );
+        let outbox_attempts = Family::<OutboxLabels, Counter>::default();
+        registry.register(
+            "outbox_attempts",
+            "Outbound deliveries tried, by channel and result (sent, retry, parked)",
+            outbox_attempts.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             http_requests,
             http_duration,
             messages_in,
+            outbox_attempts,
         }
     }
 }
@@ -107,6 +121,21 @@ impl Metrics {
             .get_or_create(&MessageLabels {
                 format: format.to_owned(),
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn outbox_attempt(&self, channel: &str, result: &crate::store::outbox::Attempted) {
+        use crate::store::outbox::Attempted;
+        let result = match result {
+            Attempted::Sent => "sent",
+            Attempted::Retry { .. } => "retry",
+            Attempted::Parked { .. } => "parked",
+        };
+        self.outbox_attempts
+            .get_or_create(&OutboxLabels {
+                channel: channel.to_owned(),
+                result: result.to_owned(),
             })
             .inc();
     }

@@ -1,10 +1,10 @@
 //! Where a problem is in a document, and the RFC 9457 problem document that carries it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One problem and where it is, at both ends: in the document (a JSON pointer, an XML path
 /// or flat-file record:field, a line and column) and in the canonical form.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Located {
     /// JSON pointer (RFC 6901) of the offending part, `""` for the whole document.
     #[serde(skip_serializing_if = "Option::is_none")]

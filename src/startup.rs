@@ -10,14 +10,20 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
+use tokio::sync::watch;
+
+use crate::amqp::{self, Supervisor};
 use crate::config::Settings;
 use crate::formats::{CommandSigner, Formats, Limits, Signer};
 use crate::http::{self, AppState};
 use crate::ingest::Ingest;
 use crate::mapping::MappingSet;
 use crate::metrics::Metrics;
+use crate::outbox::Dispatcher;
+use crate::partners::PartnerConfig;
 use crate::schemas::Schemas;
 use crate::store::Store;
+use crate::tracking::Recipients;
 use crate::tracking::Tracking;
 
 pub struct Application {
@@ -26,6 +32,69 @@ pub struct Application {
     store: Store,
     tracking: Arc<Tracking>,
     tick_interval: u64,
+    supervisor: Option<Supervisor>,
+    dispatcher: Option<Dispatcher>,
+    stop: watch::Sender<bool>,
+}
+
+/// Stops a running application gracefully: the HTTP server drains, the dispatcher ends its
+/// round (so that nothing it has sent stays unrecorded), the broker link closes.
+#[derive(Clone)]
+pub struct Stopper {
+    handle: actix_web::dev::ServerHandle,
+    stop: watch::Sender<bool>,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        self.handle.stop(true).await;
+    }
+}
+
+/// Checks the partners against the loaded formats: each speaks a format that exists, in
+/// the version it names, and that can write the notifications it subscribes to.
+fn check_partners(settings: &Settings, formats: &Formats) -> anyhow::Result<()> {
+    for (i, p) in settings.partners.iter().enumerate() {
+        let Some(format) = formats.get(&p.format) else {
+            anyhow::bail!(
+                "partners[{i}] ({:?}): format {:?} is not loaded (known: {})",
+                p.id,
+                p.format,
+                formats.ids().join(", ")
+            );
+        };
+        if let Some(v) = &p.version {
+            anyhow::ensure!(
+                v == format.version(),
+                "partners[{i}] ({:?}): version {v:?} of {} is not the loaded one ({:?})",
+                p.id,
+                p.format,
+                format.version()
+            );
+        }
+        let messages = format.messages();
+        if !p.subscribe.is_empty() {
+            anyhow::ensure!(
+                messages.iter().any(
+                    |(m, d)| *m == crate::mapping::MessageKind::StatusNotification
+                        && d.contains("out")
+                ),
+                "partners[{i}] ({:?}): format {} cannot write notifications, so it cannot subscribe",
+                p.id,
+                p.format
+            );
+        }
+        if p.amqp_in.is_some() {
+            anyhow::ensure!(
+                messages.iter().any(|(_, d)| d.contains("in")),
+                "partners[{i}] ({:?}): format {} reads nothing, so amqp_in has nothing to take",
+                p.id,
+                p.format
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The formats: the canonical one and every mapping in `settings.mappings_dir`, compiled.
@@ -96,16 +165,58 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();
-        let tracking = Arc::new(Tracking::new(store.clone(), settings.rules));
+        check_partners(&settings, &formats)?;
+        let partners: Arc<[PartnerConfig]> = settings.partners.clone().into();
+        let recipients = Recipients {
+            partners: partners.clone(),
+            amqp: settings.amqp_url.is_some(),
+        };
+        let tracking =
+            Arc::new(Tracking::new(store.clone(), settings.rules).with_recipients(recipients));
         let tick_interval = settings.tick_interval_s;
+        let metrics = Arc::new(Metrics::default());
+        let ingest = Ingest::new(store.clone(), tracking.clone());
+        let (supervisor, broker) = match &settings.amqp_url {
+            Some(url) => {
+                let (supervisor, broker) = Supervisor::new(
+                    url.clone(),
+                    format!("ects-gateway {}:{port}", hostname()),
+                    settings.amqp.clone(),
+                    partners.clone(),
+                    amqp::Inbound {
+                        ingest: ingest.clone(),
+                        formats: formats.clone(),
+                        store: store.clone(),
+                        metrics: metrics.clone(),
+                        max_body_bytes: settings.max_body_bytes,
+                    },
+                );
+                (Some(supervisor), Some(broker))
+            }
+            None => (None, None),
+        };
+        let dispatcher = if partners.iter().any(|p| !p.subscribe.is_empty()) {
+            Some(Dispatcher::new(
+                store.clone(),
+                formats.clone(),
+                &partners,
+                broker.clone(),
+                &settings.amqp,
+                settings.outbox.clone(),
+                metrics.clone(),
+            )?)
+        } else {
+            None
+        };
         let state = web::Data::new(AppState {
-            ingest: Ingest::new(store.clone(), tracking.clone()),
+            ingest,
             tracking: tracking.clone(),
             settings: Arc::new(settings),
             store: store.clone(),
             formats,
             schemas,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            broker,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -120,13 +231,25 @@ impl Application {
         .listen(listener)?
         .shutdown_timeout(10)
         .run();
+        let (stop, _) = watch::channel(false);
         Ok(Self {
             port,
             server,
             store,
             tracking,
             tick_interval,
+            supervisor,
+            dispatcher,
+            stop,
         })
+    }
+
+    /// Stops this application gracefully once it runs.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            handle: self.server.handle(),
+            stop: self.stop.clone(),
+        }
     }
 
     /// The tracking service, for driving the clock in tests.
@@ -148,13 +271,48 @@ impl Application {
         tracing::info!(port = self.port, "listening");
         let handle = self.server.handle();
         let ticker = run_ticker(self.tracking.clone(), self.tick_interval);
+        let mut link_stop = self.stop.subscribe();
+        let mut link = tokio::spawn(async move {
+            match self.supervisor {
+                Some(s) => s.run(link_stop).await,
+                None => {
+                    let _ = link_stop.wait_for(|stop| *stop).await;
+                    Ok(())
+                }
+            }
+        });
+        let mut stopping = self.stop.subscribe();
+        let dispatcher = tokio::spawn({
+            let stop = self.stop.subscribe();
+            async move {
+                match self.dispatcher {
+                    Some(d) => d.run(stop).await,
+                    None => Ok(()),
+                }
+            }
+        });
         let result = tokio::select! {
             r = self.server => r.context("the HTTP server stopped with an error"),
             r = ticker => {
                 handle.stop(true).await;
                 r
             }
+            r = &mut link => {
+                handle.stop(true).await;
+                r.context("the broker link failed").and_then(|r| r)
+            }
+            _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => Ok(()),
         };
+        // The dispatcher finishes the round it is in, so what it sent is recorded as sent;
+        // the broker link closes its connection.
+        self.stop.send_replace(true);
+        let wait = std::time::Duration::from_secs(30);
+        if tokio::time::timeout(wait, dispatcher).await.is_err() {
+            tracing::warn!("the outbox dispatcher did not stop within 30 s");
+        }
+        if !link.is_finished() && tokio::time::timeout(wait, &mut link).await.is_err() {
+            link.abort();
+        }
         self.store.close().await;
         if let Err(e) = &result {
             tracing::error!(error.cause_chain = ?e, "stopped");
@@ -181,4 +339,13 @@ async fn run_ticker(tracking: Arc<Tracking>, interval_s: u64) -> anyhow::Result<
             }
         }
     }
+}
+
+/// This machine's name, for the broker's list of connections.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

@@ -10,10 +10,15 @@ use ects_core::audit::{AuditEntry, verify};
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
 use ects_core::trip::{CommandError, Effect, Input, Rules, RulesOverride, Trip, reconcile};
-use ects_core::{CorridorId, SealEvent, TransitDeclaration, TripId, TripStatus, ZoneId};
+use ects_core::{
+    CorridorId, SealEvent, StatusNotification, TransitDeclaration, TripId, TripStatus, ZoneId,
+};
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
 
+use crate::partners::{PartnerConfig, kind_name};
+use crate::store::outbox::{self, NewOutbox};
 use crate::store::{self, Store, StoreError, Tx, ts};
 
 /// Corridors and zones as every trip sees them, reloaded when another request (or another
@@ -235,13 +240,23 @@ pub async fn audit_trail(store: &Store, trip_id: TripId) -> Result<AuditTrail, S
     })
 }
 
-/// Stores what the engine returned: alerts, unlock commands; the audit entries are added
-/// by the caller with the inputs.
+/// Stores what the engine returned: alerts, unlock commands, and notifications for the
+/// partners that take them (the outbox); the audit entries are added by the caller with
+/// the inputs.
 async fn store_effects(
     conn: &mut AnyConnection,
+    recipients: &Recipients,
     effects: &[Effect],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let notes: Vec<&StatusNotification> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Notify { notification } => Some(notification.as_ref()),
+            _ => None,
+        })
+        .collect();
+    recipients.enqueue(&mut *conn, &notes, now).await?;
     for effect in effects {
         match effect {
             Effect::AlertRaised { alert }
@@ -281,6 +296,78 @@ async fn store_effects(
     }
     Ok(())
 }
+
+/// Who is told of what: the partners, and whether the broker is there to publish to.
+#[derive(Debug, Clone, Default)]
+pub struct Recipients {
+    pub partners: Arc<[PartnerConfig]>,
+    pub amqp: bool,
+}
+
+impl Recipients {
+    /// The channels a partner takes notifications on.
+    fn channels(&self, p: &PartnerConfig) -> impl Iterator<Item = &'static str> {
+        let amqp = (self.amqp && p.amqp_out).then_some("amqp");
+        let http = p.http_push.is_some().then_some("http");
+        amqp.into_iter().chain(http)
+    }
+
+    /// Writes each notification to the outbox once for every partner and channel that
+    /// takes its kind and may see its trip.
+    async fn enqueue(
+        &self,
+        conn: &mut AnyConnection,
+        notes: &[&StatusNotification],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if notes.is_empty() || self.partners.iter().all(|p| p.subscribe.is_empty()) {
+            return Ok(());
+        }
+        let mut parties: Option<(TripId, Vec<String>)> = None;
+        for note in notes {
+            let trip_id = note.trip_id.to_string();
+            if parties.as_ref().is_none_or(|(t, _)| *t != note.trip_id) {
+                parties = Some((note.trip_id, outbox::trip_parties(conn, &trip_id).await?));
+            }
+            let trip_parties = parties
+                .as_ref()
+                .map(|(_, p)| p.as_slice())
+                .unwrap_or_default();
+            let kind = kind_name(note.kind);
+            let canonical = serde_json::to_string(note).unwrap_or_default();
+            for partner in self.partners.iter() {
+                if !partner.takes(note.kind)
+                    || !partner.may_see(trip_parties.iter().map(String::as_str))
+                {
+                    continue;
+                }
+                for channel in self.channels(partner) {
+                    let key = format!("{}/{channel}/{}", partner.id, note.notification_id);
+                    outbox::enqueue(
+                        conn,
+                        &NewOutbox {
+                            message_id: Uuid::new_v5(&OUTBOX_NAMESPACE, key.as_bytes()).to_string(),
+                            partner_id: &partner.id,
+                            channel,
+                            trip_id: trip_id.clone(),
+                            declaration_id: note.declaration_id.as_str(),
+                            notification_id: &note.notification_id,
+                            kind,
+                            format: &partner.format,
+                            canonical: &canonical,
+                        },
+                        now,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Namespace of outbox message ids (UUID v5 of partner, channel and notification).
+const OUTBOX_NAMESPACE: Uuid = Uuid::from_u128(0x6563_7473_2d6f_7574_626f_782d_6d73_6700);
 
 /// A trip command the engine refused, or a storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +413,7 @@ pub struct Tracking {
     store: Store,
     rules: Rules,
     geography: GeographyCache,
+    recipients: Recipients,
 }
 
 impl Tracking {
@@ -334,7 +422,13 @@ impl Tracking {
             store,
             rules,
             geography: GeographyCache::default(),
+            recipients: Recipients::default(),
         }
+    }
+
+    /// Notifications go to these partners, through the outbox.
+    pub fn with_recipients(self, recipients: Recipients) -> Self {
+        Self { recipients, ..self }
     }
 
     pub fn rules(&self) -> &Rules {
@@ -400,7 +494,7 @@ impl Tracking {
         if !store::update_trip(tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
             return Err(StoreError::Contention);
         }
-        store_effects(tx, &effects, now).await?;
+        store_effects(tx, &self.recipients, &effects, now).await?;
         audit.extend(
             effects
                 .iter()
@@ -651,7 +745,7 @@ impl Tracking {
         if !store::update_trip(tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
             return Err(CommandFailure::Store(StoreError::Contention));
         }
-        store_effects(tx, &effects, now).await?;
+        store_effects(tx, &self.recipients, &effects, now).await?;
         let mut audit = vec![AuditItem::new(actor, format!("input.{kind}"), input)];
         audit.extend(
             effects
@@ -784,7 +878,7 @@ impl Tracking {
                 tx.rollback().await?;
                 continue;
             }
-            store_effects(&mut tx, &effects, now).await?;
+            store_effects(&mut tx, &self.recipients, &effects, now).await?;
             let audit = effects
                 .iter()
                 .map(|e| AuditItem::new("engine", effect_action(e), e))

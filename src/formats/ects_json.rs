@@ -211,6 +211,7 @@ impl Format for EctsJson {
             (MessageKind::SealAssignment, "in"),
             (MessageKind::SealAssignment, "out"),
             (MessageKind::TripStatus, "out"),
+            (MessageKind::StatusNotification, "out"),
         ]
     }
 

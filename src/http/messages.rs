@@ -31,6 +31,8 @@ fn source_of(req: &HttpRequest) -> Source<'_> {
             .headers()
             .get(actix_web::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
+        message_id: None,
+        partner: None,
     }
 }
 

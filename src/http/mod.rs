@@ -7,6 +7,7 @@ pub mod error;
 mod geo;
 mod messages;
 mod ops;
+mod outbox;
 mod trips;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub ingest: Ingest,
     pub tracking: Arc<Tracking>,
     pub metrics: Arc<Metrics>,
+    /// The broker link, when AMQP is configured.
+    pub broker: Option<crate::amqp::Broker>,
 }
 
 #[derive(OpenApi)]
@@ -68,6 +71,8 @@ pub struct AppState {
         geo::put_zone,
         geo::get_zone,
         geo::list_zones,
+        outbox::list_outbox,
+        outbox::retry_outbox,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -118,6 +123,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(geo::list_zones)
     .service(geo::put_zone)
     .service(geo::get_zone)
+    .service(outbox::list_outbox)
+    .service(outbox::retry_outbox)
     .service(ops::healthz)
     .service(ops::readyz)
     .service(ops::metrics)

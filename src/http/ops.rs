@@ -17,8 +17,8 @@ pub struct Readiness {
     pub status: &'static str,
     /// `ok`, or what went wrong.
     pub database: String,
-    /// `disabled` while no broker is configured.
-    pub broker: &'static str,
+    /// `ok`, `disabled` while no broker is configured, or what is wrong.
+    pub broker: String,
 }
 
 /// The process is up.
@@ -38,11 +38,15 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             Ok(Err(e)) => format!("unreachable: {}", crate::telemetry::error_chain(&e)),
             Err(_) => "unreachable: no answer within 2 s".to_owned(),
         };
-    let ready = database == "ok";
+    let broker = match &state.broker {
+        Some(b) => b.status(),
+        None => "disabled".to_owned(),
+    };
+    let ready = database == "ok" && (broker == "ok" || broker == "disabled");
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
         database,
-        broker: "disabled",
+        broker,
     };
     if ready {
         HttpResponse::Ok().json(body)

@@ -40,6 +40,8 @@ pub struct MessageRecord<'a> {
     pub response_status: Option<u16>,
     pub response_body: Option<String>,
     pub unmapped: Option<String>,
+    /// The transport's own id of the message (AMQP `message_id`, else the body's hash).
+    pub transport_message_id: Option<&'a str>,
 }
 
 pub async fn insert_message(
@@ -49,8 +51,8 @@ pub async fn insert_message(
     sqlx::query(
         "insert into messages (message_id, direction, format, transport, source, content_type,
              received_at, body, body_sha256, parsed, outcome, problem, response_status, response_body,
-             unmapped)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             unmapped, transport_message_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(&m.message_id)
     .bind(m.direction)
@@ -67,6 +69,7 @@ pub async fn insert_message(
     .bind(m.response_status.map(i64::from))
     .bind(m.response_body.as_deref())
     .bind(m.unmapped.as_deref())
+    .bind(m.transport_message_id)
     .execute(conn)
     .await?;
     Ok(())

@@ -3,6 +3,7 @@
 
 mod geo;
 mod messages;
+pub mod outbox;
 mod trips;
 
 use std::str::FromStr;
@@ -13,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 pub use geo::FeatureRow;
 pub use messages::{MessageRecord, Outcome};
@@ -33,6 +34,7 @@ pub(crate) use trips::{
 pub struct Tx {
     tx: Transaction<'static, Any>,
     _gate: Option<OwnedMutexGuard<()>>,
+    committed: Arc<Notify>,
 }
 
 impl std::ops::Deref for Tx {
@@ -49,8 +51,11 @@ impl std::ops::DerefMut for Tx {
 }
 
 impl Tx {
+    /// Commits, then wakes whoever waits for new work (the outbox dispatcher).
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+        self.tx.commit().await?;
+        self.committed.notify_one();
+        Ok(())
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -105,6 +110,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite has one writer at a time; this gate makes them wait their turn in order.
     write_gate: Option<Arc<Mutex<()>>>,
+    /// Told after each write commits.
+    committed: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Store {
@@ -163,6 +170,7 @@ impl Store {
             pool,
             backend,
             write_gate,
+            committed: Arc::new(Notify::new()),
         })
     }
 
@@ -197,7 +205,16 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("begin immediate").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
-        Ok(Tx { tx, _gate: gate })
+        Ok(Tx {
+            tx,
+            _gate: gate,
+            committed: self.committed.clone(),
+        })
+    }
+
+    /// Notified after a write transaction commits: new work may be waiting.
+    pub fn committed(&self) -> Arc<Notify> {
+        self.committed.clone()
     }
 
     pub fn pool(&self) -> &AnyPool {

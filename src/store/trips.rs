@@ -256,20 +256,24 @@ pub async fn lock_device(
 
 /// Locks the devices of these seals, each once and in order (so that two writers lock
 /// them alike and cannot deadlock on each other).
-pub async fn lock_seal_devices<'a>(
-    conn: &mut AnyConnection,
+pub fn lock_seal_devices<'a, 'c>(
+    conn: &'c mut AnyConnection,
     backend: Backend,
     seals: impl Iterator<Item = &'a Seal>,
-) -> Result<(), StoreError> {
-    let mut devices: Vec<&str> = seals
-        .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str()))
+) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
+    // The devices are collected before the future starts, so that it holds no iterator
+    // (whose closures would keep it from being Send for every lifetime).
+    let mut devices: Vec<String> = seals
+        .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str().to_owned()))
         .collect();
     devices.sort_unstable();
     devices.dedup();
-    for device in devices {
-        lock_device(conn, backend, device).await?;
+    async move {
+        for device in devices {
+            lock_device(conn, backend, &device).await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The live trip that carries this seal (by seal id) or device, newest first.

@@ -34,6 +34,8 @@ impl std::io::Write for LogWriter {
 }
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
+    // The HTTP client's TLS provider, as the gateway installs it.
+    ects_gateway::install_crypto_provider();
     init_subscriber(get_subscriber("info", LogFormat::Json, || LogWriter));
 });
 
@@ -65,7 +67,12 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Store,
     pub tracking: std::sync::Arc<ects_gateway::tracking::Tracking>,
-    _dir: Option<tempfile::TempDir>,
+    /// Stops the application gracefully (HTTP drained, outbox round finished).
+    pub stopper: ects_gateway::startup::Stopper,
+    /// Where its data is, to start another application on it.
+    pub database_url: String,
+    pub backend: Backend,
+    _dir: Option<std::sync::Arc<tempfile::TempDir>>,
 }
 
 /// A fresh PostgreSQL database on the server of `TEST_DATABASE_URL`; `None` when unset
@@ -111,18 +118,13 @@ pub async fn spawn_app_with_mappings(
     backend: Backend,
     mappings: std::path::PathBuf,
 ) -> Option<TestApp> {
-    LazyLock::force(&TRACING);
-    let (url, dir) = match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("a temporary directory");
-            let url = format!("sqlite://{}/ects.db", dir.path().display());
-            (url, Some(dir))
-        }
-        Backend::Postgres => (fresh_postgres_database().await?, None),
-    };
-    let settings = Settings {
+    spawn_app_with(backend, mappings, |_| {}).await
+}
+
+/// The settings of a test application (its database is set when it starts).
+pub fn test_settings(mappings: std::path::PathBuf) -> Settings {
+    Settings {
         listen: "127.0.0.1:0".parse().expect("an address"),
-        database_url: SecretString::from(url),
         database_max_connections: 5,
         max_body_bytes: TEST_BODY_LIMIT,
         max_events_per_message: TEST_MAX_EVENTS,
@@ -130,24 +132,75 @@ pub async fn spawn_app_with_mappings(
         tick_interval_s: 0,
         mappings_dir: mappings,
         ..Settings::default()
+    }
+}
+
+/// An application with settings adjusted (partners, broker) on a fresh database.
+pub async fn spawn_app_with(
+    backend: Backend,
+    mappings: std::path::PathBuf,
+    adjust: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
+    LazyLock::force(&TRACING);
+    let (url, dir) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let url = format!("sqlite://{}/ects.db", dir.path().display());
+            (url, Some(std::sync::Arc::new(dir)))
+        }
+        Backend::Postgres => (fresh_postgres_database().await?, None),
     };
+    let mut settings = Settings {
+        database_url: SecretString::from(url.clone()),
+        ..test_settings(mappings)
+    };
+    adjust(&mut settings);
+    Some(start(settings, backend, url, dir).await)
+}
+
+async fn start(
+    settings: Settings,
+    backend: Backend,
+    database_url: String,
+    dir: Option<std::sync::Arc<tempfile::TempDir>>,
+) -> TestApp {
     let app = Application::build(settings)
         .await
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let store = app.store().clone();
     let tracking = app.tracking();
+    let stopper = app.stopper();
     tokio::spawn(app.run_until_stopped());
-    Some(TestApp {
+    TestApp {
         address,
         client: reqwest::Client::new(),
         store,
         tracking,
+        stopper,
+        database_url,
+        backend,
         _dir: dir,
-    })
+    }
 }
 
-/// Declares tests that take a `TestApp` and runs each on both backends.
+impl TestApp {
+    /// Another application on this one's database (a restart, or a second instance).
+    pub async fn another(&self, settings: Settings) -> TestApp {
+        let settings = Settings {
+            database_url: SecretString::from(self.database_url.clone()),
+            ..settings
+        };
+        start(
+            settings,
+            self.backend,
+            self.database_url.clone(),
+            self._dir.clone(),
+        )
+        .await
+    }
+}
+
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {

@@ -3,6 +3,7 @@
 mod helpers;
 mod mapping;
 
+mod amqp;
 mod assignments;
 mod bad_input;
 mod cli;

@@ -18,18 +18,18 @@ on_both_backends!(
     late_data_replayed_from_a_checkpoint_gives_what_order_would_have,
 );
 
-const LAT: f64 = 14.0;
-const DEPARTURE_LON: f64 = -91.0;
-const DESTINATION_LON: f64 = -89.0;
+pub(crate) const LAT: f64 = 14.0;
+pub(crate) const DEPARTURE_LON: f64 = -91.0;
+pub(crate) const DESTINATION_LON: f64 = -89.0;
 const SEAL_1: (&str, &str) = ("ES00781234", "860000000000001");
 const SEAL_2: (&str, &str) = ("ES00781235", "860000000000017");
 
-fn t(minutes: i64) -> DateTime<Utc> {
+pub(crate) fn t(minutes: i64) -> DateTime<Utc> {
     "2026-03-14T08:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(minutes)
 }
 
 /// Offices as circles, the corridor along latitude 14° between them, a release depot.
-async fn register_geometry(app: &TestApp) {
+pub(crate) async fn register_geometry(app: &TestApp) {
     let circle = |kind: &str, office: Option<&str>, lon: f64, r: f64| {
         let mut properties = json!({"kind": kind, "radius_m": r});
         if let Some(o) = office {
@@ -87,7 +87,7 @@ impl Seq {
 }
 
 /// On the road `minute` minutes after leaving the office centre at about 60 km/h.
-fn road_lon(minute: i64) -> f64 {
+pub(crate) fn road_lon(minute: i64) -> f64 {
     DEPARTURE_LON + minute as f64 * 0.00927
 }
 

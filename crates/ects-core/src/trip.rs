@@ -1630,5 +1630,14 @@ pub fn reconcile(old: &Trip, new: &Trip, now: Timestamp) -> Vec<Effect> {
             });
         }
     }
+    // What subscribed partners are told of it, as the trip now stands.
+    let notes: Vec<Effect> = fx
+        .iter()
+        .filter_map(|e| new.notification_for(e))
+        .map(|notification| Effect::Notify {
+            notification: Box::new(notification),
+        })
+        .collect();
+    fx.extend(notes);
     fx
 }

@@ -1,0 +1,478 @@
+//! RabbitMQ (lapin): one durable inbound queue per partner, consumed with manual acks and a
+//! prefetch; the `ects.out` topic exchange the outbox dispatcher publishes to with
+//! publisher confirms. A message is acknowledged only once what it did is committed, or
+//! once it is safely in its dead-letter queue. The link is supervised: when the broker goes
+//! away the gateway reconnects with backoff and resumes; unacknowledged messages come back
+//! from the broker and are recognised by their id, so none takes effect twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::config::AmqpSettings;
+use crate::formats::Formats;
+use crate::ingest::{Ingest, IngestError, Source};
+use crate::metrics::Metrics;
+use crate::partners::PartnerConfig;
+use crate::problem::Located;
+use crate::store::{Store, outbox};
+
+/// What the rest of the gateway sees of the broker link.
+#[derive(Debug, Clone, Default)]
+pub enum Link {
+    /// Not connected yet, or reconnecting; the last error if there was one.
+    #[default]
+    Down,
+    Failed(String),
+    /// Connected: the channel notifications are published on (confirms on).
+    Up(Channel),
+}
+
+/// The broker link, shared with the dispatcher and `/readyz`.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    link: watch::Receiver<Link>,
+}
+
+impl Broker {
+    /// The publishing channel while connected.
+    pub fn publisher(&self) -> Option<Channel> {
+        match &*self.link.borrow() {
+            Link::Up(channel) if channel.status().connected() => Some(channel.clone()),
+            _ => None,
+        }
+    }
+
+    /// `ok`, or why not.
+    pub fn status(&self) -> String {
+        match &*self.link.borrow() {
+            Link::Up(channel) if channel.status().connected() => "ok".into(),
+            Link::Up(_) => "reconnecting: the channel closed".into(),
+            Link::Down => "connecting".into(),
+            Link::Failed(e) => format!("unreachable: {e}"),
+        }
+    }
+
+    /// Waits until the link is up (or its state changes), for callers that need it.
+    pub async fn changed(&mut self) {
+        let _ = self.link.changed().await;
+    }
+}
+
+/// What consuming needs.
+#[derive(Clone)]
+pub struct Inbound {
+    pub ingest: Ingest,
+    pub formats: Formats,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+}
+
+/// Runs the broker link: connect, declare, consume, and again after any loss.
+pub struct Supervisor {
+    url: SecretString,
+    name: String,
+    settings: AmqpSettings,
+    partners: Arc<[PartnerConfig]>,
+    inbound: Inbound,
+    link: watch::Sender<Link>,
+}
+
+impl Supervisor {
+    /// `name` is the connection's name as the broker lists it.
+    pub fn new(
+        url: SecretString,
+        name: String,
+        settings: AmqpSettings,
+        partners: Arc<[PartnerConfig]>,
+        inbound: Inbound,
+    ) -> (Self, Broker) {
+        let (link, receiver) = watch::channel(Link::Down);
+        (
+            Self {
+                url,
+                name,
+                settings,
+                partners,
+                inbound,
+                link,
+            },
+            Broker { link: receiver },
+        )
+    }
+
+    /// Runs until `stop` turns true: a lost link is reconnected with exponential backoff
+    /// and jitter. On stop the connection is closed, so that the broker hands messages not
+    /// yet acknowledged to another consumer at once.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let min = Duration::from_millis(self.settings.reconnect_min_ms.max(10));
+        let max = Duration::from_millis(self.settings.reconnect_max_ms.max(10)).max(min);
+        let mut pause = min;
+        loop {
+            let started = std::time::Instant::now();
+            let error = match self.session(&mut stop).await {
+                Ok(()) if *stop.borrow() => return Ok(()),
+                Ok(()) => "the connection closed".to_owned(),
+                Err(e) => crate::telemetry::error_chain(e.as_ref()),
+            };
+            tracing::warn!(error = %error, "AMQP link lost; reconnecting");
+            self.link.send_replace(Link::Failed(error));
+            // A link that held for a while starts the backoff again.
+            if started.elapsed() > Duration::from_secs(30) {
+                pause = min;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(crate::outbox::jittered(pause)) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
+            pause = (pause * 2).min(max);
+        }
+    }
+
+    /// One connection's life: returns when it is lost.
+    async fn session(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        let conn = Connection::connect(self.url.expose_secret(), properties).await?;
+        let mut events = conn.events_listener();
+        let setup = conn.create_channel().await?;
+        setup
+            .exchange_declare(
+                self.settings.exchange.clone().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        for p in self.partners.iter() {
+            if let (Some(queue), Some(dlq)) = (&p.amqp_in, p.dead_letter_queue()) {
+                for q in [queue, &dlq] {
+                    setup
+                        .queue_declare(
+                            q.clone().into(),
+                            QueueDeclareOptions::durable(),
+                            FieldTable::default(),
+                        )
+                        .await?;
+                }
+            }
+        }
+        let publisher = conn.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut consumers = tokio::task::JoinSet::new();
+        for p in self.partners.iter().filter(|p| p.amqp_in.is_some()) {
+            let channel = conn.create_channel().await?;
+            channel
+                .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let queue = p.amqp_in.clone().unwrap_or_default();
+            let consumer = channel
+                .basic_consume(
+                    queue.clone().into(),
+                    format!("{}/{}", self.name, p.id).into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            let worker = Consumer {
+                channel,
+                partner: p.clone(),
+                inbound: self.inbound.clone(),
+                retry_delay: Duration::from_millis(self.settings.retry_delay_ms),
+            };
+            consumers.spawn(worker.run(consumer));
+        }
+        tracing::info!(consumers = consumers.len(), "AMQP link up");
+        self.link.send_replace(Link::Up(publisher.clone()));
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let result = loop {
+            tokio::select! {
+                Some(event) = events.next() => {
+                    if let lapin::Event::Error(e) = event {
+                        break Err(e.into());
+                    }
+                }
+                Some(done) = consumers.join_next() => {
+                    break match done {
+                        Ok(Ok(())) => Err(anyhow::anyhow!("a consumer was cancelled by the broker")),
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(e) => Err(e.into()),
+                    };
+                }
+                _ = check.tick() => {
+                    if !conn.status().connected() || !publisher.status().connected() {
+                        break Ok(());
+                    }
+                }
+                _ = stop.wait_for(|s| *s) => break Ok(()),
+            }
+        };
+        self.link.send_replace(Link::Down);
+        consumers.abort_all();
+        let _ = conn.close(200, "reconnecting".into()).await;
+        result
+    }
+}
+
+/// One partner's inbound queue.
+struct Consumer {
+    channel: Channel,
+    partner: PartnerConfig,
+    inbound: Inbound,
+    retry_delay: Duration,
+}
+
+/// Why a message went to the dead-letter queue.
+struct Rejection {
+    status: u16,
+    problems: Vec<Located>,
+}
+
+impl Consumer {
+    async fn run(self, mut consumer: lapin::Consumer) -> Result<(), lapin::Error> {
+        while let Some(delivery) = consumer.next().await {
+            // Boxed as Send here, where its lifetimes are concrete (a spawned future's
+            // Send check cannot see through some of them).
+            let handled: std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<(), lapin::Error>> + Send + '_>,
+            > = Box::pin(self.handle(delivery?));
+            handled.await?;
+        }
+        Ok(())
+    }
+
+    /// Takes one message in. Errors are the channel's own (the link is then rebuilt);
+    /// everything else ends in an ack (applied, repeated, or dead-lettered) or, for a
+    /// passing failure, a nack that hands it back to the broker.
+    async fn handle(&self, delivery: lapin::message::Delivery) -> Result<(), lapin::Error> {
+        let body = &delivery.data;
+        let transport_id = match delivery.properties.message_id() {
+            Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
+            _ => format!("sha256:{}", hex::encode(Sha256::digest(body))),
+        };
+        let partner = &self.partner;
+        let Some(format) = self.inbound.formats.get(&partner.format).cloned() else {
+            // Checked at start-up; a message cannot be read without its format.
+            return self
+                .retry_later(&delivery, "the partner's format is unknown")
+                .await;
+        };
+        if body.len() > self.inbound.max_body_bytes {
+            let rejection = Rejection {
+                status: 413,
+                problems: vec![Located::pointer(
+                    "",
+                    format!(
+                        "the message is {} bytes, over the limit of {} bytes",
+                        body.len(),
+                        self.inbound.max_body_bytes
+                    ),
+                )],
+            };
+            return self.dead_letter(&delivery, &transport_id, &rejection).await;
+        }
+        match outbox::prior_inbound(&self.inbound.store, &partner.id, &transport_id).await {
+            Err(e) => {
+                let why = crate::telemetry::error_chain(&e);
+                return self.retry_later(&delivery, &why).await;
+            }
+            Ok(Some(prior)) if prior.outcome == "accepted" => {
+                tracing::info!(partner = %partner.id, transport_id, "redelivered message already applied");
+                return delivery.ack(BasicAckOptions::default()).await.map(drop);
+            }
+            Ok(Some(prior)) => {
+                // Rejected before, maybe without reaching the dead-letter queue: again.
+                let problems: Vec<Located> = prior
+                    .problem
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or_default();
+                let rejection = Rejection {
+                    status: 422,
+                    problems,
+                };
+                return self.dead_letter(&delivery, &transport_id, &rejection).await;
+            }
+            Ok(None) => {}
+        }
+        let content_type = delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str().to_owned());
+        let source = Source {
+            transport: "amqp",
+            sender: &partner.id,
+            content_type: content_type.as_deref(),
+            message_id: Some(&transport_id),
+            partner: Some(&partner.id),
+        };
+        let result = self
+            .inbound
+            .ingest
+            .ingest(format.as_ref(), body, source, Utc::now())
+            .await;
+        self.inbound.metrics.message_in(format.id(), &result);
+        match result {
+            Ok(_) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+            Err(IngestError::Document(e)) => {
+                let status = match e {
+                    crate::problem::DocumentError::Malformed(_) => 400,
+                    crate::problem::DocumentError::Invalid(_) => 422,
+                };
+                let rejection = Rejection {
+                    status,
+                    problems: e.into_problems(),
+                };
+                self.dead_letter(&delivery, &transport_id, &rejection).await
+            }
+            Err(IngestError::Conflict(located)) => {
+                let rejection = Rejection {
+                    status: 409,
+                    problems: vec![located],
+                };
+                self.dead_letter(&delivery, &transport_id, &rejection).await
+            }
+            Err(IngestError::Store(e)) => {
+                let why = crate::telemetry::error_chain(&e);
+                self.retry_later(&delivery, &why).await
+            }
+        }
+    }
+
+    /// A passing failure (the database away): handed back to the broker after a pause.
+    async fn retry_later(
+        &self,
+        delivery: &lapin::message::Delivery,
+        why: &str,
+    ) -> Result<(), lapin::Error> {
+        tracing::warn!(partner = %self.partner.id, error = why, "message not applied; the broker will redeliver it");
+        tokio::time::sleep(self.retry_delay).await;
+        delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Publishes the message, body untouched, to the dead-letter queue with why in its
+    /// headers; acknowledges it once the broker has confirmed the copy.
+    async fn dead_letter(
+        &self,
+        delivery: &lapin::message::Delivery,
+        transport_id: &str,
+        rejection: &Rejection,
+    ) -> Result<(), lapin::Error> {
+        let partner = &self.partner;
+        let dlq = partner.dead_letter_queue().unwrap_or_default();
+        let first = rejection.problems.first();
+        let reason = if rejection.problems.is_empty() {
+            "rejected".to_owned()
+        } else {
+            rejection
+                .problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let location = first
+            .map(|l| {
+                let mut at = l
+                    .pointer
+                    .clone()
+                    .or_else(|| l.path.clone())
+                    .unwrap_or_default();
+                if let (Some(line), Some(column)) = (l.line, l.column) {
+                    if !at.is_empty() {
+                        at.push(' ');
+                    }
+                    at.push_str(&format!("line {line}, column {column}"));
+                }
+                at
+            })
+            .unwrap_or_default();
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        let text = |s: String| AMQPValue::LongString(LongString::from(s));
+        headers.insert("x-ects-reason".into(), text(reason.clone()));
+        headers.insert("x-ects-location".into(), text(location));
+        headers.insert(
+            "x-ects-problems".into(),
+            text(serde_json::to_string(&rejection.problems).unwrap_or_default()),
+        );
+        headers.insert("x-ects-partner".into(), text(partner.id.clone()));
+        headers.insert("x-ects-format".into(), text(partner.format.clone()));
+        headers.insert(
+            "x-ects-status".into(),
+            AMQPValue::LongInt(i32::from(rejection.status)),
+        );
+        headers.insert(
+            "x-ects-transport-message-id".into(),
+            text(transport_id.to_owned()),
+        );
+        headers.insert(
+            "x-ects-queue".into(),
+            text(partner.amqp_in.clone().unwrap_or_default()),
+        );
+        let mut properties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        if delivery.properties.message_id().is_none() {
+            properties = properties.with_message_id(short(transport_id));
+        }
+        tracing::info!(partner = %partner.id, dlq, status = rejection.status, reason, "message dead-lettered");
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                dlq.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => {
+                delivery.ack(BasicAckOptions::default()).await.map(drop)
+            }
+            Confirmation::Nack(_) => {
+                self.retry_later(delivery, "the broker refused the dead-letter copy")
+                    .await
+            }
+        }
+    }
+}
+
+/// A short string of AMQP (at most 255 bytes), cut at a character boundary.
+pub fn short(s: &str) -> ShortString {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&s[..end])
+}

@@ -1,0 +1,120 @@
+//! The outbox as operators see it: what waits, what went, what is parked; and a retry.
+
+use actix_web::{HttpResponse, get, post, web};
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::outbox::{self, OutboxEntry, OutboxFilter};
+
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1_000;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxQuery {
+    /// `pending`, `sent` or `failed` (parked).
+    pub status: Option<String>,
+    /// Only this partner's messages.
+    pub partner: Option<String>,
+    /// Only this trip's messages.
+    pub trip: Option<String>,
+    /// Only messages after this sequence number (for paging).
+    pub after: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OutboxList {
+    pub messages: Vec<OutboxEntry>,
+}
+
+/// Outbound messages, oldest first.
+#[utoipa::path(
+    tag = "outbox",
+    params(OutboxQuery),
+    responses(
+        (status = 200, body = OutboxList),
+        (status = 400, description = "A bad filter", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/outbox")]
+pub async fn list_outbox(
+    state: web::Data<AppState>,
+    query: web::Query<OutboxQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    if let Some(s) = &q.status
+        && !matches!(s.as_str(), "pending" | "sent" | "failed")
+    {
+        return Err(ApiError::BadParameter {
+            name: "status",
+            detail: format!("{s:?} is not one of pending, sent, failed"),
+        });
+    }
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(n) => {
+            return Err(ApiError::BadParameter {
+                name: "limit",
+                detail: format!("{n} is outside 1..={MAX_LIMIT}"),
+            });
+        }
+    };
+    let messages = outbox::list(
+        &state.store,
+        &OutboxFilter {
+            status: q.status,
+            partner_id: q.partner,
+            trip_id: q.trip,
+            after: q.after,
+            limit,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(OutboxList { messages }))
+}
+
+/// Puts a parked message back in line, with a fresh set of attempts; its stream resumes.
+#[utoipa::path(
+    tag = "outbox",
+    params(("seq" = i64, Path, description = "The message's sequence number")),
+    responses(
+        (status = 202, description = "Back in line", body = OutboxList),
+        (status = 404, description = "No such message", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The message is not parked", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/outbox/{seq}/retry")]
+pub async fn retry_outbox(
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let seq = path.into_inner();
+    match outbox::retry(&state.store, seq, Utc::now()).await? {
+        None => Err(ApiError::NotFound(format!("outbox message {seq}"))),
+        Some(false) => Err(ApiError::Conflict(Box::new(
+            crate::problem::Located::pointer(
+                "/status",
+                format!(
+                    "outbox message {seq} is not parked (failed): only a parked message is retried"
+                ),
+            ),
+        ))),
+        Some(true) => {
+            let messages = outbox::list(
+                &state.store,
+                &OutboxFilter {
+                    after: Some(seq - 1),
+                    limit: 1,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Ok(HttpResponse::Accepted().json(OutboxList { messages }))
+        }
+    }
+}

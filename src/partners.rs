@@ -1,0 +1,239 @@
+//! Partner systems: who they are (an authority, a single window), the format they speak,
+//! how messages reach them (an AMQP queue they publish to, the `ects.out` exchange, an HTTP
+//! endpoint), which notifications they take and which trips they may see.
+//!
+//! What a partner may see is decided from a trip's *parties*, kept beside the trip: the
+//! countries of its issuing authority, offices and itinerary, and the partner that filed
+//! its declaration (`filer:<id>`).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use ects_core::{AuthorityCode, NotificationKind, TransitDeclaration};
+use serde::Deserialize;
+
+/// Which trips a partner may see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sees {
+    /// An authority: the trips its country is party to (issuing authority, office of
+    /// departure, transit or destination, itinerary), and those it filed.
+    #[default]
+    Parties,
+    /// A single window: only the declarations it filed.
+    Filed,
+}
+
+/// Client settings for a partner's HTTP endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpPush {
+    /// PEM file with our client certificate and its private key, for endpoints that ask
+    /// for mutual TLS.
+    pub client_identity: Option<PathBuf>,
+    /// PEM file of certificate authorities to trust for this endpoint, besides the
+    /// system's.
+    pub ca_certificates: Option<PathBuf>,
+    /// A bearer token sent in `Authorization`.
+    pub bearer_token: Option<secrecy::SecretString>,
+}
+
+/// One `[[partners]]` entry of the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerConfig {
+    /// Lowercase letters, digits and `-`: used in queue names and routing keys.
+    pub id: String,
+    /// A country (`KE`) or an agency of one (`KE-KRA`); its first two letters are the
+    /// country whose transits it may see.
+    pub authority: AuthorityCode,
+    /// The format it sends and receives (a format id of `GET /v1/formats`).
+    pub format: String,
+    /// The format version it speaks; checked against the mapping at start-up.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The durable queue the gateway consumes its messages from; rejects go to
+    /// `<amqp_in>.dlq`.
+    #[serde(default)]
+    pub amqp_in: Option<String>,
+    /// Notification kinds it takes: `status`, `alert`, `release`, `handover`.
+    #[serde(default)]
+    pub subscribe: Vec<NotificationKind>,
+    /// Whether subscribed notifications are published to the exchange (routing key
+    /// `<id>.<format>.<kind>`); on by default when AMQP is configured.
+    #[serde(default = "yes")]
+    pub amqp_out: bool,
+    /// An HTTP endpoint notifications are also POSTed to.
+    #[serde(default)]
+    pub http_push: Option<String>,
+    #[serde(default)]
+    pub http: HttpPush,
+    #[serde(default)]
+    pub sees: Sees,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PartnerConfig {
+    /// The country whose transits this partner may see.
+    pub fn country(&self) -> &str {
+        &self.authority.as_str()[..2]
+    }
+
+    /// The dead-letter queue of its inbound queue.
+    pub fn dead_letter_queue(&self) -> Option<String> {
+        self.amqp_in.as_ref().map(|q| format!("{q}.dlq"))
+    }
+
+    /// Whether it may see a trip with these parties.
+    pub fn may_see<'a>(&self, mut parties: impl Iterator<Item = &'a str>) -> bool {
+        let filer = format!("filer:{}", self.id);
+        parties.any(|p| p == filer || (self.sees == Sees::Parties && p == self.country()))
+    }
+
+    /// The parties this partner matches: a trip is visible if it has one of them.
+    pub fn visible_parties(&self) -> Vec<String> {
+        let mut parties = vec![format!("filer:{}", self.id)];
+        if self.sees == Sees::Parties {
+            parties.push(self.country().to_owned());
+        }
+        parties
+    }
+
+    pub fn takes(&self, kind: NotificationKind) -> bool {
+        self.subscribe.contains(&kind)
+    }
+}
+
+/// The parties of a declared trip: the countries it concerns, and who filed it.
+pub fn parties_of(declaration: &TransitDeclaration, filer: Option<&str>) -> BTreeSet<String> {
+    let mut parties: BTreeSet<String> = [
+        &declaration.issuing_authority.as_str()[..2],
+        declaration.office_of_departure.country.as_str(),
+        declaration.office_of_destination.country.as_str(),
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    parties.extend(
+        declaration
+            .offices_of_transit
+            .iter()
+            .map(|o| o.country.as_str().to_owned()),
+    );
+    parties.extend(declaration.itinerary.iter().map(|c| c.as_str().to_owned()));
+    if let Some(filer) = filer {
+        parties.insert(format!("filer:{filer}"));
+    }
+    parties
+}
+
+/// Checks the partner list on its own; that formats exist is checked once they are loaded.
+pub fn check(partners: &[PartnerConfig]) -> Result<(), String> {
+    let mut ids = BTreeSet::new();
+    let mut queues = BTreeSet::new();
+    for (i, p) in partners.iter().enumerate() {
+        let at = format!("partners[{i}] ({:?})", p.id);
+        if p.id.is_empty()
+            || p.id.len() > 32
+            || !p
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!(
+                "{at}: id must be 1 to 32 lowercase letters, digits or '-'"
+            ));
+        }
+        if !ids.insert(p.id.as_str()) {
+            return Err(format!("{at}: id is used by an earlier partner"));
+        }
+        if !p.authority.as_str()[..2]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase())
+        {
+            return Err(format!(
+                "{at}: authority must start with a two-letter country code"
+            ));
+        }
+        if let Some(q) = &p.amqp_in {
+            if q.is_empty() || q.len() > 200 || q.starts_with("amq.") {
+                return Err(format!(
+                    "{at}: amqp_in must be 1 to 200 characters and not start with 'amq.'"
+                ));
+            }
+            if !queues.insert(q.as_str()) {
+                return Err(format!("{at}: amqp_in {q:?} is another partner's queue"));
+            }
+        }
+        if let Some(url) = &p.http_push
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(format!(
+                "{at}: http_push must be an http:// or https:// URL"
+            ));
+        }
+        let mut kinds = BTreeSet::new();
+        for k in &p.subscribe {
+            if !kinds.insert(format!("{k:?}")) {
+                return Err(format!("{at}: subscribe lists {k:?} twice"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kind's name in routing keys and the outbox.
+pub fn kind_name(kind: NotificationKind) -> &'static str {
+    match kind {
+        NotificationKind::Status => "status",
+        NotificationKind::Alert => "alert",
+        NotificationKind::Release => "release",
+        NotificationKind::Handover => "handover",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partner(toml: &str) -> PartnerConfig {
+        toml::from_str(toml).unwrap()
+    }
+
+    #[test]
+    fn an_authority_sees_its_country_and_a_single_window_what_it_filed() {
+        let kra = partner("id = \"ke-kra\"\nauthority = \"KE-KRA\"\nformat = \"wco-dm\"\n");
+        let sw =
+            partner("id = \"sw\"\nauthority = \"UG\"\nformat = \"ects-json\"\nsees = \"filed\"\n");
+        let parties = ["KE", "UG", "filer:other"];
+        assert!(kra.may_see(parties.into_iter()));
+        assert!(!sw.may_see(parties.into_iter()));
+        assert!(sw.may_see(["RW", "filer:sw"].into_iter()));
+        assert!(!kra.may_see(["RW", "filer:sw"].into_iter()));
+        assert_eq!(kra.visible_parties(), ["filer:ke-kra", "KE"]);
+    }
+
+    #[test]
+    fn bad_partner_lists_name_the_partner() {
+        let p = |id: &str| {
+            partner(&format!(
+                "id = \"{id}\"\nauthority = \"KE\"\nformat = \"wco-dm\"\namqp_in = \"q\"\n"
+            ))
+        };
+        let e = check(&[p("Bad Id")]).unwrap_err();
+        assert!(e.contains("partners[0]") && e.contains("lowercase"), "{e}");
+        let e = check(&[p("a"), p("a")]).unwrap_err();
+        assert!(e.contains("partners[1]") && e.contains("earlier"), "{e}");
+        let e = check(&[p("a"), p("b")]).unwrap_err();
+        assert!(e.contains("another partner's queue"), "{e}");
+        assert!(
+            toml::from_str::<PartnerConfig>(
+                "id = \"a\"\nauthority = \"KE\"\nformat = \"x\"\nsubscribe = [\"nope\"]\n"
+            )
+            .is_err()
+        );
+    }
+}
