@@ -111,7 +111,7 @@ pub struct OutboxSettings {
 impl Default for OutboxSettings {
     fn default() -> Self {
         Self {
-            max_attempts: 8,
+            max_attempts: 12,
             base_backoff_ms: 500,
             max_backoff_ms: 300_000,
             poll_ms: 250,

@@ -70,6 +70,11 @@ pub struct PartnerConfig {
     pub http: HttpPush,
     #[serde(default)]
     pub sees: Sees,
+    /// SHA-256 (hex) of the bearer token this partner presents on the HTTP API: its
+    /// requests then see only what its sharing rules allow, and what it posts is filed
+    /// as its own. The token itself is never in the configuration.
+    #[serde(default)]
+    pub api_token_sha256: Option<String>,
 }
 
 fn yes() -> bool {
@@ -175,6 +180,13 @@ pub fn check(partners: &[PartnerConfig]) -> Result<(), String> {
                 "{at}: http_push must be an http:// or https:// URL"
             ));
         }
+        if let Some(h) = &p.api_token_sha256
+            && !(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "{at}: api_token_sha256 must be 64 hexadecimal digits (sha256sum of the token)"
+            ));
+        }
         let mut kinds = BTreeSet::new();
         for k in &p.subscribe {
             if !kinds.insert(format!("{k:?}")) {
@@ -183,6 +195,17 @@ pub fn check(partners: &[PartnerConfig]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The partner whose API token this is.
+pub fn by_token<'a>(partners: &'a [PartnerConfig], token: &str) -> Option<&'a PartnerConfig> {
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    partners.iter().find(|p| {
+        p.api_token_sha256
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(&hash))
+    })
 }
 
 /// The kind's name in routing keys and the outbox.

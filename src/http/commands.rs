@@ -9,10 +9,12 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::body::read_limited;
 use super::error::ApiError;
+use super::viewer::Viewer;
 use crate::formats::decode_canonical;
 use crate::problem::{DocumentError, Located, Problem};
 use crate::schemas::Canonical;
 use crate::tracking::{AuditTrail, CommandFailure, CommandOutcome, audit_trail};
+use actix_web::FromRequest;
 
 fn path_trip_id(text: &str) -> Result<TripId, ApiError> {
     TripId::parse(text).map_err(|e| ApiError::BadParameter {
@@ -58,6 +60,11 @@ async fn run<T: DeserializeOwned>(
     into_input: impl Fn(T) -> (Input, String),
 ) -> Result<HttpResponse, ApiError> {
     let trip_id = path_trip_id(path)?;
+    // A partner acts only on the trips it may see.
+    Viewer::extract(req)
+        .await?
+        .check(&state.store, &trip_id.to_string())
+        .await?;
     let body = read_limited(req, payload, state.settings.max_body_bytes).await?;
     let command: T = decode_canonical(&state.schemas, kind, &body)?;
     if trip_of(&command) != trip_id {
@@ -190,9 +197,11 @@ pub async fn post_cancel(
 #[get("/v1/trips/{id}/audit")]
 pub async fn get_audit(
     state: web::Data<AppState>,
+    viewer: Viewer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let trip_id = path_trip_id(&path)?;
+    viewer.check(&state.store, &trip_id.to_string()).await?;
     if state.store.trip_status(trip_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("trip {trip_id}")));
     }
@@ -264,6 +273,10 @@ pub async fn put_rules(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let trip_id = path_trip_id(&path)?;
+    Viewer::extract(&req)
+        .await?
+        .check(&state.store, &trip_id.to_string())
+        .await?;
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
     let rules = parse_rules(&body)?;
     state

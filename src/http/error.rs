@@ -26,6 +26,10 @@ pub enum ApiError {
     BadParameter { name: &'static str, detail: String },
     #[error("the gateway is busy; try again shortly")]
     Busy,
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -58,6 +62,8 @@ impl ApiError {
             ApiError::Document(DocumentError::Invalid(_)) => "invalid-document",
             ApiError::Conflict(_) => "conflict",
             ApiError::NotFound(_) => "not-found",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::UnknownFormat { .. } => "unknown-format",
             ApiError::TooLarge { .. } => "payload-too-large",
             ApiError::BadParameter { .. } => "bad-parameter",
@@ -72,6 +78,8 @@ impl ApiError {
             ApiError::Document(DocumentError::Invalid(_)) => "The document is not valid",
             ApiError::Conflict(_) => "Conflicts with what is already stored",
             ApiError::NotFound(_) => "Not found",
+            ApiError::Unauthorized(_) => "Not authenticated",
+            ApiError::Forbidden(_) => "Not allowed",
             ApiError::UnknownFormat { .. } => "Unknown format",
             ApiError::TooLarge { .. } => "Request body too large",
             ApiError::BadParameter { .. } => "Bad parameter",
@@ -122,6 +130,8 @@ impl ResponseError for ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

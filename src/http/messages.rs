@@ -6,9 +6,11 @@ use chrono::Utc;
 use super::AppState;
 use super::body::read_limited;
 use super::error::ApiError;
+use super::viewer::Viewer;
 use crate::formats::{Decoded, Format, FormatInfo, Inbound};
 use crate::ingest::{Answer, IngestResponse, Source};
 use crate::problem::{DocumentError, Located, Problem};
+use actix_web::FromRequest;
 
 fn answer(a: Answer) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(a.status)
@@ -22,17 +24,18 @@ fn answer(a: Answer) -> HttpResponse {
     response.body(a.body)
 }
 
-/// Until partners authenticate (mutual TLS, tokens), the sender is the transport itself.
-fn source_of(req: &HttpRequest) -> Source<'_> {
+/// The sender is the partner whose API token came with the request, else the transport
+/// itself (the operator's side).
+fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer) -> Source<'a> {
     Source {
         transport: "http",
-        sender: "http",
+        sender: viewer.partner_id().unwrap_or("http"),
         content_type: req
             .headers()
             .get(actix_web::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
         message_id: None,
-        partner: None,
+        partner: viewer.partner_id(),
     }
 }
 
@@ -42,9 +45,10 @@ async fn ingest_with(
     format: &dyn Format,
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
+    let viewer = Viewer::extract(req).await?;
     let result = state
         .ingest
-        .ingest(format, body, source_of(req), Utc::now())
+        .ingest(format, body, source_of(req, &viewer), Utc::now())
         .await;
     state.metrics.message_in(format.id(), &result);
     Ok(answer(result?))
@@ -110,7 +114,12 @@ pub async fn post_message_detect(
         )]);
         state
             .ingest
-            .record_unrecognised(&body, source_of(&req), Utc::now(), &problem)
+            .record_unrecognised(
+                &body,
+                source_of(&req, &Viewer::extract(&req).await?),
+                Utc::now(),
+                &problem,
+            )
             .await?;
         state
             .metrics

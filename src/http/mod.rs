@@ -9,6 +9,7 @@ mod messages;
 mod ops;
 mod outbox;
 mod trips;
+pub mod viewer;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::viewer::Viewer;
 use crate::store::outbox::{self, OutboxEntry, OutboxFilter};
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -43,9 +44,17 @@ pub struct OutboxList {
 #[get("/v1/outbox")]
 pub async fn list_outbox(
     state: web::Data<AppState>,
+    viewer: Viewer,
     query: web::Query<OutboxQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query.into_inner();
+    let mut q = query.into_inner();
+    // A partner sees its own messages only.
+    if let Some(id) = viewer.partner_id() {
+        if q.partner.as_deref().is_some_and(|p| p != id) {
+            return Ok(HttpResponse::Ok().json(OutboxList { messages: vec![] }));
+        }
+        q.partner = Some(id.to_owned());
+    }
     if let Some(s) = &q.status
         && !matches!(s.as_str(), "pending" | "sent" | "failed")
     {
@@ -91,9 +100,16 @@ pub async fn list_outbox(
 #[post("/v1/outbox/{seq}/retry")]
 pub async fn retry_outbox(
     state: web::Data<AppState>,
+    viewer: Viewer,
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let seq = path.into_inner();
+    if let Viewer::Partner(p) = &viewer {
+        return Err(ApiError::Forbidden(format!(
+            "partner {} may not retry deliveries: that is the operator's",
+            p.id
+        )));
+    }
     match outbox::retry(&state.store, seq, Utc::now()).await? {
         None => Err(ApiError::NotFound(format!("outbox message {seq}"))),
         Some(false) => Err(ApiError::Conflict(Box::new(

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::viewer::Viewer;
 use crate::store::{AlertFilter, StoredEvent};
 
 const DEFAULT_LIMIT: i64 = 100;
@@ -79,10 +80,12 @@ pub struct FormatQuery {
 #[get("/v1/trips/{id}")]
 pub async fn get_trip(
     state: web::Data<AppState>,
+    viewer: Viewer,
     path: web::Path<String>,
     query: web::Query<FormatQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = trip_id(&path)?;
+    viewer.check(&state.store, &id.to_string()).await?;
     let status = state
         .store
         .trip_status(id)
@@ -113,10 +116,12 @@ pub async fn get_trip(
 #[get("/v1/trips")]
 pub async fn list_trips(
     state: web::Data<AppState>,
+    viewer: Viewer,
     query: web::Query<TripQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let limit = limit(q.limit)?;
+    let parties = viewer.parties();
     let trips = match &q.reference {
         Some(reference) => {
             let mut trips = state
@@ -126,10 +131,22 @@ pub async fn list_trips(
             if let Some(wanted) = q.state {
                 trips.retain(|t| t.state == wanted);
             }
+            let mut visible = Vec::with_capacity(trips.len());
+            for t in trips {
+                if viewer.sees(&state.store, &t.trip_id.to_string()).await? {
+                    visible.push(t);
+                }
+            }
+            let mut trips = visible;
             trips.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
             trips
         }
-        None => state.store.list_trips(q.state, limit).await?,
+        None => {
+            state
+                .store
+                .list_trips(q.state, parties.as_deref(), limit)
+                .await?
+        }
     };
     Ok(HttpResponse::Ok().json(TripList { trips }))
 }
@@ -150,10 +167,12 @@ pub struct LimitQuery {
 #[get("/v1/trips/{id}/events")]
 pub async fn trip_events(
     state: web::Data<AppState>,
+    viewer: Viewer,
     path: web::Path<String>,
     query: web::Query<LimitQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = trip_id(&path)?;
+    viewer.check(&state.store, &id.to_string()).await?;
     let limit = limit(query.limit)?;
     if state.store.trip_status(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("trip {id}")));
@@ -190,6 +209,7 @@ pub struct AlertQuery {
 #[get("/v1/alerts")]
 pub async fn list_alerts(
     state: web::Data<AppState>,
+    viewer: Viewer,
     query: web::Query<AlertQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
@@ -201,6 +221,7 @@ pub async fn list_alerts(
             Some(AlertStatus::All) | None => None,
         },
         kind: q.kind.map(|k| k.as_str().to_owned()),
+        parties: viewer.parties(),
         limit: limit(q.limit)?,
     };
     let alerts = state.store.alerts(&filter).await?;

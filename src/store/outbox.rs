@@ -100,6 +100,23 @@ pub async fn trip_parties(
     Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
 }
 
+/// Whether the trip has one of these parties.
+pub async fn trip_has_party(
+    store: &Store,
+    trip_id: &str,
+    parties: &[String],
+) -> Result<bool, StoreError> {
+    let row = sqlx::query(
+        "select 1 from trip_parties where trip_id = $1 and (party = $2 or party = $3) limit 1",
+    )
+    .bind(trip_id)
+    .bind(parties.first().map(String::as_str).unwrap_or(""))
+    .bind(parties.get(1).map(String::as_str).unwrap_or(""))
+    .fetch_optional(store.pool())
+    .await?;
+    Ok(row.is_some())
+}
+
 /// Adds a notification unless this partner and channel already have it (a replay of the
 /// trip that yields the same notification again).
 pub async fn enqueue(

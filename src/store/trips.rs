@@ -436,6 +436,8 @@ pub struct AlertFilter {
     /// `Some(true)` open only, `Some(false)` cleared only.
     pub open: Option<bool>,
     pub kind: Option<String>,
+    /// Only trips with one of these parties (a partner's view); `None`: all.
+    pub parties: Option<Vec<String>>,
     pub limit: i64,
 }
 
@@ -471,14 +473,21 @@ impl Store {
     pub async fn list_trips(
         &self,
         state: Option<TripState>,
+        parties: Option<&[String]>,
         limit: i64,
     ) -> Result<Vec<TripStatus>, StoreError> {
+        let (all, p1, p2) = party_filter(parties);
         let rows = sqlx::query(
-            "select status from trips where ($1 is null or state = $1)
+            "select status from trips t where ($1 is null or state = $1)
+               and ($3 = 1 or exists (select 1 from trip_parties p
+                                      where p.trip_id = t.trip_id and (p.party = $4 or p.party = $5)))
              order by updated_at desc limit $2",
         )
         .bind(state.map(|s| s.as_str()))
         .bind(limit)
+        .bind(all)
+        .bind(p1)
+        .bind(p2)
         .fetch_all(self.pool())
         .await?;
         rows.iter()
@@ -513,21 +522,40 @@ impl Store {
 
     pub async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<Alert>, StoreError> {
         let open = filter.open.map(|o| if o { 1_i64 } else { 0 });
+        let (all, p1, p2) = party_filter(filter.parties.as_deref());
         let rows = sqlx::query(
-            "select body from alerts
+            "select body from alerts a
              where withdrawn_at is null and ($1 is null or trip_id = $1)
                and ($2 is null or ($2 = 1 and cleared_at is null) or ($2 = 0 and cleared_at is not null))
                and ($3 is null or kind = $3)
+               and ($5 = 1 or exists (select 1 from trip_parties p
+                                      where p.trip_id = a.trip_id and (p.party = $6 or p.party = $7)))
              order by raised_at desc, alert_id limit $4",
         )
         .bind(filter.trip_id.map(|t| t.to_string()))
         .bind(open)
         .bind(filter.kind.as_deref())
         .bind(filter.limit)
+        .bind(all)
+        .bind(p1)
+        .bind(p2)
         .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|r| from_json("alert", &r.try_get::<String, _>("body")?))
             .collect()
+    }
+}
+
+/// A viewer's parties as query parameters: (all trips?, first party, second party). A
+/// partner matches at most two: its filings and its country.
+fn party_filter(parties: Option<&[String]>) -> (i64, String, String) {
+    match parties {
+        None => (1, String::new(), String::new()),
+        Some(p) => (
+            0,
+            p.first().cloned().unwrap_or_default(),
+            p.get(1).cloned().unwrap_or_default(),
+        ),
     }
 }

@@ -327,7 +327,7 @@ impl Listener {
 }
 
 /// The GT → SV fixture as declaration `n`: its own id, seals and devices.
-fn declaration(n: usize) -> (Vec<u8>, [(String, String); 2]) {
+pub(crate) fn declaration(n: usize) -> (Vec<u8>, [(String, String); 2]) {
     let mut d: Value =
         serde_json::from_slice(&fixture("ects-json/declaration-gt-sv.json")).expect("the fixture");
     d["declaration_id"] = json!(format!("GT-2026-T-{n:06}"));

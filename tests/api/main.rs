@@ -13,5 +13,7 @@ mod events;
 mod geometry;
 mod icegate;
 mod operations;
+mod partners;
+mod push;
 mod tracking;
 mod trips;

@@ -21,8 +21,8 @@ on_both_backends!(
 pub(crate) const LAT: f64 = 14.0;
 pub(crate) const DEPARTURE_LON: f64 = -91.0;
 pub(crate) const DESTINATION_LON: f64 = -89.0;
-const SEAL_1: (&str, &str) = ("ES00781234", "860000000000001");
-const SEAL_2: (&str, &str) = ("ES00781235", "860000000000017");
+pub(crate) const SEAL_1: (&str, &str) = ("ES00781234", "860000000000001");
+pub(crate) const SEAL_2: (&str, &str) = ("ES00781235", "860000000000017");
 
 pub(crate) fn t(minutes: i64) -> DateTime<Utc> {
     "2026-03-14T08:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(minutes)
@@ -68,10 +68,10 @@ pub(crate) async fn register_geometry(app: &TestApp) {
     );
 }
 
-struct Seq(u64);
+pub(crate) struct Seq(pub(crate) u64);
 
 impl Seq {
-    fn event(
+    pub(crate) fn event(
         &mut self,
         seal: (&str, &str),
         minute: i64,
@@ -91,14 +91,14 @@ pub(crate) fn road_lon(minute: i64) -> f64 {
     DEPARTURE_LON + minute as f64 * 0.00927
 }
 
-async fn post(app: &TestApp, events: Vec<Value>) -> Value {
+pub(crate) async fn post(app: &TestApp, events: Vec<Value>) -> Value {
     let reply = app.post_events(Value::Array(events).to_string()).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     reply.json()
 }
 
 /// Declared, both seals locked at the office, and out on the road.
-async fn rolling(app: &TestApp, seq: &mut Seq) -> String {
+pub(crate) async fn rolling(app: &TestApp, seq: &mut Seq) -> String {
     register_geometry(app).await;
     let trip = app.declare_gt_sv().await;
     post(
@@ -115,7 +115,7 @@ async fn rolling(app: &TestApp, seq: &mut Seq) -> String {
     trip
 }
 
-fn release(trip: &str, authority: &str, place: &str) -> Value {
+pub(crate) fn release(trip: &str, authority: &str, place: &str) -> Value {
     json!({"release_id": format!("REL-{place}"), "trip_id": trip, "authority": authority,
            "officer": {"id": format!("{authority}-OF-1")}, "place": place,
            "valid_from": t(0).to_rfc3339(), "valid_until": t(600).to_rfc3339(),

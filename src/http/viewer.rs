@@ -1,0 +1,83 @@
+//! Who is asking. A partner presents its API token (`Authorization: Bearer ...`) and sees
+//! only the trips its sharing rules allow; a request without a token is the operator's,
+//! who sees everything (until people's roles and mutual TLS land, the operator's network
+//! is what guards that door).
+
+use std::future::{Ready, ready};
+
+use actix_web::{FromRequest, HttpRequest, web};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::partners::{self, PartnerConfig};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub enum Viewer {
+    Operator,
+    Partner(Box<PartnerConfig>),
+}
+
+impl Viewer {
+    /// The trip parties this viewer matches; `None`: every trip.
+    pub fn parties(&self) -> Option<Vec<String>> {
+        match self {
+            Viewer::Operator => None,
+            Viewer::Partner(p) => Some(p.visible_parties()),
+        }
+    }
+
+    pub fn partner_id(&self) -> Option<&str> {
+        match self {
+            Viewer::Operator => None,
+            Viewer::Partner(p) => Some(&p.id),
+        }
+    }
+
+    /// Whether this viewer may see the trip.
+    pub async fn sees(&self, store: &Store, trip_id: &str) -> Result<bool, StoreError> {
+        match self.parties() {
+            None => Ok(true),
+            Some(parties) => crate::store::outbox::trip_has_party(store, trip_id, &parties).await,
+        }
+    }
+
+    /// A trip this viewer may not see is answered as one that does not exist.
+    pub async fn check(&self, store: &Store, trip_id: &str) -> Result<(), ApiError> {
+        if self.sees(store, trip_id).await? {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound(format!("trip {trip_id}")))
+        }
+    }
+}
+
+impl FromRequest for Viewer {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
+            return ready(Ok(Viewer::Operator));
+        };
+        let Some(state) = req.app_data::<web::Data<AppState>>() else {
+            return ready(Err(ApiError::Unauthorized("no state".into())));
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        ready(match token {
+            None => Err(ApiError::Unauthorized(
+                "Authorization must be \"Bearer <partner API token>\"".into(),
+            )),
+            Some(token) => match partners::by_token(&state.settings.partners, token) {
+                Some(p) => Ok(Viewer::Partner(Box::new(p.clone()))),
+                None => Err(ApiError::Unauthorized(
+                    "the bearer token is not any partner's API token".into(),
+                )),
+            },
+        })
+    }
+}

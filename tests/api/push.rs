@@ -1,0 +1,248 @@
+//! HTTP push through the outbox: a partner endpoint that fails for a while gets each
+//! notification once it recovers, in order; one it refuses is parked, holds its trip's
+//! later messages back, and goes out when an operator retries it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::Value;
+
+use crate::helpers::{Backend, TestApp, product_mappings_dir, spawn_app_with};
+use crate::tracking::{DESTINATION_LON, SEAL_1, Seq, post, release, rolling};
+
+/// What the partner's endpoint does with the next request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// 503 for this many more requests, then 200.
+    FailThen(u32),
+    /// 400: the partner refuses the document.
+    Refuse,
+}
+
+#[derive(Debug, Clone)]
+struct Hit {
+    status: u16,
+    idempotency_key: String,
+    kind: String,
+    body: Value,
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    mode: Arc<Mutex<Mode>>,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+async fn receive(req: HttpRequest, body: web::Bytes, ep: web::Data<Endpoint>) -> HttpResponse {
+    let mut mode = ep.mode.lock().unwrap();
+    let status = match *mode {
+        Mode::FailThen(0) => 200,
+        Mode::FailThen(n) => {
+            *mode = Mode::FailThen(n - 1);
+            503
+        }
+        Mode::Refuse => 400,
+    };
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ep.hits.lock().unwrap().push(Hit {
+        status,
+        idempotency_key: header("idempotency-key"),
+        kind: header("x-ects-kind"),
+        body: serde_json::from_slice(&body).unwrap_or_default(),
+    });
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .body(if status == 400 { "unknown office" } else { "" })
+}
+
+fn start_endpoint(mode: Mode) -> (String, Endpoint) {
+    let ep = Endpoint {
+        mode: Arc::new(Mutex::new(mode)),
+        hits: Arc::default(),
+    };
+    let data = web::Data::new(ep.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/ects", web::post().to(receive))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("a port");
+    let url = format!("http://{}/ects", server.addrs()[0]);
+    tokio::spawn(server.run());
+    (url, ep)
+}
+
+fn delivered(ep: &Endpoint) -> Vec<Hit> {
+    ep.hits
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h.status == 200)
+        .cloned()
+        .collect()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn outbox(app: &TestApp, query: &str) -> Vec<Value> {
+    let reply = app.get(&format!("/v1/outbox?{query}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["messages"].as_array().cloned().unwrap()
+}
+
+async fn a_partner_endpoint_gets_each_notification_once_in_order(backend: Backend) {
+    let (url, ep) = start_endpoint(Mode::FailThen(2));
+    let partner: ects_gateway::partners::PartnerConfig = toml::from_str(&format!(
+        "id = \"gt-push\"\nauthority = \"GT\"\nformat = \"ects-json\"\n\
+         subscribe = [\"status\", \"release\"]\nhttp_push = \"{url}\"\n"
+    ))
+    .unwrap();
+    let Some(app) = spawn_app_with(backend, product_mappings_dir(), |s| {
+        s.partners = vec![partner];
+        s.outbox.poll_ms = 25;
+        s.outbox.base_backoff_ms = 50;
+        s.outbox.max_backoff_ms = 200;
+        s.outbox.max_attempts = 5;
+    })
+    .await
+    else {
+        return;
+    };
+    // No broker configured: the readiness says so and does not wait for one.
+    assert_eq!(app.get("/readyz").await.json()["broker"], "disabled");
+
+    // Armed, then in transit: the endpoint fails twice, then takes both, in order.
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    until("two deliveries", || delivered(&ep).len() >= 2).await;
+    let rows = all_sent(&app, 2).await;
+    let hits = ep.hits.lock().unwrap().clone();
+    let states: Vec<&str> = hits
+        .iter()
+        .map(|h| h.body["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        hits.iter().map(|h| h.status).collect::<Vec<_>>(),
+        [503, 503, 200, 200],
+        "{hits:?}"
+    );
+    assert_eq!(states, ["armed", "armed", "armed", "in_transit"]);
+    assert!(rows.iter().all(|r| r["channel"] == "http"));
+    assert_eq!(rows[0]["attempts"], 3);
+    assert_eq!(rows[1]["attempts"], 1);
+    assert_eq!(
+        hits[2].idempotency_key,
+        rows[0]["message_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        hits[0].idempotency_key, hits[2].idempotency_key,
+        "the same key each time"
+    );
+
+    // The partner now refuses documents: the arrival is parked at once (a 400 won't change
+    // by sending it again), and the release after it waits behind it.
+    *ep.mode.lock().unwrap() = Mode::Refuse;
+    post(
+        &app,
+        vec![
+            seq.event(SEAL_1, 100, "position", DESTINATION_LON, 0.0),
+            seq.event(SEAL_1, 101, "position", DESTINATION_LON, 0.0),
+        ],
+    )
+    .await;
+    let parked = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let failed = outbox(&app, "status=failed").await;
+            if let Some(row) = failed.first() {
+                break row.clone();
+            }
+            assert!(Instant::now() < deadline, "nothing parked");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    assert_eq!(parked["attempts"], 1);
+    let error = parked["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("400") && error.contains("unknown office"),
+        "{error}"
+    );
+    let reply = app
+        .post(
+            &format!("/v1/trips/{trip}/release"),
+            release(&trip, "GT", "SVSAL").to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pending = outbox(&app, "status=pending").await;
+    assert_eq!(pending.len(), 1, "the release waits: {pending:?}");
+    assert_eq!(pending[0]["kind"], "release");
+    assert_eq!(
+        pending[0]["attempts"], 0,
+        "not tried while the stream is parked"
+    );
+
+    // A retry of something not parked, or of nothing, is refused.
+    let sent_seq = rows[0]["seq"].as_i64().unwrap();
+    assert_eq!(
+        app.post(&format!("/v1/outbox/{sent_seq}/retry"), "")
+            .await
+            .status,
+        409
+    );
+    assert_eq!(app.post("/v1/outbox/999999/retry", "").await.status, 404);
+
+    // The partner is fixed; the operator retries: the arrival, then the release.
+    *ep.mode.lock().unwrap() = Mode::FailThen(0);
+    let seq_no = parked["seq"].as_i64().unwrap();
+    let reply = app.post(&format!("/v1/outbox/{seq_no}/retry"), "").await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    until("four deliveries", || delivered(&ep).len() >= 4).await;
+    let got = delivered(&ep);
+    assert_eq!(got[2].body["state"], "arrived");
+    assert_eq!(got[3].kind, "release");
+    all_sent(&app, 4).await;
+}
+
+/// Waits until the partner's `n` messages are all recorded as sent (the record follows the
+/// endpoint's answer).
+async fn all_sent(app: &TestApp, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = outbox(app, "partner=gt-push").await;
+        if rows.len() == n && rows.iter().all(|r| r["status"] == "sent") {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "not all sent: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+mod over_http {
+    #[tokio::test]
+    async fn sqlite() {
+        super::a_partner_endpoint_gets_each_notification_once_in_order(super::Backend::Sqlite)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        super::a_partner_endpoint_gets_each_notification_once_in_order(super::Backend::Postgres)
+            .await;
+    }
+}
