@@ -52,6 +52,9 @@ struct Args {
     /// Length of the steady phase.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
+    /// Inbound messages handled at once (the partner's `amqp_in_workers`).
+    #[arg(long, default_value_t = 1)]
+    workers: u16,
 }
 
 const LAT: f64 = 14.0;
@@ -104,8 +107,9 @@ async fn main() -> anyhow::Result<()> {
     let sv = format!("load-sv-{run}");
     let queue = format!("ects.load.in.{sw}");
     let partners = format!(
-        "[[partners]]\nid = \"{sw}\"\nauthority = \"GT\"\nformat = \"ects-json\"\namqp_in = \"{queue}\"\nsees = \"filed\"\n\
-         [[partners]]\nid = \"{sv}\"\nauthority = \"SV\"\nformat = \"wco-dm\"\nsubscribe = [\"status\"]\n"
+        "[[partners]]\nid = \"{sw}\"\nauthority = \"GT\"\nformat = \"ects-json\"\namqp_in = \"{queue}\"\namqp_in_workers = {workers}\nsees = \"filed\"\n\
+         [[partners]]\nid = \"{sv}\"\nauthority = \"SV\"\nformat = \"wco-dm\"\nsubscribe = [\"status\"]\n",
+        workers = args.workers
     );
     let mut settings: Settings = toml::from_str(&partners)?;
     settings.listen = "127.0.0.1:0".parse()?;
@@ -147,13 +151,6 @@ async fn main() -> anyhow::Result<()> {
     let publisher = conn.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    publisher
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
         .await?;
     let listen = conn.create_channel().await?;
     listen

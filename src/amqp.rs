@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -161,13 +161,15 @@ impl Supervisor {
             .await?;
         for p in self.partners.iter() {
             if let (Some(queue), Some(dlq)) = (&p.amqp_in, p.dead_letter_queue()) {
-                for q in [queue, &dlq] {
+                // A queue read in order has one active consumer at a time, across every
+                // gateway instance: the others stand by and take over if it goes.
+                let mut arguments = FieldTable::default();
+                if p.amqp_in_workers == 1 {
+                    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+                }
+                for (q, arguments) in [(queue, arguments), (&dlq, FieldTable::default())] {
                     setup
-                        .queue_declare(
-                            q.clone().into(),
-                            QueueDeclareOptions::durable(),
-                            FieldTable::default(),
-                        )
+                        .queue_declare(q.clone().into(), QueueDeclareOptions::durable(), arguments)
                         .await?;
                 }
             }
@@ -179,8 +181,10 @@ impl Supervisor {
         let mut consumers = tokio::task::JoinSet::new();
         for p in self.partners.iter().filter(|p| p.amqp_in.is_some()) {
             let channel = conn.create_channel().await?;
+            // At least as many messages in hand as are handled at once.
+            let prefetch = self.settings.prefetch.max(p.amqp_in_workers);
             channel
-                .basic_qos(self.settings.prefetch, BasicQosOptions::default())
+                .basic_qos(prefetch, BasicQosOptions::default())
                 .await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -242,6 +246,14 @@ struct Consumer {
     retry_delay: Duration,
 }
 
+/// What became of one attempt at a message.
+enum Step {
+    /// Acknowledged: applied, repeated, or dead-lettered.
+    Done,
+    /// Not applied for a passing reason (the database away): try again.
+    Retry(String),
+}
+
 /// Why a message went to the dead-letter queue.
 struct Rejection {
     status: u16,
@@ -249,22 +261,57 @@ struct Rejection {
 }
 
 impl Consumer {
+    /// Takes the queue's messages one at a time, in order; or, with `amqp_in_workers`
+    /// above 1, that many at once (for feeds whose order the engine restores by event
+    /// time, such as seal events).
     async fn run(self, mut consumer: lapin::Consumer) -> Result<(), lapin::Error> {
+        let workers = usize::from(self.partner.amqp_in_workers.max(1));
+        let this = Arc::new(self);
+        let mut running = tokio::task::JoinSet::new();
         while let Some(delivery) = consumer.next().await {
+            let delivery = delivery?;
+            while running.len() >= workers {
+                if let Some(done) = running.join_next().await {
+                    flatten(done)?;
+                }
+            }
+            let worker = this.clone();
             // Boxed as Send here, where its lifetimes are concrete (a spawned future's
             // Send check cannot see through some of them).
             let handled: std::pin::Pin<
-                Box<dyn std::future::Future<Output = Result<(), lapin::Error>> + Send + '_>,
-            > = Box::pin(self.handle(delivery?));
-            handled.await?;
+                Box<dyn std::future::Future<Output = Result<(), lapin::Error>> + Send>,
+            > = Box::pin(async move { worker.process(delivery).await });
+            running.spawn(handled);
+            while let Some(done) = running.try_join_next() {
+                flatten(done)?;
+            }
+        }
+        while let Some(done) = running.join_next().await {
+            flatten(done)?;
         }
         Ok(())
+    }
+
+    /// Takes one message in, trying again in place (not handing it back to the broker,
+    /// which would let the messages behind it overtake it) while the failure is passing.
+    async fn process(&self, delivery: lapin::message::Delivery) -> Result<(), lapin::Error> {
+        let mut pause = self.retry_delay;
+        loop {
+            match self.handle(&delivery).await? {
+                Step::Done => return Ok(()),
+                Step::Retry(why) => {
+                    tracing::warn!(partner = %self.partner.id, error = %why, retry_in_ms = pause.as_millis() as u64, "message not applied yet; trying again");
+                    tokio::time::sleep(crate::outbox::jittered(pause)).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
     }
 
     /// Takes one message in. Errors are the channel's own (the link is then rebuilt);
     /// everything else ends in an ack (applied, repeated, or dead-lettered) or, for a
     /// passing failure, a nack that hands it back to the broker.
-    async fn handle(&self, delivery: lapin::message::Delivery) -> Result<(), lapin::Error> {
+    async fn handle(&self, delivery: &lapin::message::Delivery) -> Result<Step, lapin::Error> {
         let body = &delivery.data;
         let transport_id = match delivery.properties.message_id() {
             Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
@@ -273,9 +320,7 @@ impl Consumer {
         let partner = &self.partner;
         let Some(format) = self.inbound.formats.get(&partner.format).cloned() else {
             // Checked at start-up; a message cannot be read without its format.
-            return self
-                .retry_later(&delivery, "the partner's format is unknown")
-                .await;
+            return Ok(Step::Retry("the partner's format is unknown".into()));
         };
         if body.len() > self.inbound.max_body_bytes {
             let rejection = Rejection {
@@ -289,30 +334,35 @@ impl Consumer {
                     ),
                 )],
             };
-            return self.dead_letter(&delivery, &transport_id, &rejection).await;
+            return self.dead_letter(delivery, &transport_id, &rejection).await;
         }
+        let sha256 = hex::encode(Sha256::digest(body));
         match outbox::prior_inbound(&self.inbound.store, &partner.id, &transport_id).await {
-            Err(e) => {
-                let why = crate::telemetry::error_chain(&e);
-                return self.retry_later(&delivery, &why).await;
-            }
-            Ok(Some(prior)) if prior.outcome == "accepted" => {
-                tracing::info!(partner = %partner.id, transport_id, "redelivered message already applied");
-                return delivery.ack(BasicAckOptions::default()).await.map(drop);
-            }
-            Ok(Some(prior)) => {
-                // Rejected before, maybe without reaching the dead-letter queue: again.
-                let problems: Vec<Located> = prior
-                    .problem
-                    .as_deref()
-                    .and_then(|p| serde_json::from_str(p).ok())
-                    .unwrap_or_default();
+            Err(e) => return Ok(Step::Retry(crate::telemetry::error_chain(&e))),
+            Ok(Some(prior)) if prior.body_sha256 != sha256 => {
+                // The id names another message: applying this one under it would make the
+                // id mean two things, and ignoring it would lose it.
                 let rejection = Rejection {
-                    status: 422,
-                    problems,
+                    status: 409,
+                    problems: vec![Located::pointer(
+                        "",
+                        format!(
+                            "message id {transport_id:?} was already used by this partner for \
+                             a different message (received {}); send this one under its own id",
+                            prior.received_at
+                        ),
+                    )],
                 };
-                return self.dead_letter(&delivery, &transport_id, &rejection).await;
+                return self.dead_letter(delivery, &transport_id, &rejection).await;
             }
+            Ok(Some(_)) => {
+                tracing::info!(partner = %partner.id, transport_id, "redelivered message already applied");
+                return delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .map(|_| Step::Done);
+            }
+            // Never seen, or rejected before (a conflict may have cleared): read it now.
             Ok(None) => {}
         }
         let content_type = delivery
@@ -334,7 +384,10 @@ impl Consumer {
             .await;
         self.inbound.metrics.message_in(format.id(), &result);
         match result {
-            Ok(_) => delivery.ack(BasicAckOptions::default()).await.map(drop),
+            Ok(_) => delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| Step::Done),
             Err(IngestError::Document(e)) => {
                 let status = match e {
                     crate::problem::DocumentError::Malformed(_) => 400,
@@ -344,37 +397,25 @@ impl Consumer {
                     status,
                     problems: e.into_problems(),
                 };
-                self.dead_letter(&delivery, &transport_id, &rejection).await
+                self.dead_letter(delivery, &transport_id, &rejection).await
             }
             Err(IngestError::Conflict(located)) => {
                 let rejection = Rejection {
                     status: 409,
                     problems: vec![located],
                 };
-                self.dead_letter(&delivery, &transport_id, &rejection).await
+                self.dead_letter(delivery, &transport_id, &rejection).await
             }
-            Err(IngestError::Store(e)) => {
-                let why = crate::telemetry::error_chain(&e);
-                self.retry_later(&delivery, &why).await
+            // Stored data the gateway cannot read will not heal by waiting.
+            Err(IngestError::Store(e @ crate::store::StoreError::Corrupt(_))) => {
+                let rejection = Rejection {
+                    status: 500,
+                    problems: vec![Located::pointer("", crate::telemetry::error_chain(&e))],
+                };
+                self.dead_letter(delivery, &transport_id, &rejection).await
             }
+            Err(IngestError::Store(e)) => Ok(Step::Retry(crate::telemetry::error_chain(&e))),
         }
-    }
-
-    /// A passing failure (the database away): handed back to the broker after a pause.
-    async fn retry_later(
-        &self,
-        delivery: &lapin::message::Delivery,
-        why: &str,
-    ) -> Result<(), lapin::Error> {
-        tracing::warn!(partner = %self.partner.id, error = why, "message not applied; the broker will redeliver it");
-        tokio::time::sleep(self.retry_delay).await;
-        delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .map(drop)
     }
 
     /// Publishes the message, body untouched, to the dead-letter queue with why in its
@@ -384,7 +425,7 @@ impl Consumer {
         delivery: &lapin::message::Delivery,
         transport_id: &str,
         rejection: &Rejection,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<Step, lapin::Error> {
         let partner = &self.partner;
         let dlq = partner.dead_letter_queue().unwrap_or_default();
         let first = rejection.problems.first();
@@ -445,7 +486,7 @@ impl Consumer {
             properties = properties.with_message_id(short(transport_id));
         }
         tracing::info!(partner = %partner.id, dlq, status = rejection.status, reason, "message dead-lettered");
-        let confirm = self
+        let published = self
             .channel
             .basic_publish(
                 "".into(),
@@ -454,16 +495,37 @@ impl Consumer {
                 &delivery.data,
                 properties,
             )
-            .await?
             .await?;
-        match confirm {
-            Confirmation::Ack(_) | Confirmation::NotRequested => {
-                delivery.ack(BasicAckOptions::default()).await.map(drop)
-            }
-            Confirmation::Nack(_) => {
-                self.retry_later(delivery, "the broker refused the dead-letter copy")
-                    .await
-            }
+        // A confirm can be lost with its connection: waited for a bounded time.
+        match tokio::time::timeout(Duration::from_secs(30), published).await {
+            Ok(Ok(Confirmation::Ack(_) | Confirmation::NotRequested)) => delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| Step::Done),
+            Ok(Ok(Confirmation::Nack(_))) => Ok(Step::Retry(
+                "the broker refused the dead-letter copy".into(),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(Step::Retry(
+                "no confirm of the dead-letter copy within 30 s".into(),
+            )),
+        }
+    }
+}
+
+fn flatten(
+    done: Result<Result<(), lapin::Error>, tokio::task::JoinError>,
+) -> Result<(), lapin::Error> {
+    match done {
+        Ok(result) => result,
+        // A handler that panicked left its message unacknowledged: the link is rebuilt,
+        // so that the broker hands it back (in order) instead of holding it.
+        Err(e) => {
+            tracing::error!(error = %e, "an inbound message handler stopped");
+            Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Error,
+                "an inbound message handler stopped",
+            )))
         }
     }
 }

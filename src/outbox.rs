@@ -143,7 +143,16 @@ impl Dispatcher {
         }
         let mut streams: Vec<std::collections::VecDeque<OutboxRow>> =
             streams.into_iter().map(Into::into).collect();
+        let started = std::time::Instant::now();
+        let lease_half = Duration::from_secs(self.settings.lease_s) / 2;
         loop {
+            // Rows not reached while the lease is good go back for the next round, so that
+            // no row is delivered after another instance may have taken it over.
+            if started.elapsed() > lease_half {
+                let rest: Vec<OutboxRow> = streams.iter_mut().flat_map(|s| s.drain(..)).collect();
+                outbox::release(&self.store, &rest).await?;
+                break;
+            }
             let wave: Vec<OutboxRow> = streams.iter_mut().filter_map(|s| s.pop_front()).collect();
             if wave.is_empty() {
                 break;
@@ -222,34 +231,57 @@ impl Dispatcher {
             }
         }
         let mut http = futures_util::future::join_all(http).await.into_iter();
+        // Confirms first. A message no queue took comes back as a return, which lapin hands
+        // to whichever confirm completes next: returns are matched by message id.
+        let mut confirmed: Vec<Option<Result<(), String>>> = Vec::with_capacity(wave.len());
+        let mut returned = std::collections::BTreeSet::new();
+        let mut pending: Vec<Pending> = pending;
+        for p in pending.iter_mut() {
+            let taken = match p {
+                Pending::Confirm(_) => std::mem::replace(p, Pending::Confirmed),
+                _ => Pending::Done,
+            };
+            let Pending::Confirm(confirm) = taken else {
+                confirmed.push(None);
+                continue;
+            };
+            let outcome = match tokio::time::timeout_at(deadline, confirm).await {
+                Ok(Ok(Confirmation::Ack(ret))) | Ok(Ok(Confirmation::Nack(ret)))
+                    if ret.is_some() =>
+                {
+                    if let Some(id) = ret.as_ref().and_then(|r| r.properties.message_id().clone()) {
+                        returned.insert(id.as_str().to_owned());
+                    }
+                    Ok(())
+                }
+                Ok(Ok(Confirmation::Ack(_))) | Ok(Ok(Confirmation::NotRequested)) => Ok(()),
+                Ok(Ok(Confirmation::Nack(_))) => {
+                    Err("the broker refused the message (nack)".to_owned())
+                }
+                Ok(Err(e)) => Err(format!("no confirm from the broker: {e}")),
+                Err(_) => Err(format!(
+                    "no confirm from the broker within {} ms",
+                    self.confirm_timeout.as_millis()
+                )),
+            };
+            confirmed.push(Some(outcome));
+        }
         let mut out = Vec::with_capacity(wave.len());
-        for ((row, w), p) in wave.iter().zip(written).zip(pending) {
+        for (((row, w), p), c) in wave.iter().zip(written).zip(pending).zip(confirmed) {
             let failure = match (p, &w) {
                 (_, Err(e)) => Some(Failure::Permanent(e.clone())),
-                (Pending::Done, _) => None,
                 (Pending::Failed(e), _) => Some(Failure::Passing(e)),
-                // A confirm can be lost with its connection: waited for a bounded time.
-                (Pending::Confirm(confirm), _) => match tokio::time::timeout_at(deadline, confirm)
-                    .await
-                {
-                    Ok(Ok(Confirmation::Ack(None))) | Ok(Ok(Confirmation::NotRequested)) => None,
-                    Ok(Ok(Confirmation::Ack(Some(_)))) => Some(Failure::Passing(format!(
+                (Pending::Confirmed, _) => match c {
+                    Some(Err(e)) => Some(Failure::Passing(e)),
+                    _ if returned.contains(&row.message_id) => Some(Failure::Passing(format!(
                         "no queue is bound to routing key {} on exchange {}",
                         self.routing_key(row),
                         self.exchange
                     ))),
-                    Ok(Ok(Confirmation::Nack(_))) => Some(Failure::Passing(
-                        "the broker refused the message (nack)".into(),
-                    )),
-                    Ok(Err(e)) => {
-                        Some(Failure::Passing(format!("no confirm from the broker: {e}")))
-                    }
-                    Err(_) => Some(Failure::Passing(format!(
-                        "no confirm from the broker within {} ms",
-                        self.confirm_timeout.as_millis()
-                    ))),
+                    _ => None,
                 },
                 (Pending::Http, _) => http.next().flatten(),
+                (Pending::Done | Pending::Confirm(_), _) => None,
             };
             let result = match failure {
                 None => Attempted::Sent,
@@ -388,9 +420,18 @@ impl Dispatcher {
                 let text: String = text.chars().take(300).collect();
                 let error = format!("{url} answered {status}: {text}");
                 // The partner refuses this message as it is: sending it again won't help.
+                // Not so for a timeout, a rate limit, or what is usually our configuration
+                // (credentials, address), which someone will fix.
+                use reqwest::StatusCode as S;
                 if status.is_client_error()
-                    && status != reqwest::StatusCode::REQUEST_TIMEOUT
-                    && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+                    && ![
+                        S::REQUEST_TIMEOUT,
+                        S::TOO_MANY_REQUESTS,
+                        S::UNAUTHORIZED,
+                        S::FORBIDDEN,
+                        S::NOT_FOUND,
+                    ]
+                    .contains(&status)
                 {
                     Some(Failure::Permanent(error))
                 } else {
@@ -409,6 +450,8 @@ enum Pending {
     Done,
     Failed(String),
     Confirm(lapin::PublisherConfirm),
+    /// Its confirm has been awaited.
+    Confirmed,
     Http,
 }
 

@@ -56,6 +56,11 @@ pub struct PartnerConfig {
     /// `<amqp_in>.dlq`.
     #[serde(default)]
     pub amqp_in: Option<String>,
+    /// Messages of its queue handled at once. 1 (the default) keeps the queue's order,
+    /// which declarations, amendments and seal assignments need; a seal-event feed may
+    /// take more, the engine ordering events by their time.
+    #[serde(default = "one")]
+    pub amqp_in_workers: u16,
     /// Notification kinds it takes: `status`, `alert`, `release`, `handover`.
     #[serde(default)]
     pub subscribe: Vec<NotificationKind>,
@@ -79,6 +84,10 @@ pub struct PartnerConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u16 {
+    1
 }
 
 impl PartnerConfig {
@@ -172,6 +181,9 @@ pub fn check(partners: &[PartnerConfig]) -> Result<(), String> {
             if !queues.insert(q.as_str()) {
                 return Err(format!("{at}: amqp_in {q:?} is another partner's queue"));
             }
+        }
+        if p.amqp_in_workers == 0 || p.amqp_in_workers > 256 {
+            return Err(format!("{at}: amqp_in_workers must be 1 to 256"));
         }
         if let Some(url) = &p.http_push
             && !(url.starts_with("https://") || url.starts_with("http://"))

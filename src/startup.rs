@@ -271,7 +271,8 @@ impl Application {
         tracing::info!(port = self.port, "listening");
         let handle = self.server.handle();
         let ticker = run_ticker(self.tracking.clone(), self.tick_interval);
-        let mut link_stop = self.stop.subscribe();
+        // The link stops last, on its own signal: the dispatcher's confirms need it.
+        let (link_stopper, mut link_stop) = watch::channel(false);
         let mut link = tokio::spawn(async move {
             match self.supervisor {
                 Some(s) => s.run(link_stop).await,
@@ -291,25 +292,28 @@ impl Application {
                 }
             }
         });
+        let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
-            r = self.server => r.context("the HTTP server stopped with an error"),
-            r = ticker => {
-                handle.stop(true).await;
-                r
-            }
-            r = &mut link => {
-                handle.stop(true).await;
-                r.context("the broker link failed").and_then(|r| r)
-            }
+            r = &mut server => match r {
+                Ok(r) => r.context("the HTTP server stopped with an error"),
+                Err(e) => Err(e).context("the HTTP server task failed"),
+            },
+            r = ticker => r,
+            r = &mut link => r.context("the broker link failed").and_then(|r| r),
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => Ok(()),
         };
-        // The dispatcher finishes the round it is in, so what it sent is recorded as sent;
-        // the broker link closes its connection.
-        self.stop.send_replace(true);
+        // In order: the HTTP server drains its requests; the dispatcher finishes its
+        // round, so what it sent is recorded as sent; then the broker link closes.
+        handle.stop(true).await;
         let wait = std::time::Duration::from_secs(30);
+        if !server.is_finished() && tokio::time::timeout(wait, &mut server).await.is_err() {
+            server.abort();
+        }
+        self.stop.send_replace(true);
         if tokio::time::timeout(wait, dispatcher).await.is_err() {
             tracing::warn!("the outbox dispatcher did not stop within 30 s");
         }
+        link_stopper.send_replace(true);
         if !link.is_finished() && tokio::time::timeout(wait, &mut link).await.is_err() {
             link.abort();
         }

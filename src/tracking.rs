@@ -711,15 +711,18 @@ impl Tracking {
             let rebuilt = self.rebuild(tx, &before, input.time(), &geo, now).await?;
             // What the command itself produced (acceptance, unlock commands, custody,
             // seals, notices) stands; the trip's state and alerts are the replay's.
-            effects.retain(|e| {
-                matches!(
-                    e,
-                    Effect::ReleaseAccepted { .. }
-                        | Effect::SealCommand { .. }
-                        | Effect::CustodyChanged { .. }
-                        | Effect::SealsAssigned { .. }
-                        | Effect::Notify { .. }
-                )
+            effects.retain(|e| match e {
+                Effect::ReleaseAccepted { .. }
+                | Effect::SealCommand { .. }
+                | Effect::CustodyChanged { .. }
+                | Effect::SealsAssigned { .. } => true,
+                // The notices of the command itself; those of state and alerts come from
+                // the replay's reconciliation below.
+                Effect::Notify { notification } => matches!(
+                    notification.kind,
+                    ects_core::NotificationKind::Release | ects_core::NotificationKind::Handover
+                ),
+                _ => false,
             });
             effects.extend(reconcile(&before, &rebuilt, now));
             trip = rebuilt;

@@ -49,6 +49,8 @@ create table outbox (
     attempts bigint not null default 0,
     next_attempt_at text not null,
     lease_until text,
+    -- who holds the lease: results are written only by the holder.
+    lease_token text,
     last_error text,
     created_at text not null,
     sent_at text,

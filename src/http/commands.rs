@@ -60,11 +60,9 @@ async fn run<T: DeserializeOwned>(
     into_input: impl Fn(T) -> (Input, String),
 ) -> Result<HttpResponse, ApiError> {
     let trip_id = path_trip_id(path)?;
-    // A partner acts only on the trips it may see.
-    Viewer::extract(req)
-        .await?
-        .check(&state.store, &trip_id.to_string())
-        .await?;
+    // A partner acts only on the trips it may see, and only as its own country.
+    let viewer = Viewer::extract(req).await?;
+    viewer.check(&state.store, &trip_id.to_string()).await?;
     let body = read_limited(req, payload, state.settings.max_body_bytes).await?;
     let command: T = decode_canonical(&state.schemas, kind, &body)?;
     if trip_of(&command) != trip_id {
@@ -79,6 +77,20 @@ async fn run<T: DeserializeOwned>(
         ])));
     }
     let (input, actor) = into_input(command);
+    if let Viewer::Partner(p) = &viewer {
+        let acting = match &input {
+            Input::Release(r) => r.authority.as_str(),
+            Input::Handover(h) => h.from_authority.as_str(),
+            Input::Cancel(c) => c.authority.as_str(),
+            _ => "",
+        };
+        if !acting.starts_with(p.country()) {
+            return Err(ApiError::Forbidden(format!(
+                "partner {} ({}) may not act as authority {acting:?}",
+                p.id, p.authority
+            )));
+        }
+    }
     let outcome = state
         .tracking
         .command(trip_id, input, actor, Utc::now())
@@ -273,10 +285,9 @@ pub async fn put_rules(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let trip_id = path_trip_id(&path)?;
-    Viewer::extract(&req)
-        .await?
-        .check(&state.store, &trip_id.to_string())
-        .await?;
+    let viewer = Viewer::extract(&req).await?;
+    viewer.check(&state.store, &trip_id.to_string()).await?;
+    viewer.operator_only("set a trip's thresholds")?;
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
     let rules = parse_rules(&body)?;
     state

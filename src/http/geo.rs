@@ -8,6 +8,7 @@ use ects_core::{CorridorId, ZoneId};
 use super::AppState;
 use super::body::read_limited;
 use super::error::ApiError;
+use super::viewer::Viewer;
 use crate::problem::{DocumentError, Located};
 
 fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
@@ -60,10 +61,12 @@ pub struct ZoneList {
 #[put("/v1/corridors/{id}")]
 pub async fn put_corridor(
     state: web::Data<AppState>,
+    viewer: Viewer,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    viewer.operator_only("define corridors")?;
     let id = CorridorId::parse(path.into_inner()).map_err(|e| ApiError::BadParameter {
         name: "id",
         detail: e.to_string(),
@@ -116,10 +119,12 @@ pub async fn list_corridors(state: web::Data<AppState>) -> Result<HttpResponse, 
 #[put("/v1/zones/{id}")]
 pub async fn put_zone(
     state: web::Data<AppState>,
+    viewer: Viewer,
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    viewer.operator_only("define zones")?;
     let id = ZoneId::parse(path.into_inner()).map_err(|e| ApiError::BadParameter {
         name: "id",
         detail: e.to_string(),

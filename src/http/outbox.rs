@@ -104,12 +104,7 @@ pub async fn retry_outbox(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let seq = path.into_inner();
-    if let Viewer::Partner(p) = &viewer {
-        return Err(ApiError::Forbidden(format!(
-            "partner {} may not retry deliveries: that is the operator's",
-            p.id
-        )));
-    }
+    viewer.operator_only("retry deliveries")?;
     match outbox::retry(&state.store, seq, Utc::now()).await? {
         None => Err(ApiError::NotFound(format!("outbox message {seq}"))),
         Some(false) => Err(ApiError::Conflict(Box::new(

@@ -34,6 +34,18 @@ impl Viewer {
         }
     }
 
+    /// Only the operator may do this (geography, thresholds, delivery retries): partners
+    /// act through their own systems and the messages they send.
+    pub fn operator_only(&self, what: &str) -> Result<(), ApiError> {
+        match self {
+            Viewer::Operator => Ok(()),
+            Viewer::Partner(p) => Err(ApiError::Forbidden(format!(
+                "partner {} may not {what}: that is the operator's",
+                p.id
+            ))),
+        }
+    }
+
     /// Whether this viewer may see the trip.
     pub async fn sees(&self, store: &Store, trip_id: &str) -> Result<bool, StoreError> {
         match self.parties() {

@@ -45,6 +45,8 @@ pub struct OutboxRow {
     pub body: Option<Vec<u8>>,
     pub content_type: Option<String>,
     pub attempts: i64,
+    /// The lease this row was taken under; results are written only under it.
+    pub lease_token: String,
 }
 
 /// A row as `GET /v1/outbox` shows it.
@@ -191,6 +193,12 @@ pub async fn claim(
     .bind(channels.get(1).copied().unwrap_or("none"))
     .fetch_all(&mut **tx)
     .await?;
+    if rows.is_empty() {
+        // Nothing written: no commit, so nobody is woken for nothing.
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    let token = uuid::Uuid::now_v7().to_string();
     let rows: Vec<OutboxRow> = rows
         .iter()
         .map(|r| OutboxRow {
@@ -207,39 +215,39 @@ pub async fn claim(
             body: r.get(10),
             content_type: r.get(11),
             attempts: r.get(12),
+            lease_token: token.clone(),
         })
         .collect();
-    if !rows.is_empty() {
-        set_lease(&mut tx, &rows, Some(lease_until)).await?;
-    }
+    // The numbers come from the database, so they are safe to write into the statement.
+    let seqs: Vec<String> = rows.iter().map(|r| r.seq.to_string()).collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "update outbox set lease_until = $1, lease_token = $2 where seq in ({})",
+        seqs.join(",")
+    )))
+    .bind(ts(lease_until))
+    .bind(&token)
+    .execute(&mut **tx)
+    .await?;
     tx.commit().await?;
     Ok(rows)
 }
 
-async fn set_lease(
-    conn: &mut AnyConnection,
-    rows: &[OutboxRow],
-    until: Option<DateTime<Utc>>,
-) -> Result<(), StoreError> {
-    // The numbers come from the database, so they are safe to write into the statement.
-    let seqs: Vec<String> = rows.iter().map(|r| r.seq.to_string()).collect();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "update outbox set lease_until = $1 where seq in ({})",
-        seqs.join(",")
-    )))
-    .bind(until.map(ts))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Gives rows back untried (their stream stopped earlier in the batch).
+/// Gives rows back untried (their stream stopped earlier in the batch), if still ours.
 pub async fn release(store: &Store, rows: &[OutboxRow]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
     let mut tx = store.begin_write().await?;
-    set_lease(&mut tx, rows, None).await?;
+    for row in rows {
+        sqlx::query(
+            "update outbox set lease_until = null, lease_token = null
+             where seq = $1 and lease_token = $2",
+        )
+        .bind(row.seq)
+        .bind(&row.lease_token)
+        .execute(&mut **tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -270,15 +278,20 @@ pub async fn record_attempts(
 ) -> Result<(), StoreError> {
     let mut tx = store.begin_write().await?;
     for (row, body, result) in attempts {
+        // Only under the lease the row was taken with: an instance whose lease ran out
+        // (and was taken over) does not overwrite the new holder's result.
         if row.body.is_none()
             && let Some((body, content_type)) = body
         {
-            sqlx::query("update outbox set body = $1, content_type = $2 where seq = $3")
-                .bind(*body)
-                .bind(*content_type)
-                .bind(row.seq)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "update outbox set body = $1, content_type = $2 where seq = $3 and lease_token = $4",
+            )
+            .bind(*body)
+            .bind(*content_type)
+            .bind(row.seq)
+            .bind(&row.lease_token)
+            .execute(&mut **tx)
+            .await?;
         }
         let (status, error, next) = match result {
             Attempted::Sent => ("sent", None, now),
@@ -288,14 +301,15 @@ pub async fn record_attempts(
         sqlx::query(
             "update outbox set status = $1, attempts = attempts + 1,
                  last_error = coalesce($2, last_error), next_attempt_at = $3, lease_until = null,
-                 sent_at = $4
-             where seq = $5",
+                 lease_token = null, sent_at = $4
+             where seq = $5 and lease_token = $6",
         )
         .bind(status)
         .bind(error)
         .bind(ts(next))
         .bind((status == "sent").then(|| ts(now)))
         .bind(row.seq)
+        .bind(&row.lease_token)
         .execute(&mut **tx)
         .await?;
     }
@@ -378,7 +392,7 @@ pub async fn retry(
     }
     sqlx::query(
         "update outbox set status = 'pending', attempts = 0, next_attempt_at = $1,
-             lease_until = null
+             lease_until = null, lease_token = null
          where seq = $2",
     )
     .bind(ts(now))
@@ -397,11 +411,11 @@ pub async fn counts(store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// What became of an inbound message this sender sent before under the same transport id.
+/// The message this sender had applied under the same transport id, if any.
 #[derive(Debug, Clone)]
 pub struct PriorInbound {
-    pub outcome: String,
-    pub problem: Option<String>,
+    pub body_sha256: String,
+    pub received_at: String,
 }
 
 pub async fn prior_inbound(
@@ -410,9 +424,8 @@ pub async fn prior_inbound(
     transport_message_id: &str,
 ) -> Result<Option<PriorInbound>, StoreError> {
     let row = sqlx::query(
-        "select outcome, problem from messages
-         where source = $1 and transport_message_id = $2 and outcome in ('accepted', 'rejected')
-         order by case outcome when 'accepted' then 0 else 1 end
+        "select body_sha256, received_at from messages
+         where source = $1 and transport_message_id = $2 and outcome = 'accepted'
          limit 1",
     )
     .bind(sender)
@@ -420,7 +433,7 @@ pub async fn prior_inbound(
     .fetch_optional(store.pool())
     .await?;
     Ok(row.map(|r| PriorInbound {
-        outcome: r.get(0),
-        problem: r.get(1),
+        body_sha256: r.get(0),
+        received_at: r.get(1),
     }))
 }

@@ -149,11 +149,35 @@ async fn a_partner_sees_what_its_sharing_rules_allow(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(retry.status(), 403);
-    let (status, own) = get_as(&app, "sv-customs-token", "/v1/outbox?partner=mx-customs").await;
-    assert_eq!(
-        (status, own["messages"].clone()),
-        (200, Value::Array(vec![]))
-    );
+    // Geography and thresholds are the operator's; a partner acts only as its country.
+    let put = app
+        .client
+        .put(format!("{}/v1/zones/GTPQZ", app.address))
+        .header("authorization", "Bearer sv-customs-token")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 403);
+    let rules = app
+        .client
+        .put(format!("{}/v1/trips/{operators}/rules", app.address))
+        .header("authorization", "Bearer sv-customs-token")
+        .body("{\"max_stop_s\": 600}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rules.status(), 403);
+    let as_gt = app
+        .client
+        .post(format!("{}/v1/trips/{operators}/release", app.address))
+        .header("authorization", "Bearer sv-customs-token")
+        .header("content-type", "application/json")
+        .body(crate::tracking::release(&operators, "GT", "SVSAL").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_gt.status(), 403, "SV may not release as GT");
 }
 
 mod sharing_rules {

@@ -622,7 +622,11 @@ impl Trip {
                 })
             }
             Effect::ReleaseAccepted { release } => Some(StatusNotification {
-                release: Some(release.clone()),
+                // The unlock code is for the seals, not for the partners told of it.
+                release: Some(ReleaseAuthorization {
+                    one_time_code: WITHHELD.into(),
+                    ..release.clone()
+                }),
                 ..base(
                     NotificationKind::Release,
                     format!("release/{}", release.release_id),
@@ -1598,6 +1602,9 @@ impl Trip {
 
 /// What changed between a trip as it was and as a replay rebuilt it: the effects a late
 /// event causes.
+/// What a notification says in place of a release's one-time code.
+pub const WITHHELD: &str = "withheld";
+
 pub fn reconcile(old: &Trip, new: &Trip, now: Timestamp) -> Vec<Effect> {
     let mut fx = Vec::new();
     if old.status.state != new.status.state {
