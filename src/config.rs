@@ -265,8 +265,7 @@ impl Settings {
             // This build's AMQP client has no TLS: the gateway talks to its own broker
             // cluster over its own network.
             return Err(ConfigError::Invalid(
-                "amqp_url must start with amqp:// (amqps:// is not supported by this build)"
-                    .into(),
+                "amqp_url must start with amqp:// (amqps:// is not supported by this build)".into(),
             ));
         }
         if self.amqp.prefetch == 0 {
