@@ -63,11 +63,6 @@ impl Broker {
             Link::Failed(e) => format!("unreachable: {e}"),
         }
     }
-
-    /// Waits until the link is up (or its state changes), for callers that need it.
-    pub async fn changed(&mut self) {
-        let _ = self.link.changed().await;
-    }
 }
 
 /// What consuming needs.

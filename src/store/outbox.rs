@@ -403,14 +403,6 @@ pub async fn retry(
     Ok(Some(true))
 }
 
-/// How many rows wait in each status, for metrics and readiness.
-pub async fn counts(store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows = sqlx::query("select status, count(*) from outbox group by status")
-        .fetch_all(store.pool())
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
 /// The message this sender had applied under the same transport id, if any.
 #[derive(Debug, Clone)]
 pub struct PriorInbound {
