@@ -63,16 +63,7 @@ pub async fn list_outbox(
             detail: format!("{s:?} is not one of pending, sent, failed"),
         });
     }
-    let limit = match q.limit {
-        None => DEFAULT_LIMIT,
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(n) => {
-            return Err(ApiError::BadParameter {
-                name: "limit",
-                detail: format!("{n} is outside 1..={MAX_LIMIT}"),
-            });
-        }
-    };
+    let limit = super::trips::limit_within(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let messages = outbox::list(
         &state.store,
         &OutboxFilter {

@@ -13,12 +13,21 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 10_000;
 
 fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
+    limit_within(requested, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// A `limit` parameter: `default` when absent, refused outside `1..=max`.
+pub(super) fn limit_within(
+    requested: Option<i64>,
+    default: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
     match requested {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
         Some(n) => Err(ApiError::BadParameter {
             name: "limit",
-            detail: format!("{n} is outside 1..={MAX_LIMIT}"),
+            detail: format!("{n} is outside 1..={max}"),
         }),
     }
 }
