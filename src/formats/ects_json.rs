@@ -239,6 +239,7 @@ impl Format for EctsJson {
             inbound,
             unmapped: Vec::new(),
             notes,
+            function: Default::default(),
         })
     }
 }

@@ -63,6 +63,32 @@ pub struct Decoded {
     /// What reading changed or left open without refusing (e.g. seals not tied to a
     /// container).
     pub notes: Vec<Located>,
+    /// What a declaration message asks for (ICES message type F, A or D).
+    pub function: MessageFunction,
+}
+
+/// What a declaration message asks for. A mapping reads it into the working field
+/// `message_function` (ICES 1.5: message type F, A, D); other formats send originals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageFunction {
+    /// A new declaration (ICES F, final): registered once, the same again changes nothing.
+    #[default]
+    Original,
+    /// A new version of a registered declaration (ICES A), before the trip departs.
+    Amendment,
+    /// The declaration withdrawn (ICES D): its trip is cancelled.
+    Deletion,
+}
+
+impl MessageFunction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Original => "original",
+            Self::Amendment => "amendment",
+            Self::Deletion => "deletion",
+        }
+    }
 }
 
 /// Something to write in a partner's format.

@@ -2,6 +2,7 @@
 //! partner format (see `mappings/README.md`); at start-up every file is compiled into a
 //! plan, and a broken file stops start-up with its name, line and reason.
 
+mod bill_seals;
 pub mod harness;
 mod plan;
 pub mod spec;
@@ -570,10 +571,12 @@ impl Format for MappedFormat {
             // Read again with places kept, so that each note names its place.
             notes.extend(plan.decode_tree(&root, true).notes);
         }
+        let function = message_function(&read.canonical, &read.origins)?;
         Ok(Decoded {
             inbound,
             unmapped,
             notes,
+            function,
         })
     }
 
@@ -675,9 +678,14 @@ impl MappedFormat {
     ) -> Result<(Inbound, Vec<Located>), DocumentError> {
         match plan.message {
             MessageKind::Declaration => {
+                // What the message asks for is not part of the declaration.
+                let mut canonical = canonical.clone();
+                if let Some(o) = canonical.as_object_mut() {
+                    o.remove(MESSAGE_FUNCTION);
+                }
                 let (declaration, notes) = self.read_checked(
                     Canonical::TransitDeclaration,
-                    canonical,
+                    &canonical,
                     origins,
                     crate::formats::check_declaration,
                 )?;
@@ -721,12 +729,17 @@ impl MappedFormat {
                 Ok((Inbound::SealEvents { events, base: None }, Vec::new()))
             }
             MessageKind::SealAssignment => {
-                let (assignment, notes) = self.read_checked(
+                // Seals given per bill of lading join their container first.
+                let mut canonical = canonical.clone();
+                let bill_notes =
+                    bill_seals::apply(&mut canonical).map_err(|e| relocate(e, origins))?;
+                let (assignment, mut notes) = self.read_checked(
                     Canonical::SealAssignment,
-                    canonical,
+                    &canonical,
                     origins,
                     crate::formats::check_assignment,
                 )?;
+                notes.extend(Self::locate(bill_notes, origins));
                 Ok((Inbound::SealAssignment(Box::new(assignment)), notes))
             }
             MessageKind::TripStatus | MessageKind::StatusNotification => {
@@ -736,6 +749,31 @@ impl MappedFormat {
                 )]))
             }
         }
+    }
+}
+
+/// The working field a declaration mapping reads the message's function into (ICES
+/// message type: `codes/icegate-message-function.toml`).
+const MESSAGE_FUNCTION: &str = "message_function";
+
+/// What a declaration message asks for: an original when the mapping does not say.
+fn message_function(
+    canonical: &Value,
+    origins: &BTreeMap<String, Place>,
+) -> Result<crate::formats::MessageFunction, DocumentError> {
+    match canonical.get(MESSAGE_FUNCTION) {
+        None | Some(Value::Null) => Ok(Default::default()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            relocate(
+                DocumentError::Invalid(vec![Located::pointer(
+                    format!("/{MESSAGE_FUNCTION}"),
+                    format!(
+                        "message function {v} is not original, amendment or deletion (check the mapping's code list)"
+                    ),
+                )]),
+                origins,
+            )
+        }),
     }
 }
 
