@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::formats::{Decoded, Format, Inbound};
+use crate::formats::{Decoded, Format, Inbound, MessageFunction};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
 use crate::tracking::{AuditItem, CommandFailure, Tracking, append_audit};
@@ -42,6 +42,12 @@ pub struct DeclarationRef {
     pub declaration_id: DeclarationId,
     pub issuing_authority: AuthorityCode,
     pub trip_id: TripId,
+    /// An amendment or a deletion (absent for a new declaration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<MessageFunction>,
+    /// The declaration's version an amendment made (the first registered is 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -249,9 +255,14 @@ impl Ingest {
             ..message
         };
         let inbound = decoded.inbound;
+        let function = decoded.function;
         for attempt in 1..=MAX_ATTEMPTS {
             let result = match &inbound {
-                Inbound::Declaration(d) => self.declare(&message, d).await,
+                Inbound::Declaration(d) => match function {
+                    MessageFunction::Original => self.declare(&message, d).await,
+                    MessageFunction::Amendment => self.amend(&message, d).await,
+                    MessageFunction::Deletion => self.delete(&message, d).await,
+                },
                 Inbound::SealEvents { events, base } => self.events(&message, events, *base).await,
                 Inbound::SealAssignment(a) => self.assign(&message, a).await,
             };
@@ -440,6 +451,16 @@ impl Ingest {
         store::insert_message(&mut tx, &record).await?;
         store::insert_declared_trip(&mut tx, declaration, &text, &trip, &message.id, message.now)
             .await?;
+        store::insert_declaration_version(
+            &mut tx,
+            declaration,
+            1,
+            &trip_id.to_string(),
+            &message.id,
+            &text,
+            message.now,
+        )
+        .await?;
         store::outbox::insert_parties(
             &mut tx,
             &trip_id.to_string(),
@@ -474,11 +495,244 @@ impl Ingest {
                 declaration_id: declaration.declaration_id.clone(),
                 issuing_authority: declaration.issuing_authority.clone(),
                 trip_id,
+                function: None,
+                version: None,
             }),
             events: None,
             assignment: None,
         };
         Self::finish(tx, message, &response).await
+    }
+
+    /// The registered declaration an amendment or a deletion names, with its trip; a
+    /// refusal naming /declaration_id when there is none.
+    async fn target(
+        &self,
+        tx: &mut Tx,
+        declaration: &TransitDeclaration,
+        function: MessageFunction,
+    ) -> Result<(store::TripRow, TripId), Attempt> {
+        let Some(existing) = store::find_declaration(tx, declaration).await? else {
+            return Err(Attempt::Failed(IngestError::Document(
+                DocumentError::Invalid(vec![Located::pointer(
+                    "/declaration_id",
+                    format!(
+                        "no declaration {} of {} is registered: an {} needs the declaration it names",
+                        declaration.declaration_id,
+                        declaration.issuing_authority,
+                        function.as_str()
+                    ),
+                )]),
+            )));
+        };
+        let trip_id = TripId::parse(&existing.trip_id).map_err(|_| {
+            Attempt::Failed(IngestError::Store(StoreError::Corrupt(format!(
+                "trip id {}",
+                existing.trip_id
+            ))))
+        })?;
+        Ok((existing, trip_id))
+    }
+
+    /// A new version of a registered declaration (ICES message type A): before the trip
+    /// departs, the trip is rebuilt on it and every version is kept; after, it is refused
+    /// (409) and the version in force stays.
+    async fn amend(
+        &self,
+        message: &Message<'_>,
+        declaration: &TransitDeclaration,
+    ) -> Result<Answer, Attempt> {
+        let mut tx = self.store.begin_write().await?;
+        let (existing, trip_id) = match self
+            .target(&mut tx, declaration, MessageFunction::Amendment)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
+        let stored: serde_json::Value =
+            serde_json::from_str(&existing.canonical).unwrap_or_default();
+        let mut amended = declaration.clone();
+        if amended.declared_at.is_none() {
+            // Undated (an unregistered document): the version in force keeps its date.
+            amended.declared_at = serde_json::from_value::<TransitDeclaration>(stored.clone())
+                .ok()
+                .and_then(|d| d.declared_at)
+                .or(Some(message.now));
+        }
+        let text = canonical(&amended);
+        if text == existing.canonical {
+            // Nothing to change: the answer of the message that made this version.
+            return self.replay_of(tx, message, &existing.message_id).await;
+        }
+        let version = store::latest_declaration_version(&mut tx, &amended)
+            .await?
+            .max(1)
+            .checked_add(1)
+            .ok_or_else(|| {
+                Attempt::Failed(IngestError::Store(StoreError::Corrupt(
+                    "declaration version overflow".into(),
+                )))
+            })?;
+        let mut record = message.record(Outcome::Accepted);
+        record.parsed = Some(text.clone());
+        store::insert_message(&mut tx, &record).await?;
+        let mut changes = Vec::new();
+        differences(
+            &stored,
+            &serde_json::to_value(&amended).unwrap_or_default(),
+            String::new(),
+            &mut changes,
+        );
+        let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        let amendment = crate::tracking::Amendment {
+            declaration: &amended,
+            canonical: &text,
+            message_id: &message.id,
+            version,
+            changes: serde_json::Value::Array(changes),
+        };
+        let applied = self
+            .tracking
+            .amend_in(&mut tx, trip_id, &amendment, &actor, message.now)
+            .await;
+        if let Err(e) = applied {
+            return Err(Self::command_failed(tx, trip_id, e).await);
+        }
+        store::insert_declaration_version(
+            &mut tx,
+            &amended,
+            version,
+            &trip_id.to_string(),
+            &message.id,
+            &text,
+            message.now,
+        )
+        .await?;
+        store::outbox::insert_parties(
+            &mut tx,
+            &trip_id.to_string(),
+            &crate::partners::parties_of(&amended, message.source.partner),
+        )
+        .await?;
+        let response = IngestResponse {
+            message_id: message.id.clone(),
+            format: message.format.to_owned(),
+            trips: vec![trip_id],
+            declaration: Some(DeclarationRef {
+                declaration_id: amended.declaration_id.clone(),
+                issuing_authority: amended.issuing_authority.clone(),
+                trip_id,
+                function: Some(MessageFunction::Amendment),
+                version: Some(version),
+            }),
+            events: None,
+            assignment: None,
+        };
+        Self::finish(tx, message, &response).await
+    }
+
+    /// The declaration withdrawn (ICES message type D): its trip is cancelled as
+    /// `POST /v1/trips/{id}/cancel` cancels it (open alerts closed), in the audit chain.
+    async fn delete(
+        &self,
+        message: &Message<'_>,
+        declaration: &TransitDeclaration,
+    ) -> Result<Answer, Attempt> {
+        let mut tx = self.store.begin_write().await?;
+        let (existing, trip_id) = match self
+            .target(&mut tx, declaration, MessageFunction::Deletion)
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
+            }
+        };
+        let state = store::load_trip(&mut tx, self.store.backend(), &existing.trip_id)
+            .await?
+            .map(|(t, _)| t.status.state);
+        if state == Some(ects_core::TripState::Released) {
+            tx.rollback().await?;
+            return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                "",
+                format!("trip {trip_id} is released: there is no transit left to delete"),
+            ))));
+        }
+        let mut record = message.record(Outcome::Accepted);
+        record.parsed = Some(canonical(declaration));
+        store::insert_message(&mut tx, &record).await?;
+        // A trip cancelled already (an earlier deletion or a cancel) stays as it is.
+        if state != Some(ects_core::TripState::Cancelled) {
+            let actor = format!("{}:{}", message.source.transport, message.source.sender);
+            let cancel = ects_core::Cancellation {
+                trip_id,
+                authority: declaration.issuing_authority.clone(),
+                officer: ects_core::Officer {
+                    id: actor.clone(),
+                    name: None,
+                },
+                time: message.now,
+                reason: format!(
+                    "declaration deleted by its issuing authority: {} message {} (message type D)",
+                    message.format, message.id
+                ),
+            };
+            let applied = self
+                .tracking
+                .command_in(
+                    &mut tx,
+                    trip_id,
+                    &Input::Cancel(cancel),
+                    &actor,
+                    message.now,
+                )
+                .await;
+            if let Err(e) = applied {
+                return Err(Self::command_failed(tx, trip_id, e).await);
+            }
+        }
+        let response = IngestResponse {
+            message_id: message.id.clone(),
+            format: message.format.to_owned(),
+            trips: vec![trip_id],
+            declaration: Some(DeclarationRef {
+                declaration_id: declaration.declaration_id.clone(),
+                issuing_authority: declaration.issuing_authority.clone(),
+                trip_id,
+                function: Some(MessageFunction::Deletion),
+                version: None,
+            }),
+            events: None,
+            assignment: None,
+        };
+        Self::finish(tx, message, &response).await
+    }
+
+    /// A trip command that did not apply, as the answer to the message that asked for it.
+    async fn command_failed(tx: Tx, trip_id: TripId, e: CommandFailure) -> Attempt {
+        let refusal = match e {
+            CommandFailure::Store(StoreError::Contention) => return Attempt::Retry,
+            CommandFailure::Store(e) => return e.into(),
+            CommandFailure::NoTrip(id) => {
+                return Attempt::Failed(IngestError::Store(StoreError::Corrupt(format!(
+                    "declaration of trip {id} without its trip"
+                ))));
+            }
+            CommandFailure::Refused(e) => Located::pointer("", e.reason),
+            CommandFailure::Conflict { field, reason } => {
+                Located::pointer(format!("/{field}"), format!("trip {trip_id}: {reason}"))
+            }
+        };
+        // Rolled back now (not on drop) so the write lock is free for the rejection record.
+        if let Err(e) = tx.rollback().await {
+            return e.into();
+        }
+        Attempt::Failed(IngestError::Conflict(refusal))
     }
 
     /// Ties seals to the containers of the declaration the assignment names, or of the live
@@ -799,6 +1053,57 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) ->
             .find_map(|(i, (p, q))| first_difference(p, q, format!("{at}/{i}")))
             .or_else(|| (x.len() != y.len()).then(|| format!("{at}/{}", x.len().min(y.len())))),
         _ => (a != b).then_some(at),
+    }
+}
+
+/// The most changes one amendment's audit entry lists (the rest are in its version).
+const MAX_CHANGES: usize = 200;
+
+/// Every place two documents differ, as `{"pointer", "old", "new"}` (`null` where a side
+/// has nothing), in document order.
+fn differences(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    at: String,
+    out: &mut Vec<serde_json::Value>,
+) {
+    use serde_json::Value;
+    if out.len() >= MAX_CHANGES {
+        return;
+    }
+    fn one(out: &mut Vec<Value>, at: String, old: Option<&Value>, new: Option<&Value>) {
+        if out.len() < MAX_CHANGES {
+            out.push(serde_json::json!({
+                "pointer": at,
+                "old": old.cloned().unwrap_or(Value::Null),
+                "new": new.cloned().unwrap_or(Value::Null),
+            }));
+        }
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let path = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => differences(p, q, path, out),
+                    (p, q) => one(out, path, p, q),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for i in 0..x.len().max(y.len()) {
+                let path = format!("{at}/{i}");
+                match (x.get(i), y.get(i)) {
+                    (Some(p), Some(q)) => differences(p, q, path, out),
+                    (p, q) => one(out, path, p, q),
+                }
+            }
+        }
+        _ if a != b => one(out, at, Some(a), Some(b)),
+        _ => {}
     }
 }
 

@@ -940,3 +940,103 @@ async fn maybe_checkpoint(conn: &mut AnyConnection, trip: &Trip) -> Result<(), S
     }
     Ok(())
 }
+
+/// A new version of a trip's declaration (an ICES amendment), to apply before departure.
+pub struct Amendment<'a> {
+    pub declaration: &'a TransitDeclaration,
+    /// Its canonical JSON, as stored.
+    pub canonical: &'a str,
+    /// The message that brought it (stored already).
+    pub message_id: &'a str,
+    pub version: i64,
+    /// What changed: `[{"pointer", "old", "new"}]`, for the audit entry.
+    pub changes: serde_json::Value,
+}
+
+impl Tracking {
+    /// Makes a new version of the declaration the one the trip is built from, inside the
+    /// caller's transaction: only while the trip has not departed (declared or armed). The
+    /// trip is rebuilt from the new version and every input it has had; its seals and
+    /// containers route events from now on (earlier events of new seals, kept as unmatched,
+    /// join it); the audit entry says what changed, old and new. `Refused` after
+    /// departure; `Conflict` when a new seal is on another live trip.
+    pub async fn amend_in(
+        &self,
+        tx: &mut Tx,
+        trip_id: TripId,
+        amendment: &Amendment<'_>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, CommandFailure> {
+        let declaration = amendment.declaration;
+        store::lock_seal_devices(tx, self.store.backend(), declaration.seals()).await?;
+        let geo = self.geography(tx).await?;
+        let id = trip_id.to_string();
+        let Some((trip, version)) = store::load_trip(tx, self.store.backend(), &id).await? else {
+            return Err(CommandFailure::NoTrip(trip_id));
+        };
+        if !matches!(
+            trip.status.state,
+            ects_core::TripState::Declared | ects_core::TripState::Armed
+        ) {
+            return Err(CommandFailure::Refused(CommandError {
+                field: "state",
+                reason: format!(
+                    "trip {trip_id} is {}: a declaration is amended only before departure \
+                     (while its trip is declared or armed); the version in force stays",
+                    trip.status.state.as_str()
+                ),
+            }));
+        }
+        for seal in declaration.seals() {
+            if let Some(other) = store::other_live_trip_with_seal(tx, seal, &id).await? {
+                return Err(CommandFailure::Conflict {
+                    field: "equipment",
+                    reason: format!("seal {} is on live trip {other}", seal.id),
+                });
+            }
+        }
+        store::replace_declaration(
+            tx,
+            &id,
+            declaration,
+            amendment.canonical,
+            amendment.message_id,
+        )
+        .await?;
+        let claimed = store::claim_unmatched_events(tx, declaration, &id).await?;
+        // Every input again, on the new version (no checkpoint holds: they were taken on
+        // the old one).
+        let rebuilt = self
+            .rebuild(tx, &trip, DateTime::<Utc>::UNIX_EPOCH, &geo, now)
+            .await?;
+        let effects = reconcile(&trip, &rebuilt, now);
+        if !store::update_trip(tx, &rebuilt, version, rebuilt.next_due(&geo, &self.rules)).await? {
+            return Err(CommandFailure::Store(StoreError::Contention));
+        }
+        store::set_trip_routing(tx, &rebuilt.status).await?;
+        store_effects(tx, &self.recipients, &effects, now).await?;
+        let mut audit = vec![AuditItem::new(
+            actor,
+            "input.declaration_amendment",
+            &serde_json::json!({
+                "version": amendment.version,
+                "message_id": amendment.message_id,
+                "changes": amendment.changes,
+                "declaration": declaration,
+            }),
+        )];
+        audit.extend(
+            effects
+                .iter()
+                .map(|e| AuditItem::new("engine", effect_action(e), e)),
+        );
+        append_audit(tx, trip_id, audit, now).await?;
+        Ok(Applied {
+            trip: rebuilt.status,
+            effects,
+            repeated: false,
+            events_claimed: claimed.len(),
+        })
+    }
+}

@@ -69,7 +69,9 @@ pub struct Decoded {
 
 /// What a declaration message asks for. A mapping reads it into the working field
 /// `message_function` (ICES 1.5: message type F, A, D); other formats send originals.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageFunction {
     /// A new declaration (ICES F, final): registered once, the same again changes nothing.

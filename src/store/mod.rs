@@ -28,6 +28,10 @@ pub(crate) use trips::{
     load_trip, lock_device, lock_seal_devices, other_live_trip_with_seal, trip_for_event,
     update_trip, upsert_alert,
 };
+// Declaration versions (amendments).
+pub(crate) use trips::{
+    insert_declaration_version, latest_declaration_version, replace_declaration, set_trip_routing,
+};
 
 /// A write transaction. On SQLite it also holds the process's write gate, so writers
 /// queue in order here instead of spinning on SQLite's busy handler.

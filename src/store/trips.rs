@@ -559,3 +559,106 @@ fn party_filter(parties: Option<&[String]>) -> (i64, String, String) {
         ),
     }
 }
+
+/// Keeps one version of a declaration as evidence (version 1 when first registered).
+pub async fn insert_declaration_version(
+    conn: &mut AnyConnection,
+    declaration: &TransitDeclaration,
+    version: i64,
+    trip_id: &str,
+    message_id: &str,
+    canonical: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into declaration_versions (issuing_authority, declaration_id, version, trip_id,
+             message_id, canonical, received_at)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(declaration.issuing_authority.as_str())
+    .bind(declaration.declaration_id.as_str())
+    .bind(version)
+    .bind(trip_id)
+    .bind(message_id)
+    .bind(canonical)
+    .bind(ts(now))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The number of the newest stored version of a declaration (0 when none is).
+pub async fn latest_declaration_version(
+    conn: &mut AnyConnection,
+    declaration: &TransitDeclaration,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "select coalesce(max(version), 0) as v from declaration_versions
+         where issuing_authority = $1 and declaration_id = $2",
+    )
+    .bind(declaration.issuing_authority.as_str())
+    .bind(declaration.declaration_id.as_str())
+    .fetch_one(conn)
+    .await?;
+    Ok(row.try_get("v")?)
+}
+
+/// Makes a new version the declaration a trip is built from.
+pub async fn replace_declaration(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+    declaration: &TransitDeclaration,
+    canonical: &str,
+    message_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update declarations set canonical = $1, message_id = $2, declared_at = $3
+         where trip_id = $4",
+    )
+    .bind(canonical)
+    .bind(message_id)
+    .bind(declaration.declared_at.map(ts))
+    .bind(trip_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("update trips set corridor_id = $1 where trip_id = $2")
+        .bind(declaration.corridor_id.as_ref().map(|c| c.as_str()))
+        .bind(trip_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Routes exactly these seals and containers to the trip (after an amendment changed
+/// them): rows of seals and containers it no longer carries go.
+pub async fn set_trip_routing(
+    conn: &mut AnyConnection,
+    status: &TripStatus,
+) -> Result<(), StoreError> {
+    let trip_id = status.trip_id.to_string();
+    sqlx::query("delete from trip_seals where trip_id = $1")
+        .bind(&trip_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("delete from trip_equipment where trip_id = $1")
+        .bind(&trip_id)
+        .execute(&mut *conn)
+        .await?;
+    for e in &status.equipment {
+        if e.id.as_str() != ects_core::model::UNASSIGNED_EQUIPMENT {
+            add_trip_equipment(conn, &trip_id, e.id.as_str()).await?;
+        }
+        for seal in &e.seals {
+            sqlx::query(
+                "insert into trip_seals (trip_id, seal_id, device_id) values ($1, $2, $3)
+                 on conflict (trip_id, seal_id) do nothing",
+            )
+            .bind(&trip_id)
+            .bind(seal.id.as_str())
+            .bind(seal.device_id.as_ref().map(|d| d.as_str()))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -286,3 +286,311 @@ fn acks_become_the_outcome_of_the_message_they_answer() {
     assert!(parse_ack(b"{").is_err());
     assert!(parse_ack(b"[]").is_err());
 }
+
+/// ICES 1.5 message types: a Bill of Entry as F (a new declaration), A (an amendment: a
+/// new version of the declaration before departure) and D (a deletion: the trip
+/// cancelled), end to end over HTTP; over AMQP in `amqp.rs`.
+pub(crate) mod message_types {
+    use serde_json::{Value, json};
+
+    use crate::helpers::{Backend, TestApp, product_mappings_dir, spawn_app_with_mappings};
+
+    /// What changes between versions of the test BE.
+    pub(crate) struct Be<'a> {
+        pub kind: char,
+        pub job: &'a str,
+        pub control: &'a str,
+        pub gateway_port: &'a str,
+        pub seal_2: &'a str,
+        pub truck: &'a str,
+    }
+
+    impl Default for Be<'_> {
+        fn default() -> Self {
+            Self {
+                kind: 'F',
+                job: "4571",
+                control: "000123",
+                gateway_port: "INMAA1",
+                seal_2: "ES00781235",
+                truck: "TN01AB1234",
+            }
+        }
+    }
+
+    /// The BE of `tests/formats/icegate-flat/s2b-two-containers`, with these values.
+    pub(crate) fn bill_of_entry(be: &Be<'_>) -> Vec<u8> {
+        let Be {
+            kind,
+            job,
+            control,
+            gateway_port,
+            seal_2,
+            truck,
+        } = be;
+        let lines = [
+            format!(
+                "HREC\x1DZZ\x1DEXAMPLECHA\x1DZZ\x1DINMAA4\x1DICES1_5\x1DT\x1D\x1DCACHI01\x1D{control}\x1D20250314\x1D1030"
+            ),
+            "<TABLE>IGMS".to_owned(),
+            format!(
+                "{kind}\x1DINMAA4\x1D{job}\x1D20250314\x1D\x1D\x1D2345678\x1D20250310\x1D20250311\x1D\x1D\x1D{gateway_port}\x1DMAEU250112345\x1D20250301\x1D\x1D\x1D40\x1D24000.000\x1DKGS\x1DPKG\x1DAS ADDRESSED\x1D\x1D"
+            ),
+            "<TABLE>CONTAINER".to_owned(),
+            format!(
+                "{kind}\x1DINMAA4\x1D{job}\x1D20250314\x1D\x1D\x1D2345678\x1D20250310\x1DF\x1DMSKU1234565\x1DES00781234\x1D{truck}"
+            ),
+            format!(
+                "{kind}\x1DINMAA4\x1D{job}\x1D20250314\x1D\x1D\x1D2345678\x1D20250310\x1DF\x1DTGHU8261450\x1D{seal_2}\x1D{truck}"
+            ),
+            format!("TREC\x1D{control}"),
+        ];
+        (lines.join("\n") + "\n").into_bytes()
+    }
+
+    /// The same BE number declared over ects-json with an electronic seal, locked and
+    /// driven 20 km off: the trip is in transit.
+    pub(crate) async fn departed(app: &TestApp, job: &str) -> String {
+        let declaration = json!({
+            "declaration_id": job, "issuing_authority": "IN",
+            "declared_at": "2025-03-14T04:30:00Z",
+            "office_of_departure": {"code": "INMAA1", "country": "IN"},
+            "office_of_destination": {"code": "INMAA4", "country": "IN"},
+            "equipment": [{"id": "MSKU1234565", "seals": [
+                {"id": format!("ES9{job}"), "kind": "electronic", "device_id": format!("8600000{job}")}]}]
+        });
+        let reply = app.post_message(declaration.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+        let event = |seq: u64, minute: u32, kind: &str, lon: f64| {
+            json!({"device_id": format!("8600000{job}"), "seal_id": format!("ES9{job}"),
+                   "seq": seq, "kind": kind, "time": format!("2025-03-14T06:{minute:02}:00Z"),
+                   "position": {"lat": 13.1, "lon": lon, "fix": "gps", "speed_kmh": 40.0}})
+        };
+        let events = json!([
+            event(1, 0, "locked", 80.29),
+            event(2, 10, "position", 80.40),
+            event(3, 20, "position", 80.50),
+            event(4, 30, "position", 80.60),
+        ]);
+        let reply = app.post_events(events.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        assert_eq!(app.trip(&trip).await["state"], "in_transit");
+        trip
+    }
+
+    pub(crate) async fn post_be(app: &TestApp, be: &Be<'_>) -> crate::helpers::Reply {
+        app.post("/v1/messages/icegate-flat", bill_of_entry(be))
+            .await
+    }
+
+    async fn amendments_and_deletions_over_http(app: TestApp) {
+        let reply = post_be(&app, &Be::default()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+        assert!(reply.json()["declaration"].get("function").is_none());
+
+        // A: another seal on the second container, another truck, another gateway port.
+        let amendment = Be {
+            kind: 'A',
+            control: "000124",
+            gateway_port: "INNSA1",
+            seal_2: "ES00781299",
+            truck: "TN01AB9999",
+            ..Be::default()
+        };
+        let reply = post_be(&app, &amendment).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let body = reply.json();
+        assert_eq!(body["trips"], json!([trip]));
+        assert_eq!(body["declaration"]["function"], "amendment");
+        assert_eq!(body["declaration"]["version"], 2);
+        let status = app.trip(&trip).await;
+        assert_eq!(status["equipment"][1]["seals"][0]["id"], "ES00781299");
+        assert_eq!(status["office_of_departure"], "INNSA1");
+        assert_eq!(status["state"], "declared");
+        // Both versions kept; the new seal routes to the trip, the old one no longer.
+        assert_eq!(
+            app.count_where("declaration_versions", "declaration_id = '4571'")
+                .await,
+            2
+        );
+        assert_eq!(
+            app.count_where("trip_seals", "seal_id in ('ES00781299', 'ES00781235')")
+                .await,
+            1
+        );
+        assert_eq!(
+            app.count_where("trip_seals", "seal_id = 'ES00781299'")
+                .await,
+            1
+        );
+        // The audit chain says what changed, old and new, and still verifies.
+        let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+        assert_eq!(audit["verified"], true, "{audit}");
+        let entry = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == "input.declaration_amendment")
+            .expect("an amendment entry")
+            .clone();
+        let changes = entry["payload"]["changes"].as_array().unwrap();
+        let change = |pointer: &str| -> Value {
+            changes
+                .iter()
+                .find(|c| c["pointer"] == pointer)
+                .cloned()
+                .unwrap_or_else(|| panic!("{pointer} among {changes:?}"))
+        };
+        assert_eq!(
+            change("/equipment/1/seals/0/id"),
+            json!({"pointer": "/equipment/1/seals/0/id", "old": "ES00781235", "new": "ES00781299"})
+        );
+        assert_eq!(change("/vehicle/plate")["old"], "TN01AB1234");
+        assert_eq!(change("/vehicle/plate")["new"], "TN01AB9999");
+        assert_eq!(change("/office_of_departure/code")["new"], "INNSA1");
+        assert_eq!(entry["payload"]["version"], 2);
+
+        // The same amendment again (another control number): nothing changes.
+        let again = Be {
+            control: "000125",
+            ..amendment
+        };
+        let reply = post_be(&app, &again).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        assert_eq!(
+            app.count_where("declaration_versions", "declaration_id = '4571'")
+                .await,
+            2
+        );
+        // A new declaration (F) that differs from the one registered is still refused.
+        let reply = post_be(
+            &app,
+            &Be {
+                control: "000126",
+                truck: "TN01AB0000",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 409, "{}", reply.text);
+
+        // D: the trip is cancelled, in the audit chain.
+        let deletion = Be {
+            kind: 'D',
+            control: "000127",
+            ..amendment
+        };
+        let reply = post_be(&app, &deletion).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        assert_eq!(reply.json()["declaration"]["function"], "deletion");
+        assert_eq!(app.trip(&trip).await["state"], "cancelled");
+        let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+        assert_eq!(audit["verified"], true);
+        assert!(
+            audit["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "input.cancel"
+                    && e["payload"]["body"]["reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("message type D")),
+            "{audit}"
+        );
+        // An amendment or a deletion of a declaration nobody registered: 422, named.
+        let reply = post_be(
+            &app,
+            &Be {
+                kind: 'A',
+                job: "9999",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+        assert!(
+            reply.text.contains("no declaration 9999 of IN"),
+            "{}",
+            reply.text
+        );
+        // S (supplement) has no meaning here: refused, naming the field.
+        let reply = post_be(
+            &app,
+            &Be {
+                kind: 'S',
+                job: "9998",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+        assert!(reply.text.contains("IGMS"), "{}", reply.text);
+    }
+
+    async fn an_amendment_after_departure_is_refused_with_the_reason(app: TestApp) {
+        let trip = departed(&app, "4580").await;
+        let before = app.trip(&trip).await;
+        let reply = post_be(
+            &app,
+            &Be {
+                kind: 'A',
+                job: "4580",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 409, "{}", reply.text);
+        assert!(
+            reply.text.contains("in_transit")
+                && reply.text.contains("amended only before departure"),
+            "{}",
+            reply.text
+        );
+        // Nothing changed, and the refusal is kept as evidence.
+        let after = app.trip(&trip).await;
+        assert_eq!(before["equipment"], after["equipment"]);
+        assert_eq!(
+            app.count_where("declaration_versions", "declaration_id = '4580'")
+                .await,
+            1
+        );
+        assert_eq!(
+            app.count_where(
+                "messages",
+                "format = 'icegate-flat' and outcome = 'rejected'"
+            )
+            .await,
+            1
+        );
+    }
+
+    macro_rules! with_product_mappings {
+        ($($name:ident),* $(,)?) => {
+            $(
+                mod $name {
+                    #[tokio::test]
+                    async fn sqlite() {
+                        if let Some(app) = super::spawn_app_with_mappings(super::Backend::Sqlite, super::product_mappings_dir()).await {
+                            super::$name(app).await;
+                        }
+                    }
+
+                    #[tokio::test]
+                    async fn postgres() {
+                        if let Some(app) = super::spawn_app_with_mappings(super::Backend::Postgres, super::product_mappings_dir()).await {
+                            super::$name(app).await;
+                        }
+                    }
+                }
+            )*
+        };
+    }
+
+    with_product_mappings!(
+        amendments_and_deletions_over_http,
+        an_amendment_after_departure_is_refused_with_the_reason,
+    );
+}
