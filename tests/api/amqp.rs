@@ -597,6 +597,109 @@ async fn bad_messages_go_to_the_dead_letter_queue_and_the_consumer_goes_on(backe
     );
 }
 
+/// An Indian custom house files Bills of Entry on its queue in ICES 1.5 flat files: F opens
+/// the trip, A amends it before departure, D cancels it; an A after departure goes to the
+/// dead-letter queue with the reason (409).
+async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
+    use crate::icegate::message_types::{Be, bill_of_entry, departed};
+    let Some(url) = amqp_url() else { return };
+    let id = format!("in-{}", suffix());
+    let queue = format!("ects.test.in.{id}");
+    let partners = vec![partner(&format!(
+        "id = \"{id}\"\nauthority = \"IN\"\nformat = \"icegate-flat\"\namqp_in = \"{queue}\"\n"
+    ))];
+    let mut dlq = Listener::on_queue(&url, &format!("{queue}.dlq")).await;
+    let Some(app) = spawn(backend, &url, partners).await else {
+        return;
+    };
+    let (_conn, channel) = connect(&url).await;
+    let accepted = |m: &str| format!("transport_message_id = '{m}' and outcome = 'accepted'");
+
+    publish(
+        &channel,
+        &queue,
+        &bill_of_entry(&Be::default()),
+        Some("be-f"),
+    )
+    .await;
+    wait_count(
+        &app,
+        "messages",
+        &accepted("be-f"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let amendment = Be {
+        kind: 'A',
+        control: "000124",
+        seal_2: "ES00781299",
+        truck: "TN01AB9999",
+        ..Be::default()
+    };
+    publish(&channel, &queue, &bill_of_entry(&amendment), Some("be-a")).await;
+    wait_count(
+        &app,
+        "messages",
+        &accepted("be-a"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    let trips = trips_of(&app, "4571").await;
+    assert_eq!(trips.len(), 1, "{trips:?}");
+    assert_eq!(trips[0]["equipment"][1]["seals"][0]["id"], "ES00781299");
+    assert_eq!(
+        app.count_where("declaration_versions", "declaration_id = '4571'")
+            .await,
+        2
+    );
+
+    // After departure: dead-lettered with the reason, the trip unchanged.
+    let trip = departed(&app, "4580").await;
+    let late = Be {
+        kind: 'A',
+        job: "4580",
+        ..Be::default()
+    };
+    let late_body = bill_of_entry(&late);
+    publish(&channel, &queue, &late_body, Some("be-late-a")).await;
+    dlq.until(Duration::from_secs(60), |seen| !seen.is_empty())
+        .await;
+    assert_eq!(
+        dlq.seen.len(),
+        1,
+        "waited for the late amendment in the dead-letter queue: {:?}",
+        dlq.seen
+    );
+    let dead = &dlq.seen[0];
+    assert_eq!(dead.message_id, "be-late-a");
+    assert_eq!(dead.body, late_body, "the body untouched");
+    assert_eq!(dead.headers["x-ects-status"], "409");
+    assert!(
+        dead.headers["x-ects-reason"].contains("amended only before departure"),
+        "{:?}",
+        dead.headers
+    );
+    assert_eq!(app.trip(&trip).await["state"], "in_transit");
+
+    let deletion = Be {
+        kind: 'D',
+        control: "000125",
+        ..amendment
+    };
+    publish(&channel, &queue, &bill_of_entry(&deletion), Some("be-d")).await;
+    wait_count(
+        &app,
+        "messages",
+        &accepted("be-d"),
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(trips_of(&app, "4571").await[0]["state"], "cancelled");
+}
+
 /// Closes the gateway's broker connection from the broker's side, as an operator (or a
 /// broker restart) would.
 fn close_gateway_connection(port: &str) {
@@ -797,6 +900,8 @@ mod over_amqp {
         a_declaration_on_a_partner_queue_opens_a_trip_and_its_news_go_out,
         the_link_and_the_gateway_restart_mid_stream_and_nothing_is_lost_or_doubled,
     );
+
+    both!(ices_amendments_and_deletions_on_a_partner_queue);
 
     #[tokio::test]
     async fn bad_messages_are_dead_lettered() {
