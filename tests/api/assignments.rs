@@ -351,3 +351,45 @@ async fn shipped_manifest_and_e_seal_record_sqlite() {
 async fn shipped_manifest_and_e_seal_record_postgres() {
     shipped_manifest_and_e_seal_record(Backend::Postgres).await;
 }
+
+/// The AWMDS `Seals_segment`: a bill of lading's seal marks sealed onto its one container
+/// (fixture `tests/formats/asycuda/manifest-bill-seals`), on the trip that carries it.
+async fn a_manifests_bill_seals_reach_the_trip(backend: Backend) {
+    let Some(app) = spawn_app_with_mappings(backend, product_mappings_dir()).await else {
+        return;
+    };
+    let reply = app.post_message(unsealed_declaration().to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+    let manifest = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/formats/asycuda/manifest-bill-seals/input.xml"
+    ))
+    .unwrap();
+    let reply = app.post("/v1/messages", manifest).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(reply.json()["assignment"]["trips"][0]["seals_assigned"], 4);
+    let status = app.trip(&trip).await;
+    let seals = |i: usize| -> Vec<String> {
+        status["equipment"][i]["seals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(status["equipment"][0]["id"], "MSKU1234565");
+    assert_eq!(seals(0), vec!["BS100411", "BS100412"]);
+    assert_eq!(status["equipment"][1]["id"], "TGHU4820371");
+    assert_eq!(seals(1), vec!["ES00781235", "BS100413"]);
+}
+
+#[tokio::test]
+async fn a_manifests_bill_seals_reach_the_trip_sqlite() {
+    a_manifests_bill_seals_reach_the_trip(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_manifests_bill_seals_reach_the_trip_postgres() {
+    a_manifests_bill_seals_reach_the_trip(Backend::Postgres).await;
+}
