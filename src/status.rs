@@ -58,6 +58,10 @@ pub async fn current_notification(
     store: &Store,
     status: &TripStatus,
 ) -> Result<StatusNotification, StoreError> {
+    // No trip enters `declared` by a change: nothing to look for.
+    if status.state == ects_core::TripState::Declared {
+        return Ok(as_declared(status));
+    }
     let rows = sqlx::query(
         "select payload from audit_log
          where trip_id = $1 and action = 'effect.notify' and payload like $2
