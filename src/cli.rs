@@ -40,6 +40,9 @@ pub enum Command {
         format: String,
         /// The document; `-` for standard input.
         file: PathBuf,
+        /// List every unmapped part of the document (by default: how many, and a few).
+        #[arg(long)]
+        unmapped: bool,
     },
     /// Translate a document from one format to another (nothing is stored); the result on
     /// standard output, problems and unmapped parts on standard error.
@@ -51,6 +54,9 @@ pub enum Command {
         /// The document; `-` (default) for standard input.
         #[arg(default_value = "-")]
         file: PathBuf,
+        /// List every unmapped part of the input (by default: how many, and a few).
+        #[arg(long)]
+        unmapped: bool,
     },
     /// Mapping tools for integrators.
     Mapping {
@@ -63,11 +69,15 @@ pub enum Command {
 pub enum MappingCommand {
     /// Run the fixture cases (`DIR/<format>/<case>/`: input.*, expected.ects.json or
     /// expected.problems.json, expected.<target>.<ext>) and the round trips; print a diff
-    /// for each mismatch; exit status 1 if any case fails.
+    /// for each mismatch and the counts last; exit status 1 if any case fails.
     Test {
-        /// Default: tests/fixtures.
-        #[arg(default_value = "tests/fixtures")]
+        /// Default: tests/formats, the shipped formats' cases (for the shipped mappings).
+        /// The test-only formats: `--mappings tests/mappings mapping test tests/fixtures`.
+        #[arg(default_value = "tests/formats")]
         dir: PathBuf,
+        /// Only the cases of this format (`DIR/<format>/`).
+        #[arg(long)]
+        format: Option<String>,
     },
 }
 
@@ -125,7 +135,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Validate { format, file } => {
+        Command::Validate {
+            format,
+            file,
+            unmapped,
+        } => {
             let formats = startup::formats(&settings)?;
             let adapter = formats.get(&format).with_context(|| {
                 format!(
@@ -153,9 +167,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
                             a.equipment.len()
                         ),
                     }
-                    for part in &decoded.unmapped {
-                        eprintln!("{}: unmapped {part}", file.display());
-                    }
+                    print_unmapped(&file, &decoded.unmapped, unmapped);
                     Ok(0)
                 }
                 Err(e) => {
@@ -164,15 +176,18 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
                 }
             }
         }
-        Command::Translate { from, to, file } => {
+        Command::Translate {
+            from,
+            to,
+            file,
+            unmapped,
+        } => {
             let formats = startup::formats(&settings)?;
             let body = read_input(&file)?;
             match crate::translate::translate(&formats, &from, &to, &body) {
                 Ok(t) => {
                     print!("{}", t.output);
-                    for part in &t.unmapped {
-                        eprintln!("{}: unmapped {part}", file.display());
-                    }
+                    print_unmapped(&file, &t.unmapped, unmapped);
                     for p in &t.problems {
                         eprintln!("{}: note: {p}", file.display());
                     }
@@ -187,14 +202,24 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             }
         }
         Command::Mapping {
-            command: MappingCommand::Test { dir },
+            command: MappingCommand::Test { dir, format },
         } => {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "{} is not a directory of fixture cases (DIR/<format>/<case>/); run from the \
+                 repository's root or name the directory",
+                dir.display()
+            );
             let formats = startup::formats(&settings)?;
-            let results = crate::mapping::harness::run(&formats, &dir);
+            let results = crate::mapping::harness::run_only(&formats, &dir, format.as_deref());
             anyhow::ensure!(
                 !results.is_empty(),
-                "no fixture case under {}",
-                dir.display()
+                "no fixture case under {}{}",
+                dir.display(),
+                format
+                    .as_deref()
+                    .map(|f| format!(" for format {f:?}"))
+                    .unwrap_or_default()
             );
             let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
             for r in &results {
@@ -214,6 +239,27 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             Ok(if failed == 0 { 0 } else { 1 })
         }
     }
+}
+
+/// How many unmapped parts are listed without `--unmapped`.
+const UNMAPPED_SHOWN: usize = 5;
+
+/// The parts of a document no binding read: all of them on request, else how many and a
+/// few (an ordinary WCO DEC has dozens: parties, valuation, and so on).
+fn print_unmapped(file: &std::path::Path, parts: &[String], all: bool) {
+    if all || parts.len() <= UNMAPPED_SHOWN {
+        for part in parts {
+            eprintln!("{}: unmapped {part}", file.display());
+        }
+        return;
+    }
+    eprintln!(
+        "{}: {} parts not mapped (not carried to the canonical form), e.g. {}; all of them \
+         with --unmapped",
+        file.display(),
+        parts.len(),
+        parts[..UNMAPPED_SHOWN].join(", ")
+    );
 }
 
 fn print_problems(file: &std::path::Path, e: DocumentError) {

@@ -13,6 +13,7 @@ pub mod partners;
 pub mod problem;
 pub mod schemas;
 pub mod startup;
+pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod tracking;

@@ -51,9 +51,9 @@ pub struct Dispatcher {
 }
 
 /// One written message, ready to go.
-struct Written {
-    body: Vec<u8>,
-    content_type: String,
+pub(crate) struct Written {
+    pub(crate) body: Vec<u8>,
+    pub(crate) content_type: String,
 }
 
 impl Dispatcher {
@@ -462,7 +462,9 @@ enum Failure {
     Permanent(String),
 }
 
-fn write(formats: &Formats, format: &str, canonical: &str) -> Result<Written, String> {
+/// A stored notification (canonical JSON) in a partner's format; also what
+/// `GET /v1/trips/{id}?format=G` answers (`crate::status`).
+pub(crate) fn write(formats: &Formats, format: &str, canonical: &str) -> Result<Written, String> {
     let note: StatusNotification = serde_json::from_str(canonical)
         .map_err(|e| format!("the stored notification is not readable: {e}"))?;
     let writer = formats

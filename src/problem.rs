@@ -67,6 +67,27 @@ impl Located {
     }
 }
 
+impl Located {
+    /// A JSON syntax error where it is, said once (serde_json's message repeats the line
+    /// and column), and saying "not JSON" when the document is plainly something else.
+    pub fn json_syntax(body: &[u8], e: &serde_json::Error) -> Self {
+        let message = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let message = message.strip_suffix(&suffix).unwrap_or(&message);
+        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        let detail = match first {
+            None => "not JSON: the document is empty".to_owned(),
+            Some(b'<') => format!("not JSON: the document looks like XML ({message})"),
+            Some(b'{' | b'[') => message.to_owned(),
+            Some(_) if e.line() == 1 && e.column() <= 1 => {
+                format!("not JSON: a JSON document starts with {{ or [ ({message})")
+            }
+            Some(_) => message.to_owned(),
+        };
+        Self::line_column(e.line(), e.column(), detail)
+    }
+}
+
 impl std::fmt::Display for Located {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut wrote = false;

@@ -131,9 +131,8 @@ pub fn decode_canonical<T: serde::de::DeserializeOwned>(
     kind: Canonical,
     body: &[u8],
 ) -> Result<T, DocumentError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| DocumentError::malformed(Located::json_syntax(body, &e)))?;
     let problems = schemas.check(kind, &value, "");
     if !problems.is_empty() {
         return Err(DocumentError::Invalid(problems));
@@ -246,9 +245,8 @@ impl Format for EctsJson {
 
 impl EctsJson {
     fn decode_inbound(&self, body: &[u8]) -> Result<(Inbound, Vec<Located>), DocumentError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
-        })?;
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| DocumentError::malformed(Located::json_syntax(body, &e)))?;
         match shape(&value)? {
             Shape::Declaration => {
                 self.checked(Canonical::TransitDeclaration, &value, "")?;

@@ -61,9 +61,8 @@ fn text(v: Option<&Value>) -> String {
 /// Reads an `_ACK.json`. A document without a header, or without a single verdict, is not
 /// an ACK.
 pub fn parse_ack(body: &[u8]) -> Result<DeliveryOutcome, DocumentError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| DocumentError::malformed(Located::json_syntax(body, &e)))?;
     let header = value
         .get("headerField")
         .filter(|h| h.is_object())

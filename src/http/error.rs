@@ -20,6 +20,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("unknown format {format:?}")]
     UnknownFormat { format: String, known: Vec<String> },
+    /// The answer cannot be given in the format asked for (`formats`: those it can be).
+    #[error("{detail}")]
+    NotAcceptable {
+        detail: String,
+        formats: Vec<String>,
+    },
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("parameter {name}: {detail}")]
@@ -65,6 +71,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::UnknownFormat { .. } => "unknown-format",
+            ApiError::NotAcceptable { .. } => "not-acceptable",
             ApiError::TooLarge { .. } => "payload-too-large",
             ApiError::BadParameter { .. } => "bad-parameter",
             ApiError::Busy => "busy",
@@ -81,6 +88,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "Not authenticated",
             ApiError::Forbidden(_) => "Not allowed",
             ApiError::UnknownFormat { .. } => "Unknown format",
+            ApiError::NotAcceptable { .. } => "Not available in that format",
             ApiError::TooLarge { .. } => "Request body too large",
             ApiError::BadParameter { .. } => "Bad parameter",
             ApiError::Busy => "Busy",
@@ -127,6 +135,7 @@ impl ResponseError for ApiError {
             ApiError::Document(DocumentError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) | ApiError::UnknownFormat { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -140,7 +149,17 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(e) = self {
             tracing::error!(error.cause_chain = %error_chain(e.as_ref()), "request failed");
         }
-        let mut response = problem_response(&self.problem());
+        let mut response = match self {
+            // The problem lists the formats that can answer (an extension member).
+            ApiError::NotAcceptable { formats, .. } => {
+                let mut value = serde_json::to_value(self.problem()).unwrap_or_default();
+                value["formats"] = serde_json::json!(formats);
+                HttpResponse::build(StatusCode::NOT_ACCEPTABLE)
+                    .content_type("application/problem+json")
+                    .body(value.to_string())
+            }
+            _ => problem_response(&self.problem()),
+        };
         if matches!(self, ApiError::Busy) {
             response.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,

@@ -1,6 +1,6 @@
 //! Trip status, a trip's seal events, and alerts.
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use ects_core::{Alert, AlertKind, TripId, TripState, TripStatus};
 use serde::Deserialize;
 
@@ -51,6 +51,9 @@ pub struct TripQuery {
     pub state: Option<TripState>,
     /// At most this many trips (default 100, at most 10000).
     pub limit: Option<i64>,
+    /// With `reference`: the status of its trip in this partner format (as `GET
+    /// /v1/trips/{id}?format=`).
+    pub format: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -72,8 +75,75 @@ pub struct AlertList {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct FormatQuery {
-    /// A partner format to answer in (default: canonical JSON).
+    /// A partner format to answer in (default: canonical JSON; or negotiated with
+    /// `Accept: application/xml; format=G` or `application/vnd.ects.G+xml`).
     pub format: Option<String>,
+}
+
+/// The format a status is asked in: `?format=` first, else the `Accept` header.
+fn wanted_format(
+    query: Option<&str>,
+    req: &HttpRequest,
+    formats: &crate::formats::Formats,
+) -> Result<String, ApiError> {
+    if let Some(format) = query {
+        return Ok(format.to_owned());
+    }
+    let accept = req
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    match crate::status::negotiate(accept) {
+        crate::status::Wanted::Format(format) if formats.get(&format).is_none() => {
+            Err(not_acceptable(
+                format!("Accept names format {format:?}, which is not loaded"),
+                formats,
+            ))
+        }
+        crate::status::Wanted::Format(format) => Ok(format),
+        crate::status::Wanted::Canonical => Ok(crate::status::CANONICAL.to_owned()),
+        crate::status::Wanted::Unsatisfiable => Err(not_acceptable(
+            format!(
+                "Accept {:?} names no format a trip status is written in; ask for \
+                 application/xml; format=G, application/vnd.ects.G+xml, or ?format=G",
+                accept.unwrap_or_default()
+            ),
+            formats,
+        )),
+    }
+}
+
+fn not_acceptable(detail: String, formats: &crate::formats::Formats) -> ApiError {
+    let capable = crate::status::capable(formats);
+    ApiError::NotAcceptable {
+        detail: format!("{detail}; formats that can: {}", capable.join(", ")),
+        formats: capable,
+    }
+}
+
+/// A trip's status answered in `format` (406 when the format cannot say it).
+async fn status_in(
+    state: &AppState,
+    format: &str,
+    status: &TripStatus,
+) -> Result<HttpResponse, ApiError> {
+    use crate::status::RenderError;
+    if format != crate::status::CANONICAL && state.formats.get(format).is_none() {
+        return Err(ApiError::UnknownFormat {
+            format: format.to_owned(),
+            known: state.formats.ids(),
+        });
+    }
+    let rendered = crate::status::render(&state.store, &state.formats, format, status)
+        .await
+        .map_err(|e| match e {
+            RenderError::Store(e) => e.into(),
+            e => not_acceptable(e.to_string(), &state.formats),
+        })?;
+    Ok(HttpResponse::Ok()
+        .content_type(rendered.content_type)
+        .insert_header((actix_web::http::header::VARY, "Accept"))
+        .body(rendered.body))
 }
 
 /// A trip's status.
@@ -84,40 +154,31 @@ pub struct FormatQuery {
         (status = 200, body = TripStatus),
         (status = 400, description = "Not a trip id", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such trip", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 406, description = "The format cannot express a trip status; the problem lists those that can", body = crate::problem::Problem, content_type = "application/problem+json"),
     )
 )]
 #[get("/v1/trips/{id}")]
 pub async fn get_trip(
     state: web::Data<AppState>,
     viewer: Viewer,
+    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<FormatQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = trip_id(&path)?;
     viewer.check(&state.store, &id.to_string()).await?;
+    let format = wanted_format(query.format.as_deref(), &req, &state.formats)?;
     let status = state
         .store
         .trip_status(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("trip {id}")))?;
-    match &query.format {
-        None => Ok(HttpResponse::Ok().json(status)),
-        Some(format) => {
-            let adapter = state
-                .formats
-                .get(format)
-                .ok_or_else(|| ApiError::UnknownFormat {
-                    format: format.clone(),
-                    known: state.formats.ids(),
-                })?;
-            let encoded = adapter
-                .encode(&crate::formats::Outbound::TripStatus(&status))
-                .map_err(ApiError::Document)?;
-            Ok(HttpResponse::Ok()
-                .content_type(encoded.content_type)
-                .body(encoded.body))
-        }
+    if format == crate::status::CANONICAL {
+        return Ok(HttpResponse::Ok()
+            .insert_header((actix_web::http::header::VARY, "Accept"))
+            .json(status));
     }
+    status_in(&state, &format, &status).await
 }
 
 /// Trips by declaration reference, or the most recently updated.
@@ -126,9 +187,14 @@ pub async fn get_trip(
 pub async fn list_trips(
     state: web::Data<AppState>,
     viewer: Viewer,
+    req: HttpRequest,
     query: web::Query<TripQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
+    let format = wanted_format(q.format.as_deref(), &req, &state.formats)?;
+    if format != crate::status::CANONICAL {
+        return reference_status_in(&state, &viewer, &q, &format).await;
+    }
     let limit = limit(q.limit)?;
     let parties = viewer.parties();
     let trips = match &q.reference {
@@ -158,6 +224,54 @@ pub async fn list_trips(
         }
     };
     Ok(HttpResponse::Ok().json(TripList { trips }))
+}
+
+/// `GET /v1/trips?reference=R&format=G`: the status of the declaration's one trip.
+async fn reference_status_in(
+    state: &AppState,
+    viewer: &Viewer,
+    q: &TripQuery,
+    format: &str,
+) -> Result<HttpResponse, ApiError> {
+    let Some(reference) = &q.reference else {
+        return Err(ApiError::BadParameter {
+            name: "format",
+            detail: "a trip status in a partner format is asked with reference=R (one \
+                     declaration) or at /v1/trips/{id}"
+                .into(),
+        });
+    };
+    let mut trips = Vec::new();
+    for t in state
+        .store
+        .trips_by_reference(reference, q.authority.as_deref())
+        .await?
+    {
+        if q.state.is_none_or(|s| s == t.state)
+            && viewer.sees(&state.store, &t.trip_id.to_string()).await?
+        {
+            trips.push(t);
+        }
+    }
+    match trips.as_slice() {
+        [] => Err(ApiError::NotFound(format!(
+            "a trip of declaration {reference:?}"
+        ))),
+        [one] => status_in(state, format, one).await,
+        several => Err(ApiError::BadParameter {
+            name: "reference",
+            detail: format!(
+                "declaration {reference:?} has {} trips ({}); narrow it with authority=, or \
+                 ask /v1/trips/{{id}}?format={format}",
+                several.len(),
+                several
+                    .iter()
+                    .map(|t| format!("{} of {}", t.trip_id, t.issuing_authority))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

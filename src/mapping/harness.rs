@@ -259,7 +259,8 @@ fn run_case(formats: &Formats, format: &str, dir: &Path) -> Vec<String> {
     let mut failures = Vec::new();
     let Some(adapter) = formats.get(format) else {
         return vec![format!(
-            "no format {format:?} is loaded (known: {})",
+            "no format {format:?} is loaded (known: {}); give its mapping files with \
+             --mappings DIR (the test-only formats' are in tests/mappings)",
             formats.ids().join(", ")
         )];
     };
@@ -357,9 +358,17 @@ fn name_of(path: &Path) -> String {
 
 /// Runs every case under `dir` (`dir/<format>/<case>/`).
 pub fn run(formats: &Formats, dir: &Path) -> Vec<CaseResult> {
+    run_only(formats, dir, None)
+}
+
+/// Runs the cases under `dir`, only those of format `only` when given.
+pub fn run_only(formats: &Formats, dir: &Path, only: Option<&str>) -> Vec<CaseResult> {
     let mut results = Vec::new();
     for format_dir in subdirs(dir) {
         let format = name_of(&format_dir);
+        if only.is_some_and(|f| f != format) {
+            continue;
+        }
         let cases = subdirs(&format_dir);
         for case in cases {
             if find(&case, "input.").is_empty() {

@@ -528,10 +528,7 @@ impl Format for MappedFormat {
                 column: Some(root.column),
                 canonical: None,
                 code: None,
-                detail: format!(
-                    "the root element is {}, the mapping reads {want}",
-                    root.name
-                ),
+                detail: root_mismatch(&root.name, want),
             }]));
         }
         let read = plan.decode_tree(&root, false);
@@ -775,6 +772,34 @@ fn message_function(
             )
         }),
     }
+}
+
+/// An element name (`{namespace}local` or `local`) in words, namespace shown.
+fn element_in_words(name: &str) -> String {
+    match name.strip_prefix('{').and_then(|rest| rest.split_once('}')) {
+        Some((ns, local)) => format!("{local} in namespace {ns}"),
+        None => format!("{name} in no namespace"),
+    }
+}
+
+/// Why a document's root is not the one a mapping reads, with both namespaces.
+fn root_mismatch(found: &str, want: &str) -> String {
+    let local = |n: &str| n.rsplit('}').next().unwrap_or(n).to_owned();
+    let mut detail = format!(
+        "the root element is {}; the mapping reads {}",
+        element_in_words(found),
+        element_in_words(want)
+    );
+    if local(found) == local(want) {
+        detail.push_str(" (same name, another namespace");
+        match want.strip_prefix('{').and_then(|r| r.split_once('}')) {
+            Some((ns, _)) if !found.starts_with('{') => {
+                detail.push_str(&format!(": declare xmlns=\"{ns}\" on it)"));
+            }
+            _ => detail.push(')'),
+        }
+    }
+    detail
 }
 
 fn relocate(e: DocumentError, origins: &BTreeMap<String, Place>) -> DocumentError {

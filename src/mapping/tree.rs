@@ -337,9 +337,8 @@ pub fn parse_json(bytes: &[u8]) -> Result<Node, DocumentError> {
 
 /// The JSON value of a document, or where it is not well-formed.
 pub fn json_value(bytes: &[u8]) -> Result<Value, DocumentError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| DocumentError::malformed(Located::json_syntax(bytes, &e)))
 }
 
 /// Marks a whole subtree as read (kept as it is, not reported unmapped).

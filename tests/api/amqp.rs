@@ -115,19 +115,15 @@ async fn spawn(backend: Backend, url: &str, partners: Vec<PartnerConfig>) -> Opt
 
 /// Until `/readyz` reports the broker linked.
 async fn wait_ready(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    crate::helpers::eventually("the broker link (/readyz)", || async {
         let reply = app.get("/readyz").await;
         if reply.status == 200 && reply.json()["broker"] == "ok" {
-            return;
+            Ok(())
+        } else {
+            Err(reply.text)
         }
-        assert!(
-            Instant::now() < deadline,
-            "the broker link did not come up: {}",
-            reply.text
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn connect(url: &str) -> (Connection, Channel) {
@@ -266,13 +262,25 @@ impl Listener {
         }
     }
 
-    /// Reads until `done` holds for what was seen, or the time is up.
-    async fn until(&mut self, within: Duration, done: impl Fn(&[Received]) -> bool) {
+    /// Reads until `done` holds for what was seen; gives up (failing the test, saying
+    /// `what`) after the suite's wait limit.
+    async fn until(&mut self, what: &str, done: impl Fn(&[Received]) -> bool) {
+        if !self.read_for(crate::helpers::wait_limit(), done).await {
+            panic!(
+                "gave up after {} s waiting for {what}; {} message(s) seen",
+                crate::helpers::wait_limit().as_secs(),
+                self.seen.len()
+            );
+        }
+    }
+
+    /// Reads for `within` or until `done` holds; whether it does.
+    async fn read_for(&mut self, within: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
         let deadline = Instant::now() + within;
         while !done(&self.seen) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return;
+                return false;
             }
             match tokio::time::timeout(left, self.consumer.next()).await {
                 Ok(Some(Ok(d))) => self.seen.push(Received {
@@ -304,9 +312,10 @@ impl Listener {
                 }),
                 Ok(Some(Err(e))) => panic!("the test's consumer failed: {e}"),
                 Ok(None) => panic!("the test's consumer was cancelled"),
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
+        true
     }
 
     fn for_partner(&self, partner: &str) -> Vec<&Received> {
@@ -377,19 +386,17 @@ async fn trips_of(app: &TestApp, declaration_id: &str) -> Vec<Value> {
 }
 
 /// Waits until `count(condition)` reaches `n`.
-async fn wait_count(app: &TestApp, table: &str, condition: &str, n: i64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
+async fn wait_count(app: &TestApp, table: &str, condition: &str, n: i64) {
+    let what = format!("{n} row(s) of {table} where {condition}");
+    crate::helpers::eventually(&what, || async {
         let got = app.count_where(table, condition).await;
         if got >= n {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{got} row(s)"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{table} where {condition}: {got}, expected {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 fn statuses<'a>(received: &[&'a Received]) -> Vec<&'a Received> {
@@ -427,7 +434,7 @@ async fn a_declaration_on_a_partner_queue_opens_a_trip_and_its_news_go_out(backe
     // Three status changes, to the filer in ects-json and to SV (on the itinerary) in
     // WCO; nothing to MX, which is not party to this transit.
     listener
-        .until(Duration::from_secs(30), |seen| {
+        .until("three status changes to each subscriber", |seen| {
             let n = |p: &str| {
                 seen.iter()
                     .filter(|r| r.routing_key == format!("{p}.status"))
@@ -482,7 +489,6 @@ async fn a_declaration_on_a_partner_queue_opens_a_trip_and_its_news_go_out(backe
         "messages",
         "transport_message_id = 'decl-2' and outcome = 'accepted'",
         1,
-        Duration::from_secs(20),
     )
     .await;
     assert_eq!(
@@ -505,7 +511,9 @@ async fn a_declaration_on_a_partner_queue_opens_a_trip_and_its_news_go_out(backe
     assert!(sent.iter().all(|m| m["channel"] == "amqp"));
     let reply = app.get(&format!("/v1/outbox?partner={}", parties.mx)).await;
     assert_eq!(reply.json()["messages"], json!([]));
-    listener.until(Duration::from_millis(300), |_| false).await;
+    listener
+        .read_for(Duration::from_millis(300), |_| false)
+        .await;
     assert!(listener.for_partner(&parties.mx).is_empty());
     assert_eq!(
         app.get("/v1/outbox?status=nope").await.status,
@@ -541,7 +549,7 @@ async fn bad_messages_go_to_the_dead_letter_queue_and_the_consumer_goes_on(backe
     let (good, _) = declaration(7);
     publish(&channel, &queue, &good, Some("good")).await;
 
-    dlq.until(Duration::from_secs(30), |seen| seen.len() >= 3)
+    dlq.until("three dead letters", |seen| seen.len() >= 3)
         .await;
     let by_id: BTreeMap<&str, &Received> = dlq
         .seen
@@ -582,7 +590,6 @@ async fn bad_messages_go_to_the_dead_letter_queue_and_the_consumer_goes_on(backe
         "messages",
         "transport_message_id = 'good' and outcome = 'accepted'",
         1,
-        Duration::from_secs(20),
     )
     .await;
     assert_eq!(trips_of(&app, "GT-2026-T-000007").await.len(), 1);
@@ -757,12 +764,14 @@ async fn the_link_and_the_gateway_restart_mid_stream_and_nothing_is_lost_or_doub
     // A quarter in (of both subscribers' messages): the broker drops the gateway's
     // connection.
     listener
-        .until(Duration::from_secs(30), |seen| seen.len() >= expected / 2)
+        .until("a quarter of the notifications", |seen| {
+            seen.len() >= expected / 2
+        })
         .await;
     close_gateway_connection(&port);
     // Over half: the gateway stops (gracefully) and another starts on the same database.
     listener
-        .until(Duration::from_secs(30), |seen| seen.len() >= expected)
+        .until("half of the notifications", |seen| seen.len() >= expected)
         .await;
     first.stopper.stop().await;
     let mut settings = test_settings(product_mappings_dir());
@@ -770,7 +779,7 @@ async fn the_link_and_the_gateway_restart_mid_stream_and_nothing_is_lost_or_doub
     let second = first.another(settings).await;
     wait_ready(&second).await;
     listener
-        .until(Duration::from_secs(60), |seen| {
+        .until("every notification, once each", |seen| {
             let distinct: BTreeSet<&str> = seen
                 .iter()
                 .filter(|r| r.routing_key.ends_with(".status"))
@@ -799,18 +808,18 @@ async fn the_link_and_the_gateway_restart_mid_stream_and_nothing_is_lost_or_doub
     // only one whose broker confirm was lost with the connection (it was tried again),
     // and it carries the same message id, so the partner takes it once.
     // (A row is recorded as sent just after its confirm: waited for.)
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let outbox = loop {
+    let outbox = crate::helpers::eventually("every outbox row sent", || async {
         let rows = second.get("/v1/outbox?limit=1000").await.json()["messages"]
             .as_array()
             .cloned()
             .unwrap();
         if rows.iter().all(|m| m["status"] == "sent") {
-            break rows;
+            Ok(rows)
+        } else {
+            Err(crate::helpers::unsent(&rows))
         }
-        assert!(Instant::now() < deadline, "not all sent: {rows:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     for partner in [&parties.sw, &parties.sv] {
         let got = statuses(&listener.for_partner(partner));
         let mut first_seen: Vec<&Received> = Vec::new();

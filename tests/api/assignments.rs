@@ -245,11 +245,7 @@ async fn shipped_manifest_and_e_seal_record(backend: Backend) {
     let Some(app) = spawn_app_with_mappings(backend, product_mappings_dir()).await else {
         return;
     };
-    let sad = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/formats/asycuda/transit-two-containers/input.xml"
-    ))
-    .unwrap();
+    let sad = crate::helpers::repo_file("tests/formats/asycuda/transit-two-containers/input.xml");
     let reply = app.post("/v1/messages", sad).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let sad_trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
@@ -296,11 +292,8 @@ async fn shipped_manifest_and_e_seal_record(backend: Backend) {
     let reply = app.post("/v1/messages/ects-json", bill.to_string()).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let bill_trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
-    let record = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/formats/cbic-eseal/nhava-sheva-export/input.json"
-    ))
-    .unwrap();
+    let record =
+        crate::helpers::repo_file("tests/formats/cbic-eseal/nhava-sheva-export/input.json");
     let reply = app.post("/v1/messages", record).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(reply.json()["format"], "cbic-eseal");
@@ -310,13 +303,9 @@ async fn shipped_manifest_and_e_seal_record(backend: Backend) {
     assert_eq!(trip["equipment"][0]["seals"][0]["device_id"], "ES00781234");
 
     // An Indian IGM's container section seals a transit declared without them.
-    let mut transit: Value = serde_json::from_slice(
-        &std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/formats/ects-json/in-nsa-tkd-two-containers/input.json"
-        ))
-        .unwrap(),
-    )
+    let mut transit: Value = serde_json::from_slice(&crate::helpers::repo_file(
+        "tests/formats/ects-json/in-nsa-tkd-two-containers/input.json",
+    ))
     .unwrap();
     for e in transit["equipment"].as_array_mut().unwrap() {
         e.as_object_mut().unwrap().remove("seals");
@@ -326,11 +315,7 @@ async fn shipped_manifest_and_e_seal_record(backend: Backend) {
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let transit_trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
-    let igm = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/formats/icegate-flat/igm-containers/input.txt"
-    ))
-    .unwrap();
+    let igm = crate::helpers::repo_file("tests/formats/icegate-flat/igm-containers/input.txt");
     let reply = app.post("/v1/messages", igm).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(reply.json()["format"], "icegate-flat");

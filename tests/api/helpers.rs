@@ -2,6 +2,7 @@
 //! endpoint. Each test runs on SQLite and, with `TEST_DATABASE_URL`, on PostgreSQL.
 
 use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use ects_gateway::config::{LogFormat, Settings};
 use ects_gateway::schemas::{Canonical, Schemas};
@@ -73,11 +74,53 @@ pub struct TestApp {
     pub database_url: String,
     pub backend: Backend,
     _dir: Option<std::sync::Arc<tempfile::TempDir>>,
+    /// The PostgreSQL database of this test, dropped when the last application on it is.
+    _database: Option<std::sync::Arc<TestDatabase>>,
+}
+
+/// A per-test PostgreSQL database: dropped when the test ends, passed or failed (the
+/// guard is dropped while a failing test unwinds too).
+pub struct TestDatabase {
+    server: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Drop cannot await, and may run inside the test's runtime: a thread of its own,
+        // with a runtime of its own, waited for.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&server)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // The application may still hold connections: `force` ends them.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "drop database if exists {name} with (force)"
+                )))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not drop test database {}: {e}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
+    }
 }
 
 /// A fresh PostgreSQL database on the server of `TEST_DATABASE_URL`; `None` when unset
 /// (outside CI), so a developer without PostgreSQL still runs the SQLite half.
-async fn fresh_postgres_database() -> Option<String> {
+async fn fresh_postgres_database() -> Option<(String, TestDatabase)> {
     let Ok(base) = std::env::var("TEST_DATABASE_URL") else {
         assert!(
             std::env::var("CI").is_err(),
@@ -102,7 +145,11 @@ async fn fresh_postgres_database() -> Option<String> {
         .rsplit_once('/')
         .map(|(server, _db)| server.to_owned())
         .expect("TEST_DATABASE_URL names a database");
-    Some(format!("{server}/{name}{query}"))
+    let guard = TestDatabase {
+        server: base.clone(),
+        name: name.clone(),
+    };
+    Some((format!("{server}/{name}{query}"), guard))
 }
 
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
@@ -142,20 +189,23 @@ pub async fn spawn_app_with(
     adjust: impl FnOnce(&mut Settings),
 ) -> Option<TestApp> {
     LazyLock::force(&TRACING);
-    let (url, dir) = match backend {
+    let (url, dir, database) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let url = format!("sqlite://{}/ects.db", dir.path().display());
-            (url, Some(std::sync::Arc::new(dir)))
+            (url, Some(std::sync::Arc::new(dir)), None)
         }
-        Backend::Postgres => (fresh_postgres_database().await?, None),
+        Backend::Postgres => {
+            let (url, guard) = fresh_postgres_database().await?;
+            (url, None, Some(std::sync::Arc::new(guard)))
+        }
     };
     let mut settings = Settings {
         database_url: SecretString::from(url.clone()),
         ..test_settings(mappings)
     };
     adjust(&mut settings);
-    Some(start(settings, backend, url, dir).await)
+    Some(start(settings, backend, url, dir, database).await)
 }
 
 async fn start(
@@ -163,6 +213,7 @@ async fn start(
     backend: Backend,
     database_url: String,
     dir: Option<std::sync::Arc<tempfile::TempDir>>,
+    database: Option<std::sync::Arc<TestDatabase>>,
 ) -> TestApp {
     let app = Application::build(settings)
         .await
@@ -181,6 +232,7 @@ async fn start(
         database_url,
         backend,
         _dir: dir,
+        _database: database,
     }
 }
 
@@ -196,6 +248,7 @@ impl TestApp {
             self.backend,
             self.database_url.clone(),
             self._dir.clone(),
+            self._database.clone(),
         )
         .await
     }
@@ -231,8 +284,22 @@ pub fn mappings_dir() -> std::path::PathBuf {
 }
 
 pub fn fixture(path: &str) -> Vec<u8> {
-    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
+    repo_file(&format!("tests/fixtures/{path}"))
+}
+
+/// A file of the repository (a path from its root); a missing one fails the test with its
+/// path. Everything a test reads is inside the repository: official schemas and samples
+/// are vendored under `tests/official/`.
+pub fn repo_file(path: &str) -> Vec<u8> {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("cannot read {}: {e}", full.display()))
+}
+
+/// Where a vendored official file is (`tests/official/<source>/...`).
+pub fn official(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/official")
+        .join(path)
 }
 
 pub fn fixture_json(path: &str) -> Value {
@@ -362,4 +429,104 @@ impl TestApp {
     pub async fn count_where(&self, table: &str, condition: &str) -> i64 {
         self.count(&format!("{table} where {condition}")).await
     }
+}
+
+/// How long a test waits for a condition before it gives up: generous, because the suite
+/// runs its tests in parallel on machines with two busy cores (`TEST_WAIT_S` overrides).
+pub fn wait_limit() -> Duration {
+    std::env::var("TEST_WAIT_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(180), Duration::from_secs)
+}
+
+/// Longest description of the last state a failed wait prints.
+const MAX_WAIT_REPORT: usize = 2_000;
+
+/// Polls `check` until it gives a value. Every wait on a condition in the suite goes through
+/// here: one bound (`wait_limit`), and on giving up the test fails saying what it waited
+/// for and what `check` last reported instead (kept short).
+pub async fn eventually<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    eventually_within(what, wait_limit(), check).await
+}
+
+/// [`eventually`] with a bound of its own.
+pub async fn eventually_within<T, Fut>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= limit => {
+                let mut last = last;
+                if last.len() > MAX_WAIT_REPORT {
+                    let mut cut = MAX_WAIT_REPORT;
+                    while !last.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    last.truncate(cut);
+                    last.push('…');
+                }
+                panic!(
+                    "gave up after {} s waiting for {what}; last seen: {last}",
+                    limit.as_secs()
+                );
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// [`eventually`] for a condition that needs no I/O.
+pub async fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_until_within(what, wait_limit(), done).await
+}
+
+pub async fn wait_until_within(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    eventually_within(what, limit, || {
+        let result = if done() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        };
+        async move { result }
+    })
+    .await
+}
+
+/// The outbox rows not yet sent, one short line each (at most 10), to say what a wait
+/// for "all sent" still misses.
+pub fn unsent(rows: &[Value]) -> String {
+    let waiting: Vec<String> = rows
+        .iter()
+        .filter(|r| r["status"] != "sent")
+        .take(10)
+        .map(|r| {
+            format!(
+                "seq {} {} {} {} trip {}: {} after {} attempt(s){}",
+                r["seq"],
+                r["partner_id"].as_str().unwrap_or_default(),
+                r["channel"].as_str().unwrap_or_default(),
+                r["kind"].as_str().unwrap_or_default(),
+                r["trip_id"].as_str().unwrap_or_default(),
+                r["status"].as_str().unwrap_or_default(),
+                r["attempts"],
+                r["last_error"]
+                    .as_str()
+                    .map(|e| format!(", last error: {e}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let total = rows.iter().filter(|r| r["status"] != "sent").count();
+    format!("{total} of {} not sent: {}", rows.len(), waiting.join("; "))
 }

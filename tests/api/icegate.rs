@@ -24,7 +24,7 @@ fn formats_with(signers: &[(&str, Vec<String>)]) -> Formats {
 }
 
 fn case(path: &str) -> Vec<u8> {
-    std::fs::read(root("tests/formats").join(path)).unwrap()
+    crate::helpers::repo_file(&format!("tests/formats/{path}"))
 }
 
 fn declaration(formats: &Formats, format: &str, body: &[u8]) -> ects_core::TransitDeclaration {
@@ -34,13 +34,11 @@ fn declaration(formats: &Formats, format: &str, body: &[u8]) -> ects_core::Trans
     }
 }
 
-/// ICEGATE's own schema, from the shared format notes (not the gateway's copy).
+/// ICEGATE's own schema, vendored in `tests/official/icegate/` (not the gateway's copy).
 fn official_schema() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(root(
-        "../shared/formats/icegate/schemas/csn-sce-scx-scd.schema.json",
-    ))
-    .unwrap();
-    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+    let text =
+        crate::helpers::repo_file("tests/official/icegate/schemas/csn-sce-scx-scd.schema.json");
+    jsonschema::validator_for(&serde_json::from_slice(&text).unwrap()).unwrap()
 }
 
 #[test]
@@ -258,7 +256,10 @@ fn signers_are_checked_at_start_up() {
 #[test]
 fn acks_become_the_outcome_of_the_message_they_answer() {
     let read = |name: &str| {
-        parse_ack(&std::fs::read(root("tests/replies/icegate").join(name)).unwrap()).unwrap()
+        parse_ack(&crate::helpers::repo_file(&format!(
+            "tests/replies/icegate/{name}"
+        )))
+        .unwrap()
     };
     let ok = read("F_SACHM22_SCE_EXAMPLEAGT01_57_20250314_ACK.json");
     assert!(ok.accepted);

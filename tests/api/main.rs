@@ -15,5 +15,7 @@ mod icegate;
 mod operations;
 mod partners;
 mod push;
+mod status;
+mod suite;
 mod tracking;
 mod trips;

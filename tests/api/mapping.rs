@@ -264,11 +264,7 @@ fn product_formats() -> ects_gateway::formats::Formats {
 }
 
 fn product_case(path: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/tests/formats/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    crate::helpers::repo_file(&format!("tests/formats/{path}"))
 }
 
 #[test]
@@ -298,16 +294,16 @@ fn the_shipped_formats_pass_their_fixture_cases() {
     }
 }
 
-/// Runs `xmllint --schema` on a document; the official schemas are beside the project.
-fn xmllint(schema: &str, body: &[u8]) -> Result<(), String> {
-    let schema = format!(
-        "{}/../shared/formats/wco/xsd/{schema}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+/// Runs `xmllint --schema` on a document against the official WCO schemas (vendored in
+/// `tests/official/wco/xsd/`).
+pub fn xmllint(schema: &str, body: &[u8]) -> Result<(), String> {
+    let schema = crate::helpers::official(&format!("wco/xsd/{schema}"));
+    assert!(schema.exists(), "no schema {}", schema.display());
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), body).unwrap();
     let out = std::process::Command::new("xmllint")
-        .args(["--noout", "--schema", &schema])
+        .args(["--noout", "--schema"])
+        .arg(&schema)
         .arg(file.path())
         .output()
         .map_err(|e| format!("xmllint could not run (install libxml2-utils): {e}"))?;
@@ -431,11 +427,7 @@ fn a_wco_declaration_through_asycuda_and_back_keeps_its_identity_offices_plates_
 fn the_real_asycuda_exports_are_read() {
     let formats = product_formats();
     let sad = formats.get("asycuda").unwrap();
-    let caa = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/formats/asycuda/samples/CAA-21-TETOR-KORE-8.xml"
-    ))
-    .unwrap();
+    let caa = product_case("asycuda/real-caa-tirana-import/input.xml");
     let decoded = sad.decode(&caa).unwrap();
     let canonical = Value::from(&decoded.inbound);
     // Nine container segments, one per goods item, are one container.
@@ -443,15 +435,32 @@ fn the_real_asycuda_exports_are_read() {
     assert_eq!(canonical["goods"].as_array().unwrap().len(), 9);
     // The unregistered FORD export has neither a registration nor a declarant's number:
     // it reads under a provisional id that says so, with its offices and plates.
-    let ford = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/formats/asycuda/samples/FORD-IM4-902.xml"
-    ))
-    .unwrap();
+    let ford = product_case("asycuda/real-ford-unregistered/input.xml");
     let decoded = sad.decode(&ford).unwrap();
     let canonical = Value::from(&decoded.inbound);
     assert_eq!(canonical["declaration_id"], "J029/UNREGISTERED/AL110000");
     assert_eq!(canonical["offices_of_transit"][0]["code"], "AL020000");
     assert_eq!(canonical["vehicle"]["plate"], "PGEU559");
     assert_eq!(canonical["vehicle"]["trailer_plate"], "PG8411AA");
+}
+
+#[test]
+fn a_dms_notification_without_namespaces_is_refused_naming_both_namespaces() {
+    let formats = product_formats();
+    let wco = formats.get("wco-dm").unwrap();
+    for sample in [
+        "DMS_notification_01_DMSACC.xml",
+        "DMS_notification_03_DMSREJ.xml",
+    ] {
+        let body = crate::helpers::repo_file(&format!("tests/official/wco/samples/{sample}"));
+        let problems = wco.decode(&body).unwrap_err().into_problems();
+        let detail = &problems[0].detail;
+        assert!(
+            detail.contains("MetaData in no namespace")
+                && detail
+                    .contains("MetaData in namespace urn:wco:datamodel:WCO:DocumentMetaData-DMS:2"),
+            "{sample}: {detail}"
+        );
+        assert!(!detail.contains('{'), "{detail}");
+    }
 }

@@ -3,7 +3,7 @@
 //! later messages back, and goes out when an operator retries it.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::Value;
@@ -90,12 +90,8 @@ fn delivered(ep: &Endpoint) -> Vec<Hit> {
         .collect()
 }
 
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn until(what: &str, done: impl FnMut() -> bool) {
+    crate::helpers::wait_until(what, done).await
 }
 
 async fn outbox(app: &TestApp, query: &str) -> Vec<Value> {
@@ -164,17 +160,14 @@ async fn a_partner_endpoint_gets_each_notification_once_in_order(backend: Backen
         ],
     )
     .await;
-    let parked = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let failed = outbox(&app, "status=failed").await;
-            if let Some(row) = failed.first() {
-                break row.clone();
-            }
-            assert!(Instant::now() < deadline, "nothing parked");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    };
+    let parked = crate::helpers::eventually("a parked message", || async {
+        let failed = outbox(&app, "status=failed").await;
+        failed
+            .first()
+            .cloned()
+            .ok_or_else(|| "nothing parked".to_owned())
+    })
+    .await;
     assert_eq!(parked["attempts"], 1);
     let error = parked["last_error"].as_str().unwrap();
     assert!(
@@ -222,15 +215,19 @@ async fn a_partner_endpoint_gets_each_notification_once_in_order(backend: Backen
 /// Waits until the partner's `n` messages are all recorded as sent (the record follows the
 /// endpoint's answer).
 async fn all_sent(app: &TestApp, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    crate::helpers::eventually(&format!("{n} messages sent"), || async {
         let rows = outbox(app, "partner=gt-push").await;
         if rows.len() == n && rows.iter().all(|r| r["status"] == "sent") {
-            return rows;
+            Ok(rows)
+        } else {
+            Err(format!(
+                "{} row(s); {}",
+                rows.len(),
+                crate::helpers::unsent(&rows)
+            ))
         }
-        assert!(Instant::now() < deadline, "not all sent: {rows:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await
 }
 
 mod over_http {
