@@ -629,14 +629,7 @@ async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
         Some("be-f"),
     )
     .await;
-    wait_count(
-        &app,
-        "messages",
-        &accepted("be-f"),
-        1,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_count(&app, "messages", &accepted("be-f"), 1).await;
     let amendment = Be {
         kind: 'A',
         control: "000124",
@@ -645,14 +638,7 @@ async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
         ..Be::default()
     };
     publish(&channel, &queue, &bill_of_entry(&amendment), Some("be-a")).await;
-    wait_count(
-        &app,
-        "messages",
-        &accepted("be-a"),
-        1,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_count(&app, "messages", &accepted("be-a"), 1).await;
     let trips = trips_of(&app, "4571").await;
     assert_eq!(trips.len(), 1, "{trips:?}");
     assert_eq!(trips[0]["equipment"][1]["seals"][0]["id"], "ES00781299");
@@ -671,8 +657,10 @@ async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
     };
     let late_body = bill_of_entry(&late);
     publish(&channel, &queue, &late_body, Some("be-late-a")).await;
-    dlq.until(Duration::from_secs(60), |seen| !seen.is_empty())
-        .await;
+    dlq.until("the late amendment in the dead-letter queue", |seen| {
+        !seen.is_empty()
+    })
+    .await;
     assert_eq!(
         dlq.seen.len(),
         1,
@@ -696,14 +684,7 @@ async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
         ..amendment
     };
     publish(&channel, &queue, &bill_of_entry(&deletion), Some("be-d")).await;
-    wait_count(
-        &app,
-        "messages",
-        &accepted("be-d"),
-        1,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_count(&app, "messages", &accepted("be-d"), 1).await;
     assert_eq!(trips_of(&app, "4571").await[0]["state"], "cancelled");
 }
 
