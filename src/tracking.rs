@@ -74,7 +74,8 @@ async fn load_geography(conn: &mut AnyConnection) -> Result<Geography, StoreErro
         let id = CorridorId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // Stored features passed the same check when they were registered.
         corridors.push(
-            Corridor::from_geojson(id, &feature).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            Corridor::from_stored_geojson(id, &feature)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         );
     }
     let mut zones = Vec::new();
@@ -366,6 +367,28 @@ impl Recipients {
     }
 }
 
+/// Runs the engine's work on one trip, catching a panic there: it is logged and stays that
+/// trip's problem (`None`), never the process's nor the other trips'. The engine is not
+/// meant to panic (thresholds are range-checked, its arithmetic checked); this is the
+/// bulkhead if it ever does.
+fn guarded<T>(trip_id: &str, what: &str, work: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(done) => Some(done),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(trip_id, what, panic = %why, "the engine failed on this trip: skipped");
+            None
+        }
+    }
+}
+
+/// How long a trip whose tick failed waits before the ticker looks at it again.
+const FAILED_TICK_RETRY_S: i64 = 3600;
+
 /// Namespace of outbox message ids (UUID v5 of partner, channel and notification).
 const OUTBOX_NAMESPACE: Uuid = Uuid::from_u128(0x6563_7473_2d6f_7574_626f_782d_6d73_6700);
 
@@ -464,7 +487,10 @@ impl Tracking {
         let effects = if late {
             let before = trip.clone();
             let since = earliest.unwrap_or(now);
-            let rebuilt = self.rebuild(tx, &trip, since, &geo, now).await?;
+            let Some(rebuilt) = self.rebuild(tx, &trip, since, &geo, now).await? else {
+                // The events are stored; the trip takes them in at its next replay.
+                return Ok(Vec::new());
+            };
             trip = rebuilt;
             for e in events {
                 audit.push(AuditItem::new(
@@ -475,18 +501,26 @@ impl Tracking {
             }
             reconcile(&before, &trip, now)
         } else {
-            let mut effects = Vec::new();
             for e in events {
                 audit.push(AuditItem::new(
                     format!("device:{}", e.device_id),
                     "input.seal_event",
                     e,
                 ));
-                // Seal events are never refused; only commands are.
-                let fx = trip
-                    .apply(&Input::SealEvent((*e).clone()), &geo, &self.rules, now)
-                    .unwrap_or_default();
-                effects.extend(fx);
+            }
+            let mut effects = Vec::new();
+            let applied = guarded(trip_id, "seal events", || {
+                for e in events {
+                    // Seal events are never refused; only commands are.
+                    let fx = trip
+                        .apply(&Input::SealEvent((*e).clone()), &geo, &self.rules, now)
+                        .unwrap_or_default();
+                    effects.extend(fx);
+                }
+            });
+            if applied.is_none() {
+                // The events are stored; the trip takes them in at its next replay.
+                return Ok(Vec::new());
             }
             maybe_checkpoint(tx, &trip).await?;
             effects
@@ -514,7 +548,7 @@ impl Tracking {
         since: DateTime<Utc>,
         geo: &Geography,
         now: DateTime<Utc>,
-    ) -> Result<Trip, StoreError> {
+    ) -> Result<Option<Trip>, StoreError> {
         let trip_id = trip.status.trip_id.to_string();
         drop_checkpoints_from(conn, trip.status.trip_id, since).await?;
         let checkpoint = sqlx::query(
@@ -561,7 +595,9 @@ impl Tracking {
             );
         }
         if let Some(base) = base {
-            return Ok(Trip::resume(base, &inputs, geo, &self.rules, now));
+            return Ok(guarded(&trip_id, "replay", || {
+                Trip::resume(base, &inputs, geo, &self.rules, now)
+            }));
         }
         let declaration: TransitDeclaration = {
             let row = sqlx::query("select canonical from declarations where trip_id = $1")
@@ -571,16 +607,18 @@ impl Tracking {
             serde_json::from_str(&row.try_get::<String, _>("canonical")?)
                 .map_err(|e| StoreError::Corrupt(format!("declaration of trip {trip_id}: {e}")))?
         };
-        Ok(Trip::replay(
-            trip.status.trip_id,
-            &declaration,
-            trip.status.created_at,
-            &trip.rules,
-            &inputs,
-            geo,
-            &self.rules,
-            now,
-        ))
+        Ok(guarded(&trip_id, "replay", || {
+            Trip::replay(
+                trip.status.trip_id,
+                &declaration,
+                trip.status.created_at,
+                &trip.rules,
+                &inputs,
+                geo,
+                &self.rules,
+                now,
+            )
+        }))
     }
 
     /// A release authorization, handover or cancellation for a trip. The same command sent
@@ -691,9 +729,15 @@ impl Tracking {
         // event-time order, as a late event does: checked here, then replayed.
         let late = trip.track.watermark.is_some_and(|w| input.time() < w);
         let before = late.then(|| trip.clone());
-        let mut effects = trip
-            .apply(input, &geo, &self.rules, now)
-            .map_err(CommandFailure::Refused)?;
+        let mut effects = guarded(&trip_id.to_string(), "command", || {
+            trip.apply(input, &geo, &self.rules, now)
+        })
+        .ok_or_else(|| {
+            CommandFailure::Store(StoreError::Corrupt(format!(
+                "the engine failed applying a command to trip {trip_id}"
+            )))
+        })?
+        .map_err(CommandFailure::Refused)?;
         sqlx::query(
             "insert into trip_commands (trip_id, command_key, kind, command_time, input, received_at)
              values ($1, $2, $3, $4, $5, $6)",
@@ -708,7 +752,11 @@ impl Tracking {
         .await?;
         drop_checkpoints_from(tx, trip_id, input.time()).await?;
         if let Some(before) = before {
-            let rebuilt = self.rebuild(tx, &before, input.time(), &geo, now).await?;
+            let Some(rebuilt) = self.rebuild(tx, &before, input.time(), &geo, now).await? else {
+                return Err(CommandFailure::Store(StoreError::Corrupt(format!(
+                    "the engine failed replaying trip {trip_id}"
+                ))));
+            };
             // What the command itself produced (acceptance, unlock commands, custody,
             // seals, notices) stands; the trip's state and alerts are the replay's.
             effects.retain(|e| match e {
@@ -856,41 +904,73 @@ impl Tracking {
             self.geography(&mut conn).await?
         };
         let mut changed = 0;
+        // Each trip on its own: one that fails is logged and skipped, the others go on.
         for id in ids {
-            let mut tx = self.store.begin_write().await?;
-            let Some((mut trip, version)) =
-                store::load_trip(&mut tx, self.store.backend(), &id).await?
-            else {
-                continue;
-            };
-            let effects = trip.tick(&geo, &self.rules, now);
-            let next_due = trip.next_due(&geo, &self.rules);
-            if effects.is_empty() {
-                // Nothing raised (due this very instant, or never computed): keep the due
-                // time true, so the trip is not picked again for nothing.
-                sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
-                    .bind(next_due.map(ts))
-                    .bind(&id)
-                    .execute(&mut **tx)
-                    .await?;
-                tx.commit().await?;
-                continue;
+            match self.tick_one(&id, &geo, now).await {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    trip_id = %id,
+                    error.cause_chain = %crate::telemetry::error_chain(&e),
+                    "tick of this trip failed: skipped"
+                ),
             }
-            if !store::update_trip(&mut tx, &trip, version, next_due).await? {
-                // Someone else changed it; the next tick will look again.
-                tx.rollback().await?;
-                continue;
-            }
-            store_effects(&mut tx, &self.recipients, &effects, now).await?;
-            let audit = effects
-                .iter()
-                .map(|e| AuditItem::new("engine", effect_action(e), e))
-                .collect();
-            append_audit(&mut tx, trip.status.trip_id, audit, now).await?;
-            tx.commit().await?;
-            changed += 1;
         }
         Ok(changed)
+    }
+
+    /// The clock for one trip; `true` when it changed.
+    async fn tick_one(
+        &self,
+        id: &str,
+        geo: &Geography,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        let Some((mut trip, version)) = store::load_trip(&mut tx, self.store.backend(), id).await?
+        else {
+            return Ok(false);
+        };
+        let ticked = guarded(id, "tick", || {
+            let effects = trip.tick(geo, &self.rules, now);
+            (effects, trip.next_due(geo, &self.rules))
+        });
+        let Some((effects, next_due)) = ticked else {
+            // Looked at again later, not at every tick.
+            sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
+                .bind(crate::store::ts(
+                    ects_core::trip::after(now, FAILED_TICK_RETRY_S).unwrap_or(now),
+                ))
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        };
+        if effects.is_empty() {
+            // Nothing raised (due this very instant, or never computed): keep the due
+            // time true, so the trip is not picked again for nothing.
+            sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
+                .bind(next_due.map(ts))
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        if !store::update_trip(&mut tx, &trip, version, next_due).await? {
+            // Someone else changed it; the next tick will look again.
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        store_effects(&mut tx, &self.recipients, &effects, now).await?;
+        let audit = effects
+            .iter()
+            .map(|e| AuditItem::new("engine", effect_action(e), e))
+            .collect();
+        append_audit(&mut tx, trip.status.trip_id, audit, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -924,7 +1004,8 @@ async fn maybe_checkpoint(conn: &mut AnyConnection, trip: &Trip) -> Result<(), S
             .await?
             .try_get("last")?;
     let due = match last {
-        Some(last) => store::parse_ts(&last)? + chrono::Duration::hours(CHECKPOINT_EVERY_H) <= at,
+        Some(last) => ects_core::trip::after(store::parse_ts(&last)?, CHECKPOINT_EVERY_H * 3600)
+            .is_none_or(|next| next <= at),
         None => true,
     };
     if due {

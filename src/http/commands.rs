@@ -221,7 +221,7 @@ pub async fn get_audit(
 }
 
 /// Reads a trip's own thresholds: JSON with the fields of the configuration's `[rules]`,
-/// each one positive (percentages up to 100).
+/// each within its documented range (`Rules::RANGES`, README "Thresholds").
 fn parse_rules(body: &[u8]) -> Result<RulesOverride, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::Document(DocumentError::malformed(Located::line_column(
@@ -230,30 +230,9 @@ fn parse_rules(body: &[u8]) -> Result<RulesOverride, ApiError> {
             e.to_string(),
         )))
     })?;
-    if let Some(map) = value.as_object() {
-        for (name, v) in map {
-            let ok = v
-                .as_f64()
-                .is_some_and(|n| n > 0.0 && (!name.ends_with("_pct") || n <= 100.0));
-            if !ok && !v.is_null() {
-                return Err(ApiError::Document(DocumentError::Invalid(vec![
-                    Located::pointer(
-                        format!("/{name}"),
-                        "a threshold is a positive number (a percentage at most 100)",
-                    ),
-                ])));
-            }
-        }
-    }
-    serde_path_to_error::deserialize(&value).map_err(|e| {
-        let path = e.path().to_string();
+    RulesOverride::parse(&value).map_err(|e| {
         ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
-            if path == "." {
-                String::new()
-            } else {
-                format!("/{path}")
-            },
-            e.into_inner().to_string(),
+            e.pointer, e.reason,
         )]))
     })
 }
@@ -274,7 +253,7 @@ pub struct TripRules {
     responses(
         (status = 200, body = TripRules),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown threshold or not a positive number", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown threshold, or a value outside its range", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[put("/v1/trips/{id}/rules")]

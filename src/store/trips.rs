@@ -305,7 +305,10 @@ pub async fn claim_unmatched_events(
 ) -> Result<Vec<SealEvent>, StoreError> {
     let declared = declaration.declared_at.unwrap_or_else(chrono::Utc::now);
     let seals: Vec<&Seal> = declaration.seals().collect();
-    claim_unmatched_for(conn, &seals, declared - chrono::Duration::hours(6), trip_id).await
+    let since = declared
+        .checked_sub_signed(chrono::Duration::hours(6))
+        .unwrap_or(declared);
+    claim_unmatched_for(conn, &seals, since, trip_id).await
 }
 
 /// Events stored without a trip, from `since` on, of these seals or their devices: they

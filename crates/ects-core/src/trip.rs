@@ -30,9 +30,12 @@ use crate::spatial::{CorridorIndex, Geography, distance_m};
 pub type Timestamp = DateTime<Utc>;
 
 macro_rules! rules {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr,)*) => {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr, $lo:literal ..= $hi:literal,)*) => {
         /// Thresholds of the rules. Defaults suit road transit; a corridor may override any
-        /// of them (`properties.rules` of its GeoJSON).
+        /// of them (`properties.rules` of its GeoJSON), and a trip may override them again.
+        /// Every threshold has a range ([`Rules::RANGES`]): a value outside it is refused
+        /// where it is read ([`RulesOverride::parse`], [`Rules::check`]), and one stored
+        /// before the ranges existed is brought inside it when used ([`Rules::clamped`]).
         #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
         #[serde(default, deny_unknown_fields)]
         pub struct Rules {
@@ -53,47 +56,199 @@ macro_rules! rules {
         }
 
         impl Rules {
+            /// Each threshold's name and its accepted range, inclusive (the documented
+            /// limits).
+            pub const RANGES: &'static [(&'static str, f64, f64)] =
+                &[$((stringify!($name), $lo as f64, $hi as f64),)*];
+
             pub fn with(mut self, over: &RulesOverride) -> Self {
                 $(if let Some(v) = over.$name { self.$name = v; })*
                 self
+            }
+
+            /// Every threshold brought inside its range: what the engine works with, so
+            /// that a value stored before the ranges were checked cannot break it.
+            pub fn clamped(mut self) -> Self {
+                $(self.$name = Threshold::clamp_to(self.$name, $lo as $ty, $hi as $ty);)*
+                self
+            }
+
+            /// The first threshold outside its range, with its JSON pointer.
+            pub fn check(&self) -> Result<(), RuleError> {
+                $(Threshold::check(self.$name, stringify!($name), $lo as $ty, $hi as $ty)?;)*
+                Ok(())
+            }
+        }
+
+        impl RulesOverride {
+            /// Reads thresholds from JSON (an object of threshold names and numbers, `null`
+            /// for "not set"), each checked against its range; the error names the JSON
+            /// pointer of the first wrong one.
+            pub fn parse(value: &serde_json::Value) -> Result<Self, RuleError> {
+                let Some(map) = value.as_object() else {
+                    return Err(RuleError {
+                        pointer: String::new(),
+                        reason: "thresholds are a JSON object of names and numbers".into(),
+                    });
+                };
+                let mut over = Self::default();
+                for (key, v) in map {
+                    if v.is_null() {
+                        continue;
+                    }
+                    match key.as_str() {
+                        $(stringify!($name) => {
+                            over.$name = Some(Threshold::read(v, stringify!($name), $lo as $ty, $hi as $ty)?);
+                        })*
+                        other => {
+                            return Err(RuleError {
+                                pointer: format!("/{}", other.replace('~', "~0").replace('/', "~1")),
+                                reason: format!(
+                                    "unknown threshold; known: {}",
+                                    [$(stringify!($name)),*].join(", ")
+                                ),
+                            });
+                        }
+                    }
+                }
+                Ok(over)
+            }
+
+            /// The first threshold set outside its range, with its JSON pointer.
+            pub fn check(&self) -> Result<(), RuleError> {
+                $(if let Some(v) = self.$name {
+                    Threshold::check(v, stringify!($name), $lo as $ty, $hi as $ty)?;
+                })*
+                Ok(())
             }
         }
     };
 }
 
+/// A threshold outside its range, or not a number: where (a JSON pointer relative to the
+/// thresholds object) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{pointer}: {reason}")]
+pub struct RuleError {
+    pub pointer: String,
+    pub reason: String,
+}
+
+/// A number type a threshold may have.
+trait Threshold: Copy + PartialOrd + std::fmt::Display + Sized {
+    fn from_json(v: &serde_json::Value) -> Result<Self, Option<String>>;
+    fn clamp_to(self, lo: Self, hi: Self) -> Self;
+
+    fn check(self, name: &str, lo: Self, hi: Self) -> Result<(), RuleError> {
+        if self >= lo && self <= hi {
+            Ok(())
+        } else {
+            Err(RuleError {
+                pointer: format!("/{name}"),
+                reason: format!("{self} is outside the range {lo} to {hi}"),
+            })
+        }
+    }
+
+    fn read(v: &serde_json::Value, name: &str, lo: Self, hi: Self) -> Result<Self, RuleError> {
+        match Self::from_json(v) {
+            Ok(n) => n.check(name, lo, hi).map(|()| n),
+            Err(why) => Err(RuleError {
+                pointer: format!("/{name}"),
+                reason: why.unwrap_or_else(|| format!("must be a number from {lo} to {hi}")),
+            }),
+        }
+    }
+}
+
+macro_rules! whole_threshold {
+    ($($ty:ty),*) => {$(
+        impl Threshold for $ty {
+            fn from_json(v: &serde_json::Value) -> Result<Self, Option<String>> {
+                let n: i128 = match (v.as_i64(), v.as_u64()) {
+                    (Some(n), _) => i128::from(n),
+                    (None, Some(n)) => i128::from(n),
+                    _ if v.is_number() => {
+                        return Err(Some(format!("{v} is not a whole number")));
+                    }
+                    _ => return Err(None),
+                };
+                <$ty>::try_from(n).map_err(|_| {
+                    Some(format!(
+                        "{n} is outside the range {} to {}",
+                        <$ty>::MIN,
+                        <$ty>::MAX
+                    ))
+                })
+            }
+
+            fn clamp_to(self, lo: Self, hi: Self) -> Self {
+                self.clamp(lo, hi)
+            }
+        }
+    )*};
+}
+whole_threshold!(u8, u32, i64);
+
+impl Threshold for f64 {
+    fn from_json(v: &serde_json::Value) -> Result<Self, Option<String>> {
+        v.as_f64().filter(|n| n.is_finite()).ok_or(None)
+    }
+
+    fn clamp_to(self, lo: Self, hi: Self) -> Self {
+        if self.is_nan() {
+            lo
+        } else {
+            self.clamp(lo, hi)
+        }
+    }
+}
+
 rules! {
     /// At or below this battery level `low_battery` is raised.
-    low_battery_pct: u8 = 20,
-    /// It clears only this many points above the threshold (no flapping).
-    low_battery_hysteresis_pct: u8 = 5,
+    low_battery_pct: u8 = 20, 0..=100,
+    /// It clears only this many points above the threshold (no flapping)...
+    low_battery_hysteresis_pct: u8 = 5, 0..=50,
+    /// ...and only when no low reading came for this many seconds: a battery flapping
+    /// between low and full keeps one alert open.
+    low_battery_clear_s: i64 = 600, 0..=86_400,
     /// Consecutive fixes outside the corridor before `route_deviation`...
-    deviation_min_fixes: u32 = 3,
+    deviation_min_fixes: u32 = 3, 1..=1000,
     /// ...and for at least this many seconds (GPS noise makes single fixes stray).
-    deviation_min_s: i64 = 60,
+    deviation_min_s: i64 = 60, 0..=86_400,
     /// Consecutive fixes back inside before the deviation clears.
-    deviation_clear_fixes: u32 = 2,
+    deviation_clear_fixes: u32 = 2, 1..=1000,
     /// At or below this speed a fix counts as stopped.
-    stop_speed_kmh: f64 = 5.0,
+    stop_speed_kmh: f64 = 5.0, 0..=50,
     /// A stop holds while the fixes stay within this distance of where it began.
-    stop_radius_m: f64 = 200.0,
+    stop_radius_m: f64 = 200.0, 1..=10_000,
     /// A stop outside rest areas and offices longer than this is `abnormal_stop`.
-    max_stop_s: i64 = 900,
+    max_stop_s: i64 = 900, 60..=604_800,
     /// A rest area may be used this long.
-    max_rest_s: i64 = 4 * 3600,
+    max_rest_s: i64 = 4 * 3600, 60..=604_800,
     /// No valid fix for longer than this is `reporting_gap`.
-    max_gap_s: i64 = 900,
+    max_gap_s: i64 = 900, 10..=604_800,
     /// Faster than this between two fixes is `position_jump`...
-    max_speed_kmh: f64 = 160.0,
+    max_speed_kmh: f64 = 160.0, 1..=2000,
     /// ...when the fixes are at least this far apart (jitter on short hops is not a jump).
-    jump_min_distance_m: f64 = 2000.0,
+    jump_min_distance_m: f64 = 2000.0, 0..=1_000_000,
     /// Where no zone is registered for the office of departure, leaving this radius around
     /// the arming position counts as departure.
-    departure_radius_m: f64 = 1000.0,
+    departure_radius_m: f64 = 1000.0, 1..=100_000,
     /// Consecutive fixes that confirm leaving the departure office, entering the
     /// destination office, or leaving it again (GPS noise near an office is common).
-    zone_fixes: u32 = 2,
+    zone_fixes: u32 = 2, 1..=100,
     /// A fix that says it may be off by more than this is left out of the movement rules.
-    max_fix_error_m: f64 = 500.0,
+    max_fix_error_m: f64 = 500.0, 1..=100_000,
+    /// A condition that recurs within this many seconds of its alert clearing reopens
+    /// that alert instead of raising a new one.
+    alert_hold_s: i64 = 600, 0..=86_400,
+    /// The window over which `max_alerts_per_window` counts, in seconds.
+    alert_window_s: i64 = 86_400, 60..=604_800,
+    /// At most this many raisings (new alerts and reopenings) of one kind for one seal (or
+    /// for the trip) within `alert_window_s`; past it, the alert stays open (its clearing is
+    /// held) and recurrences add to it.
+    max_alerts_per_window: u32 = 10, 1..=1000,
 }
 
 /// A valid fix the rules remember.
@@ -293,6 +448,12 @@ pub fn evidence_of(event: &SealEvent) -> String {
         .unwrap_or_else(|| format!("{}@{}", event.device_id, event.time.to_rfc3339()))
 }
 
+/// `t` plus `seconds`, or `None` when that is no time chrono can hold (never with thresholds
+/// in their ranges; a value stored before they were checked must not panic the engine).
+pub fn after(t: Timestamp, seconds: i64) -> Option<Timestamp> {
+    Duration::try_seconds(seconds).and_then(|d| t.checked_add_signed(d))
+}
+
 /// Most events kept as an alert's evidence.
 const MAX_EVIDENCE: usize = 20;
 
@@ -438,8 +599,8 @@ impl Trip {
                 .map(|f| f.time)
                 .or(self.track.armed_at.as_ref().map(|a| a.time))
                 .or(self.track.watermark);
-            if let Some(since) = since {
-                due.push(since + Duration::seconds(rules.max_gap_s));
+            if let Some(due_at) = since.and_then(|since| after(since, rules.max_gap_s)) {
+                due.push(due_at);
             }
         }
         if state == TripState::InTransit
@@ -448,8 +609,8 @@ impl Trip {
         {
             match anchor.zone {
                 Some(ZoneKind::CustomsOffice | ZoneKind::BorderPost) => {}
-                Some(_) => due.push(anchor.since + Duration::seconds(rules.max_rest_s)),
-                None => due.push(anchor.since + Duration::seconds(rules.max_stop_s)),
+                Some(_) => due.extend(after(anchor.since, rules.max_rest_s)),
+                None => due.extend(after(anchor.since, rules.max_stop_s)),
             }
         }
         due.into_iter().min()
@@ -496,7 +657,7 @@ impl Trip {
             Some(c) => rules.with(&c.rules),
             None => *rules,
         };
-        base.with(&self.rules)
+        base.with(&self.rules).clamped()
     }
 
     fn corridor<'g>(&self, geo: &'g Geography) -> Option<&'g CorridorIndex> {
@@ -1065,7 +1226,9 @@ impl Trip {
             Some(_) => rules.max_rest_s,
             None => rules.max_stop_s,
         };
-        let due = since + Duration::seconds(limit);
+        let Some(due) = after(since, limit) else {
+            return;
+        };
         if now > due {
             let Some(anchor) = self.track.stop.clone() else {
                 return;
@@ -1108,7 +1271,9 @@ impl Trip {
                 None => return,
             },
         };
-        let due = since + Duration::seconds(rules.max_gap_s);
+        let Some(due) = after(since, rules.max_gap_s) else {
+            return;
+        };
         if now > due {
             let (evidence, point) = match (&self.track.last_fix, &self.track.armed_at) {
                 (Some(f), _) => (f.evidence.clone(), Some(f.point())),
@@ -1237,7 +1402,11 @@ impl Trip {
         if release.valid_until <= release.valid_from {
             return Err(refuse("valid_until", "must be after valid_from"));
         }
-        if release.valid_until - release.valid_from > Duration::hours(MAX_RELEASE_WINDOW_H) {
+        if release
+            .valid_until
+            .signed_duration_since(release.valid_from)
+            > Duration::hours(MAX_RELEASE_WINDOW_H)
+        {
             return Err(refuse(
                 "valid_until",
                 format!("a release window is at most {MAX_RELEASE_WINDOW_H} hours"),

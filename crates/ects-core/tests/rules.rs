@@ -1169,3 +1169,63 @@ fn a_new_container_with_two_seals_is_listed_once_and_one_device_serves_one_seal(
         "{refused}"
     );
 }
+
+#[test]
+fn thresholds_outside_their_range_are_refused_with_their_pointer() {
+    for (value, pointer) in [
+        (json!({"max_gap_s": i64::MAX}), "/max_gap_s"),
+        (json!({"max_stop_s": 59}), "/max_stop_s"),
+        (json!({"low_battery_pct": 101}), "/low_battery_pct"),
+        (json!({"zone_fixes": 0}), "/zone_fixes"),
+        (json!({"stop_radius_m": -1.0}), "/stop_radius_m"),
+        (json!({"max_gap_s": 2.5}), "/max_gap_s"),
+        (json!({"max_gap_s": true}), "/max_gap_s"),
+        (json!({"no_such_rule": 1}), "/no_such_rule"),
+    ] {
+        let e = RulesOverride::parse(&value).unwrap_err();
+        assert_eq!(e.pointer, pointer, "{value}: {e}");
+    }
+    let over = RulesOverride::parse(&json!({"max_gap_s": 604_800, "max_stop_s": null})).unwrap();
+    assert_eq!(over.max_gap_s, Some(604_800));
+    assert_eq!(over.max_stop_s, None);
+    assert!(Rules::default().check().is_ok());
+    for (name, lo, hi) in Rules::RANGES {
+        assert!(lo <= hi, "{name}");
+    }
+}
+
+/// Thresholds stored before their ranges were checked (a trip's own, a corridor's) cannot
+/// make the engine panic: every path that adds a threshold to a time is checked.
+#[test]
+fn thresholds_stored_out_of_range_do_not_panic_the_engine() {
+    let huge = RulesOverride {
+        max_gap_s: Some(i64::MAX),
+        max_stop_s: Some(i64::MAX),
+        max_rest_s: Some(i64::MIN),
+        deviation_min_s: Some(i64::MAX),
+        alert_hold_s: Some(i64::MAX),
+        alert_window_s: Some(i64::MIN),
+        low_battery_clear_s: Some(i64::MAX),
+        stop_speed_kmh: Some(f64::NAN),
+        ..RulesOverride::default()
+    };
+    for on_trip in [true, false] {
+        let mut s = Scenario::armed_and_rolling();
+        if on_trip {
+            s.trip.rules = huge.clone();
+        } else {
+            s.geo = geography_with(huge.clone());
+        }
+        s.drive(2.0, 0.0);
+        s.event_at(3.0, "position", Some(Scenario::road(3.0, 0.0)), Some(0.0));
+        s.event_at(4.0, "position", Some(Scenario::road(3.0, 0.0)), Some(0.0));
+        s.event_at(5.0, "position", None, None);
+        s.tick(60.0);
+        s.tick(60.0 * 24.0 * 365.0 * 100.0);
+        let _ = s.trip.next_due(&s.geo, &s.rules);
+        // The engine works with the thresholds brought inside their ranges.
+        let used = s.trip.rules_for(&s.geo, &s.rules);
+        assert!(used.check().is_ok(), "{used:?}");
+        assert_eq!(used.max_gap_s, 604_800);
+    }
+}
