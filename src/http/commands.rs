@@ -10,7 +10,7 @@ use super::AppState;
 use super::body::read_limited;
 use super::error::ApiError;
 use super::viewer::Viewer;
-use crate::formats::decode_canonical;
+use crate::formats::{check_command_times, decode_canonical};
 use crate::problem::{DocumentError, Located, Problem};
 use crate::schemas::Canonical;
 use crate::tracking::{AuditTrail, CommandFailure, CommandOutcome, audit_trail};
@@ -77,6 +77,8 @@ async fn run<T: DeserializeOwned>(
         ])));
     }
     let (input, actor) = into_input(command);
+    let now = Utc::now();
+    check_command_times(&input, now)?;
     if let Viewer::Partner(p) = &viewer {
         let acting = match &input {
             Input::Release(r) => r.authority.as_str(),
@@ -91,10 +93,7 @@ async fn run<T: DeserializeOwned>(
             )));
         }
     }
-    let outcome = state
-        .tracking
-        .command(trip_id, input, actor, Utc::now())
-        .await?;
+    let outcome = state.tracking.command(trip_id, input, actor, now).await?;
     Ok(HttpResponse::Ok().json(outcome))
 }
 

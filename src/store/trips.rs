@@ -351,6 +351,22 @@ pub async fn claim_unmatched_for(
     Ok(claimed)
 }
 
+/// The sequence number as stored (a signed 64-bit integer): one above [`ects_core::MAX_SEQ`]
+/// is refused where events are parsed, and never stored as a negative number.
+fn seq_column(event: &SealEvent) -> Result<Option<i64>, StoreError> {
+    event
+        .seq
+        .map(|s| {
+            i64::try_from(s).map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "seq {s} is above {}: it should have been refused",
+                    ects_core::MAX_SEQ
+                ))
+            })
+        })
+        .transpose()
+}
+
 /// An event already stored under the same identity or the same device and sequence.
 pub async fn find_event(
     conn: &mut AnyConnection,
@@ -363,7 +379,7 @@ pub async fn find_event(
     )
     .bind(key)
     .bind(event.device_id.as_str())
-    .bind(event.seq.map(|s| s as i64))
+    .bind(seq_column(event)?)
     .fetch_optional(conn)
     .await?;
     row.map(|r| Ok((r.try_get("canonical")?, r.try_get("message_id")?)))
@@ -386,7 +402,7 @@ pub async fn insert_event(
     )
     .bind(key)
     .bind(event.device_id.as_str())
-    .bind(event.seq.map(|s| s as i64))
+    .bind(seq_column(event)?)
     .bind(event.seal_id.as_ref().map(|s| s.as_str()))
     .bind(event.kind.as_str())
     .bind(ts(event.time))

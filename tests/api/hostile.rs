@@ -11,6 +11,8 @@ use crate::tracking::{DEPARTURE_LON, LAT, SEAL_1, SEAL_2, Seq, post, road_lon, r
 on_both_backends!(
     thresholds_out_of_range_are_refused_with_their_pointer,
     a_trip_with_bad_stored_thresholds_stops_no_other_trip,
+    commands_dated_ahead_of_the_clock_are_refused_with_their_pointer,
+    a_seq_that_does_not_fit_is_refused_and_the_largest_is_stored_as_sent,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -201,4 +203,87 @@ async fn a_trip_with_bad_stored_thresholds_stops_no_other_trip(app: TestApp) {
     )
     .await;
     assert_eq!(reply["events"]["accepted"], 1, "{reply}");
+}
+
+async fn commands_dated_ahead_of_the_clock_are_refused_with_their_pointer(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let ahead = (chrono::Utc::now() + chrono::Duration::minutes(20)).to_rfc3339();
+    let past = t(60).to_rfc3339();
+    let release = |issued: &str, from: &str| {
+        json!({"release_id": "REL-F", "trip_id": trip, "authority": "GT",
+               "officer": {"id": "GT-OF-1"}, "place": "DEPOT",
+               "valid_from": from, "valid_until": t(600).to_rfc3339(),
+               "one_time_code": "739201", "issued_at": issued})
+    };
+    let handover = |time: &str| {
+        json!({"handover_id": "HO-F", "trip_id": trip, "from_authority": "GT",
+               "to_authority": "SV", "officer": {"id": "SV-OF-7"}, "time": time,
+               "seal_check": "intact"})
+    };
+    let cancel = |time: &str| {
+        json!({"trip_id": trip, "authority": "GT", "officer": {"id": "GT-OF-1"},
+               "time": time, "reason": "withdrawn"})
+    };
+    for (path, body, pointer) in [
+        ("release", release(&ahead, &past), "/issued_at"),
+        ("release", release(&past, &ahead), "/valid_from"),
+        ("handover", handover(&ahead), "/time"),
+        ("cancel", cancel(&ahead), "/time"),
+    ] {
+        let reply = app
+            .post(&format!("/v1/trips/{trip}/{path}"), body.to_string())
+            .await;
+        assert_eq!(reply.status, 422, "{path} {body}: {}", reply.text);
+        assert_eq!(reply.pointers(), vec![pointer], "{}", reply.text);
+        assert!(
+            reply.text.contains("ahead of the gateway"),
+            "{}",
+            reply.text
+        );
+    }
+    let assignment = json!({"reference": "FUTURE", "declaration_id": "GT-2026-T-000123",
+        "issuing_authority": "GT", "assigned_at": ahead,
+        "equipment": [{"id": "MSKU1234565", "seals": [
+            {"id": "ES00990077", "kind": "electronic", "device_id": "860000000000077"}]}]});
+    let reply = app.post_message(assignment.to_string()).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/assigned_at"], "{}", reply.text);
+    // Nothing was recorded, and commands dated now are taken.
+    assert_eq!(app.count("trip_commands").await, 0);
+    let reply = app
+        .post(
+            &format!("/v1/trips/{trip}/handover"),
+            handover(&chrono::Utc::now().to_rfc3339()).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+async fn a_seq_that_does_not_fit_is_refused_and_the_largest_is_stored_as_sent(app: TestApp) {
+    use sqlx::Row;
+    let event = |seq: u64| {
+        json!({"device_id": "D-SEQ", "seq": seq, "kind": "position",
+               "time": t(1).to_rfc3339(),
+               "position": {"lat": LAT, "lon": DEPARTURE_LON, "fix": "gps"}})
+    };
+    for body in [event(u64::MAX), event(1 << 63)] {
+        let reply = app.post_events(body.to_string()).await;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+        assert_eq!(reply.pointers(), vec!["/seq"], "{}", reply.text);
+        assert!(reply.text.contains("9223372036854775807"), "{}", reply.text);
+        // In a batch, and in a mapped format's path alike.
+        let reply = app.post_events(json!([event(1), body]).to_string()).await;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+        assert_eq!(reply.pointers(), vec!["/1/seq"], "{}", reply.text);
+    }
+    let reply = app.post_events(event(i64::MAX as u64).to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let stored: i64 = sqlx::query("select seq from seal_events where device_id = 'D-SEQ'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+        .try_get("seq")
+        .unwrap();
+    assert_eq!(stored, i64::MAX);
 }
