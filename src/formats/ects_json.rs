@@ -345,7 +345,9 @@ pub fn check_command_times(
 ) -> Result<(), DocumentError> {
     use ects_core::trip::Input;
     let latest = now + chrono::Duration::minutes(MAX_CLOCK_AHEAD_MIN);
-    let times: Vec<(&str, DateTime<Utc>, Option<DateTime<Utc>>)> = match input {
+    // Each time with its pointer and the latest it may be (`None`: a window's end).
+    type Dated<'a> = (&'a str, DateTime<Utc>, Option<DateTime<Utc>>);
+    let times: Vec<Dated> = match input {
         Input::Release(r) => vec![
             ("/issued_at", r.issued_at, Some(latest)),
             ("/valid_from", r.valid_from, Some(latest)),
