@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use ects_core::audit::{AuditEntry, verify};
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
-use ects_core::trip::{CommandError, Effect, Input, Rules, RulesOverride, Trip, reconcile};
+use ects_core::trip::{
+    CommandError, ConflictingEvent, Effect, Input, Rules, RulesOverride, Trip, reconcile,
+};
 use ects_core::{
     CorridorId, SealEvent, StatusNotification, TransitDeclaration, TripId, TripStatus, ZoneId,
 };
@@ -386,6 +388,24 @@ fn guarded<T>(trip_id: &str, what: &str, work: impl FnOnce() -> T) -> Option<T> 
     }
 }
 
+/// The audit entry of a seal event (or a conflicting one) taken in; `suffix` `.late` for
+/// one that came after later ones.
+fn event_audit(input: &Input, suffix: &str) -> AuditItem {
+    match input {
+        Input::ConflictingEvent(c) => AuditItem::new(
+            format!("device:{}", c.event.device_id),
+            format!("input.seal_event.conflicting{suffix}"),
+            c,
+        ),
+        Input::SealEvent(e) => AuditItem::new(
+            format!("device:{}", e.device_id),
+            format!("input.seal_event{suffix}"),
+            e,
+        ),
+        other => AuditItem::new("engine", format!("input{suffix}"), other),
+    }
+}
+
 /// How long a trip whose tick failed waits before the ticker looks at it again.
 const FAILED_TICK_RETRY_S: i64 = 3600;
 
@@ -472,14 +492,31 @@ impl Tracking {
         events: &[&SealEvent],
         now: DateTime<Utc>,
     ) -> Result<Vec<Effect>, StoreError> {
+        let inputs: Vec<Input> = events
+            .iter()
+            .map(|e| Input::SealEvent((*e).clone()))
+            .collect();
+        self.apply_inputs(tx, trip_id, &inputs, now).await
+    }
+
+    /// [`Tracking::apply_events`] for seal events and conflicting events (stored already).
+    pub async fn apply_inputs(
+        &self,
+        tx: &mut Tx,
+        trip_id: &str,
+        events: &[Input],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, StoreError> {
         let geo = self.geography(tx).await?;
         let Some((mut trip, version)) = store::load_trip(tx, self.store.backend(), trip_id).await?
         else {
             return Ok(Vec::new());
         };
-        let late = events.iter().any(|e| trip.is_late(e));
+        let late = events
+            .iter()
+            .any(|e| trip.track.watermark.is_some_and(|w| e.time() < w));
         // Checkpoints at or after the earliest new input no longer hold.
-        let earliest = events.iter().map(|e| e.time).min();
+        let earliest = events.iter().map(|e| e.time()).min();
         if let Some(earliest) = earliest {
             drop_checkpoints_from(tx, trip.status.trip_id, earliest).await?;
         }
@@ -493,28 +530,18 @@ impl Tracking {
             };
             trip = rebuilt;
             for e in events {
-                audit.push(AuditItem::new(
-                    format!("device:{}", e.device_id),
-                    "input.seal_event.late",
-                    e,
-                ));
+                audit.push(event_audit(e, ".late"));
             }
             reconcile(&before, &trip, now)
         } else {
             for e in events {
-                audit.push(AuditItem::new(
-                    format!("device:{}", e.device_id),
-                    "input.seal_event",
-                    e,
-                ));
+                audit.push(event_audit(e, ""));
             }
             let mut effects = Vec::new();
             let applied = guarded(trip_id, "seal events", || {
                 for e in events {
                     // Seal events are never refused; only commands are.
-                    let fx = trip
-                        .apply(&Input::SealEvent((*e).clone()), &geo, &self.rules, now)
-                        .unwrap_or_default();
+                    let fx = trip.apply(e, &geo, &self.rules, now).unwrap_or_default();
                     effects.extend(fx);
                 }
             });
@@ -581,6 +608,23 @@ impl Tracking {
             let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
                 .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
             inputs.push(Input::SealEvent(event));
+        }
+        for row in sqlx::query(
+            "select canonical, conflicts_with, conflict_id from seal_event_conflicts
+             where trip_id = $1 and event_time > $2",
+        )
+        .bind(&trip_id)
+        .bind(&after)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
+            inputs.push(Input::ConflictingEvent(ConflictingEvent {
+                event,
+                conflicts_with: row.try_get("conflicts_with")?,
+                conflict_id: row.try_get("conflict_id")?,
+            }));
         }
         for row in
             sqlx::query("select input from trip_commands where trip_id = $1 and command_time > $2")
@@ -683,7 +727,7 @@ impl Tracking {
             Input::Handover(h) => ("handover", h.handover_id.clone()),
             Input::Cancel(_) => ("cancel", "cancel".to_owned()),
             Input::SealAssignment(a) => ("seal_assignment", format!("seals:{}", a.reference)),
-            Input::SealEvent(_) => ("seal_event", String::new()),
+            Input::SealEvent(_) | Input::ConflictingEvent(_) => ("seal_event", String::new()),
         };
         let text = serde_json::to_string(input).unwrap_or_default();
         // Devices before the trip row, in order, as the events path locks them: a message

@@ -367,14 +367,22 @@ fn seq_column(event: &SealEvent) -> Result<Option<i64>, StoreError> {
         .transpose()
 }
 
+/// A stored seal event: its canonical form, the message that brought it, its key.
+#[derive(Debug, Clone)]
+pub struct FoundEvent {
+    pub canonical: String,
+    pub message_id: String,
+    pub event_key: String,
+}
+
 /// An event already stored under the same identity or the same device and sequence.
 pub async fn find_event(
     conn: &mut AnyConnection,
     key: &str,
     event: &SealEvent,
-) -> Result<Option<(String, String)>, StoreError> {
+) -> Result<Option<FoundEvent>, StoreError> {
     let row = sqlx::query(
-        "select canonical, message_id from seal_events
+        "select canonical, message_id, event_key from seal_events
          where event_key = $1 or (device_id = $2 and seq = $3) limit 1",
     )
     .bind(key)
@@ -382,8 +390,49 @@ pub async fn find_event(
     .bind(seq_column(event)?)
     .fetch_optional(conn)
     .await?;
-    row.map(|r| Ok((r.try_get("canonical")?, r.try_get("message_id")?)))
-        .transpose()
+    row.map(|r| {
+        Ok(FoundEvent {
+            canonical: r.try_get("canonical")?,
+            message_id: r.try_get("message_id")?,
+            event_key: r.try_get("event_key")?,
+        })
+    })
+    .transpose()
+}
+
+/// A seal event that contradicts a stored one, kept as evidence. `false` when the same
+/// conflicting event (same key and content) is stored already.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_event_conflict(
+    conn: &mut AnyConnection,
+    conflict_id: &str,
+    key: &str,
+    conflicts_with: &str,
+    event: &SealEvent,
+    canonical: &str,
+    trip_id: Option<&str>,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "insert into seal_event_conflicts (conflict_id, event_key, conflicts_with, device_id,
+             seq, event_time, trip_id, message_id, canonical, received_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         on conflict (conflict_id) do nothing",
+    )
+    .bind(conflict_id)
+    .bind(key)
+    .bind(conflicts_with)
+    .bind(event.device_id.as_str())
+    .bind(seq_column(event)?)
+    .bind(ts(event.time))
+    .bind(trip_id)
+    .bind(message_id)
+    .bind(canonical)
+    .bind(ts(now))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn insert_event(

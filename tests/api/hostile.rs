@@ -13,6 +13,8 @@ on_both_backends!(
     a_trip_with_bad_stored_thresholds_stops_no_other_trip,
     commands_dated_ahead_of_the_clock_are_refused_with_their_pointer,
     a_seq_that_does_not_fit_is_refused_and_the_largest_is_stored_as_sent,
+    one_conflicting_event_does_not_lose_a_genuine_batch,
+    event_keys_cannot_collide_and_old_keys_still_match,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -286,4 +288,189 @@ async fn a_seq_that_does_not_fit_is_refused_and_the_largest_is_stored_as_sent(ap
         .try_get("seq")
         .unwrap();
     assert_eq!(stored, i64::MAX);
+}
+
+fn fix(device: &str, seal: &str, seq: u64, minute: i64, kind: &str, off_m: f64) -> Value {
+    json!({"device_id": device, "seal_id": seal, "seq": seq, "kind": kind,
+           "time": t(minute).to_rfc3339(), "battery_pct": 90,
+           "position": {"lat": LAT + off_m / 111_195.0, "lon": road_lon(minute),
+                        "fix": "gps", "speed_kmh": 60.0}})
+}
+
+async fn alerts_of(app: &TestApp, trip: &str, kind: &str) -> Vec<Value> {
+    let reply = app
+        .get(&format!("/v1/alerts?trip={trip}&kind={kind}"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["alerts"].as_array().unwrap().clone()
+}
+
+/// The review's C4 scenario: 57 forged benign fixes took seal 1's sequence numbers first;
+/// the genuine batch (5 fixes of seal 2 and seal 1's rope cut under a taken seq) was refused
+/// whole with 409 and lost.
+async fn one_conflicting_event_does_not_lose_a_genuine_batch(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let (s1, d1) = SEAL_1;
+    let (s2, d2) = SEAL_2;
+    let forged: Vec<Value> = (0..57)
+        .map(|k| fix(d1, s1, 103 + k, 4 + k as i64 / 6, "position", 0.0))
+        .collect();
+    // The test limit is 50 events a message: two messages.
+    let first = post(&app, forged[..50].to_vec()).await;
+    let second = post(&app, forged[50..].to_vec()).await;
+    assert_eq!(first["events"]["accepted"], 50, "{first}");
+    assert_eq!(second["events"]["accepted"], 7, "{second}");
+
+    // A genuine opening, alone, under a taken seq, off the corridor.
+    let opened = fix(d1, s1, 110, 20, "opened", 30_000.0);
+    let reply = app.post_events(opened.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let answer = reply.json();
+    assert_eq!(answer["events"]["conflicting"], 1, "{answer}");
+    assert_eq!(answer["conflicts"][0]["pointer"], "", "{answer}");
+
+    let mut genuine: Vec<Value> = (0..5)
+        .map(|k| fix(d2, s2, 500 + k, 21 + k as i64, "position", 0.0))
+        .collect();
+    genuine.push(fix(d1, s1, 120, 25, "rope_cut", 0.0));
+    let reply = app
+        .post_events(Value::Array(genuine.clone()).to_string())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let answer = reply.json();
+    assert_eq!(answer["events"]["accepted"], 5, "{answer}");
+    assert_eq!(answer["events"]["conflicting"], 1, "{answer}");
+    let conflicts = answer["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{answer}");
+    assert_eq!(conflicts[0]["pointer"], "/5", "{answer}");
+    assert!(
+        conflicts[0]["conflicts_with"]
+            .as_str()
+            .unwrap()
+            .contains(":120"),
+        "{answer}"
+    );
+
+    // The good fixes are stored and applied; both conflicting events are kept as evidence.
+    assert_eq!(
+        app.count_where("seal_events", &format!("device_id = '{d2}' and seq >= 500"))
+            .await,
+        5
+    );
+    assert_eq!(app.count("seal_event_conflicts").await, 2);
+    assert_eq!(
+        app.trip(&trip).await["last_position"]["time"],
+        t(25).to_rfc3339().replace("+00:00", "Z")
+    );
+    // The rope cut and the opening alert; one event_conflict alert for the seal holds both.
+    assert_eq!(alerts_of(&app, &trip, "seal_tamper").await.len(), 1);
+    assert_eq!(alerts_of(&app, &trip, "seal_opened").await.len(), 1);
+    let conflict = alerts_of(&app, &trip, "event_conflict").await;
+    assert_eq!(conflict.len(), 1, "{conflict:?}");
+    assert_eq!(conflict[0]["seal_id"], s1);
+    assert_eq!(conflict[0]["evidence"].as_array().unwrap().len(), 2);
+    crate::helpers::assert_valid(ects_gateway::schemas::Canonical::Alert, &conflict[0]);
+    // Not applied to the seal's state: the stored events made it.
+    let status = app.trip(&trip).await;
+    let seal = status["equipment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["seals"].as_array().unwrap())
+        .find(|s| s["id"] == s1)
+        .unwrap()
+        .clone();
+    assert_eq!(seal["state"], "locked", "{seal}");
+
+    // The same batch again changes nothing more.
+    let reply = app.post_events(Value::Array(genuine).to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(app.count("seal_event_conflicts").await, 2);
+    assert_eq!(alerts_of(&app, &trip, "event_conflict").await.len(), 1);
+
+    // A late event replays the trip from its stored inputs: the same alerts stand.
+    post(&app, vec![fix(d2, s2, 499, 20, "position", 0.0)]).await;
+    assert_eq!(alerts_of(&app, &trip, "event_conflict").await.len(), 1);
+    assert_eq!(alerts_of(&app, &trip, "seal_tamper").await.len(), 1);
+    let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+    assert_eq!(audit["verified"], true);
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "input.seal_event.conflicting")
+    );
+}
+
+async fn event_keys_cannot_collide_and_old_keys_still_match(app: TestApp) {
+    use sqlx::Row;
+    let event = |device: &str, id: &str| {
+        json!({"event_id": id, "device_id": device, "kind": "position",
+               "time": t(1).to_rfc3339(),
+               "position": {"lat": LAT, "lon": DEPARTURE_LON, "fix": "gps"}})
+    };
+    // Device A:B with id C, and device A with id B:C: two events, not one.
+    let reply = app
+        .post_events(json!([event("A:B", "C"), event("A", "B:C")]).to_string())
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let answer = reply.json();
+    assert_eq!(answer["events"]["unmatched"], 2, "{answer}");
+    assert_eq!(answer["events"]["conflicting"], 0, "{answer}");
+    assert_eq!(app.count("seal_events").await, 2);
+
+    // A row stored under the old key form is rewritten by the migration, and the same
+    // event sent again is still recognised as the same.
+    let message: String = sqlx::query("select message_id from seal_events limit 1")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+        .try_get("message_id")
+        .unwrap();
+    let old = event("X:1", "2:3");
+    sqlx::query(
+        "insert into seal_events (event_key, device_id, seq, seal_id, kind, event_time,
+             trip_id, message_id, canonical, received_at)
+         values ('id:X:1:2:3', 'X:1', null, null, 'position', $1, null, $2, $3, $1)",
+    )
+    .bind(t(1).to_rfc3339())
+    .bind(&message)
+    .bind(
+        serde_json::to_string(
+            &serde_json::from_value::<ects_core::SealEvent>(old.clone()).unwrap(),
+        )
+        .unwrap(),
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    let migration = include_str!("../../migrations/sqlite/0007_event_keys_and_conflicts.sql");
+    let statements: String = migration
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let update = statements
+        .split(';')
+        .find(|s| s.contains("update seal_events"))
+        .unwrap()
+        .to_owned();
+    sqlx::query(sqlx::AssertSqlSafe(update))
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let keys: Vec<String> = sqlx::query("select event_key from seal_events order by event_key")
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get("event_key").unwrap())
+        .collect();
+    assert_eq!(keys, vec!["eid:1:A:B:C", "eid:3:A:B:C", "eid:3:X:1:2:3"]);
+    let reply = app.post_events(old.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(reply.json()["events"]["duplicates"], 1, "{}", reply.text);
+    assert_eq!(app.count("seal_events").await, 3);
 }

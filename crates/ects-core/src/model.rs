@@ -513,6 +513,9 @@ pub enum AlertKind {
     LowBattery,
     Overdue,
     PositionJump,
+    /// An event contradicts a stored one (same identity, or same device and seq, other
+    /// content): one of the two is not genuine. The later one is kept as evidence.
+    EventConflict,
 }
 
 impl AlertKind {
@@ -526,6 +529,7 @@ impl AlertKind {
             Self::LowBattery => "low_battery",
             Self::Overdue => "overdue",
             Self::PositionJump => "position_jump",
+            Self::EventConflict => "event_conflict",
         }
     }
 }

@@ -368,6 +368,30 @@ pub enum Input {
     Handover(CustodyHandover),
     Cancel(Cancellation),
     SealAssignment(SealAssignment),
+    /// A seal event that contradicts a stored one: kept as evidence, never applied to the
+    /// seal's state or the trip's track. It raises `event_conflict`, and its alarm (a tamper,
+    /// an opening) is raised as well: a genuine alarm must not be silenced by a forged event
+    /// that took its sequence number first.
+    ConflictingEvent(ConflictingEvent),
+}
+
+/// A seal event that contradicts a stored one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictingEvent {
+    pub event: SealEvent,
+    /// The key of the stored event it contradicts.
+    pub conflicts_with: String,
+    /// Its own id as evidence (a hash of its key and content).
+    pub conflict_id: String,
+}
+
+impl ConflictingEvent {
+    /// How the conflicting event is named in alert evidence: not its identity, which the
+    /// stored event holds.
+    pub fn evidence(&self) -> String {
+        let short: String = self.conflict_id.chars().take(16).collect();
+        format!("conflict:{short}")
+    }
 }
 
 impl Input {
@@ -378,6 +402,7 @@ impl Input {
             Input::Handover(h) => h.time,
             Input::Cancel(c) => c.time,
             Input::SealAssignment(a) => a.assigned_at,
+            Input::ConflictingEvent(c) => c.event.time,
         }
     }
 
@@ -391,6 +416,7 @@ impl Input {
             Input::Handover(h) => (h.time, 2, h.handover_id.clone()),
             Input::Cancel(c) => (c.time, 3, String::new()),
             Input::SealEvent(e) => (e.time, 4, event_order(e)),
+            Input::ConflictingEvent(c) => (c.event.time, 5, c.conflict_id.clone()),
         }
     }
 }
@@ -686,6 +712,7 @@ impl Trip {
             Input::Handover(handover) => self.on_handover(handover, &mut fx)?,
             Input::Cancel(cancel) => self.on_cancel(cancel, &mut fx)?,
             Input::SealAssignment(assignment) => self.on_assignment(assignment, &mut fx)?,
+            Input::ConflictingEvent(conflict) => self.on_conflict(conflict, geo, &mut fx),
         }
         self.finish(fx, now)
     }
@@ -970,6 +997,77 @@ impl Trip {
                 event.time,
                 &evidence,
                 fx,
+            );
+        }
+    }
+
+    /// A conflicting event: `event_conflict` on its seal, and its alarm if it carries one;
+    /// the seal's state, battery and the track stay as the stored events made them.
+    fn on_conflict(&mut self, conflict: &ConflictingEvent, geo: &Geography, fx: &mut Vec<Effect>) {
+        if self.status.state.is_final() {
+            return;
+        }
+        let event = &conflict.event;
+        let Some((e, s)) = self.find_seal(event) else {
+            return;
+        };
+        let seal_id = self.status.equipment[e].seals[s].id.clone();
+        let evidence = conflict.evidence();
+        let point = event
+            .position
+            .filter(|p| p.is_valid_fix())
+            .map(|p| p.point())
+            .or_else(|| self.track.last_fix.as_ref().map(Fix::point));
+        self.raise(
+            fx,
+            AlertKind::EventConflict,
+            Severity::High,
+            Some(&seal_id),
+            &evidence,
+            event.time,
+            point,
+            format!(
+                "device {} sent {} ({}) that contradicts stored event {}: one of the two is not genuine",
+                event.device_id,
+                event.kind.as_str(),
+                evidence_of(event),
+                conflict.conflicts_with
+            ),
+        );
+        let watched = matches!(
+            self.status.state,
+            TripState::Armed | TripState::InTransit | TripState::Arrived
+        );
+        if event.kind.is_tamper() {
+            self.raise(
+                fx,
+                AlertKind::SealTamper,
+                Severity::Critical,
+                Some(&seal_id),
+                &evidence,
+                event.time,
+                point,
+                format!(
+                    "seal {seal_id} reported {} (in an event that conflicts with a stored one)",
+                    event.kind.as_str()
+                ),
+            );
+        } else if watched
+            && matches!(event.kind, SealEventKind::Opened | SealEventKind::Unlocked)
+            && let Err(why) = self.release_covering(geo, event.time, point)
+        {
+            self.raise(
+                fx,
+                AlertKind::SealOpened,
+                Severity::High,
+                Some(&seal_id),
+                &evidence,
+                event.time,
+                point,
+                format!(
+                    "seal {seal_id} reported {} (in an event that conflicts with a stored one): {why}",
+                    event.kind.as_str()
+                ),
             );
         }
     }
