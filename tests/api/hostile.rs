@@ -15,6 +15,7 @@ on_both_backends!(
     a_seq_that_does_not_fit_is_refused_and_the_largest_is_stored_as_sent,
     one_conflicting_event_does_not_lose_a_genuine_batch,
     event_keys_cannot_collide_and_old_keys_still_match,
+    a_flapping_battery_raises_one_alert,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -473,4 +474,30 @@ async fn event_keys_cannot_collide_and_old_keys_still_match(app: TestApp) {
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(reply.json()["events"]["duplicates"], 1, "{}", reply.text);
     assert_eq!(app.count("seal_events").await, 3);
+}
+
+/// The review's C6 trigger, over HTTP: battery readings flapping 10 % / 90 %.
+async fn a_flapping_battery_raises_one_alert(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let (s1, d1) = SEAL_1;
+    let mut n = 0_u64;
+    for message in 0..20 {
+        let batch: Vec<Value> = (0..50)
+            .map(|k| {
+                n += 1;
+                json!({"device_id": d1, "seal_id": s1, "seq": 1000 + n, "kind": "position",
+                       "time": (t(4) + chrono::Duration::seconds(n as i64)).to_rfc3339(),
+                       "battery_pct": if k % 2 == 0 { 10 } else { 90 }})
+            })
+            .collect();
+        let reply = post(&app, batch).await;
+        assert_eq!(
+            reply["events"]["accepted"], 50,
+            "message {message}: {reply}"
+        );
+    }
+    let alerts = alerts_of(&app, &trip, "low_battery").await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(app.count_where("alerts", "kind = 'low_battery'").await, 1);
 }

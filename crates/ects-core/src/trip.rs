@@ -13,6 +13,8 @@
 //! severity, time, position and the events that caused it, and is cleared when the
 //! condition ends. Late events are handled by [`Trip::replay`] and [`reconcile`].
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -300,6 +302,38 @@ pub struct Track {
     /// Consecutive precise fixes agreeing on a zone transition (departure, arrival).
     #[serde(default)]
     pub zone_fixes: u32,
+    /// Per seal, the time of its latest low battery reading: `low_battery` clears only
+    /// after `low_battery_clear_s` without one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub battery_low_at: BTreeMap<String, Timestamp>,
+    /// Per alert id, how many times it was reopened (its condition recurred within
+    /// `alert_hold_s` of clearing, or past `max_alerts_per_window`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reopened: BTreeMap<String, u32>,
+}
+
+/// How recurring alerts are held together (from [`Rules`]): see [`Trip::raise`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Debounce {
+    hold_s: i64,
+    window_s: i64,
+    max: u32,
+}
+
+impl Debounce {
+    fn of(rules: &Rules) -> Self {
+        Self {
+            hold_s: rules.alert_hold_s,
+            window_s: rules.alert_window_s,
+            max: rules.max_alerts_per_window,
+        }
+    }
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Self::of(&Rules::default())
+    }
 }
 
 /// A command for a seal, delivered by the device platform.
@@ -498,6 +532,9 @@ pub struct Trip {
     /// Thresholds set for this trip alone; they win over the corridor's.
     #[serde(default)]
     pub rules: RulesOverride,
+    /// The alert debounce in force for the input being applied (set from the rules).
+    #[serde(skip)]
+    debounce: Debounce,
 }
 
 impl Trip {
@@ -553,6 +590,7 @@ impl Trip {
             track: Track::default(),
             releases: Vec::new(),
             rules: RulesOverride::default(),
+            debounce: Debounce::default(),
         }
     }
 
@@ -705,6 +743,7 @@ impl Trip {
         now: Timestamp,
     ) -> Result<Vec<Effect>, CommandError> {
         let rules = self.rules_for(geo, rules);
+        self.debounce = Debounce::of(&rules);
         let mut fx = Vec::new();
         match input {
             Input::SealEvent(event) => self.on_event(event, geo, &rules, &mut fx),
@@ -721,6 +760,7 @@ impl Trip {
     /// that has gone on too long).
     pub fn tick(&mut self, geo: &Geography, rules: &Rules, now: Timestamp) -> Vec<Effect> {
         let rules = self.rules_for(geo, rules);
+        self.debounce = Debounce::of(&rules);
         let mut fx = Vec::new();
         if !self.status.state.is_final() {
             self.check_overdue(now, &mut fx);
@@ -798,6 +838,11 @@ impl Trip {
                     "cleared"
                 } else {
                     "raised"
+                };
+                // A reopened alert is told again: each reopening its own notification.
+                let phase = match self.track.reopened.get(&alert.alert_id.to_string()) {
+                    Some(n) if *n > 0 => format!("{phase}/{n}"),
+                    _ => phase.to_owned(),
                 };
                 Some(StatusNotification {
                     alert: Some(alert.clone()),
@@ -977,6 +1022,12 @@ impl Trip {
                 > u16::from(rules.low_battery_pct) + u16::from(rules.low_battery_hysteresis_pct)
         });
         if battery_low {
+            let last_low = self
+                .track
+                .battery_low_at
+                .entry(seal_id.to_string())
+                .or_insert(event.time);
+            *last_low = (*last_low).max(event.time);
             let level = event
                 .battery_pct
                 .map_or("a low level".to_owned(), |b| format!("{b}%"));
@@ -990,7 +1041,16 @@ impl Trip {
                 point,
                 format!("seal {seal_id} battery at {level}"),
             );
-        } else if recovered {
+        } else if recovered
+            && self
+                .track
+                .battery_low_at
+                .get(seal_id.as_str())
+                .is_none_or(|low| {
+                    after(*low, rules.low_battery_clear_s).is_some_and(|quiet| event.time >= quiet)
+                })
+        {
+            // A battery flapping between low and full keeps its one alert open.
             self.close_open_alert(
                 AlertKind::LowBattery,
                 Some(&seal_id),
@@ -1181,15 +1241,15 @@ impl Trip {
                     self.change_state(TripState::InTransit, event.time, fx)
                 }
                 TripState::InTransit => {
-                    self.close_open_alert(
+                    self.settle_open_alert(
                         AlertKind::RouteDeviation,
                         None,
                         event.time,
                         evidence,
                         fx,
                     );
-                    self.close_open_alert(AlertKind::AbnormalStop, None, event.time, evidence, fx);
-                    self.close_open_alert(AlertKind::Overdue, None, event.time, evidence, fx);
+                    self.settle_open_alert(AlertKind::AbnormalStop, None, event.time, evidence, fx);
+                    self.settle_open_alert(AlertKind::Overdue, None, event.time, evidence, fx);
                     self.change_state(TripState::Arrived, event.time, fx);
                 }
                 _ => {}
@@ -1753,7 +1813,7 @@ impl Trip {
             .map(|a| (a.kind, a.seal_id.clone()))
             .collect();
         for (kind, seal) in open {
-            self.close_open_alert(kind, seal.as_ref(), cancel.time, "cancelled", fx);
+            self.settle_open_alert(kind, seal.as_ref(), cancel.time, "cancelled", fx);
         }
         self.change_state(TripState::Cancelled, cancel.time, fx);
         Ok(())
@@ -1784,7 +1844,59 @@ impl Trip {
             .find(|a| a.kind == kind && a.cleared_at.is_none() && a.seal_id.as_ref() == seal_id)
     }
 
+    /// Clears the open alert of this rule (and seal) because its condition ended, unless
+    /// the condition has recurred `max_alerts_per_window` times: then it is held open (it
+    /// clears once the window has none of those recurrences), so a flapping condition
+    /// cannot raise and clear without end.
     fn close_open_alert(
+        &mut self,
+        kind: AlertKind,
+        seal_id: Option<&SealId>,
+        at: Timestamp,
+        evidence: &str,
+        fx: &mut Vec<Effect>,
+    ) {
+        let open = self
+            .alerts
+            .iter()
+            .any(|a| a.kind == kind && a.cleared_at.is_none() && a.seal_id.as_ref() == seal_id);
+        if !open || self.raisings_in_window(kind, seal_id, at) >= self.debounce.max {
+            return;
+        }
+        self.settle_open_alert(kind, seal_id, at, evidence, fx);
+    }
+
+    /// How many times alerts of this rule (and seal) were raised or reopened in the window
+    /// before `at` (an alert's reopenings count with it while it was raised in the window,
+    /// or while it is the one still being reopened).
+    fn raisings_in_window(&self, kind: AlertKind, seal_id: Option<&SealId>, at: Timestamp) -> u32 {
+        let since = Duration::try_seconds(self.debounce.window_s)
+            .and_then(|w| at.checked_sub_signed(w))
+            .unwrap_or(at);
+        let mut n: u32 = 0;
+        for a in self
+            .alerts
+            .iter()
+            .filter(|a| a.kind == kind && a.seal_id.as_ref() == seal_id)
+        {
+            let reopened = self
+                .track
+                .reopened
+                .get(&a.alert_id.to_string())
+                .copied()
+                .unwrap_or(0);
+            if a.raised_at > since {
+                n = n.saturating_add(1).saturating_add(reopened);
+            } else {
+                n = n.max(reopened);
+            }
+        }
+        n
+    }
+
+    /// Clears the open alert of this rule (and seal) whatever its recurrences: the trip
+    /// arrived, was released or cancelled.
+    fn settle_open_alert(
         &mut self,
         kind: AlertKind,
         seal_id: Option<&SealId>,
@@ -1841,6 +1953,40 @@ impl Trip {
                 });
             }
             return;
+        }
+        // A recurrence soon after the alert cleared, or past the cap of raisings in the
+        // window, reopens the latest alert of this rule (and seal) rather than a new one.
+        let latest = self
+            .alerts
+            .iter()
+            .rposition(|a| a.kind == kind && a.seal_id.as_ref() == seal_id);
+        if let Some(i) = latest {
+            // A new reporting gap is its own incident (its time is when that gap passed the
+            // limit): only the cap holds gaps together.
+            let soon = kind != AlertKind::ReportingGap
+                && self.alerts[i].cleared_at.is_some_and(|cleared| {
+                    cleared <= at
+                        && after(cleared, self.debounce.hold_s).is_some_and(|until| at <= until)
+                });
+            if soon || self.raisings_in_window(kind, seal_id, at) >= self.debounce.max {
+                let count = self
+                    .track
+                    .reopened
+                    .entry(self.alerts[i].alert_id.to_string())
+                    .or_insert(0);
+                *count = count.saturating_add(1);
+                let alert = &mut self.alerts[i];
+                alert.cleared_at = None;
+                if alert.evidence.len() < MAX_EVIDENCE
+                    && !alert.evidence.iter().any(|e| e == evidence)
+                {
+                    alert.evidence.push(evidence.to_owned());
+                }
+                fx.push(Effect::AlertRaised {
+                    alert: alert.clone(),
+                });
+                return;
+            }
         }
         let seal = seal_id.map_or("-", |s| s.as_str());
         // The same condition may recur after it cleared: each occurrence its own id.
