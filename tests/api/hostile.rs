@@ -498,6 +498,6 @@ async fn a_flapping_battery_raises_one_alert(app: TestApp) {
         );
     }
     let alerts = alerts_of(&app, &trip, "low_battery").await;
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts.len(), 1, "{} low_battery alerts", alerts.len());
     assert_eq!(app.count_where("alerts", "kind = 'low_battery'").await, 1);
 }
