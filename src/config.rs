@@ -278,6 +278,9 @@ impl Settings {
             ));
         }
         crate::partners::check(&self.partners).map_err(ConfigError::Invalid)?;
+        self.rules
+            .check()
+            .map_err(|e| ConfigError::Invalid(format!("rules{}: {}", e.pointer, e.reason)))?;
         Ok(())
     }
 }

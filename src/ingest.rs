@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
-use ects_core::trip::{Effect, Input, Trip};
+use ects_core::trip::{ConflictingEvent, Effect, Input, Trip};
 use ects_core::{
     AuthorityCode, DeclarationId, EquipmentId, SealAssignment, SealEvent, TransitDeclaration,
     TripId,
@@ -60,6 +60,21 @@ pub struct EventCounts {
     pub unmatched: usize,
     /// Alerts raised by these events.
     pub alerts_raised: usize,
+    /// Stored as evidence only: each contradicts a stored event (listed in `conflicts`).
+    #[serde(default)]
+    pub conflicting: usize,
+}
+
+/// An event of the message that contradicts a stored one (same `event_id`, or same device
+/// and `seq`, other content). It is kept as evidence and raises `event_conflict`; the rest
+/// of the message is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventConflictNote {
+    /// The event's place in the message.
+    pub pointer: String,
+    /// The stored event it contradicts.
+    pub conflicts_with: String,
+    pub detail: String,
 }
 
 /// The answer to an ingested message (HTTP 202).
@@ -75,6 +90,9 @@ pub struct IngestResponse {
     pub events: Option<EventCounts>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assignment: Option<AssignmentOutcome>,
+    /// Events that contradict stored ones: kept as evidence, not applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<EventConflictNote>,
 }
 
 /// What a seal assignment did to each trip it reached.
@@ -500,6 +518,7 @@ impl Ingest {
             }),
             events: None,
             assignment: None,
+            conflicts: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -898,6 +917,7 @@ impl Ingest {
             declaration: None,
             events: None,
             assignment: Some(outcome),
+            conflicts: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -923,6 +943,8 @@ impl Ingest {
         let mut touched: Vec<TripId> = Vec::new();
         let mut counts = EventCounts::default();
         let mut earlier_messages = BTreeSet::new();
+        let mut conflicts: Vec<EventConflictNote> = Vec::new();
+        let mut per_trip_conflicts: BTreeMap<String, Vec<ConflictingEvent>> = BTreeMap::new();
         // Devices locked in this transaction (once each).
         let mut locked = BTreeSet::new();
         for i in order {
@@ -940,26 +962,63 @@ impl Ingest {
                 )));
             };
             let text = canonical(event);
-            if let Some((stored, original)) = store::find_event(&mut tx, &key, event).await? {
-                if stored == text {
-                    counts.duplicates += 1;
-                    earlier_messages.insert(original);
-                    continue;
-                }
-                tx.rollback().await?;
-                return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
-                    pointer,
-                    format!(
-                        "seal event {key} (device {} seq {}) is already stored with different content",
-                        event.device_id,
-                        event.seq.map_or("-".into(), |s| s.to_string())
-                    ),
-                ))));
+            let found = store::find_event(&mut tx, &key, event).await?;
+            if let Some(found) = &found
+                && found.canonical == text
+            {
+                counts.duplicates += 1;
+                earlier_messages.insert(found.message_id.clone());
+                continue;
             }
             if locked.insert(event.device_id.as_str()) {
                 store::lock_device(&mut tx, self.store.backend(), event.device_id.as_str()).await?;
             }
             let trip_id = store::trip_for_event(&mut tx, event).await?;
+            if let Some(found) = found {
+                // Same identity, other content: one of the two is not genuine. Kept as
+                // evidence beside the stored one; the rest of the message goes on.
+                let conflict_id =
+                    hex::encode(Sha256::digest(format!("{key}\u{0}{text}").as_bytes()));
+                let stored = store::insert_event_conflict(
+                    &mut tx,
+                    &conflict_id,
+                    &key,
+                    &found.event_key,
+                    event,
+                    &text,
+                    trip_id.as_deref(),
+                    &message.id,
+                    message.now,
+                )
+                .await?;
+                if !stored {
+                    // This very conflicting event was kept already.
+                    counts.duplicates += 1;
+                    continue;
+                }
+                counts.conflicting += 1;
+                conflicts.push(EventConflictNote {
+                    pointer: pointer.clone(),
+                    conflicts_with: found.event_key.clone(),
+                    detail: format!(
+                        "seal event {key} (device {} seq {}) contradicts stored event {}: kept as evidence, not applied; alert event_conflict",
+                        event.device_id,
+                        event.seq.map_or("-".into(), |s| s.to_string()),
+                        found.event_key
+                    ),
+                });
+                if let Some(id) = trip_id {
+                    per_trip_conflicts
+                        .entry(id)
+                        .or_default()
+                        .push(ConflictingEvent {
+                            event: event.clone(),
+                            conflicts_with: found.event_key,
+                            conflict_id,
+                        });
+                }
+                continue;
+            }
             match &trip_id {
                 Some(id) => {
                     counts.accepted += 1;
@@ -979,7 +1038,9 @@ impl Ingest {
             .await?;
         }
 
-        if counts.accepted + counts.unmatched == 0 && earlier_messages.len() == 1 {
+        if counts.accepted + counts.unmatched + counts.conflicting == 0
+            && earlier_messages.len() == 1
+        {
             let original = earlier_messages.pop_first().unwrap_or_default();
             let same_items: i64 =
                 sqlx::query("select count(*) as n from seal_events where message_id = $1")
@@ -995,10 +1056,28 @@ impl Ingest {
             }
         }
 
-        for (trip_id, trip_events) in &per_trip {
+        let trips: BTreeSet<String> = per_trip
+            .keys()
+            .chain(per_trip_conflicts.keys())
+            .cloned()
+            .collect();
+        for trip_id in &trips {
+            let mut inputs: Vec<Input> = per_trip
+                .get(trip_id)
+                .into_iter()
+                .flatten()
+                .map(|e| Input::SealEvent((*e).clone()))
+                .collect();
+            inputs.extend(
+                per_trip_conflicts
+                    .remove(trip_id)
+                    .into_iter()
+                    .flatten()
+                    .map(Input::ConflictingEvent),
+            );
             let effects = self
                 .tracking
-                .apply_events(&mut tx, trip_id, trip_events, message.now)
+                .apply_inputs(&mut tx, trip_id, &inputs, message.now)
                 .await?;
             counts.alerts_raised += effects
                 .iter()
@@ -1015,6 +1094,7 @@ impl Ingest {
             declaration: None,
             events: Some(counts),
             assignment: None,
+            conflicts,
         };
         Self::finish(tx, message, &response).await
     }
@@ -1024,7 +1104,12 @@ impl Ingest {
 /// each within its device (two devices may number their events alike).
 fn event_key(event: &SealEvent) -> Option<String> {
     match (&event.event_id, event.seq) {
-        (Some(id), _) => Some(format!("id:{}:{id}", event.device_id)),
+        // The device's length says where it ends: both parts may hold ':'.
+        (Some(id), _) => Some(format!(
+            "eid:{}:{}:{id}",
+            event.device_id.as_str().chars().count(),
+            event.device_id
+        )),
         (None, Some(seq)) => Some(format!("seq:{}:{seq}", event.device_id)),
         (None, None) => None,
     }

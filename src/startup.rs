@@ -334,13 +334,20 @@ async fn run_ticker(tracking: Arc<Tracking>, interval_s: u64) -> anyhow::Result<
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        match tracking.tick_all(chrono::Utc::now()).await {
-            Ok(0) => {}
-            Ok(changed) => tracing::info!(changed, "tick"),
+        // Each tick in its own task: even a panic the per-trip guard missed ends that tick
+        // (logged), never the process.
+        let ticking = tokio::spawn({
+            let tracking = tracking.clone();
+            async move { tracking.tick_all(chrono::Utc::now()).await }
+        });
+        match ticking.await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(changed)) => tracing::info!(changed, "tick"),
             // A failed tick (database away) is retried at the next one.
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "tick failed")
             }
+            Err(e) => tracing::error!(error = %e, "tick panicked; the next one goes on"),
         }
     }
 }

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use ects_core::audit::{AuditEntry, verify};
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
-use ects_core::trip::{CommandError, Effect, Input, Rules, RulesOverride, Trip, reconcile};
+use ects_core::trip::{
+    CommandError, ConflictingEvent, Effect, Input, Rules, RulesOverride, Trip, reconcile,
+};
 use ects_core::{
     CorridorId, SealEvent, StatusNotification, TransitDeclaration, TripId, TripStatus, ZoneId,
 };
@@ -74,7 +76,8 @@ async fn load_geography(conn: &mut AnyConnection) -> Result<Geography, StoreErro
         let id = CorridorId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // Stored features passed the same check when they were registered.
         corridors.push(
-            Corridor::from_geojson(id, &feature).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            Corridor::from_stored_geojson(id, &feature)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         );
     }
     let mut zones = Vec::new();
@@ -366,6 +369,46 @@ impl Recipients {
     }
 }
 
+/// Runs the engine's work on one trip, catching a panic there: it is logged and stays that
+/// trip's problem (`None`), never the process's nor the other trips'. The engine is not
+/// meant to panic (thresholds are range-checked, its arithmetic checked); this is the
+/// bulkhead if it ever does.
+fn guarded<T>(trip_id: &str, what: &str, work: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(done) => Some(done),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(trip_id, what, panic = %why, "the engine failed on this trip: skipped");
+            None
+        }
+    }
+}
+
+/// The audit entry of a seal event (or a conflicting one) taken in; `suffix` `.late` for
+/// one that came after later ones.
+fn event_audit(input: &Input, suffix: &str) -> AuditItem {
+    match input {
+        Input::ConflictingEvent(c) => AuditItem::new(
+            format!("device:{}", c.event.device_id),
+            format!("input.seal_event.conflicting{suffix}"),
+            c,
+        ),
+        Input::SealEvent(e) => AuditItem::new(
+            format!("device:{}", e.device_id),
+            format!("input.seal_event{suffix}"),
+            e,
+        ),
+        other => AuditItem::new("engine", format!("input{suffix}"), other),
+    }
+}
+
+/// How long a trip whose tick failed waits before the ticker looks at it again.
+const FAILED_TICK_RETRY_S: i64 = 3600;
+
 /// Namespace of outbox message ids (UUID v5 of partner, channel and notification).
 const OUTBOX_NAMESPACE: Uuid = Uuid::from_u128(0x6563_7473_2d6f_7574_626f_782d_6d73_6700);
 
@@ -449,14 +492,31 @@ impl Tracking {
         events: &[&SealEvent],
         now: DateTime<Utc>,
     ) -> Result<Vec<Effect>, StoreError> {
+        let inputs: Vec<Input> = events
+            .iter()
+            .map(|e| Input::SealEvent((*e).clone()))
+            .collect();
+        self.apply_inputs(tx, trip_id, &inputs, now).await
+    }
+
+    /// [`Tracking::apply_events`] for seal events and conflicting events (stored already).
+    pub async fn apply_inputs(
+        &self,
+        tx: &mut Tx,
+        trip_id: &str,
+        events: &[Input],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, StoreError> {
         let geo = self.geography(tx).await?;
         let Some((mut trip, version)) = store::load_trip(tx, self.store.backend(), trip_id).await?
         else {
             return Ok(Vec::new());
         };
-        let late = events.iter().any(|e| trip.is_late(e));
+        let late = events
+            .iter()
+            .any(|e| trip.track.watermark.is_some_and(|w| e.time() < w));
         // Checkpoints at or after the earliest new input no longer hold.
-        let earliest = events.iter().map(|e| e.time).min();
+        let earliest = events.iter().map(|e| e.time()).min();
         if let Some(earliest) = earliest {
             drop_checkpoints_from(tx, trip.status.trip_id, earliest).await?;
         }
@@ -464,29 +524,30 @@ impl Tracking {
         let effects = if late {
             let before = trip.clone();
             let since = earliest.unwrap_or(now);
-            let rebuilt = self.rebuild(tx, &trip, since, &geo, now).await?;
+            let Some(rebuilt) = self.rebuild(tx, &trip, since, &geo, now).await? else {
+                // The events are stored; the trip takes them in at its next replay.
+                return Ok(Vec::new());
+            };
             trip = rebuilt;
             for e in events {
-                audit.push(AuditItem::new(
-                    format!("device:{}", e.device_id),
-                    "input.seal_event.late",
-                    e,
-                ));
+                audit.push(event_audit(e, ".late"));
             }
             reconcile(&before, &trip, now)
         } else {
-            let mut effects = Vec::new();
             for e in events {
-                audit.push(AuditItem::new(
-                    format!("device:{}", e.device_id),
-                    "input.seal_event",
-                    e,
-                ));
-                // Seal events are never refused; only commands are.
-                let fx = trip
-                    .apply(&Input::SealEvent((*e).clone()), &geo, &self.rules, now)
-                    .unwrap_or_default();
-                effects.extend(fx);
+                audit.push(event_audit(e, ""));
+            }
+            let mut effects = Vec::new();
+            let applied = guarded(trip_id, "seal events", || {
+                for e in events {
+                    // Seal events are never refused; only commands are.
+                    let fx = trip.apply(e, &geo, &self.rules, now).unwrap_or_default();
+                    effects.extend(fx);
+                }
+            });
+            if applied.is_none() {
+                // The events are stored; the trip takes them in at its next replay.
+                return Ok(Vec::new());
             }
             maybe_checkpoint(tx, &trip).await?;
             effects
@@ -514,7 +575,7 @@ impl Tracking {
         since: DateTime<Utc>,
         geo: &Geography,
         now: DateTime<Utc>,
-    ) -> Result<Trip, StoreError> {
+    ) -> Result<Option<Trip>, StoreError> {
         let trip_id = trip.status.trip_id.to_string();
         drop_checkpoints_from(conn, trip.status.trip_id, since).await?;
         let checkpoint = sqlx::query(
@@ -548,6 +609,23 @@ impl Tracking {
                 .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
             inputs.push(Input::SealEvent(event));
         }
+        for row in sqlx::query(
+            "select canonical, conflicts_with, conflict_id from seal_event_conflicts
+             where trip_id = $1 and event_time > $2",
+        )
+        .bind(&trip_id)
+        .bind(&after)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
+            inputs.push(Input::ConflictingEvent(ConflictingEvent {
+                event,
+                conflicts_with: row.try_get("conflicts_with")?,
+                conflict_id: row.try_get("conflict_id")?,
+            }));
+        }
         for row in
             sqlx::query("select input from trip_commands where trip_id = $1 and command_time > $2")
                 .bind(&trip_id)
@@ -561,7 +639,9 @@ impl Tracking {
             );
         }
         if let Some(base) = base {
-            return Ok(Trip::resume(base, &inputs, geo, &self.rules, now));
+            return Ok(guarded(&trip_id, "replay", || {
+                Trip::resume(base, &inputs, geo, &self.rules, now)
+            }));
         }
         let declaration: TransitDeclaration = {
             let row = sqlx::query("select canonical from declarations where trip_id = $1")
@@ -571,16 +651,18 @@ impl Tracking {
             serde_json::from_str(&row.try_get::<String, _>("canonical")?)
                 .map_err(|e| StoreError::Corrupt(format!("declaration of trip {trip_id}: {e}")))?
         };
-        Ok(Trip::replay(
-            trip.status.trip_id,
-            &declaration,
-            trip.status.created_at,
-            &trip.rules,
-            &inputs,
-            geo,
-            &self.rules,
-            now,
-        ))
+        Ok(guarded(&trip_id, "replay", || {
+            Trip::replay(
+                trip.status.trip_id,
+                &declaration,
+                trip.status.created_at,
+                &trip.rules,
+                &inputs,
+                geo,
+                &self.rules,
+                now,
+            )
+        }))
     }
 
     /// A release authorization, handover or cancellation for a trip. The same command sent
@@ -645,7 +727,7 @@ impl Tracking {
             Input::Handover(h) => ("handover", h.handover_id.clone()),
             Input::Cancel(_) => ("cancel", "cancel".to_owned()),
             Input::SealAssignment(a) => ("seal_assignment", format!("seals:{}", a.reference)),
-            Input::SealEvent(_) => ("seal_event", String::new()),
+            Input::SealEvent(_) | Input::ConflictingEvent(_) => ("seal_event", String::new()),
         };
         let text = serde_json::to_string(input).unwrap_or_default();
         // Devices before the trip row, in order, as the events path locks them: a message
@@ -691,9 +773,15 @@ impl Tracking {
         // event-time order, as a late event does: checked here, then replayed.
         let late = trip.track.watermark.is_some_and(|w| input.time() < w);
         let before = late.then(|| trip.clone());
-        let mut effects = trip
-            .apply(input, &geo, &self.rules, now)
-            .map_err(CommandFailure::Refused)?;
+        let mut effects = guarded(&trip_id.to_string(), "command", || {
+            trip.apply(input, &geo, &self.rules, now)
+        })
+        .ok_or_else(|| {
+            CommandFailure::Store(StoreError::Corrupt(format!(
+                "the engine failed applying a command to trip {trip_id}"
+            )))
+        })?
+        .map_err(CommandFailure::Refused)?;
         sqlx::query(
             "insert into trip_commands (trip_id, command_key, kind, command_time, input, received_at)
              values ($1, $2, $3, $4, $5, $6)",
@@ -708,7 +796,11 @@ impl Tracking {
         .await?;
         drop_checkpoints_from(tx, trip_id, input.time()).await?;
         if let Some(before) = before {
-            let rebuilt = self.rebuild(tx, &before, input.time(), &geo, now).await?;
+            let Some(rebuilt) = self.rebuild(tx, &before, input.time(), &geo, now).await? else {
+                return Err(CommandFailure::Store(StoreError::Corrupt(format!(
+                    "the engine failed replaying trip {trip_id}"
+                ))));
+            };
             // What the command itself produced (acceptance, unlock commands, custody,
             // seals, notices) stands; the trip's state and alerts are the replay's.
             effects.retain(|e| match e {
@@ -856,41 +948,73 @@ impl Tracking {
             self.geography(&mut conn).await?
         };
         let mut changed = 0;
+        // Each trip on its own: one that fails is logged and skipped, the others go on.
         for id in ids {
-            let mut tx = self.store.begin_write().await?;
-            let Some((mut trip, version)) =
-                store::load_trip(&mut tx, self.store.backend(), &id).await?
-            else {
-                continue;
-            };
-            let effects = trip.tick(&geo, &self.rules, now);
-            let next_due = trip.next_due(&geo, &self.rules);
-            if effects.is_empty() {
-                // Nothing raised (due this very instant, or never computed): keep the due
-                // time true, so the trip is not picked again for nothing.
-                sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
-                    .bind(next_due.map(ts))
-                    .bind(&id)
-                    .execute(&mut **tx)
-                    .await?;
-                tx.commit().await?;
-                continue;
+            match self.tick_one(&id, &geo, now).await {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    trip_id = %id,
+                    error.cause_chain = %crate::telemetry::error_chain(&e),
+                    "tick of this trip failed: skipped"
+                ),
             }
-            if !store::update_trip(&mut tx, &trip, version, next_due).await? {
-                // Someone else changed it; the next tick will look again.
-                tx.rollback().await?;
-                continue;
-            }
-            store_effects(&mut tx, &self.recipients, &effects, now).await?;
-            let audit = effects
-                .iter()
-                .map(|e| AuditItem::new("engine", effect_action(e), e))
-                .collect();
-            append_audit(&mut tx, trip.status.trip_id, audit, now).await?;
-            tx.commit().await?;
-            changed += 1;
         }
         Ok(changed)
+    }
+
+    /// The clock for one trip; `true` when it changed.
+    async fn tick_one(
+        &self,
+        id: &str,
+        geo: &Geography,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        let Some((mut trip, version)) = store::load_trip(&mut tx, self.store.backend(), id).await?
+        else {
+            return Ok(false);
+        };
+        let ticked = guarded(id, "tick", || {
+            let effects = trip.tick(geo, &self.rules, now);
+            (effects, trip.next_due(geo, &self.rules))
+        });
+        let Some((effects, next_due)) = ticked else {
+            // Looked at again later, not at every tick.
+            sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
+                .bind(crate::store::ts(
+                    ects_core::trip::after(now, FAILED_TICK_RETRY_S).unwrap_or(now),
+                ))
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        };
+        if effects.is_empty() {
+            // Nothing raised (due this very instant, or never computed): keep the due
+            // time true, so the trip is not picked again for nothing.
+            sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
+                .bind(next_due.map(ts))
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        if !store::update_trip(&mut tx, &trip, version, next_due).await? {
+            // Someone else changed it; the next tick will look again.
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        store_effects(&mut tx, &self.recipients, &effects, now).await?;
+        let audit = effects
+            .iter()
+            .map(|e| AuditItem::new("engine", effect_action(e), e))
+            .collect();
+        append_audit(&mut tx, trip.status.trip_id, audit, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -924,7 +1048,8 @@ async fn maybe_checkpoint(conn: &mut AnyConnection, trip: &Trip) -> Result<(), S
             .await?
             .try_get("last")?;
     let due = match last {
-        Some(last) => store::parse_ts(&last)? + chrono::Duration::hours(CHECKPOINT_EVERY_H) <= at,
+        Some(last) => ects_core::trip::after(store::parse_ts(&last)?, CHECKPOINT_EVERY_H * 3600)
+            .is_none_or(|next| next <= at),
         None => true,
     };
     if due {

@@ -311,14 +311,57 @@ pub fn check_event_times(
     let problems: Vec<Located> = events
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| {
+        .flat_map(|(i, e)| {
             let pointer = match base {
                 Some(b) => format!("{b}/{i}/time"),
                 None => "/time".into(),
             };
-            time_problem(e.time, Some(latest)).map(|p| Located::pointer(pointer, p))
+            let seq = e.seq.filter(|s| *s > ects_core::MAX_SEQ).map(|s| {
+                Located::pointer(
+                    pointer.replace("/time", "/seq"),
+                    format!("{s} is above the largest seq, {}", ects_core::MAX_SEQ),
+                )
+            });
+            let time = time_problem(e.time, Some(latest)).map(|p| Located::pointer(pointer, p));
+            seq.into_iter().chain(time)
         })
         .take(20)
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(DocumentError::Invalid(problems))
+    }
+}
+
+/// A command's times must be plausible too: a release, handover or cancellation dated
+/// ahead of our clock would take its place after events that have not happened yet (and
+/// could hold the trip's state until real time caught up). The same skew as events;
+/// `valid_until` is a window's end, bounded by `valid_from` (at most 72 hours later).
+pub fn check_command_times(
+    input: &ects_core::trip::Input,
+    now: DateTime<Utc>,
+) -> Result<(), DocumentError> {
+    use ects_core::trip::Input;
+    let latest = now + chrono::Duration::minutes(MAX_CLOCK_AHEAD_MIN);
+    // Each time with its pointer and the latest it may be (`None`: a window's end).
+    type Dated<'a> = (&'a str, DateTime<Utc>, Option<DateTime<Utc>>);
+    let times: Vec<Dated> = match input {
+        Input::Release(r) => vec![
+            ("/issued_at", r.issued_at, Some(latest)),
+            ("/valid_from", r.valid_from, Some(latest)),
+            ("/valid_until", r.valid_until, None),
+        ],
+        Input::Handover(h) => vec![("/time", h.time, Some(latest))],
+        Input::Cancel(c) => vec![("/time", c.time, Some(latest))],
+        Input::SealAssignment(a) => vec![("/assigned_at", a.assigned_at, Some(latest))],
+        _ => Vec::new(),
+    };
+    let problems: Vec<Located> = times
+        .into_iter()
+        .filter_map(|(pointer, t, latest)| {
+            time_problem(t, latest).map(|p| Located::pointer(pointer, p))
+        })
         .collect();
     if problems.is_empty() {
         Ok(())

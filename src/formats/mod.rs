@@ -19,8 +19,8 @@ use crate::schemas::Schemas;
 pub use sign::{CommandSigner, Signer};
 
 pub use ects_json::{
-    EctsJson, check_assignment, check_declaration, check_event_times, decode_canonical,
-    deserialize_at,
+    EctsJson, check_assignment, check_command_times, check_declaration, check_event_times,
+    decode_canonical, deserialize_at,
 };
 
 /// What a message carries, in canonical form.

@@ -10,7 +10,7 @@ use super::AppState;
 use super::body::read_limited;
 use super::error::ApiError;
 use super::viewer::Viewer;
-use crate::formats::decode_canonical;
+use crate::formats::{check_command_times, decode_canonical};
 use crate::problem::{DocumentError, Located, Problem};
 use crate::schemas::Canonical;
 use crate::tracking::{AuditTrail, CommandFailure, CommandOutcome, audit_trail};
@@ -77,6 +77,8 @@ async fn run<T: DeserializeOwned>(
         ])));
     }
     let (input, actor) = into_input(command);
+    let now = Utc::now();
+    check_command_times(&input, now)?;
     if let Viewer::Partner(p) = &viewer {
         let acting = match &input {
             Input::Release(r) => r.authority.as_str(),
@@ -91,10 +93,7 @@ async fn run<T: DeserializeOwned>(
             )));
         }
     }
-    let outcome = state
-        .tracking
-        .command(trip_id, input, actor, Utc::now())
-        .await?;
+    let outcome = state.tracking.command(trip_id, input, actor, now).await?;
     Ok(HttpResponse::Ok().json(outcome))
 }
 
@@ -221,7 +220,7 @@ pub async fn get_audit(
 }
 
 /// Reads a trip's own thresholds: JSON with the fields of the configuration's `[rules]`,
-/// each one positive (percentages up to 100).
+/// each within its documented range (`Rules::RANGES`, README "Thresholds").
 fn parse_rules(body: &[u8]) -> Result<RulesOverride, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::Document(DocumentError::malformed(Located::line_column(
@@ -230,30 +229,9 @@ fn parse_rules(body: &[u8]) -> Result<RulesOverride, ApiError> {
             e.to_string(),
         )))
     })?;
-    if let Some(map) = value.as_object() {
-        for (name, v) in map {
-            let ok = v
-                .as_f64()
-                .is_some_and(|n| n > 0.0 && (!name.ends_with("_pct") || n <= 100.0));
-            if !ok && !v.is_null() {
-                return Err(ApiError::Document(DocumentError::Invalid(vec![
-                    Located::pointer(
-                        format!("/{name}"),
-                        "a threshold is a positive number (a percentage at most 100)",
-                    ),
-                ])));
-            }
-        }
-    }
-    serde_path_to_error::deserialize(&value).map_err(|e| {
-        let path = e.path().to_string();
+    RulesOverride::parse(&value).map_err(|e| {
         ApiError::Document(DocumentError::Invalid(vec![Located::pointer(
-            if path == "." {
-                String::new()
-            } else {
-                format!("/{path}")
-            },
-            e.into_inner().to_string(),
+            e.pointer, e.reason,
         )]))
     })
 }
@@ -274,7 +252,7 @@ pub struct TripRules {
     responses(
         (status = 200, body = TripRules),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown threshold or not a positive number", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown threshold, or a value outside its range", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[put("/v1/trips/{id}/rules")]

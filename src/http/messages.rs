@@ -63,7 +63,7 @@ async fn ingest_with(
         (status = 202, description = "Stored and applied; the trips it touched", body = IngestResponse),
         (status = 400, description = "Not well-formed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Conflicts with a stored declaration or event", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Conflicts with a stored declaration (a conflicting seal event is kept as evidence and listed in the 202 answer instead)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not valid; each problem with its location", body = Problem, content_type = "application/problem+json"),
     )

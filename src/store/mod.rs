@@ -21,6 +21,7 @@ pub use messages::{MessageRecord, Outcome};
 pub(crate) use messages::{
     accepted_response_for_body, insert_message, response_of_message, set_response,
 };
+pub(crate) use trips::insert_event_conflict;
 pub use trips::{AlertFilter, StoredEvent, TripRow};
 pub(crate) use trips::{
     add_trip_seals, claim_unmatched_events, claim_unmatched_for, find_declaration,

@@ -305,7 +305,10 @@ pub async fn claim_unmatched_events(
 ) -> Result<Vec<SealEvent>, StoreError> {
     let declared = declaration.declared_at.unwrap_or_else(chrono::Utc::now);
     let seals: Vec<&Seal> = declaration.seals().collect();
-    claim_unmatched_for(conn, &seals, declared - chrono::Duration::hours(6), trip_id).await
+    let since = declared
+        .checked_sub_signed(chrono::Duration::hours(6))
+        .unwrap_or(declared);
+    claim_unmatched_for(conn, &seals, since, trip_id).await
 }
 
 /// Events stored without a trip, from `since` on, of these seals or their devices: they
@@ -348,23 +351,88 @@ pub async fn claim_unmatched_for(
     Ok(claimed)
 }
 
+/// The sequence number as stored (a signed 64-bit integer): one above [`ects_core::MAX_SEQ`]
+/// is refused where events are parsed, and never stored as a negative number.
+fn seq_column(event: &SealEvent) -> Result<Option<i64>, StoreError> {
+    event
+        .seq
+        .map(|s| {
+            i64::try_from(s).map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "seq {s} is above {}: it should have been refused",
+                    ects_core::MAX_SEQ
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// A stored seal event: its canonical form, the message that brought it, its key.
+#[derive(Debug, Clone)]
+pub struct FoundEvent {
+    pub canonical: String,
+    pub message_id: String,
+    pub event_key: String,
+}
+
 /// An event already stored under the same identity or the same device and sequence.
 pub async fn find_event(
     conn: &mut AnyConnection,
     key: &str,
     event: &SealEvent,
-) -> Result<Option<(String, String)>, StoreError> {
+) -> Result<Option<FoundEvent>, StoreError> {
     let row = sqlx::query(
-        "select canonical, message_id from seal_events
+        "select canonical, message_id, event_key from seal_events
          where event_key = $1 or (device_id = $2 and seq = $3) limit 1",
     )
     .bind(key)
     .bind(event.device_id.as_str())
-    .bind(event.seq.map(|s| s as i64))
+    .bind(seq_column(event)?)
     .fetch_optional(conn)
     .await?;
-    row.map(|r| Ok((r.try_get("canonical")?, r.try_get("message_id")?)))
-        .transpose()
+    row.map(|r| {
+        Ok(FoundEvent {
+            canonical: r.try_get("canonical")?,
+            message_id: r.try_get("message_id")?,
+            event_key: r.try_get("event_key")?,
+        })
+    })
+    .transpose()
+}
+
+/// A seal event that contradicts a stored one, kept as evidence. `false` when the same
+/// conflicting event (same key and content) is stored already.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_event_conflict(
+    conn: &mut AnyConnection,
+    conflict_id: &str,
+    key: &str,
+    conflicts_with: &str,
+    event: &SealEvent,
+    canonical: &str,
+    trip_id: Option<&str>,
+    message_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "insert into seal_event_conflicts (conflict_id, event_key, conflicts_with, device_id,
+             seq, event_time, trip_id, message_id, canonical, received_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         on conflict (conflict_id) do nothing",
+    )
+    .bind(conflict_id)
+    .bind(key)
+    .bind(conflicts_with)
+    .bind(event.device_id.as_str())
+    .bind(seq_column(event)?)
+    .bind(ts(event.time))
+    .bind(trip_id)
+    .bind(message_id)
+    .bind(canonical)
+    .bind(ts(now))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn insert_event(
@@ -383,7 +451,7 @@ pub async fn insert_event(
     )
     .bind(key)
     .bind(event.device_id.as_str())
-    .bind(event.seq.map(|s| s as i64))
+    .bind(seq_column(event)?)
     .bind(event.seal_id.as_ref().map(|s| s.as_str()))
     .bind(event.kind.as_str())
     .bind(ts(event.time))

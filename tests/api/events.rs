@@ -7,7 +7,7 @@ use crate::on_both_backends;
 on_both_backends!(
     events_arm_the_trip_and_move_it,
     resent_events_are_stored_once,
-    a_conflicting_event_is_refused_with_nothing_stored,
+    a_conflicting_event_is_kept_as_evidence_and_the_rest_applied,
     tampering_raises_an_alert,
     events_for_no_trip_are_kept_as_unmatched,
     concurrent_batches_for_one_trip_are_all_applied,
@@ -124,28 +124,32 @@ async fn resent_events_are_stored_once(app: TestApp) {
     assert_eq!(history["events"].as_array().unwrap().len(), 4);
 }
 
-async fn a_conflicting_event_is_refused_with_nothing_stored(app: TestApp) {
+async fn a_conflicting_event_is_kept_as_evidence_and_the_rest_applied(app: TestApp) {
     let trip_id = app.declare_gt_sv().await;
     app.post_events(json!([event(DEVICE_1, 1, 0, "locked")]).to_string())
         .await;
-    let before = app.trip(&trip_id).await;
     let stored = app.count("seal_events").await;
 
-    // seq 1 again, but now it says "opened": not a resend, a contradiction.
+    // seq 1 again, but now it says "opened": not a resend, a contradiction. It is kept as
+    // evidence (not applied to the seal) and the rest of the batch is applied.
     let batch = json!([
         event(DEVICE_1, 2, 1, "position"),
         event(DEVICE_1, 1, 0, "opened")
     ]);
     let reply = app.post_events(batch.to_string()).await;
-    assert_eq!(reply.status, 409, "{}", reply.text);
-    assert_eq!(reply.pointers(), vec!["/1"]);
-
-    assert_eq!(
-        app.count("seal_events").await,
-        stored,
-        "the whole batch is refused"
-    );
-    assert_eq!(app.trip(&trip_id).await, before);
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let answer = reply.json();
+    assert_eq!(answer["conflicts"][0]["pointer"], "/1", "{answer}");
+    assert_eq!(answer["events"]["accepted"], 1, "{answer}");
+    assert_eq!(app.count("seal_events").await, stored + 1);
+    assert_eq!(app.count("seal_event_conflicts").await, 1);
+    let status = app.trip(&trip_id).await;
+    assert_eq!(status["equipment"][0]["seals"][0]["state"], "locked");
+    let alerts = app
+        .get(&format!("/v1/alerts?trip={trip_id}&kind=event_conflict"))
+        .await
+        .json();
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "{alerts}");
 }
 
 async fn tampering_raises_an_alert(app: TestApp) {

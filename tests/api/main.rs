@@ -11,6 +11,7 @@ mod contract;
 mod declarations;
 mod events;
 mod geometry;
+mod hostile;
 mod icegate;
 mod operations;
 mod partners;

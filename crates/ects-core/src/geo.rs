@@ -127,6 +127,20 @@ fn office_property(feature: &Feature, name: &str) -> Result<Option<OfficeCode>, 
 impl Corridor {
     /// Reads a Feature with a LineString geometry and `properties.width_m`.
     pub fn from_geojson(id: CorridorId, value: &serde_json::Value) -> Result<Self, GeoError> {
+        Self::read(id, value, true)
+    }
+
+    /// Reads a corridor stored earlier. Its thresholds are read without their ranges: one
+    /// stored before the ranges were checked is brought inside them where the engine uses
+    /// it ([`crate::trip::Rules::clamped`]), rather than making the geometry unreadable.
+    pub fn from_stored_geojson(
+        id: CorridorId,
+        value: &serde_json::Value,
+    ) -> Result<Self, GeoError> {
+        Self::read(id, value, false)
+    }
+
+    fn read(id: CorridorId, value: &serde_json::Value, strict: bool) -> Result<Self, GeoError> {
         let feature = parse_feature(value)?;
         let Some(GeometryValue::LineString { coordinates }) =
             feature.geometry.as_ref().map(|g| &g.value)
@@ -147,6 +161,8 @@ impl Corridor {
         let width_m = positive_number(&feature, "width_m", MAX_CORRIDOR_WIDTH_M)?;
         let rules = match property(&feature, "rules") {
             None | Some(serde_json::Value::Null) => RulesOverride::default(),
+            Some(value) if strict => RulesOverride::parse(value)
+                .map_err(|e| geo_err(format!("/properties/rules{}", e.pointer), e.reason))?,
             Some(value) => RulesOverride::deserialize(value)
                 .map_err(|e| geo_err("/properties/rules", e.to_string()))?,
         };

@@ -385,6 +385,10 @@ impl SealEventKind {
     }
 }
 
+/// The largest sequence number a seal event may carry: stores keep it as a signed 64-bit
+/// integer, so anything above is refused at parse time rather than stored wrong.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// One report from an e-seal. A sender identifies it by `event_id`, or by `device_id` and
 /// `seq`; at least one of the two must be present.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -509,6 +513,9 @@ pub enum AlertKind {
     LowBattery,
     Overdue,
     PositionJump,
+    /// An event contradicts a stored one (same identity, or same device and seq, other
+    /// content): one of the two is not genuine. The later one is kept as evidence.
+    EventConflict,
 }
 
 impl AlertKind {
@@ -522,6 +529,7 @@ impl AlertKind {
             Self::LowBattery => "low_battery",
             Self::Overdue => "overdue",
             Self::PositionJump => "position_jump",
+            Self::EventConflict => "event_conflict",
         }
     }
 }

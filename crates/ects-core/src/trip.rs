@@ -13,6 +13,8 @@
 //! severity, time, position and the events that caused it, and is cleared when the
 //! condition ends. Late events are handled by [`Trip::replay`] and [`reconcile`].
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -30,9 +32,12 @@ use crate::spatial::{CorridorIndex, Geography, distance_m};
 pub type Timestamp = DateTime<Utc>;
 
 macro_rules! rules {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr,)*) => {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr, $lo:literal ..= $hi:literal,)*) => {
         /// Thresholds of the rules. Defaults suit road transit; a corridor may override any
-        /// of them (`properties.rules` of its GeoJSON).
+        /// of them (`properties.rules` of its GeoJSON), and a trip may override them again.
+        /// Every threshold has a range ([`Rules::RANGES`]): a value outside it is refused
+        /// where it is read ([`RulesOverride::parse`], [`Rules::check`]), and one stored
+        /// before the ranges existed is brought inside it when used ([`Rules::clamped`]).
         #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
         #[serde(default, deny_unknown_fields)]
         pub struct Rules {
@@ -53,47 +58,199 @@ macro_rules! rules {
         }
 
         impl Rules {
+            /// Each threshold's name and its accepted range, inclusive (the documented
+            /// limits).
+            pub const RANGES: &'static [(&'static str, f64, f64)] =
+                &[$((stringify!($name), $lo as f64, $hi as f64),)*];
+
             pub fn with(mut self, over: &RulesOverride) -> Self {
                 $(if let Some(v) = over.$name { self.$name = v; })*
                 self
+            }
+
+            /// Every threshold brought inside its range: what the engine works with, so
+            /// that a value stored before the ranges were checked cannot break it.
+            pub fn clamped(mut self) -> Self {
+                $(self.$name = Threshold::clamp_to(self.$name, $lo as $ty, $hi as $ty);)*
+                self
+            }
+
+            /// The first threshold outside its range, with its JSON pointer.
+            pub fn check(&self) -> Result<(), RuleError> {
+                $(Threshold::check(self.$name, stringify!($name), $lo as $ty, $hi as $ty)?;)*
+                Ok(())
+            }
+        }
+
+        impl RulesOverride {
+            /// Reads thresholds from JSON (an object of threshold names and numbers, `null`
+            /// for "not set"), each checked against its range; the error names the JSON
+            /// pointer of the first wrong one.
+            pub fn parse(value: &serde_json::Value) -> Result<Self, RuleError> {
+                let Some(map) = value.as_object() else {
+                    return Err(RuleError {
+                        pointer: String::new(),
+                        reason: "thresholds are a JSON object of names and numbers".into(),
+                    });
+                };
+                let mut over = Self::default();
+                for (key, v) in map {
+                    if v.is_null() {
+                        continue;
+                    }
+                    match key.as_str() {
+                        $(stringify!($name) => {
+                            over.$name = Some(Threshold::read(v, stringify!($name), $lo as $ty, $hi as $ty)?);
+                        })*
+                        other => {
+                            return Err(RuleError {
+                                pointer: format!("/{}", other.replace('~', "~0").replace('/', "~1")),
+                                reason: format!(
+                                    "unknown threshold; known: {}",
+                                    [$(stringify!($name)),*].join(", ")
+                                ),
+                            });
+                        }
+                    }
+                }
+                Ok(over)
+            }
+
+            /// The first threshold set outside its range, with its JSON pointer.
+            pub fn check(&self) -> Result<(), RuleError> {
+                $(if let Some(v) = self.$name {
+                    Threshold::check(v, stringify!($name), $lo as $ty, $hi as $ty)?;
+                })*
+                Ok(())
             }
         }
     };
 }
 
+/// A threshold outside its range, or not a number: where (a JSON pointer relative to the
+/// thresholds object) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{pointer}: {reason}")]
+pub struct RuleError {
+    pub pointer: String,
+    pub reason: String,
+}
+
+/// A number type a threshold may have.
+trait Threshold: Copy + PartialOrd + std::fmt::Display + Sized {
+    fn from_json(v: &serde_json::Value) -> Result<Self, Option<String>>;
+    fn clamp_to(self, lo: Self, hi: Self) -> Self;
+
+    fn check(self, name: &str, lo: Self, hi: Self) -> Result<(), RuleError> {
+        if self >= lo && self <= hi {
+            Ok(())
+        } else {
+            Err(RuleError {
+                pointer: format!("/{name}"),
+                reason: format!("{self} is outside the range {lo} to {hi}"),
+            })
+        }
+    }
+
+    fn read(v: &serde_json::Value, name: &str, lo: Self, hi: Self) -> Result<Self, RuleError> {
+        match Self::from_json(v) {
+            Ok(n) => n.check(name, lo, hi).map(|()| n),
+            Err(why) => Err(RuleError {
+                pointer: format!("/{name}"),
+                reason: why.unwrap_or_else(|| format!("must be a number from {lo} to {hi}")),
+            }),
+        }
+    }
+}
+
+macro_rules! whole_threshold {
+    ($($ty:ty),*) => {$(
+        impl Threshold for $ty {
+            fn from_json(v: &serde_json::Value) -> Result<Self, Option<String>> {
+                let n: i128 = match (v.as_i64(), v.as_u64()) {
+                    (Some(n), _) => i128::from(n),
+                    (None, Some(n)) => i128::from(n),
+                    _ if v.is_number() => {
+                        return Err(Some(format!("{v} is not a whole number")));
+                    }
+                    _ => return Err(None),
+                };
+                <$ty>::try_from(n).map_err(|_| {
+                    Some(format!(
+                        "{n} is outside the range {} to {}",
+                        <$ty>::MIN,
+                        <$ty>::MAX
+                    ))
+                })
+            }
+
+            fn clamp_to(self, lo: Self, hi: Self) -> Self {
+                self.clamp(lo, hi)
+            }
+        }
+    )*};
+}
+whole_threshold!(u8, u32, i64);
+
+impl Threshold for f64 {
+    fn from_json(v: &serde_json::Value) -> Result<Self, Option<String>> {
+        v.as_f64().filter(|n| n.is_finite()).ok_or(None)
+    }
+
+    fn clamp_to(self, lo: Self, hi: Self) -> Self {
+        if self.is_nan() {
+            lo
+        } else {
+            self.clamp(lo, hi)
+        }
+    }
+}
+
 rules! {
     /// At or below this battery level `low_battery` is raised.
-    low_battery_pct: u8 = 20,
-    /// It clears only this many points above the threshold (no flapping).
-    low_battery_hysteresis_pct: u8 = 5,
+    low_battery_pct: u8 = 20, 0..=100,
+    /// It clears only this many points above the threshold (no flapping)...
+    low_battery_hysteresis_pct: u8 = 5, 0..=50,
+    /// ...and only when no low reading came for this many seconds: a battery flapping
+    /// between low and full keeps one alert open.
+    low_battery_clear_s: i64 = 600, 0..=86_400,
     /// Consecutive fixes outside the corridor before `route_deviation`...
-    deviation_min_fixes: u32 = 3,
+    deviation_min_fixes: u32 = 3, 1..=1000,
     /// ...and for at least this many seconds (GPS noise makes single fixes stray).
-    deviation_min_s: i64 = 60,
+    deviation_min_s: i64 = 60, 0..=86_400,
     /// Consecutive fixes back inside before the deviation clears.
-    deviation_clear_fixes: u32 = 2,
+    deviation_clear_fixes: u32 = 2, 1..=1000,
     /// At or below this speed a fix counts as stopped.
-    stop_speed_kmh: f64 = 5.0,
+    stop_speed_kmh: f64 = 5.0, 0..=50,
     /// A stop holds while the fixes stay within this distance of where it began.
-    stop_radius_m: f64 = 200.0,
+    stop_radius_m: f64 = 200.0, 1..=10_000,
     /// A stop outside rest areas and offices longer than this is `abnormal_stop`.
-    max_stop_s: i64 = 900,
+    max_stop_s: i64 = 900, 60..=604_800,
     /// A rest area may be used this long.
-    max_rest_s: i64 = 4 * 3600,
+    max_rest_s: i64 = 4 * 3600, 60..=604_800,
     /// No valid fix for longer than this is `reporting_gap`.
-    max_gap_s: i64 = 900,
+    max_gap_s: i64 = 900, 10..=604_800,
     /// Faster than this between two fixes is `position_jump`...
-    max_speed_kmh: f64 = 160.0,
+    max_speed_kmh: f64 = 160.0, 1..=2000,
     /// ...when the fixes are at least this far apart (jitter on short hops is not a jump).
-    jump_min_distance_m: f64 = 2000.0,
+    jump_min_distance_m: f64 = 2000.0, 0..=1_000_000,
     /// Where no zone is registered for the office of departure, leaving this radius around
     /// the arming position counts as departure.
-    departure_radius_m: f64 = 1000.0,
+    departure_radius_m: f64 = 1000.0, 1..=100_000,
     /// Consecutive fixes that confirm leaving the departure office, entering the
     /// destination office, or leaving it again (GPS noise near an office is common).
-    zone_fixes: u32 = 2,
+    zone_fixes: u32 = 2, 1..=100,
     /// A fix that says it may be off by more than this is left out of the movement rules.
-    max_fix_error_m: f64 = 500.0,
+    max_fix_error_m: f64 = 500.0, 1..=100_000,
+    /// A condition that recurs within this many seconds of its alert clearing reopens
+    /// that alert instead of raising a new one.
+    alert_hold_s: i64 = 600, 0..=86_400,
+    /// The window over which `max_alerts_per_window` counts, in seconds.
+    alert_window_s: i64 = 86_400, 60..=604_800,
+    /// At most this many raisings (new alerts and reopenings) of one kind for one seal (or
+    /// for the trip) within `alert_window_s`; past it, the alert stays open (its clearing is
+    /// held) and recurrences add to it.
+    max_alerts_per_window: u32 = 10, 1..=1000,
 }
 
 /// A valid fix the rules remember.
@@ -145,6 +302,38 @@ pub struct Track {
     /// Consecutive precise fixes agreeing on a zone transition (departure, arrival).
     #[serde(default)]
     pub zone_fixes: u32,
+    /// Per seal, the time of its latest low battery reading: `low_battery` clears only
+    /// after `low_battery_clear_s` without one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub battery_low_at: BTreeMap<String, Timestamp>,
+    /// Per alert id, how many times it was reopened (its condition recurred within
+    /// `alert_hold_s` of clearing, or past `max_alerts_per_window`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reopened: BTreeMap<String, u32>,
+}
+
+/// How recurring alerts are held together (from [`Rules`]): see [`Trip::raise`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Debounce {
+    hold_s: i64,
+    window_s: i64,
+    max: u32,
+}
+
+impl Debounce {
+    fn of(rules: &Rules) -> Self {
+        Self {
+            hold_s: rules.alert_hold_s,
+            window_s: rules.alert_window_s,
+            max: rules.max_alerts_per_window,
+        }
+    }
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Self::of(&Rules::default())
+    }
 }
 
 /// A command for a seal, delivered by the device platform.
@@ -213,6 +402,30 @@ pub enum Input {
     Handover(CustodyHandover),
     Cancel(Cancellation),
     SealAssignment(SealAssignment),
+    /// A seal event that contradicts a stored one: kept as evidence, never applied to the
+    /// seal's state or the trip's track. It raises `event_conflict`, and its alarm (a tamper,
+    /// an opening) is raised as well: a genuine alarm must not be silenced by a forged event
+    /// that took its sequence number first.
+    ConflictingEvent(ConflictingEvent),
+}
+
+/// A seal event that contradicts a stored one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictingEvent {
+    pub event: SealEvent,
+    /// The key of the stored event it contradicts.
+    pub conflicts_with: String,
+    /// Its own id as evidence (a hash of its key and content).
+    pub conflict_id: String,
+}
+
+impl ConflictingEvent {
+    /// How the conflicting event is named in alert evidence: not its identity, which the
+    /// stored event holds.
+    pub fn evidence(&self) -> String {
+        let short: String = self.conflict_id.chars().take(16).collect();
+        format!("conflict:{short}")
+    }
 }
 
 impl Input {
@@ -223,6 +436,7 @@ impl Input {
             Input::Handover(h) => h.time,
             Input::Cancel(c) => c.time,
             Input::SealAssignment(a) => a.assigned_at,
+            Input::ConflictingEvent(c) => c.event.time,
         }
     }
 
@@ -236,6 +450,7 @@ impl Input {
             Input::Handover(h) => (h.time, 2, h.handover_id.clone()),
             Input::Cancel(c) => (c.time, 3, String::new()),
             Input::SealEvent(e) => (e.time, 4, event_order(e)),
+            Input::ConflictingEvent(c) => (c.event.time, 5, c.conflict_id.clone()),
         }
     }
 }
@@ -293,6 +508,12 @@ pub fn evidence_of(event: &SealEvent) -> String {
         .unwrap_or_else(|| format!("{}@{}", event.device_id, event.time.to_rfc3339()))
 }
 
+/// `t` plus `seconds`, or `None` when that is no time chrono can hold (never with thresholds
+/// in their ranges; a value stored before they were checked must not panic the engine).
+pub fn after(t: Timestamp, seconds: i64) -> Option<Timestamp> {
+    Duration::try_seconds(seconds).and_then(|d| t.checked_add_signed(d))
+}
+
 /// Most events kept as an alert's evidence.
 const MAX_EVIDENCE: usize = 20;
 
@@ -311,6 +532,9 @@ pub struct Trip {
     /// Thresholds set for this trip alone; they win over the corridor's.
     #[serde(default)]
     pub rules: RulesOverride,
+    /// The alert debounce in force for the input being applied (set from the rules).
+    #[serde(skip)]
+    debounce: Debounce,
 }
 
 impl Trip {
@@ -366,6 +590,7 @@ impl Trip {
             track: Track::default(),
             releases: Vec::new(),
             rules: RulesOverride::default(),
+            debounce: Debounce::default(),
         }
     }
 
@@ -438,8 +663,8 @@ impl Trip {
                 .map(|f| f.time)
                 .or(self.track.armed_at.as_ref().map(|a| a.time))
                 .or(self.track.watermark);
-            if let Some(since) = since {
-                due.push(since + Duration::seconds(rules.max_gap_s));
+            if let Some(due_at) = since.and_then(|since| after(since, rules.max_gap_s)) {
+                due.push(due_at);
             }
         }
         if state == TripState::InTransit
@@ -448,8 +673,8 @@ impl Trip {
         {
             match anchor.zone {
                 Some(ZoneKind::CustomsOffice | ZoneKind::BorderPost) => {}
-                Some(_) => due.push(anchor.since + Duration::seconds(rules.max_rest_s)),
-                None => due.push(anchor.since + Duration::seconds(rules.max_stop_s)),
+                Some(_) => due.extend(after(anchor.since, rules.max_rest_s)),
+                None => due.extend(after(anchor.since, rules.max_stop_s)),
             }
         }
         due.into_iter().min()
@@ -496,7 +721,7 @@ impl Trip {
             Some(c) => rules.with(&c.rules),
             None => *rules,
         };
-        base.with(&self.rules)
+        base.with(&self.rules).clamped()
     }
 
     fn corridor<'g>(&self, geo: &'g Geography) -> Option<&'g CorridorIndex> {
@@ -518,6 +743,7 @@ impl Trip {
         now: Timestamp,
     ) -> Result<Vec<Effect>, CommandError> {
         let rules = self.rules_for(geo, rules);
+        self.debounce = Debounce::of(&rules);
         let mut fx = Vec::new();
         match input {
             Input::SealEvent(event) => self.on_event(event, geo, &rules, &mut fx),
@@ -525,6 +751,7 @@ impl Trip {
             Input::Handover(handover) => self.on_handover(handover, &mut fx)?,
             Input::Cancel(cancel) => self.on_cancel(cancel, &mut fx)?,
             Input::SealAssignment(assignment) => self.on_assignment(assignment, &mut fx)?,
+            Input::ConflictingEvent(conflict) => self.on_conflict(conflict, geo, &mut fx),
         }
         self.finish(fx, now)
     }
@@ -533,6 +760,7 @@ impl Trip {
     /// that has gone on too long).
     pub fn tick(&mut self, geo: &Geography, rules: &Rules, now: Timestamp) -> Vec<Effect> {
         let rules = self.rules_for(geo, rules);
+        self.debounce = Debounce::of(&rules);
         let mut fx = Vec::new();
         if !self.status.state.is_final() {
             self.check_overdue(now, &mut fx);
@@ -610,6 +838,11 @@ impl Trip {
                     "cleared"
                 } else {
                     "raised"
+                };
+                // A reopened alert is told again: each reopening its own notification.
+                let phase = match self.track.reopened.get(&alert.alert_id.to_string()) {
+                    Some(n) if *n > 0 => format!("{phase}/{n}"),
+                    _ => phase.to_owned(),
                 };
                 Some(StatusNotification {
                     alert: Some(alert.clone()),
@@ -789,6 +1022,12 @@ impl Trip {
                 > u16::from(rules.low_battery_pct) + u16::from(rules.low_battery_hysteresis_pct)
         });
         if battery_low {
+            let last_low = self
+                .track
+                .battery_low_at
+                .entry(seal_id.to_string())
+                .or_insert(event.time);
+            *last_low = (*last_low).max(event.time);
             let level = event
                 .battery_pct
                 .map_or("a low level".to_owned(), |b| format!("{b}%"));
@@ -802,13 +1041,93 @@ impl Trip {
                 point,
                 format!("seal {seal_id} battery at {level}"),
             );
-        } else if recovered {
+        } else if recovered
+            && self
+                .track
+                .battery_low_at
+                .get(seal_id.as_str())
+                .is_none_or(|low| {
+                    after(*low, rules.low_battery_clear_s).is_some_and(|quiet| event.time >= quiet)
+                })
+        {
+            // A battery flapping between low and full keeps its one alert open.
             self.close_open_alert(
                 AlertKind::LowBattery,
                 Some(&seal_id),
                 event.time,
                 &evidence,
                 fx,
+            );
+        }
+    }
+
+    /// A conflicting event: `event_conflict` on its seal, and its alarm if it carries one;
+    /// the seal's state, battery and the track stay as the stored events made them.
+    fn on_conflict(&mut self, conflict: &ConflictingEvent, geo: &Geography, fx: &mut Vec<Effect>) {
+        if self.status.state.is_final() {
+            return;
+        }
+        let event = &conflict.event;
+        let Some((e, s)) = self.find_seal(event) else {
+            return;
+        };
+        let seal_id = self.status.equipment[e].seals[s].id.clone();
+        let evidence = conflict.evidence();
+        let point = event
+            .position
+            .filter(|p| p.is_valid_fix())
+            .map(|p| p.point())
+            .or_else(|| self.track.last_fix.as_ref().map(Fix::point));
+        self.raise(
+            fx,
+            AlertKind::EventConflict,
+            Severity::High,
+            Some(&seal_id),
+            &evidence,
+            event.time,
+            point,
+            format!(
+                "device {} sent {} ({}) that contradicts stored event {}: one of the two is not genuine",
+                event.device_id,
+                event.kind.as_str(),
+                evidence_of(event),
+                conflict.conflicts_with
+            ),
+        );
+        let watched = matches!(
+            self.status.state,
+            TripState::Armed | TripState::InTransit | TripState::Arrived
+        );
+        if event.kind.is_tamper() {
+            self.raise(
+                fx,
+                AlertKind::SealTamper,
+                Severity::Critical,
+                Some(&seal_id),
+                &evidence,
+                event.time,
+                point,
+                format!(
+                    "seal {seal_id} reported {} (in an event that conflicts with a stored one)",
+                    event.kind.as_str()
+                ),
+            );
+        } else if watched
+            && matches!(event.kind, SealEventKind::Opened | SealEventKind::Unlocked)
+            && let Err(why) = self.release_covering(geo, event.time, point)
+        {
+            self.raise(
+                fx,
+                AlertKind::SealOpened,
+                Severity::High,
+                Some(&seal_id),
+                &evidence,
+                event.time,
+                point,
+                format!(
+                    "seal {seal_id} reported {} (in an event that conflicts with a stored one): {why}",
+                    event.kind.as_str()
+                ),
             );
         }
     }
@@ -922,15 +1241,15 @@ impl Trip {
                     self.change_state(TripState::InTransit, event.time, fx)
                 }
                 TripState::InTransit => {
-                    self.close_open_alert(
+                    self.settle_open_alert(
                         AlertKind::RouteDeviation,
                         None,
                         event.time,
                         evidence,
                         fx,
                     );
-                    self.close_open_alert(AlertKind::AbnormalStop, None, event.time, evidence, fx);
-                    self.close_open_alert(AlertKind::Overdue, None, event.time, evidence, fx);
+                    self.settle_open_alert(AlertKind::AbnormalStop, None, event.time, evidence, fx);
+                    self.settle_open_alert(AlertKind::Overdue, None, event.time, evidence, fx);
                     self.change_state(TripState::Arrived, event.time, fx);
                 }
                 _ => {}
@@ -1065,7 +1384,9 @@ impl Trip {
             Some(_) => rules.max_rest_s,
             None => rules.max_stop_s,
         };
-        let due = since + Duration::seconds(limit);
+        let Some(due) = after(since, limit) else {
+            return;
+        };
         if now > due {
             let Some(anchor) = self.track.stop.clone() else {
                 return;
@@ -1108,7 +1429,9 @@ impl Trip {
                 None => return,
             },
         };
-        let due = since + Duration::seconds(rules.max_gap_s);
+        let Some(due) = after(since, rules.max_gap_s) else {
+            return;
+        };
         if now > due {
             let (evidence, point) = match (&self.track.last_fix, &self.track.armed_at) {
                 (Some(f), _) => (f.evidence.clone(), Some(f.point())),
@@ -1237,7 +1560,11 @@ impl Trip {
         if release.valid_until <= release.valid_from {
             return Err(refuse("valid_until", "must be after valid_from"));
         }
-        if release.valid_until - release.valid_from > Duration::hours(MAX_RELEASE_WINDOW_H) {
+        if release
+            .valid_until
+            .signed_duration_since(release.valid_from)
+            > Duration::hours(MAX_RELEASE_WINDOW_H)
+        {
             return Err(refuse(
                 "valid_until",
                 format!("a release window is at most {MAX_RELEASE_WINDOW_H} hours"),
@@ -1486,7 +1813,7 @@ impl Trip {
             .map(|a| (a.kind, a.seal_id.clone()))
             .collect();
         for (kind, seal) in open {
-            self.close_open_alert(kind, seal.as_ref(), cancel.time, "cancelled", fx);
+            self.settle_open_alert(kind, seal.as_ref(), cancel.time, "cancelled", fx);
         }
         self.change_state(TripState::Cancelled, cancel.time, fx);
         Ok(())
@@ -1517,7 +1844,59 @@ impl Trip {
             .find(|a| a.kind == kind && a.cleared_at.is_none() && a.seal_id.as_ref() == seal_id)
     }
 
+    /// Clears the open alert of this rule (and seal) because its condition ended, unless
+    /// the condition has recurred `max_alerts_per_window` times: then it is held open (it
+    /// clears once the window has none of those recurrences), so a flapping condition
+    /// cannot raise and clear without end.
     fn close_open_alert(
+        &mut self,
+        kind: AlertKind,
+        seal_id: Option<&SealId>,
+        at: Timestamp,
+        evidence: &str,
+        fx: &mut Vec<Effect>,
+    ) {
+        let open = self
+            .alerts
+            .iter()
+            .any(|a| a.kind == kind && a.cleared_at.is_none() && a.seal_id.as_ref() == seal_id);
+        if !open || self.raisings_in_window(kind, seal_id, at) >= self.debounce.max {
+            return;
+        }
+        self.settle_open_alert(kind, seal_id, at, evidence, fx);
+    }
+
+    /// How many times alerts of this rule (and seal) were raised or reopened in the window
+    /// before `at` (an alert's reopenings count with it while it was raised in the window,
+    /// or while it is the one still being reopened).
+    fn raisings_in_window(&self, kind: AlertKind, seal_id: Option<&SealId>, at: Timestamp) -> u32 {
+        let since = Duration::try_seconds(self.debounce.window_s)
+            .and_then(|w| at.checked_sub_signed(w))
+            .unwrap_or(at);
+        let mut n: u32 = 0;
+        for a in self
+            .alerts
+            .iter()
+            .filter(|a| a.kind == kind && a.seal_id.as_ref() == seal_id)
+        {
+            let reopened = self
+                .track
+                .reopened
+                .get(&a.alert_id.to_string())
+                .copied()
+                .unwrap_or(0);
+            if a.raised_at > since {
+                n = n.saturating_add(1).saturating_add(reopened);
+            } else {
+                n = n.max(reopened);
+            }
+        }
+        n
+    }
+
+    /// Clears the open alert of this rule (and seal) whatever its recurrences: the trip
+    /// arrived, was released or cancelled.
+    fn settle_open_alert(
         &mut self,
         kind: AlertKind,
         seal_id: Option<&SealId>,
@@ -1574,6 +1953,40 @@ impl Trip {
                 });
             }
             return;
+        }
+        // A recurrence soon after the alert cleared, or past the cap of raisings in the
+        // window, reopens the latest alert of this rule (and seal) rather than a new one.
+        let latest = self
+            .alerts
+            .iter()
+            .rposition(|a| a.kind == kind && a.seal_id.as_ref() == seal_id);
+        if let Some(i) = latest {
+            // A new reporting gap is its own incident (its time is when that gap passed the
+            // limit): only the cap holds gaps together.
+            let soon = kind != AlertKind::ReportingGap
+                && self.alerts[i].cleared_at.is_some_and(|cleared| {
+                    cleared <= at
+                        && after(cleared, self.debounce.hold_s).is_some_and(|until| at <= until)
+                });
+            if soon || self.raisings_in_window(kind, seal_id, at) >= self.debounce.max {
+                let count = self
+                    .track
+                    .reopened
+                    .entry(self.alerts[i].alert_id.to_string())
+                    .or_insert(0);
+                *count = count.saturating_add(1);
+                let alert = &mut self.alerts[i];
+                alert.cleared_at = None;
+                if alert.evidence.len() < MAX_EVIDENCE
+                    && !alert.evidence.iter().any(|e| e == evidence)
+                {
+                    alert.evidence.push(evidence.to_owned());
+                }
+                fx.push(Effect::AlertRaised {
+                    alert: alert.clone(),
+                });
+                return;
+            }
         }
         let seal = seal_id.map_or("-", |s| s.as_str());
         // The same condition may recur after it cleared: each occurrence its own id.

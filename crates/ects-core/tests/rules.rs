@@ -1169,3 +1169,149 @@ fn a_new_container_with_two_seals_is_listed_once_and_one_device_serves_one_seal(
         "{refused}"
     );
 }
+
+#[test]
+fn thresholds_outside_their_range_are_refused_with_their_pointer() {
+    for (value, pointer) in [
+        (json!({"max_gap_s": i64::MAX}), "/max_gap_s"),
+        (json!({"max_stop_s": 59}), "/max_stop_s"),
+        (json!({"low_battery_pct": 101}), "/low_battery_pct"),
+        (json!({"zone_fixes": 0}), "/zone_fixes"),
+        (json!({"stop_radius_m": -1.0}), "/stop_radius_m"),
+        (json!({"max_gap_s": 2.5}), "/max_gap_s"),
+        (json!({"max_gap_s": true}), "/max_gap_s"),
+        (json!({"no_such_rule": 1}), "/no_such_rule"),
+    ] {
+        let e = RulesOverride::parse(&value).unwrap_err();
+        assert_eq!(e.pointer, pointer, "{value}: {e}");
+    }
+    let over = RulesOverride::parse(&json!({"max_gap_s": 604_800, "max_stop_s": null})).unwrap();
+    assert_eq!(over.max_gap_s, Some(604_800));
+    assert_eq!(over.max_stop_s, None);
+    assert!(Rules::default().check().is_ok());
+    for (name, lo, hi) in Rules::RANGES {
+        assert!(lo <= hi, "{name}");
+    }
+}
+
+/// Thresholds stored before their ranges were checked (a trip's own, a corridor's) cannot
+/// make the engine panic: every path that adds a threshold to a time is checked.
+#[test]
+fn thresholds_stored_out_of_range_do_not_panic_the_engine() {
+    let huge = RulesOverride {
+        max_gap_s: Some(i64::MAX),
+        max_stop_s: Some(i64::MAX),
+        max_rest_s: Some(i64::MIN),
+        deviation_min_s: Some(i64::MAX),
+        alert_hold_s: Some(i64::MAX),
+        alert_window_s: Some(i64::MIN),
+        low_battery_clear_s: Some(i64::MAX),
+        stop_speed_kmh: Some(f64::NAN),
+        ..RulesOverride::default()
+    };
+    for on_trip in [true, false] {
+        let mut s = Scenario::armed_and_rolling();
+        if on_trip {
+            s.trip.rules = huge.clone();
+        } else {
+            s.geo = geography_with(huge.clone());
+        }
+        s.drive(2.0, 0.0);
+        s.event_at(3.0, "position", Some(Scenario::road(3.0, 0.0)), Some(0.0));
+        s.event_at(4.0, "position", Some(Scenario::road(3.0, 0.0)), Some(0.0));
+        s.event_at(5.0, "position", None, None);
+        s.tick(60.0);
+        s.tick(60.0 * 24.0 * 365.0 * 100.0);
+        let _ = s.trip.next_due(&s.geo, &s.rules);
+        // The engine works with the thresholds brought inside their ranges.
+        let used = s.trip.rules_for(&s.geo, &s.rules);
+        assert!(used.check().is_ok(), "{used:?}");
+        assert_eq!(used.max_gap_s, 604_800);
+    }
+}
+
+/// The review's C6 trigger: a battery flapping 10 % / 90 % raised one alert per low
+/// reading (10,000 events, 5,002 alerts). Now it is one alert, held open while it flaps.
+#[test]
+fn a_flapping_battery_is_one_alert() {
+    let mut s = Scenario::armed_and_rolling();
+    let mut raised = 0;
+    for k in 0..10_000_u32 {
+        s.seq += 1;
+        let level = if k % 2 == 0 { 10 } else { 90 };
+        let event: SealEvent = serde_json::from_value(json!({
+            "device_id": "D1", "seq": s.seq, "kind": "position",
+            "time": Scenario::at(2.0 + f64::from(k) / 60.0).to_rfc3339(),
+            "battery_pct": level}))
+        .unwrap();
+        let now = Scenario::at(2.0 + f64::from(k) / 60.0);
+        raised += s
+            .input(Input::SealEvent(event), now)
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, Effect::AlertRaised { .. }))
+            .count();
+    }
+    assert_eq!(s.all(AlertKind::LowBattery).len(), 1);
+    assert_eq!(raised, 1);
+    assert_eq!(s.open(AlertKind::LowBattery).len(), 1);
+    // Once the battery reads well for the quiet period, the alert clears.
+    s.event_at(2.0 + 10_000.0 / 60.0 + 11.0, "position", None, None);
+    assert!(s.open(AlertKind::LowBattery).is_empty());
+}
+
+/// Slower flapping (past the quiet period and the hold) raises new alerts, but no more than
+/// `max_alerts_per_window` in the window; past it, the latest alert is held open.
+#[test]
+fn a_slowly_flapping_condition_raises_a_bounded_number_of_alerts() {
+    let mut s = Scenario::armed_and_rolling();
+    let mut notifications = std::collections::BTreeSet::new();
+    for k in 0..200_u32 {
+        s.seq += 1;
+        let level = if k % 2 == 0 { 10 } else { 90 };
+        let minute = 2.0 + f64::from(k) * 11.0;
+        let event: SealEvent = serde_json::from_value(json!({
+            "device_id": "D1", "seq": s.seq, "kind": "position",
+            "time": Scenario::at(minute).to_rfc3339(), "battery_pct": level}))
+        .unwrap();
+        for e in s
+            .input(Input::SealEvent(event), Scenario::at(minute))
+            .unwrap()
+        {
+            if let Effect::Notify { notification } = e {
+                notifications.insert(notification.notification_id);
+            }
+        }
+    }
+    // 200 readings 11 minutes apart: 100 low ones over about 36 hours.
+    let alerts = s.all(AlertKind::LowBattery);
+    let max = Rules::default().max_alerts_per_window as usize;
+    assert!(alerts.len() <= 2 * max, "{} alerts", alerts.len());
+    assert!(
+        notifications.len() <= 4 * max + 2,
+        "{} notifications",
+        notifications.len()
+    );
+    assert!(
+        alerts.len() >= 2,
+        "recurrences after the hold are new alerts"
+    );
+}
+
+/// A recurrence within `alert_hold_s` of the clearing reopens the same alert.
+#[test]
+fn a_condition_that_recurs_at_once_reopens_its_alert() {
+    let mut s = Scenario::armed_and_rolling();
+    for (start, end) in [(5.0, 9.0), (13.0, 17.0)] {
+        let mut m = start;
+        while m <= end {
+            s.drive(m, 3000.0);
+            m += 1.0;
+        }
+        s.drive(end + 1.0, 0.0);
+        s.drive(end + 2.0, 0.0);
+    }
+    let deviations = s.all(AlertKind::RouteDeviation);
+    assert_eq!(deviations.len(), 1, "{deviations:?}");
+    assert!(deviations[0].cleared_at.is_some());
+}
