@@ -650,6 +650,7 @@ impl Ingest {
             }),
             events: None,
             assignment: None,
+            conflicts: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -728,6 +729,7 @@ impl Ingest {
             }),
             events: None,
             assignment: None,
+            conflicts: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }

@@ -1132,9 +1132,14 @@ impl Tracking {
         let claimed = store::claim_unmatched_events(tx, declaration, &id).await?;
         // Every input again, on the new version (no checkpoint holds: they were taken on
         // the old one).
-        let rebuilt = self
+        let Some(rebuilt) = self
             .rebuild(tx, &trip, DateTime::<Utc>::UNIX_EPOCH, &geo, now)
-            .await?;
+            .await?
+        else {
+            return Err(CommandFailure::Store(StoreError::Corrupt(format!(
+                "the engine failed replaying trip {id} on the amended declaration"
+            ))));
+        };
         let effects = reconcile(&trip, &rebuilt, now);
         if !store::update_trip(tx, &rebuilt, version, rebuilt.next_due(&geo, &self.rules)).await? {
             return Err(CommandFailure::Store(StoreError::Contention));

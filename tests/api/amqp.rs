@@ -609,35 +609,21 @@ async fn bad_messages_go_to_the_dead_letter_queue_and_the_consumer_goes_on(backe
     let first = json!([event(&seals[0], 1, 0, "locked", DEPARTURE_LON)]).to_string();
     publish(&channel, &queue, first.as_bytes(), Some("events-1")).await;
     let accepted = |id: &str| format!("transport_message_id = '{id}' and outcome = 'accepted'");
-    wait_count(
-        &app,
-        "messages",
-        &accepted("events-1"),
-        1,
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_count(&app, "messages", &accepted("events-1"), 1).await;
     let second = json!([
         event(&seals[1], 1, 0, "locked", DEPARTURE_LON),
         event(&seals[0], 1, 5, "rope_cut", DEPARTURE_LON)
     ])
     .to_string();
     publish(&channel, &queue, second.as_bytes(), Some("events-2")).await;
-    wait_count(
-        &app,
-        "messages",
-        &accepted("events-2"),
-        1,
-        Duration::from_secs(20),
-    )
-    .await;
+    wait_count(&app, "messages", &accepted("events-2"), 1).await;
     assert_eq!(app.count("seal_event_conflicts").await, 1);
     assert_eq!(
         app.count_where("seal_events", &format!("device_id = '{}'", seals[1].1))
             .await,
         1
     );
-    dlq.until(Duration::from_secs(2), |seen| seen.len() > 3)
+    dlq.read_for(Duration::from_secs(2), |seen| seen.len() > 3)
         .await;
     assert_eq!(dlq.seen.len(), 3, "{:?}", dlq.seen);
 }
