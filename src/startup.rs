@@ -19,6 +19,7 @@ use crate::http::{self, AppState};
 use crate::ingest::Ingest;
 use crate::mapping::MappingSet;
 use crate::metrics::Metrics;
+use crate::offices::Offices;
 use crate::outbox::Dispatcher;
 use crate::partners::PartnerConfig;
 use crate::schemas::Schemas;
@@ -98,8 +99,10 @@ fn check_partners(settings: &Settings, formats: &Formats) -> anyhow::Result<()> 
 }
 
 /// The formats: the canonical one and every mapping in `settings.mappings_dir`, compiled.
+/// Without a database (the CLI), the office registry is the shipped reference data.
 pub fn formats(settings: &Settings) -> anyhow::Result<Formats> {
-    formats_with(settings, schemas()?)
+    let offices = Offices::shipped(settings.offices.policy).map_err(anyhow::Error::msg)?;
+    formats_with(settings, schemas()?, &offices)
 }
 
 fn schemas() -> anyhow::Result<Arc<Schemas>> {
@@ -108,7 +111,11 @@ fn schemas() -> anyhow::Result<Arc<Schemas>> {
     ))
 }
 
-fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> anyhow::Result<Formats> {
+fn formats_with(
+    settings: &Settings,
+    schemas: Arc<Schemas>,
+    offices: &Offices,
+) -> anyhow::Result<Formats> {
     let mappings =
         MappingSet::load(&settings.mappings_dir).context("a mapping file does not compile")?;
     for (format, argv) in &settings.signers {
@@ -147,6 +154,7 @@ fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> anyhow::Result<Fo
         },
         &mappings,
         &signers,
+        offices,
     ))
 }
 
@@ -161,7 +169,21 @@ impl Application {
             .await
             .context("cannot migrate the database")?;
         let schemas = schemas()?;
-        let formats = formats_with(&settings, schemas.clone())?;
+        // The shipped offices are merged into the stored registry (none overwritten),
+        // then the registry is read whole.
+        let shipped = crate::offices::shipped().map_err(anyhow::Error::msg)?;
+        store
+            .merge_offices(&shipped, chrono::Utc::now())
+            .await
+            .context("cannot seed the office registry")?;
+        let offices = Offices::new(
+            settings.offices.policy,
+            store
+                .all_offices()
+                .await
+                .context("cannot read the office registry")?,
+        );
+        let formats = formats_with(&settings, schemas.clone(), &offices)?;
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -217,6 +239,7 @@ impl Application {
             schemas,
             metrics,
             broker,
+            offices,
         });
         let server = HttpServer::new(move || {
             App::new()

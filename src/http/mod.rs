@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The broker link, when AMQP is configured.
     pub broker: Option<crate::amqp::Broker>,
+    /// The office registry every format checks against.
+    pub offices: crate::offices::Offices,
 }
 
 #[derive(OpenApi)]

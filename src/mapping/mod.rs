@@ -238,6 +238,7 @@ impl MappingSet {
         schemas: Arc<Schemas>,
         limits: Limits,
         signers: &BTreeMap<String, Arc<dyn Signer>>,
+        offices: &crate::offices::Offices,
     ) -> Vec<MappedFormat> {
         let mut by_id: BTreeMap<String, Vec<Arc<Plan>>> = BTreeMap::new();
         for plan in &self.plans {
@@ -250,6 +251,7 @@ impl MappingSet {
                 plans,
                 schemas: schemas.clone(),
                 limits,
+                offices: offices.clone(),
             })
             .collect()
     }
@@ -262,6 +264,8 @@ pub struct MappedFormat {
     limits: Limits,
     /// Signs written documents whose mapping names a `[json] signature` block.
     signer: Option<Arc<dyn Signer>>,
+    /// Every office a document names is checked here, as for every other format.
+    offices: crate::offices::Offices,
 }
 
 impl MappedFormat {
@@ -675,12 +679,17 @@ impl MappedFormat {
     ) -> Result<(Inbound, Vec<Located>), DocumentError> {
         match plan.message {
             MessageKind::Declaration => {
-                let (declaration, notes) = self.read_checked(
+                let (declaration, mut notes) = self.read_checked(
                     Canonical::TransitDeclaration,
                     canonical,
                     origins,
                     crate::formats::check_declaration,
                 )?;
+                let office_notes = self
+                    .offices
+                    .check_declaration(&declaration)
+                    .map_err(|e| relocate(e, origins))?;
+                notes.extend(Self::locate(office_notes, origins));
                 Ok((Inbound::Declaration(Box::new(declaration)), notes))
             }
             MessageKind::SealEvents => {
@@ -721,12 +730,17 @@ impl MappedFormat {
                 Ok((Inbound::SealEvents { events, base: None }, Vec::new()))
             }
             MessageKind::SealAssignment => {
-                let (assignment, notes) = self.read_checked(
+                let (assignment, mut notes) = self.read_checked(
                     Canonical::SealAssignment,
                     canonical,
                     origins,
                     crate::formats::check_assignment,
                 )?;
+                let office_notes = self
+                    .offices
+                    .check_assignment(&assignment)
+                    .map_err(|e| relocate(e, origins))?;
+                notes.extend(Self::locate(office_notes, origins));
                 Ok((Inbound::SealAssignment(Box::new(assignment)), notes))
             }
             MessageKind::TripStatus | MessageKind::StatusNotification => {
