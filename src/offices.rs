@@ -647,6 +647,28 @@ pub fn parse_json(value: &Value) -> Result<Vec<Office>, Vec<Located>> {
     }
 }
 
+/// A JSON body, or where it stops being JSON.
+pub fn json_body(body: &[u8]) -> Result<Value, DocumentError> {
+    serde_json::from_slice(body).map_err(|e| {
+        DocumentError::malformed(Located::line_column(e.line(), e.column(), e.to_string()))
+    })
+}
+
+/// An import (`POST /v1/offices/import`, `ects-gateway offices import`): CSV, or JSON.
+pub fn parse_import(body: &[u8], csv: bool) -> Result<Vec<Office>, DocumentError> {
+    if csv {
+        let text = std::str::from_utf8(body).map_err(|e| {
+            DocumentError::malformed(Located::pointer(
+                "",
+                format!("the CSV is not UTF-8 at byte {}", e.valid_up_to()),
+            ))
+        })?;
+        parse_csv(text).map_err(DocumentError::Invalid)
+    } else {
+        parse_json(&json_body(body)?).map_err(DocumentError::Invalid)
+    }
+}
+
 /// The shipped reference data, built into the binary (`mappings/offices/`).
 pub const SHIPPED: [(&str, &str); 5] = [
     (

@@ -12,6 +12,7 @@ mod declarations;
 mod events;
 mod geometry;
 mod icegate;
+mod offices;
 mod operations;
 mod partners;
 mod push;
