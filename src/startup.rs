@@ -33,6 +33,7 @@ pub struct Application {
     store: Store,
     tracking: Arc<Tracking>,
     tick_interval: u64,
+    offices: Offices,
     supervisor: Option<Supervisor>,
     dispatcher: Option<Dispatcher>,
     stop: watch::Sender<bool>,
@@ -239,7 +240,7 @@ impl Application {
             schemas,
             metrics,
             broker,
-            offices,
+            offices: offices.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -261,6 +262,7 @@ impl Application {
             store,
             tracking,
             tick_interval,
+            offices,
             supervisor,
             dispatcher,
             stop,
@@ -293,7 +295,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "listening");
         let handle = self.server.handle();
-        let ticker = run_ticker(self.tracking.clone(), self.tick_interval);
+        let ticker = run_ticker(
+            self.tracking.clone(),
+            self.tick_interval,
+            self.store.clone(),
+            self.offices.clone(),
+        );
         // The link stops last, on its own signal: the dispatcher's confirms need it.
         let (link_stopper, mut link_stop) = watch::channel(false);
         let mut link = tokio::spawn(async move {
@@ -349,14 +356,36 @@ impl Application {
 }
 
 /// Ticks every live trip every `interval_s` seconds; with 0, waits forever.
-async fn run_ticker(tracking: Arc<Tracking>, interval_s: u64) -> anyhow::Result<()> {
+async fn run_ticker(
+    tracking: Arc<Tracking>,
+    interval_s: u64,
+    store: Store,
+    offices: Offices,
+) -> anyhow::Result<()> {
     if interval_s == 0 {
         std::future::pending::<()>().await;
     }
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(interval_s));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut registry_seen = None;
     loop {
         interval.tick().await;
+        // Offices another instance (or `offices import`) changed are read again.
+        match store.offices_version().await {
+            Ok(v) if registry_seen.as_ref() == Some(&v) => {}
+            Ok(v) => match store.all_offices().await {
+                Ok(all) => {
+                    offices.replace(all);
+                    registry_seen = Some(v);
+                }
+                Err(e) => {
+                    tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "office registry not read")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "office registry not read")
+            }
+        }
         match tracking.tick_all(chrono::Utc::now()).await {
             Ok(0) => {}
             Ok(changed) => tracing::info!(changed, "tick"),

@@ -173,6 +173,16 @@ impl Store {
             .collect()
     }
 
+    /// How many offices, and the latest change: what a cached registry compares.
+    pub async fn offices_version(&self) -> Result<(i64, String), StoreError> {
+        let row = sqlx::query(
+            "select count(*) as n, coalesce(max(updated_at), '') as latest from offices",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("latest")?))
+    }
+
     pub async fn all_offices(&self) -> Result<Vec<Office>, StoreError> {
         let rows = sqlx::query("select entry from offices order by code")
             .fetch_all(self.pool())
