@@ -493,3 +493,40 @@ fn the_cli_imports_a_file_into_the_database() {
         );
     });
 }
+
+async fn strict_ticking_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, product_mappings_dir(), |s| {
+        s.offices.policy = OfficePolicy::Strict;
+        s.tick_interval_s = 1;
+    })
+    .await
+}
+
+on_both!(strict_ticking_app: an_office_written_to_the_database_elsewhere_is_read_at_the_next_tick);
+
+async fn an_office_written_to_the_database_elsewhere_is_read_at_the_next_tick(app: TestApp) {
+    assert_eq!(app.post_message(declaration_to("SVQQQ")).await.status, 422);
+    // As `ects-gateway offices import` or another instance would: straight to the database.
+    let entry = ects_gateway::offices::Office::from_json(
+        &json!({"code": "SVQQQ", "name": "Q", "country": "SV", "roles": ["destination"]}),
+        "",
+    )
+    .unwrap();
+    app.store
+        .import_offices(&[entry], chrono::Utc::now())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reply = app.post_message(declaration_to("SVQQQ")).await;
+        if reply.status == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for the ticker to read the registry again: {}",
+            reply.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
