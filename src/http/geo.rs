@@ -78,6 +78,7 @@ pub async fn put_corridor(
         .store
         .put_corridor(&corridor, &feature, Utc::now())
         .await?;
+    state.tracking.refresh_geography().await?;
     Ok(stored(created, feature))
 }
 
@@ -148,6 +149,7 @@ pub async fn put_zone(
         }
     }
     let created = state.store.put_zone(&zone, &feature, Utc::now()).await?;
+    state.tracking.refresh_geography().await?;
     Ok(stored(created, feature))
 }
 

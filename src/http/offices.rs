@@ -61,6 +61,8 @@ fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
 
 /// The registry the formats check against, read again after a change.
 async fn reload(state: &AppState) -> Result<usize, ApiError> {
+    // An office's location is a zone: re-indexed here, not in the next write.
+    state.tracking.refresh_geography().await?;
     let all = state.store.all_offices().await?;
     let n = all.len();
     state.offices.replace(all);

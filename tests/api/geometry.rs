@@ -148,3 +148,41 @@ async fn geometry_over_its_limits_is_refused(app: TestApp) {
     assert_eq!(app.get("/v1/zones").await.json()["zones"], json!([]));
     assert_eq!(app.get("/v1/corridors/HUGE").await.status, 404);
 }
+
+on_both_backends!(a_stored_zone_over_todays_limits_is_left_out_not_fatal);
+
+/// A database from before the limits may hold a world-sized zone: it is left out of
+/// tracking (and logged), and trips go on.
+async fn a_stored_zone_over_todays_limits_is_left_out_not_fatal(app: TestApp) {
+    use ects_core::geo::{Zone, ZoneKind, ZoneShape};
+    use ects_core::{LatLon, ZoneId};
+    let ring: Vec<LatLon> = [
+        (-89.0, -179.0),
+        (-89.0, 179.0),
+        (89.0, 179.0),
+        (89.0, -179.0),
+        (-89.0, -179.0),
+    ]
+    .iter()
+    .map(|&(lat, lon)| LatLon::new(lat, lon).unwrap())
+    .collect();
+    let world = Zone {
+        id: ZoneId::parse("EVERYWHERE").unwrap(),
+        kind: ZoneKind::BorderPost,
+        office_code: None,
+        shape: ZoneShape::Polygon(vec![ring]),
+    };
+    let feature = json!({"type": "Feature", "properties": {"kind": "border_post"},
+        "geometry": {"type": "Polygon", "coordinates": [[[-179, -89], [179, -89], [179, 89], [-179, 89], [-179, -89]]]}});
+    app.store
+        .put_zone(&world, &feature, chrono::Utc::now())
+        .await
+        .unwrap();
+    let trip = app.declare_gt_sv().await;
+    // Events make the trip look at the geometry.
+    let reply = app
+        .post_events(crate::helpers::fixture("ects-json/events-gt-sv.json"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(app.trip(&trip).await["state"], "in_transit");
+}
