@@ -63,6 +63,22 @@ pub enum Command {
         #[command(subcommand)]
         command: MappingCommand,
     },
+    /// The office registry.
+    Offices {
+        #[command(subcommand)]
+        command: OfficesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OfficesCommand {
+    /// Register or replace the offices of a file in the database, all or none: CSV
+    /// (`*.csv`, the columns of mappings/offices/*.csv) or JSON (an array of offices, or
+    /// {"offices": [...]}). Problems are printed with their line or pointer (exit status 1).
+    Import {
+        /// The file; `-` for standard input (JSON).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +216,32 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Offices {
+            command: OfficesCommand::Import { file },
+        } => {
+            let body = read_input(&file)?;
+            let csv = file
+                .extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("csv"));
+            let list = match crate::offices::parse_import(&body, csv) {
+                Ok(list) => list,
+                Err(e) => {
+                    print_problems(&file, e);
+                    return Ok(1);
+                }
+            };
+            let store = Store::connect(&settings.database_url, 1).await?;
+            store.migrate().await?;
+            let counts = store.import_offices(&list, chrono::Utc::now()).await?;
+            store.close().await;
+            println!(
+                "{}: {} office(s) created, {} replaced",
+                file.display(),
+                counts.created,
+                counts.replaced
+            );
+            Ok(0)
         }
         Command::Mapping {
             command: MappingCommand::Test { dir, format },

@@ -53,6 +53,17 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     /// The partner systems: what they send, what they receive, what they may see.
     pub partners: Vec<crate::partners::PartnerConfig>,
+    /// The office registry: what an office not in it gets.
+    pub offices: OfficesSettings,
+}
+
+/// `[offices]`: the office registry's policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OfficesSettings {
+    /// `strict`: an office not in the registry is refused. `known_or_locode` (default): a
+    /// UN/LOCODE-shaped code not in it is accepted with a note.
+    pub policy: crate::offices::OfficePolicy,
 }
 
 /// How the gateway uses its broker.
@@ -141,6 +152,7 @@ impl Default for Settings {
             amqp: AmqpSettings::default(),
             outbox: OutboxSettings::default(),
             partners: Vec::new(),
+            offices: OfficesSettings::default(),
         }
     }
 }

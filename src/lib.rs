@@ -8,6 +8,7 @@ pub mod http;
 pub mod ingest;
 pub mod mapping;
 pub mod metrics;
+pub mod offices;
 pub mod outbox;
 pub mod partners;
 pub mod problem;

@@ -19,6 +19,7 @@ use crate::http::{self, AppState};
 use crate::ingest::Ingest;
 use crate::mapping::MappingSet;
 use crate::metrics::Metrics;
+use crate::offices::Offices;
 use crate::outbox::Dispatcher;
 use crate::partners::PartnerConfig;
 use crate::schemas::Schemas;
@@ -32,6 +33,7 @@ pub struct Application {
     store: Store,
     tracking: Arc<Tracking>,
     tick_interval: u64,
+    offices: Offices,
     supervisor: Option<Supervisor>,
     dispatcher: Option<Dispatcher>,
     stop: watch::Sender<bool>,
@@ -98,8 +100,10 @@ fn check_partners(settings: &Settings, formats: &Formats) -> anyhow::Result<()> 
 }
 
 /// The formats: the canonical one and every mapping in `settings.mappings_dir`, compiled.
+/// Without a database (the CLI), the office registry is the shipped reference data.
 pub fn formats(settings: &Settings) -> anyhow::Result<Formats> {
-    formats_with(settings, schemas()?)
+    let offices = Offices::shipped(settings.offices.policy).map_err(anyhow::Error::msg)?;
+    formats_with(settings, schemas()?, &offices)
 }
 
 fn schemas() -> anyhow::Result<Arc<Schemas>> {
@@ -108,7 +112,11 @@ fn schemas() -> anyhow::Result<Arc<Schemas>> {
     ))
 }
 
-fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> anyhow::Result<Formats> {
+fn formats_with(
+    settings: &Settings,
+    schemas: Arc<Schemas>,
+    offices: &Offices,
+) -> anyhow::Result<Formats> {
     let mappings =
         MappingSet::load(&settings.mappings_dir).context("a mapping file does not compile")?;
     for (format, argv) in &settings.signers {
@@ -147,6 +155,7 @@ fn formats_with(settings: &Settings, schemas: Arc<Schemas>) -> anyhow::Result<Fo
         },
         &mappings,
         &signers,
+        offices,
     ))
 }
 
@@ -161,7 +170,21 @@ impl Application {
             .await
             .context("cannot migrate the database")?;
         let schemas = schemas()?;
-        let formats = formats_with(&settings, schemas.clone())?;
+        // The shipped offices are merged into the stored registry (none overwritten),
+        // then the registry is read whole.
+        let shipped = crate::offices::shipped().map_err(anyhow::Error::msg)?;
+        store
+            .merge_offices(&shipped, chrono::Utc::now())
+            .await
+            .context("cannot seed the office registry")?;
+        let offices = Offices::new(
+            settings.offices.policy,
+            store
+                .all_offices()
+                .await
+                .context("cannot read the office registry")?,
+        );
+        let formats = formats_with(&settings, schemas.clone(), &offices)?;
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -217,6 +240,7 @@ impl Application {
             schemas,
             metrics,
             broker,
+            offices: offices.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -238,6 +262,7 @@ impl Application {
             store,
             tracking,
             tick_interval,
+            offices,
             supervisor,
             dispatcher,
             stop,
@@ -270,7 +295,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!(port = self.port, "listening");
         let handle = self.server.handle();
-        let ticker = run_ticker(self.tracking.clone(), self.tick_interval);
+        let ticker = run_ticker(
+            self.tracking.clone(),
+            self.tick_interval,
+            self.store.clone(),
+            self.offices.clone(),
+        );
         // The link stops last, on its own signal: the dispatcher's confirms need it.
         let (link_stopper, mut link_stop) = watch::channel(false);
         let mut link = tokio::spawn(async move {
@@ -326,14 +356,36 @@ impl Application {
 }
 
 /// Ticks every live trip every `interval_s` seconds; with 0, waits forever.
-async fn run_ticker(tracking: Arc<Tracking>, interval_s: u64) -> anyhow::Result<()> {
+async fn run_ticker(
+    tracking: Arc<Tracking>,
+    interval_s: u64,
+    store: Store,
+    offices: Offices,
+) -> anyhow::Result<()> {
     if interval_s == 0 {
         std::future::pending::<()>().await;
     }
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(interval_s));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut registry_seen = None;
     loop {
         interval.tick().await;
+        // Offices another instance (or `offices import`) changed are read again.
+        match store.offices_version().await {
+            Ok(v) if registry_seen.as_ref() == Some(&v) => {}
+            Ok(v) => match store.all_offices().await {
+                Ok(all) => {
+                    offices.replace(all);
+                    registry_seen = Some(v);
+                }
+                Err(e) => {
+                    tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "office registry not read")
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "office registry not read")
+            }
+        }
         // Each tick in its own task: even a panic the per-trip guard missed ends that tick
         // (logged), never the process.
         let ticking = tokio::spawn({

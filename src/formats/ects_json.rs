@@ -15,11 +15,16 @@ use crate::schemas::{Canonical, Schemas};
 pub struct EctsJson {
     schemas: Arc<Schemas>,
     limits: Limits,
+    offices: crate::offices::Offices,
 }
 
 impl EctsJson {
-    pub fn new(schemas: Arc<Schemas>, limits: Limits) -> Self {
-        Self { schemas, limits }
+    pub fn new(schemas: Arc<Schemas>, limits: Limits, offices: crate::offices::Offices) -> Self {
+        Self {
+            schemas,
+            limits,
+            offices,
+        }
     }
 }
 
@@ -251,13 +256,15 @@ impl EctsJson {
             Shape::Declaration => {
                 self.checked(Canonical::TransitDeclaration, &value, "")?;
                 let mut declaration: TransitDeclaration = from_value(&value, "")?;
-                let notes = check_declaration(&mut declaration)?;
+                let mut notes = check_declaration(&mut declaration)?;
+                notes.extend(self.offices.check_declaration(&declaration)?);
                 Ok((Inbound::Declaration(Box::new(declaration)), notes))
             }
             Shape::Assignment => {
                 self.checked(Canonical::SealAssignment, &value, "")?;
                 let mut assignment: SealAssignment = from_value(&value, "")?;
-                let notes = check_assignment(&mut assignment)?;
+                let mut notes = check_assignment(&mut assignment)?;
+                notes.extend(self.offices.check_assignment(&assignment)?);
                 Ok((Inbound::SealAssignment(Box::new(assignment)), notes))
             }
             Shape::Event => {

@@ -202,10 +202,14 @@ impl Formats {
         limits: Limits,
         mappings: &MappingSet,
         signers: &BTreeMap<String, Arc<dyn Signer>>,
+        offices: &crate::offices::Offices,
     ) -> Self {
-        let mut adapters: Vec<Arc<dyn Format>> =
-            vec![Arc::new(EctsJson::new(schemas.clone(), limits))];
-        for format in mappings.formats(schemas, limits, signers) {
+        let mut adapters: Vec<Arc<dyn Format>> = vec![Arc::new(EctsJson::new(
+            schemas.clone(),
+            limits,
+            offices.clone(),
+        ))];
+        for format in mappings.formats(schemas, limits, signers, offices) {
             adapters.push(Arc::new(format));
         }
         Self { adapters }

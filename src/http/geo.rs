@@ -78,6 +78,7 @@ pub async fn put_corridor(
         .store
         .put_corridor(&corridor, &feature, Utc::now())
         .await?;
+    state.tracking.refresh_geography().await?;
     Ok(stored(created, feature))
 }
 
@@ -132,7 +133,23 @@ pub async fn put_zone(
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
     let feature = parse_json(&body)?;
     let zone = Zone::from_geojson(id, &feature).map_err(geo_problem)?;
+    if let Some(code) = &zone.office_code {
+        // The office a zone is linked to is one the registry accepts, as in a declaration.
+        let mut found = crate::offices::Findings::default();
+        state.offices.check_code(
+            code,
+            None,
+            None,
+            Utc::now().date_naive(),
+            "/properties/office_code",
+            &mut found,
+        );
+        if !found.problems.is_empty() {
+            return Err(ApiError::Document(DocumentError::Invalid(found.problems)));
+        }
+    }
     let created = state.store.put_zone(&zone, &feature, Utc::now()).await?;
+    state.tracking.refresh_geography().await?;
     Ok(stored(created, feature))
 }
 

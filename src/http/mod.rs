@@ -6,6 +6,7 @@ mod commands;
 pub mod error;
 mod geo;
 mod messages;
+mod offices;
 mod ops;
 mod outbox;
 mod trips;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The broker link, when AMQP is configured.
     pub broker: Option<crate::amqp::Broker>,
+    /// The office registry every format checks against.
+    pub offices: crate::offices::Offices,
 }
 
 #[derive(OpenApi)]
@@ -74,6 +77,10 @@ pub struct AppState {
         geo::list_zones,
         outbox::list_outbox,
         outbox::retry_outbox,
+        offices::list_offices,
+        offices::get_office,
+        offices::put_office,
+        offices::import_offices,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -126,6 +133,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(geo::get_zone)
     .service(outbox::list_outbox)
     .service(outbox::retry_outbox)
+    .service(offices::import_offices)
+    .service(offices::list_offices)
+    .service(offices::get_office)
+    .service(offices::put_office)
     .service(ops::healthz)
     .service(ops::readyz)
     .service(ops::metrics)

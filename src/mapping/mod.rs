@@ -239,6 +239,7 @@ impl MappingSet {
         schemas: Arc<Schemas>,
         limits: Limits,
         signers: &BTreeMap<String, Arc<dyn Signer>>,
+        offices: &crate::offices::Offices,
     ) -> Vec<MappedFormat> {
         let mut by_id: BTreeMap<String, Vec<Arc<Plan>>> = BTreeMap::new();
         for plan in &self.plans {
@@ -251,6 +252,7 @@ impl MappingSet {
                 plans,
                 schemas: schemas.clone(),
                 limits,
+                offices: offices.clone(),
             })
             .collect()
     }
@@ -263,6 +265,8 @@ pub struct MappedFormat {
     limits: Limits,
     /// Signs written documents whose mapping names a `[json] signature` block.
     signer: Option<Arc<dyn Signer>>,
+    /// Every office a document names is checked here, as for every other format.
+    offices: crate::offices::Offices,
 }
 
 impl MappedFormat {
@@ -680,12 +684,17 @@ impl MappedFormat {
                 if let Some(o) = canonical.as_object_mut() {
                     o.remove(MESSAGE_FUNCTION);
                 }
-                let (declaration, notes) = self.read_checked(
+                let (declaration, mut notes) = self.read_checked(
                     Canonical::TransitDeclaration,
                     &canonical,
                     origins,
                     crate::formats::check_declaration,
                 )?;
+                let office_notes = self
+                    .offices
+                    .check_declaration(&declaration)
+                    .map_err(|e| relocate(e, origins))?;
+                notes.extend(Self::locate(office_notes, origins));
                 Ok((Inbound::Declaration(Box::new(declaration)), notes))
             }
             MessageKind::SealEvents => {
@@ -737,6 +746,11 @@ impl MappedFormat {
                     crate::formats::check_assignment,
                 )?;
                 notes.extend(Self::locate(bill_notes, origins));
+                let office_notes = self
+                    .offices
+                    .check_assignment(&assignment)
+                    .map_err(|e| relocate(e, origins))?;
+                notes.extend(Self::locate(office_notes, origins));
                 Ok((Inbound::SealAssignment(Box::new(assignment)), notes))
             }
             MessageKind::TripStatus | MessageKind::StatusNotification => {

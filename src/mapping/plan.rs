@@ -57,7 +57,14 @@ pub struct Conversion {
     /// A composite key (`alert+seal_tamper+in_transit`): when the list lacks it, the key
     /// without its last part is tried, and so on.
     pub composite: bool,
+    /// `codes = "offices"`: an office code, read and written as it is. Its shape is
+    /// checked here; whether the office is known is the office registry's question, asked
+    /// of the whole declaration (`crate::offices`), the same for every format.
+    pub office: bool,
 }
+
+/// The code list name that stands for the office registry.
+pub const OFFICES: &str = "offices";
 
 #[derive(Debug, Clone)]
 pub struct Binding {
@@ -486,7 +493,9 @@ impl Plan {
                         ),
                         None => None,
                     };
+                    let office = e.codes.as_deref() == Some(OFFICES);
                     let code_list = match &e.codes {
+                        Some(name) if name == OFFICES => None,
                         Some(name) => Some(codes.get(name).cloned().ok_or((
                             line,
                             format!("code list {name:?} is not in mappings/codes"),
@@ -511,6 +520,7 @@ impl Plan {
                             decimals: e.decimals,
                             codes: code_list,
                             composite,
+                            office,
                         },
                         max_length: e.max_length,
                         on_too_long: e.on_too_long.unwrap_or(TooLong::Refuse),
@@ -923,6 +933,10 @@ impl Conversion {
                 .get(text)
                 .cloned()
                 .ok_or_else(|| format!("code {text:?} is not in code list {}", list.name))?,
+            None if self.office => ects_core::OfficeCode::parse(text)
+                .map_err(|e| format!("office code {text:?} is malformed: {e}"))?
+                .as_str()
+                .to_owned(),
             None => text.to_owned(),
         };
         match self.kind {

@@ -3,6 +3,7 @@
 
 mod geo;
 mod messages;
+mod offices;
 pub mod outbox;
 mod trips;
 
@@ -21,6 +22,7 @@ pub use messages::{MessageRecord, Outcome};
 pub(crate) use messages::{
     accepted_response_for_body, insert_message, response_of_message, set_response,
 };
+pub use offices::ImportCounts;
 pub(crate) use trips::insert_event_conflict;
 pub use trips::{AlertFilter, StoredEvent, TripRow};
 pub(crate) use trips::{

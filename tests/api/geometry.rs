@@ -95,3 +95,94 @@ async fn zones_are_stored_and_returned(app: TestApp) {
     assert_eq!(not_geojson.status, 422);
     assert_eq!(app.get("/v1/zones/X").await.status, 404);
 }
+
+async fn review_geometry_app(backend: crate::helpers::Backend) -> Option<TestApp> {
+    // The default body limit (10 MiB), which let the review's 7.4 MB corridor in.
+    crate::helpers::spawn_app_with(backend, crate::helpers::mappings_dir(), |s| {
+        s.max_body_bytes = ects_gateway::config::Settings::default().max_body_bytes
+    })
+    .await
+}
+
+mod geometry_over_its_limits_is_refused {
+    #[tokio::test]
+    async fn sqlite() {
+        if let Some(app) = super::review_geometry_app(crate::helpers::Backend::Sqlite).await {
+            super::geometry_over_its_limits_is_refused(app).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        if let Some(app) = super::review_geometry_app(crate::helpers::Backend::Postgres).await {
+            super::geometry_over_its_limits_is_refused(app).await;
+        }
+    }
+}
+
+/// The review's requests (M2): a 420,000-vertex corridor and a world-sized border post.
+async fn geometry_over_its_limits_is_refused(app: TestApp) {
+    let line: Vec<Value> = (0..420_000)
+        .map(|i| json!([-90.0 + f64::from(i) * 1e-6, 14.1]))
+        .collect();
+    let huge = json!({"type": "Feature", "properties": {"width_m": 2000},
+                      "geometry": {"type": "LineString", "coordinates": line}});
+    let reply = app.put("/v1/corridors/HUGE", &huge).await;
+    assert_eq!(
+        reply.status,
+        422,
+        "{}",
+        &reply.text[..reply.text.len().min(300)]
+    );
+    assert_eq!(reply.pointers(), vec!["/geometry/coordinates"]);
+
+    let world = json!({"type": "Feature", "properties": {"kind": "border_post"},
+        "geometry": {"type": "Polygon", "coordinates": [[[-179, -89], [179, -89], [179, 89], [-179, 89], [-179, -89]]]}});
+    let reply = app.put("/v1/zones/EVERYWHERE", &world).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/geometry/coordinates/0"]);
+    let wide_release = json!({"type": "Feature", "properties": {"kind": "release_place", "radius_m": 50000},
+        "geometry": {"type": "Point", "coordinates": [-90.5, 14.6]}});
+    let reply = app.put("/v1/zones/WIDE", &wide_release).await;
+    assert_eq!(reply.pointers(), vec!["/properties/radius_m"]);
+    assert_eq!(app.get("/v1/zones").await.json()["zones"], json!([]));
+    assert_eq!(app.get("/v1/corridors/HUGE").await.status, 404);
+}
+
+on_both_backends!(a_stored_zone_over_todays_limits_is_left_out_not_fatal);
+
+/// A database from before the limits may hold a world-sized zone: it is left out of
+/// tracking (and logged), and trips go on.
+async fn a_stored_zone_over_todays_limits_is_left_out_not_fatal(app: TestApp) {
+    use ects_core::geo::{Zone, ZoneKind, ZoneShape};
+    use ects_core::{LatLon, ZoneId};
+    let ring: Vec<LatLon> = [
+        (-89.0, -179.0),
+        (-89.0, 179.0),
+        (89.0, 179.0),
+        (89.0, -179.0),
+        (-89.0, -179.0),
+    ]
+    .iter()
+    .map(|&(lat, lon)| LatLon::new(lat, lon).unwrap())
+    .collect();
+    let world = Zone {
+        id: ZoneId::parse("EVERYWHERE").unwrap(),
+        kind: ZoneKind::BorderPost,
+        office_code: None,
+        shape: ZoneShape::Polygon(vec![ring]),
+    };
+    let feature = json!({"type": "Feature", "properties": {"kind": "border_post"},
+        "geometry": {"type": "Polygon", "coordinates": [[[-179, -89], [179, -89], [179, 89], [-179, 89], [-179, -89]]]}});
+    app.store
+        .put_zone(&world, &feature, chrono::Utc::now())
+        .await
+        .unwrap();
+    let trip = app.declare_gt_sv().await;
+    // Events make the trip look at the geometry.
+    let reply = app
+        .post_events(crate::helpers::fixture("ects-json/events-gt-sv.json"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(app.trip(&trip).await["state"], "in_transit");
+}

@@ -13,6 +13,7 @@ mod events;
 mod geometry;
 mod hostile;
 mod icegate;
+mod offices;
 mod operations;
 mod partners;
 mod push;

@@ -25,8 +25,15 @@ fn geo_err(pointer: impl Into<String>, reason: impl Into<String>) -> GeoError {
 
 /// Widest corridor accepted: wider than this is not a route any more.
 pub const MAX_CORRIDOR_WIDTH_M: f64 = 50_000.0;
-/// Largest circle zone accepted.
+/// Largest circle zone accepted, of any kind (each kind has its own, smaller, limit:
+/// [`ZoneKind::max_radius_m`]).
 pub const MAX_ZONE_RADIUS_M: f64 = 100_000.0;
+/// Most positions in a corridor's line: one every 100 m over 2,000 km.
+pub const MAX_CORRIDOR_VERTICES: usize = 20_000;
+/// Most positions in a zone's polygon, all rings together.
+pub const MAX_POLYGON_VERTICES: usize = 5_000;
+/// Most rings in a zone's polygon (the outer one and its holes).
+pub const MAX_POLYGON_RINGS: usize = 50;
 
 /// An authorized route: a polyline and the full width of the band around it in metres
 /// (a truck within `width_m / 2` of the line is on the route).
@@ -52,6 +59,60 @@ pub enum ZoneKind {
     BorderPost,
     RestArea,
     ReleasePlace,
+}
+
+impl ZoneKind {
+    /// Largest circle of this kind, in metres. A zone switches checks off inside it (a
+    /// border post or rest area: no route deviation; a release place: opening approved),
+    /// so it is never much larger than the place it stands for.
+    pub fn max_radius_m(self) -> f64 {
+        match self {
+            ZoneKind::CustomsOffice => 10_000.0,
+            ZoneKind::BorderPost | ZoneKind::ReleasePlace => 5_000.0,
+            ZoneKind::RestArea => 3_000.0,
+        }
+    }
+
+    /// Largest polygon of this kind (its outer ring), in square kilometres: about the
+    /// circle of [`ZoneKind::max_radius_m`].
+    pub fn max_area_km2(self) -> f64 {
+        match self {
+            ZoneKind::CustomsOffice => 300.0,
+            ZoneKind::BorderPost | ZoneKind::ReleasePlace => 80.0,
+            ZoneKind::RestArea => 30.0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZoneKind::CustomsOffice => "customs_office",
+            ZoneKind::BorderPost => "border_post",
+            ZoneKind::RestArea => "rest_area",
+            ZoneKind::ReleasePlace => "release_place",
+        }
+    }
+}
+
+/// The area of a ring on the sphere, in square kilometres; `None` when the ring spans
+/// more than half the globe in longitude (it is then not a place, whatever its area).
+pub fn ring_area_km2(ring: &[LatLon]) -> Option<f64> {
+    let (mut west, mut east) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in ring {
+        west = west.min(p.lon);
+        east = east.max(p.lon);
+    }
+    if east - west > 180.0 {
+        return None;
+    }
+    // The spherical excess of the ring by the trapezoid sum over its edges.
+    let mut sum = 0.0;
+    for pair in ring.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        sum += (b.lon - a.lon).to_radians()
+            * (2.0 + a.lat.to_radians().sin() + b.lat.to_radians().sin());
+    }
+    let r_km = crate::spatial::EARTH_RADIUS_M / 1000.0;
+    Some((sum * r_km * r_km / 2.0).abs())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +214,15 @@ impl Corridor {
                 "a LineString needs at least two positions",
             ));
         }
+        if coordinates.len() > MAX_CORRIDOR_VERTICES {
+            return Err(geo_err(
+                "/geometry/coordinates",
+                format!(
+                    "{} positions exceed the limit of {MAX_CORRIDOR_VERTICES} for a corridor",
+                    coordinates.len()
+                ),
+            ));
+        }
         let line = coordinates
             .iter()
             .enumerate()
@@ -196,6 +266,27 @@ impl Zone {
                 if coordinates.is_empty() {
                     return Err(geo_err("/geometry/coordinates", "a Polygon needs a ring"));
                 }
+                if coordinates.len() > MAX_POLYGON_RINGS {
+                    return Err(geo_err(
+                        "/geometry/coordinates",
+                        format!(
+                            "{} rings exceed the limit of {MAX_POLYGON_RINGS} for a zone",
+                            coordinates.len()
+                        ),
+                    ));
+                }
+                let vertices = coordinates
+                    .iter()
+                    .map(Vec::len)
+                    .fold(0usize, usize::saturating_add);
+                if vertices > MAX_POLYGON_VERTICES {
+                    return Err(geo_err(
+                        "/geometry/coordinates",
+                        format!(
+                            "{vertices} positions exceed the limit of {MAX_POLYGON_VERTICES} for a zone"
+                        ),
+                    ));
+                }
                 let mut rings = Vec::with_capacity(coordinates.len());
                 for (r, ring) in coordinates.iter().enumerate() {
                     let pointer = format!("/geometry/coordinates/{r}");
@@ -212,11 +303,37 @@ impl Zone {
                     }
                     rings.push(points);
                 }
+                let max = kind.max_area_km2();
+                match ring_area_km2(&rings[0]) {
+                    Some(area) if area <= max => {}
+                    Some(area) => {
+                        return Err(geo_err(
+                            "/geometry/coordinates/0",
+                            format!(
+                                "the area {area:.1} km² exceeds the limit of {max} km² for a {}",
+                                kind.as_str()
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(geo_err(
+                            "/geometry/coordinates/0",
+                            format!(
+                                "spans more than 180° of longitude: larger than any {}",
+                                kind.as_str()
+                            ),
+                        ));
+                    }
+                }
                 ZoneShape::Polygon(rings)
             }
             Some(GeometryValue::Point { coordinates }) => ZoneShape::Circle {
                 centre: point(coordinates, "/geometry/coordinates".into())?,
-                radius_m: positive_number(&feature, "radius_m", MAX_ZONE_RADIUS_M)?,
+                radius_m: positive_number(
+                    &feature,
+                    "radius_m",
+                    kind.max_radius_m().min(MAX_ZONE_RADIUS_M),
+                )?,
             },
             _ => {
                 return Err(geo_err(
@@ -304,5 +421,103 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.pointer, "/properties/radius_m");
+    }
+
+    fn zone(kind: &str, ring: Vec<[f64; 2]>) -> Result<Zone, GeoError> {
+        Zone::from_geojson(
+            ZoneId::parse("Z").unwrap(),
+            &json!({"type": "Feature", "properties": {"kind": kind},
+                    "geometry": {"type": "Polygon", "coordinates": [ring]}}),
+        )
+    }
+
+    fn square(lon: f64, lat: f64, side_deg: f64) -> Vec<[f64; 2]> {
+        vec![
+            [lon, lat],
+            [lon + side_deg, lat],
+            [lon + side_deg, lat + side_deg],
+            [lon, lat + side_deg],
+            [lon, lat],
+        ]
+    }
+
+    #[test]
+    fn ring_area_is_close_to_the_sphere() {
+        let one_degree: Vec<LatLon> = square(0.0, 0.0, 1.0)
+            .into_iter()
+            .map(|[lon, lat]| LatLon::new(lat, lon).unwrap())
+            .collect();
+        let area = ring_area_km2(&one_degree).unwrap();
+        assert!((area - 12_364.0).abs() < 50.0, "{area}");
+    }
+
+    #[test]
+    fn zones_are_no_larger_than_their_kind() {
+        // A border post of about 1 km² (Pedro de Alvarado), and the review's world.
+        assert!(zone("border_post", square(-90.17, 13.79, 0.01)).is_ok());
+        let world = vec![
+            [-179.0, -89.0],
+            [179.0, -89.0],
+            [179.0, 89.0],
+            [-179.0, 89.0],
+            [-179.0, -89.0],
+        ];
+        let e = zone("border_post", world).unwrap_err();
+        assert_eq!(e.pointer, "/geometry/coordinates/0");
+        // 1° squared is a region, not a release place; it may not be a customs office either.
+        let e = zone("release_place", square(-90.0, 14.0, 1.0)).unwrap_err();
+        assert!(e.reason.contains("release_place"), "{e}");
+        assert!(zone("customs_office", square(-90.0, 14.0, 1.0)).is_err());
+        // Circles: each kind its radius.
+        let circle = |kind: &str, r: f64| {
+            Zone::from_geojson(
+                ZoneId::parse("Z").unwrap(),
+                &json!({"type": "Feature", "properties": {"kind": kind, "radius_m": r},
+                        "geometry": {"type": "Point", "coordinates": [-90.0, 14.0]}}),
+            )
+        };
+        assert!(circle("border_post", 5_000.0).is_ok());
+        assert_eq!(
+            circle("border_post", 5_001.0).unwrap_err().pointer,
+            "/properties/radius_m"
+        );
+        assert!(circle("customs_office", 10_000.0).is_ok());
+    }
+
+    #[test]
+    fn vertex_and_ring_counts_are_limited() {
+        let line: Vec<[f64; 2]> = (0..420_000)
+            .map(|i| [-90.0 + f64::from(i) * 1e-6, 14.0])
+            .collect();
+        let e = Corridor::from_geojson(
+            cid(),
+            &json!({"type": "Feature", "properties": {"width_m": 2000},
+                    "geometry": {"type": "LineString", "coordinates": line}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.pointer, "/geometry/coordinates");
+        assert!(e.reason.contains("420000 positions"), "{e}");
+        let mut ring: Vec<[f64; 2]> = (0..6_000)
+            .map(|i| {
+                let a = f64::from(i) / 6_000.0 * std::f64::consts::TAU;
+                [-90.0 + 0.001 * a.cos(), 14.0 + 0.001 * a.sin()]
+            })
+            .collect();
+        ring.push(ring[0]);
+        assert!(
+            zone("border_post", ring)
+                .unwrap_err()
+                .reason
+                .contains("positions")
+        );
+        let small = square(-90.0, 14.0, 0.001);
+        let many = vec![small; 51];
+        let e = Zone::from_geojson(
+            ZoneId::parse("Z").unwrap(),
+            &json!({"type": "Feature", "properties": {"kind": "rest_area"},
+                    "geometry": {"type": "Polygon", "coordinates": many}}),
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("51 rings"), "{e}");
     }
 }
