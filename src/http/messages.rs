@@ -36,6 +36,10 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer) -> Source<'a> {
             .and_then(|v| v.to_str().ok()),
         message_id: None,
         partner: viewer.partner_id(),
+        authority: match viewer {
+            Viewer::Partner(p) => Some(&p.authority),
+            Viewer::Operator => None,
+        },
     }
 }
 

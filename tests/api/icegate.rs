@@ -567,6 +567,142 @@ pub(crate) mod message_types {
         );
     }
 
+    async fn a_deletion_after_departure_is_refused(app: TestApp) {
+        let trip = departed(&app, "4581").await;
+        let reply = post_be(
+            &app,
+            &Be {
+                kind: 'D',
+                job: "4581",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 409, "{}", reply.text);
+        assert!(
+            reply.text.contains("in_transit")
+                && reply.text.contains("deleted only before departure")
+                && reply.text.contains("/cancel"),
+            "{}",
+            reply.text
+        );
+        // Still monitored.
+        assert_eq!(app.trip(&trip).await["state"], "in_transit");
+    }
+
+    fn sha256(token: &str) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    }
+
+    pub(crate) fn partner(id: &str, authority: &str) -> ects_gateway::partners::PartnerConfig {
+        toml::from_str(&format!(
+            "id = \"{id}\"\nauthority = \"{authority}\"\nformat = \"icegate-flat\"\n\
+             api_token_sha256 = \"{}\"\n",
+            sha256(&format!("{id}-token"))
+        ))
+        .unwrap()
+    }
+
+    async fn post_be_as(app: &TestApp, partner: &str, be: &Be<'_>) -> (u16, String) {
+        let response = app
+            .client
+            .post(format!("{}/v1/messages/icegate-flat", app.address))
+            .header("authorization", format!("Bearer {partner}-token"))
+            .body(bill_of_entry(be))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Only the partner that filed a declaration, or its issuing authority, may amend or
+    /// delete it; an authority that amends does not become its filer.
+    async fn only_the_filer_or_the_issuing_authority_changes_a_declaration(backend: Backend) {
+        let Some(app) = crate::helpers::spawn_app_with(backend, product_mappings_dir(), |s| {
+            s.partners = vec![
+                partner("in-cha", "IN-CHA"),
+                partner("np-customs", "NP"),
+                partner("in-customs", "IN"),
+            ];
+        })
+        .await
+        else {
+            return;
+        };
+        let (status, text) = post_be_as(&app, "in-cha", &Be::default()).await;
+        assert_eq!(status, 202, "{text}");
+        let trip = serde_json::from_str::<Value>(&text).unwrap()["trips"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let amendment = Be {
+            kind: 'A',
+            control: "000124",
+            seal_2: "ES00781299",
+            ..Be::default()
+        };
+        let deletion = Be {
+            kind: 'D',
+            control: "000125",
+            ..Be::default()
+        };
+        // Another country's partner, and a caller without a token: refused, nothing changed.
+        for be in [&amendment, &deletion] {
+            let (status, text) = post_be_as(&app, "np-customs", be).await;
+            assert_eq!(status, 403, "{text}");
+            assert!(
+                text.contains("partner np-customs may not") && text.contains("in-cha"),
+                "{text}"
+            );
+            let reply = post_be(&app, be).await;
+            assert_eq!(reply.status, 403, "{}", reply.text);
+        }
+        let status = app.trip(&trip).await;
+        assert_eq!(status["state"], "declared");
+        assert_eq!(status["equipment"][1]["seals"][0]["id"], "ES00781235");
+        assert_eq!(
+            app.count_where("trip_parties", "party like 'filer:%'")
+                .await,
+            1
+        );
+        // The issuing authority amends; it is not made a filer.
+        let (status, text) = post_be_as(&app, "in-customs", &amendment).await;
+        assert_eq!(status, 202, "{text}");
+        assert_eq!(
+            app.trip(&trip).await["equipment"][1]["seals"][0]["id"],
+            "ES00781299"
+        );
+        assert_eq!(
+            app.count_where("trip_parties", "party = 'filer:in-customs'")
+                .await,
+            0
+        );
+        // The filer deletes.
+        let (status, text) = post_be_as(&app, "in-cha", &deletion).await;
+        assert_eq!(status, 202, "{text}");
+        assert_eq!(app.trip(&trip).await["state"], "cancelled");
+    }
+
+    mod only_the_filer_or_the_issuing_authority_changes_a_declaration {
+        #[tokio::test]
+        async fn sqlite() {
+            super::only_the_filer_or_the_issuing_authority_changes_a_declaration(
+                super::Backend::Sqlite,
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn postgres() {
+            super::only_the_filer_or_the_issuing_authority_changes_a_declaration(
+                super::Backend::Postgres,
+            )
+            .await;
+        }
+    }
+
     macro_rules! with_product_mappings {
         ($($name:ident),* $(,)?) => {
             $(
@@ -592,5 +728,6 @@ pub(crate) mod message_types {
     with_product_mappings!(
         amendments_and_deletions_over_http,
         an_amendment_after_departure_is_refused_with_the_reason,
+        a_deletion_after_departure_is_refused,
     );
 }
