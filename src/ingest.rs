@@ -604,8 +604,10 @@ impl Ingest {
             &mut changes,
         );
         let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        let previous = serde_json::from_value::<TransitDeclaration>(stored.clone()).ok();
         let amendment = crate::tracking::Amendment {
             declaration: &amended,
+            previous: previous.as_ref(),
             canonical: &text,
             message_id: &message.id,
             version,

@@ -590,6 +590,70 @@ pub(crate) mod message_types {
         assert_eq!(app.trip(&trip).await["state"], "in_transit");
     }
 
+    /// Rope cut at the port, a new seal fitted, an amendment with the new seal number:
+    /// refused while the tamper alert is open, and the alert stays open.
+    async fn an_amendment_never_withdraws_a_seal_alert(app: TestApp) {
+        let declaration = json!({
+            "declaration_id": "4582", "issuing_authority": "IN",
+            "declared_at": "2025-03-14T04:30:00Z",
+            "office_of_departure": {"code": "INMAA1", "country": "IN"},
+            "office_of_destination": {"code": "INMAA4", "country": "IN"},
+            "equipment": [{"id": "MSKU1234565", "seals": [
+                {"id": "ES94582", "kind": "electronic", "device_id": "86000004582"}]}]
+        });
+        let reply = app.post_message(declaration.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+        let event = |seq: u64, minute: u32, kind: &str| {
+            json!({"device_id": "86000004582", "seal_id": "ES94582", "seq": seq, "kind": kind,
+                   "time": format!("2025-03-14T06:{minute:02}:00Z"),
+                   "position": {"lat": 13.1, "lon": 80.29, "fix": "gps", "speed_kmh": 0.0}})
+        };
+        let events = json!([event(1, 0, "locked"), event(2, 5, "rope_cut")]);
+        let reply = app.post_events(events.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let before = app.trip(&trip).await;
+        assert_eq!(before["open_alerts"][0]["kind"], "seal_tamper", "{before}");
+        assert!(
+            ["declared", "armed"].contains(&before["state"].as_str().unwrap()),
+            "{before}"
+        );
+
+        // The BE names other seals: ES94582 would leave the trip.
+        let reply = post_be(
+            &app,
+            &Be {
+                kind: 'A',
+                job: "4582",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 409, "{}", reply.text);
+        assert!(
+            reply.text.contains("seal_tamper") && reply.text.contains("not amended"),
+            "{}",
+            reply.text
+        );
+        let after = app.trip(&trip).await;
+        assert_eq!(after["open_alerts"], before["open_alerts"]);
+        assert_eq!(after["equipment"], before["equipment"]);
+        let open = app
+            .get(&format!("/v1/alerts?trip={trip}&status=open"))
+            .await
+            .json();
+        assert_eq!(open["alerts"][0]["kind"], "seal_tamper", "{open}");
+        assert_eq!(
+            app.count_where("alerts", "withdrawn_at is not null").await,
+            0
+        );
+        assert_eq!(
+            app.count_where("declaration_versions", "declaration_id = '4582'")
+                .await,
+            1
+        );
+    }
+
     fn sha256(token: &str) -> String {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
@@ -729,5 +793,6 @@ pub(crate) mod message_types {
         amendments_and_deletions_over_http,
         an_amendment_after_departure_is_refused_with_the_reason,
         a_deletion_after_departure_is_refused,
+        an_amendment_never_withdraws_a_seal_alert,
     );
 }
