@@ -593,6 +593,18 @@ impl Ingest {
                     "declaration version overflow".into(),
                 )))
             })?;
+        if version > MAX_DECLARATION_VERSIONS {
+            tx.rollback().await?;
+            return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                "",
+                format!(
+                    "declaration {} of {} has {MAX_DECLARATION_VERSIONS} versions, the most \
+                     taken: the version in force stays; file a new declaration (or cancel \
+                     the trip) instead of amending it again",
+                    amended.declaration_id, amended.issuing_authority
+                ),
+            ))));
+        }
         let mut record = message.record(Outcome::Accepted);
         record.parsed = Some(text.clone());
         store::insert_message(&mut tx, &record).await?;
@@ -1122,6 +1134,10 @@ fn may_change(
         declaration.issuing_authority
     ))
 }
+
+/// The most versions a declaration has (the first and 49 amendments): each amendment
+/// replays the trip and is kept, so there is a bound.
+pub const MAX_DECLARATION_VERSIONS: i64 = 50;
 
 /// The most changes one amendment's audit entry lists (the rest are in its version).
 const MAX_CHANGES: usize = 200;

@@ -654,6 +654,56 @@ pub(crate) mod message_types {
         );
     }
 
+    /// A declaration has at most 50 versions; the 51st is refused and changes nothing.
+    async fn amendments_are_capped(app: TestApp) {
+        let reply = post_be(
+            &app,
+            &Be {
+                job: "4583",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+        let max = ects_gateway::ingest::MAX_DECLARATION_VERSIONS;
+        for n in 2..=max + 1 {
+            let truck = format!("TN01AB{n:04}");
+            let reply = post_be(
+                &app,
+                &Be {
+                    kind: 'A',
+                    job: "4583",
+                    truck: &truck,
+                    ..Be::default()
+                },
+            )
+            .await;
+            if n <= max {
+                assert_eq!(reply.status, 202, "version {n}: {}", reply.text);
+                assert_eq!(reply.json()["declaration"]["version"], n);
+            } else {
+                assert_eq!(reply.status, 409, "{}", reply.text);
+                assert!(reply.text.contains("50 versions"), "{}", reply.text);
+            }
+        }
+        assert_eq!(
+            app.count_where("declaration_versions", "declaration_id = '4583'")
+                .await,
+            max
+        );
+        // The version in force is the 50th.
+        assert_eq!(
+            app.count_where(
+                "declarations",
+                &format!("declaration_id = '4583' and canonical like '%TN01AB{max:04}%'")
+            )
+            .await,
+            1
+        );
+        assert_eq!(app.trip(&trip).await["state"], "declared");
+    }
+
     fn sha256(token: &str) -> String {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(token.as_bytes()))
@@ -794,5 +844,6 @@ pub(crate) mod message_types {
         an_amendment_after_departure_is_refused_with_the_reason,
         a_deletion_after_departure_is_refused,
         an_amendment_never_withdraws_a_seal_alert,
+        amendments_are_capped,
     );
 }
