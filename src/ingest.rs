@@ -525,17 +525,18 @@ impl Ingest {
         function: MessageFunction,
     ) -> Result<(store::TripRow, TripId), Attempt> {
         let Some(existing) = store::find_declaration(tx, declaration).await? else {
-            return Err(Attempt::Failed(IngestError::Document(
-                DocumentError::Invalid(vec![Located::pointer(
-                    "/declaration_id",
-                    format!(
-                        "no declaration {} of {} is registered: an {} needs the declaration it names",
-                        declaration.declaration_id,
-                        declaration.issuing_authority,
-                        function.as_str()
-                    ),
-                )]),
-            )));
+            // Not wrong in itself, only early (as for a seal assignment): a conflict with
+            // what is stored, which may clear.
+            return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                "/declaration_id",
+                format!(
+                    "declaration {} of {} is not yet registered: send the {} again once the \
+                     declaration is in",
+                    declaration.declaration_id,
+                    declaration.issuing_authority,
+                    function.as_str()
+                ),
+            ))));
         };
         let trip_id = TripId::parse(&existing.trip_id).map_err(|_| {
             Attempt::Failed(IngestError::Store(StoreError::Corrupt(format!(
@@ -801,12 +802,13 @@ impl Ingest {
                 store::find_declaration_by(&mut tx, authority.as_str(), id.as_str()).await?
             else {
                 tx.rollback().await?;
-                return Err(refuse(
-                    "/declaration_id".into(),
+                return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                    "/declaration_id",
                     format!(
-                        "no declaration {id} of {authority} is registered: send the declaration before its seals"
+                        "declaration {id} of {authority} is not yet registered: send the seal \
+                         assignment again once the declaration is in"
                     ),
-                ));
+                ))));
             };
             targets.insert(row.trip_id, assignment.equipment.clone());
         } else {

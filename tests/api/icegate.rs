@@ -500,22 +500,29 @@ pub(crate) mod message_types {
                         .contains("message type D")),
             "{audit}"
         );
-        // An amendment or a deletion of a declaration nobody registered: 422, named.
-        let reply = post_be(
-            &app,
-            &Be {
-                kind: 'A',
-                job: "9999",
-                ..Be::default()
-            },
-        )
-        .await;
-        assert_eq!(reply.status, 422, "{}", reply.text);
-        assert!(
-            reply.text.contains("no declaration 9999 of IN"),
-            "{}",
-            reply.text
-        );
+        // An amendment or a deletion of a declaration not registered yet: 409, named, and
+        // taken once the declaration is in.
+        for kind in ['A', 'D'] {
+            let reply = post_be(
+                &app,
+                &Be {
+                    kind,
+                    job: "9999",
+                    ..Be::default()
+                },
+            )
+            .await;
+            assert_eq!(reply.status, 409, "{}", reply.text);
+            assert!(
+                reply
+                    .text
+                    .contains("declaration 9999 of IN is not yet registered: send the")
+                    && reply.text.contains("again once the declaration is in")
+                    && reply.text.contains("/declaration_id"),
+                "{}",
+                reply.text
+            );
+        }
         // S (supplement) has no meaning here: refused, naming the field.
         let reply = post_be(
             &app,
