@@ -66,6 +66,7 @@ async fn ingest_with(
     responses(
         (status = 202, description = "Stored and applied; the trips it touched", body = IngestResponse),
         (status = 400, description = "Not well-formed", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with a stored declaration or event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
@@ -98,6 +99,7 @@ pub async fn post_message(
     request_body(content = String, description = "The document"),
     responses(
         (status = 202, description = "Stored and applied", body = IngestResponse),
+        (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No format recognises the document, or it is not valid", body = Problem, content_type = "application/problem+json"),
     )
 )]
