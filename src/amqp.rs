@@ -371,6 +371,7 @@ impl Consumer {
             content_type: content_type.as_deref(),
             message_id: Some(&transport_id),
             partner: Some(&partner.id),
+            authority: Some(&partner.authority),
         };
         let result = self
             .inbound
@@ -397,6 +398,13 @@ impl Consumer {
             Err(IngestError::Conflict(located)) => {
                 let rejection = Rejection {
                     status: 409,
+                    problems: vec![located],
+                };
+                self.dead_letter(delivery, &transport_id, &rejection).await
+            }
+            Err(IngestError::Forbidden(located)) => {
+                let rejection = Rejection {
+                    status: 403,
                     problems: vec![located],
                 };
                 self.dead_letter(delivery, &transport_id, &rejection).await

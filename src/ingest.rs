@@ -35,6 +35,9 @@ pub struct Source<'a> {
     pub message_id: Option<&'a str>,
     /// The partner it came from, when the transport knows it (its AMQP queue).
     pub partner: Option<&'a str>,
+    /// That partner's configured authority: it may amend or delete its authority's
+    /// declarations, besides those it filed.
+    pub authority: Option<&'a AuthorityCode>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -141,6 +144,9 @@ pub enum IngestError {
     /// The message contradicts what is already stored under the same identity.
     #[error("conflict: {0}")]
     Conflict(Located),
+    /// The sender may not do this to what is stored (another filer's declaration).
+    #[error("forbidden: {0}")]
+    Forbidden(Located),
     #[error("storage failed")]
     Store(#[from] StoreError),
 }
@@ -294,10 +300,14 @@ impl Ingest {
                 }
                 Err(Attempt::Retry) => return Err(IngestError::Store(StoreError::Contention)),
                 Err(Attempt::Failed(IngestError::Conflict(located))) => {
-                    let e = IngestError::Conflict(located.clone());
                     self.record_rejected(&message, &serde_json::json!([located]).to_string())
                         .await?;
-                    return Err(e);
+                    return Err(IngestError::Conflict(located));
+                }
+                Err(Attempt::Failed(IngestError::Forbidden(located))) => {
+                    self.record_rejected(&message, &serde_json::json!([located]).to_string())
+                        .await?;
+                    return Err(IngestError::Forbidden(located));
                 }
                 Err(Attempt::Failed(e)) => return Err(e),
             }
@@ -523,32 +533,39 @@ impl Ingest {
         Self::finish(tx, message, &response).await
     }
 
-    /// The registered declaration an amendment or a deletion names, with its trip; a
-    /// refusal naming /declaration_id when there is none.
+    /// The registered declaration an amendment or a deletion names, with its trip, if the
+    /// sender may change it (see [`may_change`]); a refusal naming /declaration_id when
+    /// there is none.
     async fn target(
         &self,
         tx: &mut Tx,
+        message: &Message<'_>,
         declaration: &TransitDeclaration,
         function: MessageFunction,
     ) -> Result<(store::TripRow, TripId), Attempt> {
         let Some(existing) = store::find_declaration(tx, declaration).await? else {
-            return Err(Attempt::Failed(IngestError::Document(
-                DocumentError::Invalid(vec![Located::pointer(
-                    "/declaration_id",
-                    format!(
-                        "no declaration {} of {} is registered: an {} needs the declaration it names",
-                        declaration.declaration_id,
-                        declaration.issuing_authority,
-                        function.as_str()
-                    ),
-                )]),
-            )));
+            // Not wrong in itself, only early (as for a seal assignment): a conflict with
+            // what is stored, which may clear.
+            return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                "/declaration_id",
+                format!(
+                    "declaration {} of {} is not yet registered: send the {} again once the \
+                     declaration is in",
+                    declaration.declaration_id,
+                    declaration.issuing_authority,
+                    function.as_str()
+                ),
+            ))));
         };
         let trip_id = TripId::parse(&existing.trip_id).map_err(|_| {
             Attempt::Failed(IngestError::Store(StoreError::Corrupt(format!(
                 "trip id {}",
                 existing.trip_id
             ))))
+        })?;
+        let parties = store::outbox::trip_parties(tx, &existing.trip_id).await?;
+        may_change(&message.source, &parties, declaration, function).map_err(|reason| {
+            Attempt::Failed(IngestError::Forbidden(Located::pointer("", reason)))
         })?;
         Ok((existing, trip_id))
     }
@@ -563,7 +580,7 @@ impl Ingest {
     ) -> Result<Answer, Attempt> {
         let mut tx = self.store.begin_write().await?;
         let (existing, trip_id) = match self
-            .target(&mut tx, declaration, MessageFunction::Amendment)
+            .target(&mut tx, message, declaration, MessageFunction::Amendment)
             .await
         {
             Ok(found) => found,
@@ -596,6 +613,18 @@ impl Ingest {
                     "declaration version overflow".into(),
                 )))
             })?;
+        if version > MAX_DECLARATION_VERSIONS {
+            tx.rollback().await?;
+            return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                "",
+                format!(
+                    "declaration {} of {} has {MAX_DECLARATION_VERSIONS} versions, the most \
+                     taken: the version in force stays; file a new declaration (or cancel \
+                     the trip) instead of amending it again",
+                    amended.declaration_id, amended.issuing_authority
+                ),
+            ))));
+        }
         let mut record = message.record(Outcome::Accepted);
         record.parsed = Some(text.clone());
         store::insert_message(&mut tx, &record).await?;
@@ -607,8 +636,10 @@ impl Ingest {
             &mut changes,
         );
         let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        let previous = serde_json::from_value::<TransitDeclaration>(stored.clone()).ok();
         let amendment = crate::tracking::Amendment {
             declaration: &amended,
+            previous: previous.as_ref(),
             canonical: &text,
             message_id: &message.id,
             version,
@@ -634,7 +665,8 @@ impl Ingest {
         store::outbox::insert_parties(
             &mut tx,
             &trip_id.to_string(),
-            &crate::partners::parties_of(&amended, message.source.partner),
+            // The countries of the new version; the filer stays who it was.
+            &crate::partners::parties_of(&amended, None),
         )
         .await?;
         let response = IngestResponse {
@@ -664,7 +696,7 @@ impl Ingest {
     ) -> Result<Answer, Attempt> {
         let mut tx = self.store.begin_write().await?;
         let (existing, trip_id) = match self
-            .target(&mut tx, declaration, MessageFunction::Deletion)
+            .target(&mut tx, message, declaration, MessageFunction::Deletion)
             .await
         {
             Ok(found) => found,
@@ -676,11 +708,24 @@ impl Ingest {
         let state = store::load_trip(&mut tx, self.store.backend(), &existing.trip_id)
             .await?
             .map(|(t, _)| t.status.state);
-        if state == Some(ects_core::TripState::Released) {
+        let refusal = match state {
+            Some(ects_core::TripState::Released) => Some(format!(
+                "trip {trip_id} is released: there is no transit left to delete"
+            )),
+            Some(s @ (ects_core::TripState::InTransit | ects_core::TripState::Arrived)) => {
+                Some(format!(
+                    "trip {trip_id} is {}: a declaration is deleted only before departure (while \
+                 its trip is declared or armed); customs cancel a moving trip with \
+                 POST /v1/trips/{trip_id}/cancel",
+                    s.as_str()
+                ))
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
             tx.rollback().await?;
             return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
-                "",
-                format!("trip {trip_id} is released: there is no transit left to delete"),
+                "", reason,
             ))));
         }
         let mut record = message.record(Outcome::Accepted);
@@ -778,12 +823,13 @@ impl Ingest {
                 store::find_declaration_by(&mut tx, authority.as_str(), id.as_str()).await?
             else {
                 tx.rollback().await?;
-                return Err(refuse(
-                    "/declaration_id".into(),
+                return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                    "/declaration_id",
                     format!(
-                        "no declaration {id} of {authority} is registered: send the declaration before its seals"
+                        "declaration {id} of {authority} is not yet registered: send the seal \
+                         assignment again once the declaration is in"
                     ),
-                ));
+                ))));
             };
             targets.insert(row.trip_id, assignment.equipment.clone());
         } else {
@@ -1142,6 +1188,45 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) ->
         _ => (a != b).then_some(at),
     }
 }
+
+/// Who may amend or delete a registered declaration: the partner that filed it
+/// (`filer:<id>` among its trip's parties), or a partner whose configured authority is the
+/// declaration's issuing authority. A sender without a partner (HTTP without an API token:
+/// the operator's side) only a declaration no partner filed, as a plain declaration (F)
+/// from it would have made.
+fn may_change(
+    source: &Source<'_>,
+    parties: &[String],
+    declaration: &TransitDeclaration,
+    function: MessageFunction,
+) -> Result<(), String> {
+    let filer = parties.iter().find_map(|p| p.strip_prefix("filer:"));
+    let allowed = match source.partner {
+        Some(partner) => {
+            filer == Some(partner) || source.authority == Some(&declaration.issuing_authority)
+        }
+        None => filer.is_none(),
+    };
+    if allowed {
+        return Ok(());
+    }
+    let who = source.partner.map_or_else(
+        || "a sender without a partner's API token".to_owned(),
+        |p| format!("partner {p}"),
+    );
+    let filed = filer.map_or_else(String::new, |f| format!(" (filed by partner {f})"));
+    Err(format!(
+        "{who} may not send this {} of declaration {} of {}{filed}: only the partner that filed \
+         it or its issuing authority may",
+        function.as_str(),
+        declaration.declaration_id,
+        declaration.issuing_authority
+    ))
+}
+
+/// The most versions a declaration has (the first and 49 amendments): each amendment
+/// replays the trip and is kept, so there is a bound.
+pub const MAX_DECLARATION_VERSIONS: i64 = 50;
 
 /// The most changes one amendment's audit entry lists (the rest are in its version).
 const MAX_CHANGES: usize = 200;

@@ -114,7 +114,9 @@ impl Metrics {
         let outcome = match result {
             Ok(a) if a.replayed => "duplicate",
             Ok(_) => "accepted",
-            Err(IngestError::Document(_) | IngestError::Conflict(_)) => "rejected",
+            Err(
+                IngestError::Document(_) | IngestError::Conflict(_) | IngestError::Forbidden(_),
+            ) => "rejected",
             Err(IngestError::Store(_)) => "failed",
         };
         self.messages_in

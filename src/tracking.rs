@@ -1084,6 +1084,8 @@ async fn maybe_checkpoint(conn: &mut AnyConnection, trip: &Trip) -> Result<(), S
 /// A new version of a trip's declaration (an ICES amendment), to apply before departure.
 pub struct Amendment<'a> {
     pub declaration: &'a TransitDeclaration,
+    /// The version in force until now, when it reads.
+    pub previous: Option<&'a TransitDeclaration>,
     /// Its canonical JSON, as stored.
     pub canonical: &'a str,
     /// The message that brought it (stored already).
@@ -1109,7 +1111,15 @@ impl Tracking {
         now: DateTime<Utc>,
     ) -> Result<Applied, CommandFailure> {
         let declaration = amendment.declaration;
-        store::lock_seal_devices(tx, self.store.backend(), declaration.seals()).await?;
+        // The devices of both versions, in one ordered pass: a message routing events of
+        // a seal the amendment removes or adds waits for it, or is seen by it.
+        let previous = amendment.previous.into_iter().flat_map(|d| d.seals());
+        store::lock_seal_devices(
+            tx,
+            self.store.backend(),
+            declaration.seals().chain(previous),
+        )
+        .await?;
         let geo = self.geography(tx).await?;
         let id = trip_id.to_string();
         let Some((trip, version)) = store::load_trip(tx, self.store.backend(), &id).await? else {
@@ -1125,6 +1135,25 @@ impl Tracking {
                     "trip {trip_id} is {}: a declaration is amended only before departure \
                      (while its trip is declared or armed); the version in force stays",
                     trip.status.state.as_str()
+                ),
+            }));
+        }
+        // A seal reported opened or tampered with stays the trip's business: an amendment
+        // (a new seal number after a cut rope) must not make its alert go away.
+        if let Some(alert) = trip.status.open_alerts.iter().find(|a| {
+            matches!(
+                a.kind,
+                ects_core::AlertKind::SealOpened | ects_core::AlertKind::SealTamper
+            )
+        }) {
+            return Err(CommandFailure::Refused(CommandError {
+                field: "open_alerts",
+                reason: format!(
+                    "trip {trip_id} has an open {} alert ({}): a declaration is not amended \
+                     while a seal alert is open; close the alert first (the version in force \
+                     stays)",
+                    alert.kind.as_str(),
+                    alert.alert_id
                 ),
             }));
         }
@@ -1156,6 +1185,22 @@ impl Tracking {
             ))));
         };
         let effects = reconcile(&trip, &rebuilt, now);
+        // Alerts are never withdrawn by an amendment (the caller's transaction is rolled
+        // back on this refusal).
+        if let Some(alert) = effects.iter().find_map(|e| match e {
+            Effect::AlertWithdrawn { alert } => Some(alert),
+            _ => None,
+        }) {
+            return Err(CommandFailure::Refused(CommandError {
+                field: "open_alerts",
+                reason: format!(
+                    "the amendment would withdraw {} alert {} of trip {trip_id}: an amendment \
+                     never withdraws an alert; the version in force stays",
+                    alert.kind.as_str(),
+                    alert.alert_id
+                ),
+            }));
+        }
         if !store::update_trip(tx, &rebuilt, version, rebuilt.next_due(&geo, &self.rules)).await? {
             return Err(CommandFailure::Store(StoreError::Contention));
         }

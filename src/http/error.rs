@@ -56,6 +56,7 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Document(d) => ApiError::Document(d),
             IngestError::Conflict(l) => ApiError::Conflict(Box::new(l)),
+            IngestError::Forbidden(l) => ApiError::Forbidden(l.detail),
             IngestError::Store(s) => s.into(),
         }
     }

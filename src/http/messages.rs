@@ -36,6 +36,10 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer) -> Source<'a> {
             .and_then(|v| v.to_str().ok()),
         message_id: None,
         partner: viewer.partner_id(),
+        authority: match viewer {
+            Viewer::Partner(p) => Some(&p.authority),
+            Viewer::Operator => None,
+        },
     }
 }
 
@@ -62,6 +66,7 @@ async fn ingest_with(
     responses(
         (status = 202, description = "Stored and applied; the trips it touched", body = IngestResponse),
         (status = 400, description = "Not well-formed", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with a stored declaration (a conflicting seal event is kept as evidence and listed in the 202 answer instead)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
@@ -94,6 +99,7 @@ pub async fn post_message(
     request_body(content = String, description = "The document"),
     responses(
         (status = 202, description = "Stored and applied", body = IngestResponse),
+        (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No format recognises the document, or it is not valid", body = Problem, content_type = "application/problem+json"),
     )
 )]

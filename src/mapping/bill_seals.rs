@@ -3,8 +3,9 @@
 //! assignment mapping reads them into the working field `bills[]`:
 //!
 //! - `bills[].containers[]`: the containers of the bill (their ids);
-//! - `bills[].seal_marks`: the marks, one text, several marks split by `,` `;` `/` or
-//!   white space;
+//! - `bills[].seal_marks`: the marks, one text, several marks split by `,` `;` or a new
+//!   line (a space or `/` may be part of a mark); a mark that is not a seal id is noted,
+//!   not tied;
 //! - `bills[].seal_count`: the number of seals the bill declares (checked against the
 //!   marks: a difference is noted).
 //!
@@ -37,23 +38,40 @@ pub fn apply(canonical: &mut Value) -> Result<Vec<Located>, DocumentError> {
         let Some(text) = bill.get("seal_marks").and_then(Value::as_str) else {
             continue;
         };
-        let mut marks: Vec<&str> = text
-            .split(|c: char| c == ',' || c == ';' || c == '/' || c.is_whitespace())
+        // Only list separators: a space or a '/' may be part of one mark ("SL 12345").
+        let mut tokens: Vec<&str> = text
+            .split([',', ';', '\n', '\r'])
+            .map(str::trim)
             .filter(|m| !m.is_empty())
             .collect();
         let mut unique = std::collections::HashSet::new();
-        marks.retain(|m| unique.insert(*m));
-        if marks.is_empty() {
+        tokens.retain(|m| unique.insert(*m));
+        if tokens.is_empty() {
             continue;
         }
-        if marks.len() > MAX_MARKS_PER_BILL {
+        if tokens.len() > MAX_MARKS_PER_BILL {
             problems.push(Located::pointer(
                 at,
                 format!(
                     "{} seal marks on one bill of lading exceed the limit of {MAX_MARKS_PER_BILL}",
-                    marks.len()
+                    tokens.len()
                 ),
             ));
+            continue;
+        }
+        let (marks, bad): (Vec<&str>, Vec<&str>) = tokens
+            .into_iter()
+            .partition(|m| ects_core::SealId::parse(*m).is_ok());
+        for mark in bad {
+            notes.push(Located::pointer(
+                at.clone(),
+                format!(
+                    "seal mark {mark:?} is not a seal id (1 to 35 letters, digits, '-', '_', \
+                     '.', ':'): not tied"
+                ),
+            ));
+        }
+        if marks.is_empty() {
             continue;
         }
         if let Some(count) = bill.get("seal_count").and_then(Value::as_i64)
@@ -168,7 +186,7 @@ mod tests {
     fn marks_of_a_bill_with_several_containers_are_noted_not_tied() {
         let mut v = json!({
             "equipment": [{"id": "A"}, {"id": "B"}],
-            "bills": [{"containers": ["A", "B"], "seal_marks": "X1/X2", "seal_count": 3}]
+            "bills": [{"containers": ["A", "B"], "seal_marks": "X1;X2", "seal_count": 3}]
         });
         let notes = apply(&mut v).unwrap();
         assert_eq!(notes.len(), 2, "{notes:?}");
@@ -176,11 +194,33 @@ mod tests {
     }
 
     #[test]
+    fn marks_split_at_list_separators_only_and_a_bad_mark_is_noted() {
+        let mut v = json!({
+            "equipment": [{"id": "A"}],
+            "bills": [{"containers": ["A"], "seal_marks": "SL 12345, BS1;BS2\nBS3/BS4\r\n"}]
+        });
+        let notes = apply(&mut v).unwrap();
+        let seals: Vec<&str> = v["equipment"][0]["seals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(seals, ["BS1", "BS2"]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].detail.contains("\"SL 12345\" is not a seal id"),
+            "{notes:?}"
+        );
+        assert!(notes[1].detail.contains("\"BS3/BS4\""), "{notes:?}");
+    }
+
+    #[test]
     fn too_many_marks_refuse() {
         let marks = (0..=MAX_MARKS_PER_BILL)
             .map(|i| format!("M{i}"))
             .collect::<Vec<_>>()
-            .join(" ");
+            .join(",");
         let mut v = json!({"equipment": [{"id": "A"}], "bills": [{"containers": ["A"], "seal_marks": marks}]});
         assert!(apply(&mut v).is_err());
     }

@@ -636,10 +636,18 @@ async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
     let Some(url) = amqp_url() else { return };
     let id = format!("in-{}", suffix());
     let queue = format!("ects.test.in.{id}");
-    let partners = vec![partner(&format!(
-        "id = \"{id}\"\nauthority = \"IN\"\nformat = \"icegate-flat\"\namqp_in = \"{queue}\"\n"
-    ))];
+    let other = format!("np-{}", suffix());
+    let other_queue = format!("ects.test.np.{other}");
+    let partners = vec![
+        partner(&format!(
+            "id = \"{id}\"\nauthority = \"IN\"\nformat = \"icegate-flat\"\namqp_in = \"{queue}\"\n"
+        )),
+        partner(&format!(
+            "id = \"{other}\"\nauthority = \"NP\"\nformat = \"icegate-flat\"\namqp_in = \"{other_queue}\"\n"
+        )),
+    ];
     let mut dlq = Listener::on_queue(&url, &format!("{queue}.dlq")).await;
+    let mut other_dlq = Listener::on_queue(&url, &format!("{other_queue}.dlq")).await;
     let Some(app) = spawn(backend, &url, partners).await else {
         return;
     };
@@ -701,6 +709,31 @@ async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
         dead.headers
     );
     assert_eq!(app.trip(&trip).await["state"], "in_transit");
+
+    // Another country's partner may not amend or delete what this one filed: 403.
+    for (kind, message_id) in [('A', "np-a"), ('D', "np-d")] {
+        let body = bill_of_entry(&Be {
+            kind,
+            control: "000126",
+            ..Be::default()
+        });
+        publish(&channel, &other_queue, &body, Some(message_id)).await;
+    }
+    other_dlq
+        .until(Duration::from_secs(60), |seen| seen.len() >= 2)
+        .await;
+    assert_eq!(other_dlq.seen.len(), 2, "{:?}", other_dlq.seen);
+    for dead in &other_dlq.seen {
+        assert_eq!(dead.headers["x-ects-status"], "403", "{:?}", dead.headers);
+        assert!(
+            dead.headers["x-ects-reason"].contains(&format!("partner {other} may not")),
+            "{:?}",
+            dead.headers
+        );
+    }
+    let trips = trips_of(&app, "4571").await;
+    assert_eq!(trips[0]["state"], "declared");
+    assert_eq!(trips[0]["equipment"][1]["seals"][0]["id"], "ES00781299");
 
     let deletion = Be {
         kind: 'D',

@@ -196,12 +196,14 @@ async fn assignments_for_nothing_known_are_refused_with_nothing_stored(app: Test
     let reply = app
         .post_message(record("ES1", "MSKU1234565", "ES00781234", "860000000000001").to_string())
         .await;
-    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.status, 409, "{}", reply.text);
     assert_eq!(reply.pointers(), vec!["/declaration_id"]);
     assert!(
         reply
             .text
-            .contains("no declaration GT-2026-T-000123 of GT is registered")
+            .contains("declaration GT-2026-T-000123 of GT is not yet registered: send the seal assignment again once the declaration is in"),
+        "{}",
+        reply.text
     );
 
     let manifest = json!({"reference": "M1", "assigned_at": "2026-03-14T08:30:00Z",

@@ -501,22 +501,29 @@ pub(crate) mod message_types {
                         .contains("message type D")),
             "{audit}"
         );
-        // An amendment or a deletion of a declaration nobody registered: 422, named.
-        let reply = post_be(
-            &app,
-            &Be {
-                kind: 'A',
-                job: "9999",
-                ..Be::default()
-            },
-        )
-        .await;
-        assert_eq!(reply.status, 422, "{}", reply.text);
-        assert!(
-            reply.text.contains("no declaration 9999 of IN"),
-            "{}",
-            reply.text
-        );
+        // An amendment or a deletion of a declaration not registered yet: 409, named, and
+        // taken once the declaration is in.
+        for kind in ['A', 'D'] {
+            let reply = post_be(
+                &app,
+                &Be {
+                    kind,
+                    job: "9999",
+                    ..Be::default()
+                },
+            )
+            .await;
+            assert_eq!(reply.status, 409, "{}", reply.text);
+            assert!(
+                reply
+                    .text
+                    .contains("declaration 9999 of IN is not yet registered: send the")
+                    && reply.text.contains("again once the declaration is in")
+                    && reply.text.contains("/declaration_id"),
+                "{}",
+                reply.text
+            );
+        }
         // S (supplement) has no meaning here: refused, naming the field.
         let reply = post_be(
             &app,
@@ -568,6 +575,256 @@ pub(crate) mod message_types {
         );
     }
 
+    async fn a_deletion_after_departure_is_refused(app: TestApp) {
+        let trip = departed(&app, "4581").await;
+        let reply = post_be(
+            &app,
+            &Be {
+                kind: 'D',
+                job: "4581",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 409, "{}", reply.text);
+        assert!(
+            reply.text.contains("in_transit")
+                && reply.text.contains("deleted only before departure")
+                && reply.text.contains("/cancel"),
+            "{}",
+            reply.text
+        );
+        // Still monitored.
+        assert_eq!(app.trip(&trip).await["state"], "in_transit");
+    }
+
+    /// Rope cut at the port, a new seal fitted, an amendment with the new seal number:
+    /// refused while the tamper alert is open, and the alert stays open.
+    async fn an_amendment_never_withdraws_a_seal_alert(app: TestApp) {
+        let declaration = json!({
+            "declaration_id": "4582", "issuing_authority": "IN",
+            "declared_at": "2025-03-14T04:30:00Z",
+            "office_of_departure": {"code": "INMAA1", "country": "IN"},
+            "office_of_destination": {"code": "INMAA4", "country": "IN"},
+            "equipment": [{"id": "MSKU1234565", "seals": [
+                {"id": "ES94582", "kind": "electronic", "device_id": "86000004582"}]}]
+        });
+        let reply = app.post_message(declaration.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+        let event = |seq: u64, minute: u32, kind: &str| {
+            json!({"device_id": "86000004582", "seal_id": "ES94582", "seq": seq, "kind": kind,
+                   "time": format!("2025-03-14T06:{minute:02}:00Z"),
+                   "position": {"lat": 13.1, "lon": 80.29, "fix": "gps", "speed_kmh": 0.0}})
+        };
+        let events = json!([event(1, 0, "locked"), event(2, 5, "rope_cut")]);
+        let reply = app.post_events(events.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let before = app.trip(&trip).await;
+        assert_eq!(before["open_alerts"][0]["kind"], "seal_tamper", "{before}");
+        assert!(
+            ["declared", "armed"].contains(&before["state"].as_str().unwrap()),
+            "{before}"
+        );
+
+        // The BE names other seals: ES94582 would leave the trip.
+        let reply = post_be(
+            &app,
+            &Be {
+                kind: 'A',
+                job: "4582",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 409, "{}", reply.text);
+        assert!(
+            reply.text.contains("seal_tamper") && reply.text.contains("not amended"),
+            "{}",
+            reply.text
+        );
+        let after = app.trip(&trip).await;
+        assert_eq!(after["open_alerts"], before["open_alerts"]);
+        assert_eq!(after["equipment"], before["equipment"]);
+        let open = app
+            .get(&format!("/v1/alerts?trip={trip}&status=open"))
+            .await
+            .json();
+        assert_eq!(open["alerts"][0]["kind"], "seal_tamper", "{open}");
+        assert_eq!(
+            app.count_where("alerts", "withdrawn_at is not null").await,
+            0
+        );
+        assert_eq!(
+            app.count_where("declaration_versions", "declaration_id = '4582'")
+                .await,
+            1
+        );
+    }
+
+    /// A declaration has at most 50 versions; the 51st is refused and changes nothing.
+    async fn amendments_are_capped(app: TestApp) {
+        let reply = post_be(
+            &app,
+            &Be {
+                job: "4583",
+                ..Be::default()
+            },
+        )
+        .await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+        let max = ects_gateway::ingest::MAX_DECLARATION_VERSIONS;
+        for n in 2..=max + 1 {
+            let truck = format!("TN01AB{n:04}");
+            let reply = post_be(
+                &app,
+                &Be {
+                    kind: 'A',
+                    job: "4583",
+                    truck: &truck,
+                    ..Be::default()
+                },
+            )
+            .await;
+            if n <= max {
+                assert_eq!(reply.status, 202, "version {n}: {}", reply.text);
+                assert_eq!(reply.json()["declaration"]["version"], n);
+            } else {
+                assert_eq!(reply.status, 409, "{}", reply.text);
+                assert!(reply.text.contains("50 versions"), "{}", reply.text);
+            }
+        }
+        assert_eq!(
+            app.count_where("declaration_versions", "declaration_id = '4583'")
+                .await,
+            max
+        );
+        // The version in force is the 50th.
+        assert_eq!(
+            app.count_where(
+                "declarations",
+                &format!("declaration_id = '4583' and canonical like '%TN01AB{max:04}%'")
+            )
+            .await,
+            1
+        );
+        assert_eq!(app.trip(&trip).await["state"], "declared");
+    }
+
+    fn sha256(token: &str) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    }
+
+    pub(crate) fn partner(id: &str, authority: &str) -> ects_gateway::partners::PartnerConfig {
+        toml::from_str(&format!(
+            "id = \"{id}\"\nauthority = \"{authority}\"\nformat = \"icegate-flat\"\n\
+             api_token_sha256 = \"{}\"\n",
+            sha256(&format!("{id}-token"))
+        ))
+        .unwrap()
+    }
+
+    async fn post_be_as(app: &TestApp, partner: &str, be: &Be<'_>) -> (u16, String) {
+        let response = app
+            .client
+            .post(format!("{}/v1/messages/icegate-flat", app.address))
+            .header("authorization", format!("Bearer {partner}-token"))
+            .body(bill_of_entry(be))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Only the partner that filed a declaration, or its issuing authority, may amend or
+    /// delete it; an authority that amends does not become its filer.
+    async fn only_the_filer_or_the_issuing_authority_changes_a_declaration(backend: Backend) {
+        let Some(app) = crate::helpers::spawn_app_with(backend, product_mappings_dir(), |s| {
+            s.partners = vec![
+                partner("in-cha", "IN-CHA"),
+                partner("np-customs", "NP"),
+                partner("in-customs", "IN"),
+            ];
+        })
+        .await
+        else {
+            return;
+        };
+        let (status, text) = post_be_as(&app, "in-cha", &Be::default()).await;
+        assert_eq!(status, 202, "{text}");
+        let trip = serde_json::from_str::<Value>(&text).unwrap()["trips"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let amendment = Be {
+            kind: 'A',
+            control: "000124",
+            seal_2: "ES00781299",
+            ..Be::default()
+        };
+        let deletion = Be {
+            kind: 'D',
+            control: "000125",
+            ..Be::default()
+        };
+        // Another country's partner, and a caller without a token: refused, nothing changed.
+        for be in [&amendment, &deletion] {
+            let (status, text) = post_be_as(&app, "np-customs", be).await;
+            assert_eq!(status, 403, "{text}");
+            assert!(
+                text.contains("partner np-customs may not") && text.contains("in-cha"),
+                "{text}"
+            );
+            let reply = post_be(&app, be).await;
+            assert_eq!(reply.status, 403, "{}", reply.text);
+        }
+        let status = app.trip(&trip).await;
+        assert_eq!(status["state"], "declared");
+        assert_eq!(status["equipment"][1]["seals"][0]["id"], "ES00781235");
+        assert_eq!(
+            app.count_where("trip_parties", "party like 'filer:%'")
+                .await,
+            1
+        );
+        // The issuing authority amends; it is not made a filer.
+        let (status, text) = post_be_as(&app, "in-customs", &amendment).await;
+        assert_eq!(status, 202, "{text}");
+        assert_eq!(
+            app.trip(&trip).await["equipment"][1]["seals"][0]["id"],
+            "ES00781299"
+        );
+        assert_eq!(
+            app.count_where("trip_parties", "party = 'filer:in-customs'")
+                .await,
+            0
+        );
+        // The filer deletes.
+        let (status, text) = post_be_as(&app, "in-cha", &deletion).await;
+        assert_eq!(status, 202, "{text}");
+        assert_eq!(app.trip(&trip).await["state"], "cancelled");
+    }
+
+    mod only_the_filer_or_the_issuing_authority_changes_a_declaration {
+        #[tokio::test]
+        async fn sqlite() {
+            super::only_the_filer_or_the_issuing_authority_changes_a_declaration(
+                super::Backend::Sqlite,
+            )
+            .await;
+        }
+
+        #[tokio::test]
+        async fn postgres() {
+            super::only_the_filer_or_the_issuing_authority_changes_a_declaration(
+                super::Backend::Postgres,
+            )
+            .await;
+        }
+    }
+
     macro_rules! with_product_mappings {
         ($($name:ident),* $(,)?) => {
             $(
@@ -593,5 +850,8 @@ pub(crate) mod message_types {
     with_product_mappings!(
         amendments_and_deletions_over_http,
         an_amendment_after_departure_is_refused_with_the_reason,
+        a_deletion_after_departure_is_refused,
+        an_amendment_never_withdraws_a_seal_alert,
+        amendments_are_capped,
     );
 }
