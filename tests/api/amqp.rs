@@ -720,7 +720,10 @@ async fn ices_amendments_and_deletions_on_a_partner_queue(backend: Backend) {
         publish(&channel, &other_queue, &body, Some(message_id)).await;
     }
     other_dlq
-        .until(Duration::from_secs(60), |seen| seen.len() >= 2)
+        .until(
+            "two dead-lettered amendments or deletions from another partner",
+            |seen| seen.len() >= 2,
+        )
         .await;
     assert_eq!(other_dlq.seen.len(), 2, "{:?}", other_dlq.seen);
     for dead in &other_dlq.seen {
