@@ -13,6 +13,7 @@ mod events;
 mod geometry;
 mod icegate;
 mod operations;
+mod outbox_load;
 mod partners;
 mod push;
 mod tracking;
