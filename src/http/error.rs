@@ -22,6 +22,8 @@ pub enum ApiError {
     UnknownFormat { format: String, known: Vec<String> },
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("parameter {name}: {detail}")]
     BadParameter { name: &'static str, detail: String },
     #[error("the gateway is busy; try again shortly")]
@@ -66,6 +68,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::UnknownFormat { .. } => "unknown-format",
             ApiError::TooLarge { .. } => "payload-too-large",
+            ApiError::BodyTimeout(_) => "request-timeout",
             ApiError::BadParameter { .. } => "bad-parameter",
             ApiError::Busy => "busy",
             ApiError::Internal(_) => "internal-error",
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "Not allowed",
             ApiError::UnknownFormat { .. } => "Unknown format",
             ApiError::TooLarge { .. } => "Request body too large",
+            ApiError::BodyTimeout(_) => "Request body too slow",
             ApiError::BadParameter { .. } => "Bad parameter",
             ApiError::Busy => "Busy",
             ApiError::Internal(_) => "Internal error",
@@ -128,6 +132,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) | ApiError::UnknownFormat { .. } => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

@@ -16,5 +16,6 @@ mod operations;
 mod outbox_load;
 mod partners;
 mod push;
+mod slow_clients;
 mod tracking;
 mod trips;
