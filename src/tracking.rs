@@ -270,6 +270,7 @@ async fn store_effects(
                     .bind(alert.alert_id.to_string())
                     .execute(&mut *conn)
                     .await?;
+                recipients.withdraw(&mut *conn, alert, now).await?;
             }
             Effect::SealCommand { command } => {
                 sqlx::query(
@@ -361,6 +362,107 @@ impl Recipients {
                     .await?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Recipients {
+    /// Tells each partner and channel that was told of an alert (a notification of it is
+    /// queued or sent) that the alert is withdrawn: a replay showed the condition never
+    /// held. The notification is an `alert` one carrying the alert with `cleared_at` set to
+    /// the withdrawal and `detail` starting with `withdrawn:`.
+    async fn withdraw(
+        &self,
+        conn: &mut AnyConnection,
+        alert: &ects_core::Alert,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let trip = alert.trip_id;
+        let told: Vec<String> = ["raised", "cleared"]
+            .iter()
+            .map(|phase| {
+                Uuid::new_v5(
+                    &trip.0,
+                    format!("alert/{}/{phase}", alert.alert_id).as_bytes(),
+                )
+                .to_string()
+            })
+            .collect();
+        let rows = sqlx::query(
+            "select distinct partner_id, channel, format from outbox
+             where trip_id = $1 and (notification_id = $2 or notification_id = $3)
+               and superseded_by is null",
+        )
+        .bind(trip.to_string())
+        .bind(&told[0])
+        .bind(&told[1])
+        .fetch_all(&mut *conn)
+        .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let status: Option<String> = sqlx::query("select status from trips where trip_id = $1")
+            .bind(trip.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.get(0));
+        let Some(status) = status else {
+            return Ok(());
+        };
+        let status: ects_core::TripStatus = serde_json::from_str(&status)
+            .map_err(|e| StoreError::Corrupt(format!("trip status: {e}")))?;
+        let notification_id = Uuid::new_v5(
+            &trip.0,
+            format!("alert/{}/withdrawn", alert.alert_id).as_bytes(),
+        )
+        .to_string();
+        let note = StatusNotification {
+            notification_id: notification_id.clone(),
+            kind: ects_core::NotificationKind::Alert,
+            trip_id: trip,
+            declaration_id: status.declaration_id.clone(),
+            issuing_authority: status.issuing_authority.clone(),
+            state: status.state,
+            time: now,
+            previous_state: None,
+            alert: Some(ects_core::Alert {
+                cleared_at: Some(now),
+                detail: Some(format!(
+                    "withdrawn: the trip's inputs, replayed, show no {} at {}",
+                    alert.kind.as_str(),
+                    alert.raised_at.to_rfc3339()
+                )),
+                ..alert.clone()
+            }),
+            release: None,
+            handover: None,
+            position: alert.position,
+            late: false,
+        };
+        let canonical = serde_json::to_string(&note).unwrap_or_default();
+        for r in &rows {
+            let partner: String = r.get(0);
+            let channel: String = r.get(1);
+            let format: String = r.get(2);
+            let channel: &'static str = if channel == "amqp" { "amqp" } else { "http" };
+            let key = format!("{partner}/{channel}/{notification_id}");
+            outbox::enqueue(
+                conn,
+                &NewOutbox {
+                    message_id: Uuid::new_v5(&OUTBOX_NAMESPACE, key.as_bytes()).to_string(),
+                    partner_id: &partner,
+                    channel,
+                    trip_id: trip.to_string(),
+                    declaration_id: status.declaration_id.as_str(),
+                    notification_id: &notification_id,
+                    kind: "alert",
+                    format: &format,
+                    canonical: &canonical,
+                },
+                now,
+            )
+            .await?;
         }
         Ok(())
     }

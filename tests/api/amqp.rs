@@ -705,7 +705,11 @@ async fn the_link_and_the_gateway_restart_mid_stream_and_nothing_is_lost_or_doub
         if rows.iter().all(|m| m["status"] == "sent") {
             break rows;
         }
-        assert!(Instant::now() < deadline, "not all sent: {rows:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            crate::push::not_sent(&rows, None)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     for partner in [&parties.sw, &parties.sv] {
