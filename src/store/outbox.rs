@@ -295,10 +295,12 @@ async fn due_runs(
     } else {
         ""
     };
+    // `cross join` keeps SQLite's plan on the heads (it would otherwise walk every due
+    // message through `outbox_due` and look its stream up).
     let heads = sqlx::query(sqlx::AssertSqlSafe(format!(
         "select {ROW_COLUMNS}
-         from outbox_streams s join outbox o on o.seq = s.head_seq
-         where ($1 is null or s.partner_id = $1)
+         from outbox_streams s cross join outbox o
+         where o.seq = s.head_seq and ($1 is null or s.partner_id = $1)
            and o.status = 'pending' and o.next_attempt_at <= $2
            and (o.lease_until is null or o.lease_until < $2)
            and (o.channel = $3 or o.channel = $4)
@@ -406,13 +408,16 @@ pub async fn claim(
     .bind(&now_text)
     .execute(&mut **tx)
     .await?;
-    let got: BTreeSet<i64> = sqlx::query("select seq from outbox where lease_token = $1")
-        .bind(&token)
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(|r| r.get::<i64, _>(0))
-        .collect();
+    let got: BTreeSet<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select seq from outbox where seq in ({}) and lease_token = $1",
+        seqs.join(",")
+    )))
+    .bind(&token)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.get::<i64, _>(0))
+    .collect();
     let mut taken = Vec::new();
     let mut dropped = Vec::new();
     for run in runs {
