@@ -6,7 +6,7 @@
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use ects_core::audit::{AuditEntry, verify};
+use ects_core::audit::AuditEntry;
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
 use ects_core::trip::{CommandError, Effect, Input, Rules, RulesOverride, Trip, reconcile};
@@ -198,29 +198,87 @@ fn row_to_entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
     })
 }
 
-/// A trip's audit chain with its payloads, and whether it verifies.
+/// A page of a trip's audit chain with its payloads, and whether the whole chain
+/// verifies.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditTrail {
     pub trip_id: TripId,
     #[schema(value_type = Vec<Object>)]
     pub entries: Vec<serde_json::Value>,
-    /// `true` when every entry links to the one before and every payload matches its hash.
+    /// `true` when every entry of the whole chain (not only this page) links to the one
+    /// before and every payload matches its hash.
     pub verified: bool,
     /// Where the chain is broken, when it is.
     pub problem: Option<String>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
-pub async fn audit_trail(store: &Store, trip_id: TripId) -> Result<AuditTrail, StoreError> {
-    let rows = sqlx::query(
+/// Entries read at a time when the whole chain is checked.
+const VERIFY_CHUNK: i64 = 1_000;
+
+async fn audit_rows(
+    store: &Store,
+    trip_id: TripId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+    Ok(sqlx::query(
         "select seq, entry_time, actor, action, payload, payload_sha256, prev_hash, hash
-         from audit_log where trip_id = $1 order by seq",
+         from audit_log where trip_id = $1 and seq > $2 order by seq limit $3",
     )
     .bind(trip_id.to_string())
+    .bind(after_seq)
+    .bind(limit)
     .fetch_all(store.pool())
-    .await?;
-    let mut entries = Vec::with_capacity(rows.len());
-    let mut payloads = Vec::with_capacity(rows.len());
+    .await?)
+}
+
+/// Checks a trip's whole chain a chunk at a time, so that a long one is never held in
+/// memory at once.
+pub async fn verify_trail(
+    store: &Store,
+    trip_id: TripId,
+) -> Result<Result<(), String>, StoreError> {
+    let mut prev_hash = ects_core::audit::GENESIS.to_owned();
+    let mut after = 0_i64;
+    let mut next_seq = 1_u64;
+    loop {
+        let rows = audit_rows(store, trip_id, after, VERIFY_CHUNK).await?;
+        let Some(last) = rows.last() else {
+            return Ok(Ok(()));
+        };
+        after = last.try_get("seq")?;
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
+        for r in &rows {
+            entries.push(row_to_entry(r)?);
+            payloads.push(r.try_get::<String, _>("payload")?.into_bytes());
+        }
+        match ects_core::audit::verify_from(&entries, Some(&payloads), next_seq, &prev_hash) {
+            Ok(hash) => prev_hash = hash,
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+        next_seq = next_seq.saturating_add(rows.len() as u64);
+        if (rows.len() as i64) < VERIFY_CHUNK {
+            return Ok(Ok(()));
+        }
+    }
+}
+
+/// A page of a trip's audit chain: up to `limit` entries after sequence `after_seq`.
+pub async fn audit_trail(
+    store: &Store,
+    trip_id: TripId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<AuditTrail, StoreError> {
+    let mut rows = audit_rows(store, trip_id, after_seq, limit.saturating_add(1)).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
     let mut shown = Vec::with_capacity(rows.len());
+    let mut last_seq = None;
     for r in &rows {
         let entry = row_to_entry(r)?;
         let payload: String = r.try_get("payload")?;
@@ -228,15 +286,19 @@ pub async fn audit_trail(store: &Store, trip_id: TripId) -> Result<AuditTrail, S
         value["payload"] =
             serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload.clone()));
         shown.push(value);
-        payloads.push(payload.into_bytes());
-        entries.push(entry);
+        last_seq = Some(entry.seq);
     }
-    let result = verify(&entries, Some(&payloads));
+    let result = verify_trail(store, trip_id).await?;
     Ok(AuditTrail {
         trip_id,
         entries: shown,
         verified: result.is_ok(),
-        problem: result.err().map(|e| e.to_string()),
+        problem: result.err(),
+        next: if more {
+            last_seq.map(|s| crate::cursor::encode(&[s.to_string()]))
+        } else {
+            None
+        },
     })
 }
 

@@ -133,22 +133,23 @@ pub async fn list_trips(
     let parties = viewer.parties();
     let trips = match &q.reference {
         Some(reference) => {
-            let mut trips = state
+            let trips = state
                 .store
-                .trips_by_reference(reference, q.authority.as_deref())
+                .trips_by_reference(
+                    reference,
+                    q.authority.as_deref(),
+                    q.state,
+                    parties.as_deref(),
+                    limit,
+                )
                 .await?;
-            if let Some(wanted) = q.state {
-                trips.retain(|t| t.state == wanted);
-            }
             let mut visible = Vec::with_capacity(trips.len());
             for t in trips {
                 if viewer.sees(&state.store, &t.trip_id.to_string()).await? {
                     visible.push(t);
                 }
             }
-            let mut trips = visible;
-            trips.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            trips
+            visible
         }
         None => {
             state

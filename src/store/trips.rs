@@ -455,14 +455,27 @@ impl Store {
         &self,
         declaration_id: &str,
         issuing_authority: Option<&str>,
+        state: Option<TripState>,
+        parties: Option<&[String]>,
+        limit: i64,
     ) -> Result<Vec<TripStatus>, StoreError> {
+        // Filtered and limited in the query: a reference with many trips is never read whole.
+        let (all, p1, p2) = party_filter(parties);
         let rows = sqlx::query(
-            "select status from trips
+            "select status from trips t
              where declaration_id = $1 and ($2 is null or issuing_authority = $2)
-             order by created_at",
+               and ($3 is null or state = $3)
+               and ($4 = 1 or exists (select 1 from trip_parties p
+                                      where p.trip_id = t.trip_id and (p.party = $5 or p.party = $6)))
+             order by created_at limit $7",
         )
         .bind(declaration_id)
         .bind(issuing_authority)
+        .bind(state.map(|s| s.as_str()))
+        .bind(all)
+        .bind(p1)
+        .bind(p2)
+        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         rows.iter()

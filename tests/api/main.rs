@@ -14,6 +14,7 @@ mod geometry;
 mod icegate;
 mod operations;
 mod outbox_load;
+mod paging;
 mod partners;
 mod push;
 mod slow_clients;
