@@ -326,3 +326,38 @@ async fn claim_time_by_backlog_depth() {
         );
     }
 }
+
+/// Prints how long `POST /v1/messages` detection takes on a 1 MB JSON document with the
+/// shipped mappings, next to what it cost before (one full parse per JSON mapping); run
+/// with `--ignored --nocapture`. No timing is asserted.
+#[tokio::test]
+#[ignore]
+async fn detection_time_on_a_large_json_document() {
+    let settings = crate::helpers::test_settings(product_mappings_dir());
+    let formats = ects_gateway::startup::formats(&settings).unwrap();
+    let items: Vec<Value> = (0..12_000)
+        .map(|n| json!({"seq": n, "note": "x".repeat(60)}))
+        .collect();
+    let body = serde_json::to_vec(&json!({"declaration_id": "D", "items": items})).unwrap();
+    let json_mappings = std::fs::read_dir(product_mappings_dir())
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|f| {
+            std::fs::read_to_string(f.path())
+                .is_ok_and(|t| t.contains("syntax = \"json\"") && t.contains("keys = "))
+        })
+        .count();
+    let started = Instant::now();
+    let found = formats.detect(&body).map(|f| f.id().to_owned());
+    let now = started.elapsed();
+    let started = Instant::now();
+    for _ in 0..json_mappings {
+        let _ = serde_json::from_slice::<Value>(&body);
+    }
+    let before = started.elapsed();
+    println!(
+        "{} bytes, {json_mappings} JSON mappings: detection {now:?} (found {found:?}); one full parse per JSON mapping, as before: {before:?}",
+        body.len()
+    );
+}
