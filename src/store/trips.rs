@@ -438,6 +438,8 @@ pub struct AlertFilter {
     pub kind: Option<String>,
     /// Only trips with one of these parties (a partner's view); `None`: all.
     pub parties: Option<Vec<String>>,
+    /// Only alerts after this one in the list's order: (raised_at, alert_id).
+    pub after: Option<(String, String)>,
     pub limit: i64,
 }
 
@@ -509,26 +511,46 @@ impl Store {
     }
 
     /// A trip's seal events in event-time order.
+    /// A trip's seal events in event-time order, after `after` (the cursor keys of the
+    /// last one shown: event time, seq, key), with the cursor keys of each.
     pub async fn events_of_trip(
         &self,
         trip_id: TripId,
+        after: Option<(String, i64, String)>,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    ) -> Result<Vec<(StoredEvent, (String, i64, String))>, StoreError> {
         let rows = sqlx::query(
-            "select canonical, received_at, message_id from seal_events
-             where trip_id = $1 order by event_time, coalesce(seq, -1), event_key limit $2",
+            "select canonical, received_at, message_id, event_time, coalesce(seq, -1) as seq_key,
+                 event_key
+             from seal_events
+             where trip_id = $1
+               and ($3 is null or event_time > $3
+                    or (event_time = $3 and (coalesce(seq, -1) > $4
+                        or (coalesce(seq, -1) = $4 and event_key > $5))))
+             order by event_time, coalesce(seq, -1), event_key limit $2",
         )
         .bind(trip_id.to_string())
         .bind(limit)
+        .bind(after.as_ref().map(|a| a.0.clone()))
+        .bind(after.as_ref().map_or(0, |a| a.1))
+        .bind(after.as_ref().map(|a| a.2.clone()).unwrap_or_default())
         .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(StoredEvent {
-                    event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
-                    received_at: r.try_get("received_at")?,
-                    message_id: r.try_get("message_id")?,
-                })
+                let key = (
+                    r.try_get::<String, _>("event_time")?,
+                    r.try_get::<i64, _>("seq_key")?,
+                    r.try_get::<String, _>("event_key")?,
+                );
+                Ok((
+                    StoredEvent {
+                        event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
+                        received_at: r.try_get("received_at")?,
+                        message_id: r.try_get("message_id")?,
+                    },
+                    key,
+                ))
             })
             .collect()
     }
@@ -543,6 +565,7 @@ impl Store {
                and ($3 is null or kind = $3)
                and ($5 = 1 or exists (select 1 from trip_parties p
                                       where p.trip_id = a.trip_id and (p.party = $6 or p.party = $7)))
+               and ($8 is null or raised_at < $8 or (raised_at = $8 and alert_id > $9))
              order by raised_at desc, alert_id limit $4",
         )
         .bind(filter.trip_id.map(|t| t.to_string()))
@@ -552,6 +575,8 @@ impl Store {
         .bind(all)
         .bind(p1)
         .bind(p2)
+        .bind(filter.after.as_ref().map(|a| a.0.clone()))
+        .bind(filter.after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
         .fetch_all(self.pool())
         .await?;
         rows.iter()

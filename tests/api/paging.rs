@@ -80,6 +80,31 @@ async fn the_audit_trail_and_the_outbox_page(backend: Backend) {
         400
     );
 
+    // Seal events, one a page: the same as all at once.
+    let whole = app.get(&format!("/v1/trips/{trip}/events")).await.json()["events"].clone();
+    let pages = all_pages(&app, &format!("/v1/trips/{trip}/events?limit=1"), "events").await;
+    let paged: Vec<Value> = pages.into_iter().flatten().collect();
+    assert!(paged.len() >= 4);
+    assert_eq!(Value::Array(paged), whole);
+    assert_eq!(
+        app.get(&format!("/v1/trips/{trip}/events?after=00"))
+            .await
+            .status,
+        400
+    );
+
+    // Alerts: a reporting gap, then overdue; one a page, newest first.
+    app.tracking.tick_all(crate::tracking::t(26)).await.unwrap();
+    app.tracking
+        .tick_all(crate::tracking::t(60 * 49))
+        .await
+        .unwrap();
+    let whole = app.get(&format!("/v1/alerts?trip={trip}")).await.json()["alerts"].clone();
+    assert!(whole.as_array().unwrap().len() >= 2, "{whole}");
+    let pages = all_pages(&app, &format!("/v1/alerts?trip={trip}&limit=1"), "alerts").await;
+    assert_eq!(pages.len(), whole.as_array().unwrap().len());
+    assert_eq!(Value::Array(pages.into_iter().flatten().collect()), whole);
+
     // The outbox: two status notifications (armed, in transit) for the partner.
     let pages = all_pages(&app, "/v1/outbox?limit=1", "messages").await;
     let rows: Vec<Value> = pages.into_iter().flatten().collect();
