@@ -51,11 +51,16 @@ pub struct TripQuery {
     pub state: Option<TripState>,
     /// At most this many trips (default 100, at most 10000).
     pub limit: Option<i64>,
+    /// The `next` of the page before.
+    pub after: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct TripList {
     pub trips: Vec<TripStatus>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -149,7 +154,7 @@ pub async fn list_trips(
     let q = query.into_inner();
     let limit = limit(q.limit)?;
     let parties = viewer.parties();
-    let trips = match &q.reference {
+    let (trips, next) = match &q.reference {
         Some(reference) => {
             let trips = state
                 .store
@@ -167,16 +172,26 @@ pub async fn list_trips(
                     visible.push(t);
                 }
             }
-            visible
+            (visible, None)
         }
         None => {
-            state
+            let after = cursor_keys(q.after.as_deref(), 2)?.map(|k| (k[0].clone(), k[1].clone()));
+            let mut rows = state
                 .store
-                .list_trips(q.state, parties.as_deref(), limit)
-                .await?
+                .list_trips(q.state, parties.as_deref(), after, limit.saturating_add(1))
+                .await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(usize::try_from(limit).unwrap_or(0));
+            let next = more
+                .then(|| {
+                    rows.last()
+                        .map(|(_, k)| crate::cursor::encode(&[k.0.clone(), k.1.clone()]))
+                })
+                .flatten();
+            (rows.into_iter().map(|(t, _)| t).collect(), next)
         }
     };
-    Ok(HttpResponse::Ok().json(TripList { trips }))
+    Ok(HttpResponse::Ok().json(TripList { trips, next }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -485,28 +485,39 @@ impl Store {
             .collect()
     }
 
+    /// The most recently updated trips, after `after` (the cursor keys of the last one
+    /// shown: updated_at, trip_id), each with its cursor keys.
     pub async fn list_trips(
         &self,
         state: Option<TripState>,
         parties: Option<&[String]>,
+        after: Option<(String, String)>,
         limit: i64,
-    ) -> Result<Vec<TripStatus>, StoreError> {
+    ) -> Result<Vec<(TripStatus, (String, String))>, StoreError> {
         let (all, p1, p2) = party_filter(parties);
         let rows = sqlx::query(
-            "select status from trips t where ($1 is null or state = $1)
+            "select status, updated_at, trip_id from trips t where ($1 is null or state = $1)
                and ($3 = 1 or exists (select 1 from trip_parties p
                                       where p.trip_id = t.trip_id and (p.party = $4 or p.party = $5)))
-             order by updated_at desc limit $2",
+               and ($6 is null or updated_at < $6 or (updated_at = $6 and trip_id > $7))
+             order by updated_at desc, trip_id limit $2",
         )
         .bind(state.map(|s| s.as_str()))
         .bind(limit)
         .bind(all)
         .bind(p1)
         .bind(p2)
+        .bind(after.as_ref().map(|a| a.0.clone()))
+        .bind(after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
         .fetch_all(self.pool())
         .await?;
         rows.iter()
-            .map(|r| from_json("trip status", &r.try_get::<String, _>("status")?))
+            .map(|r| {
+                Ok((
+                    from_json("trip status", &r.try_get::<String, _>("status")?)?,
+                    (r.try_get("updated_at")?, r.try_get("trip_id")?),
+                ))
+            })
             .collect()
     }
 

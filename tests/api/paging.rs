@@ -105,6 +105,17 @@ async fn the_audit_trail_and_the_outbox_page(backend: Backend) {
     assert_eq!(pages.len(), whole.as_array().unwrap().len());
     assert_eq!(Value::Array(pages.into_iter().flatten().collect()), whole);
 
+    // Trips, one a page, most recently updated first.
+    let reply = app
+        .post_message(crate::helpers::fixture("ects-json/declaration-ke-ug.json"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let whole = app.get("/v1/trips").await.json()["trips"].clone();
+    assert_eq!(whole.as_array().unwrap().len(), 2);
+    let pages = all_pages(&app, "/v1/trips?limit=1", "trips").await;
+    assert_eq!(pages.len(), 2);
+    assert_eq!(Value::Array(pages.into_iter().flatten().collect()), whole);
+
     // The outbox: two status notifications (armed, in transit) for the partner.
     let pages = all_pages(&app, "/v1/outbox?limit=1", "messages").await;
     let rows: Vec<Value> = pages.into_iter().flatten().collect();
