@@ -51,6 +51,7 @@ pub struct Settings {
     pub amqp_url: Option<SecretString>,
     pub amqp: AmqpSettings,
     pub outbox: OutboxSettings,
+    pub http: HttpSettings,
     /// The partner systems: what they send, what they receive, what they may see.
     pub partners: Vec<crate::partners::PartnerConfig>,
     /// The office registry: what an office not in it gets.
@@ -94,6 +95,37 @@ impl Default for AmqpSettings {
             reconnect_min_ms: 200,
             reconnect_max_ms: 30_000,
             confirm_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// How long the HTTP server waits for slow clients, and how many it serves at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Longest a request body may take to arrive, in seconds; then 408.
+    pub body_timeout_s: u64,
+    /// Slowest a request body may arrive, in bytes a second, after `body_grace_s`; a body
+    /// that falls behind gets 408.
+    pub min_body_bytes_per_s: u64,
+    pub body_grace_s: u64,
+    /// Connections served at once per worker; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest the request head (line and headers) may take to arrive, in milliseconds.
+    pub client_request_timeout_ms: u64,
+    /// Longest a closing connection may take to shut down, in milliseconds.
+    pub client_disconnect_timeout_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            body_timeout_s: 60,
+            min_body_bytes_per_s: 1_024,
+            body_grace_s: 5,
+            max_connections: 2_048,
+            client_request_timeout_ms: 5_000,
+            client_disconnect_timeout_ms: 5_000,
         }
     }
 }
@@ -151,6 +183,7 @@ impl Default for Settings {
             amqp_url: None,
             amqp: AmqpSettings::default(),
             outbox: OutboxSettings::default(),
+            http: HttpSettings::default(),
             partners: Vec::new(),
             offices: OfficesSettings::default(),
         }

@@ -84,12 +84,46 @@ impl Dispatcher {
     }
 
     /// Delivers until `stop` turns true, between rounds; wakes on each commit, else every
-    /// `poll_ms`.
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-        let committed = self.store.committed();
+    /// `poll_ms`. Each partner is worked by its own loop (and the partners no longer
+    /// configured by one more), so a slow endpoint holds back only its own partner.
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+        let this = Arc::new(self);
+        let committed = this.store.committed();
+        let (wake, woken) = tokio::sync::watch::channel(0_u64);
+        let fan_out = {
+            let mut stop = stop.clone();
+            async move {
+                while !*stop.borrow() {
+                    tokio::select! {
+                        _ = committed.notified() => wake.send_modify(|n| *n = n.wrapping_add(1)),
+                        changed = stop.changed() => if changed.is_err() { break },
+                    }
+                }
+            }
+        };
+        let mut workers: Vec<Worker> = this.partners.keys().cloned().map(Worker::Partner).collect();
+        workers.push(Worker::Unconfigured);
+        let loops = workers
+            .into_iter()
+            .map(|w| this.clone().work_loop(w, woken.clone(), stop.clone()));
+        let (_, results) =
+            futures_util::future::join(fan_out, futures_util::future::join_all(loops)).await;
+        results.into_iter().collect()
+    }
+
+    async fn work_loop(
+        self: Arc<Self>,
+        worker: Worker,
+        mut woken: tokio::sync::watch::Receiver<u64>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
         while !*stop.borrow() {
-            let pause = match self.round().await {
+            let done = match &worker {
+                Worker::Partner(id) => self.round(Some(id)).await,
+                Worker::Unconfigured => self.unconfigured_round().await,
+            };
+            let pause = match done {
                 Ok(0) => poll,
                 Ok(_) => continue,
                 Err(e) => {
@@ -98,7 +132,7 @@ impl Dispatcher {
                 }
             };
             tokio::select! {
-                _ = committed.notified() => {}
+                _ = woken.changed() => {}
                 _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => {}
             }
@@ -106,8 +140,22 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// One batch: returns how many messages it took.
-    pub async fn round(&self) -> anyhow::Result<usize> {
+    /// A round for each partner with messages waiting that is not configured (any more):
+    /// its messages are tried, and parked with the reason.
+    async fn unconfigured_round(&self) -> anyhow::Result<usize> {
+        let waiting = outbox::partners_waiting(&self.store)
+            .await
+            .context("cannot list the partners with messages waiting")?;
+        let mut taken = 0;
+        for id in waiting.iter().filter(|id| !self.partners.contains_key(*id)) {
+            taken += self.round(Some(id)).await?;
+        }
+        Ok(taken)
+    }
+
+    /// One batch of one partner's messages (of every partner's with `None`): returns how
+    /// many messages it took.
+    pub async fn round(&self, partner: Option<&str>) -> anyhow::Result<usize> {
         let now = Utc::now();
         let publisher = self.broker.as_ref().and_then(Broker::publisher);
         // While the broker is away its messages wait, without spending their attempts.
@@ -117,9 +165,16 @@ impl Dispatcher {
             &["http"]
         };
         let lease = now + chrono::Duration::seconds(self.settings.lease_s as i64);
-        let rows = outbox::claim(&self.store, now, self.settings.batch, lease, channels)
-            .await
-            .context("cannot take due outbox messages")?;
+        let rows = outbox::claim(
+            &self.store,
+            partner,
+            now,
+            self.settings.batch,
+            lease,
+            channels,
+        )
+        .await
+        .context("cannot take due outbox messages")?;
         let taken = rows.len();
         if taken == 0 {
             return Ok(0);
@@ -444,6 +499,13 @@ impl Dispatcher {
             ))),
         }
     }
+}
+
+/// What one dispatcher loop works on.
+enum Worker {
+    Partner(String),
+    /// Partners with messages waiting that the configuration no longer names.
+    Unconfigured,
 }
 
 enum Pending {

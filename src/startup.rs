@@ -242,6 +242,7 @@ impl Application {
             broker,
             offices: offices.clone(),
         });
+        let http_limits = state.settings.http.clone();
         let server = HttpServer::new(move || {
             App::new()
                 // Last wrapped runs first: the logger opens the request span (and its id)
@@ -252,6 +253,13 @@ impl Application {
                 .app_data(state.clone())
                 .configure(http::configure)
         })
+        .max_connections(http_limits.max_connections.max(1))
+        .client_request_timeout(std::time::Duration::from_millis(
+            http_limits.client_request_timeout_ms,
+        ))
+        .client_disconnect_timeout(std::time::Duration::from_millis(
+            http_limits.client_disconnect_timeout_ms,
+        ))
         .listen(listener)?
         .shutdown_timeout(10)
         .run();

@@ -6,7 +6,7 @@
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use ects_core::audit::{AuditEntry, verify};
+use ects_core::audit::AuditEntry;
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
 use ects_core::trip::{
@@ -209,29 +209,87 @@ fn row_to_entry(r: &sqlx::any::AnyRow) -> Result<AuditEntry, StoreError> {
     })
 }
 
-/// A trip's audit chain with its payloads, and whether it verifies.
+/// A page of a trip's audit chain with its payloads, and whether the whole chain
+/// verifies.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditTrail {
     pub trip_id: TripId,
     #[schema(value_type = Vec<Object>)]
     pub entries: Vec<serde_json::Value>,
-    /// `true` when every entry links to the one before and every payload matches its hash.
+    /// `true` when every entry of the whole chain (not only this page) links to the one
+    /// before and every payload matches its hash.
     pub verified: bool,
     /// Where the chain is broken, when it is.
     pub problem: Option<String>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
-pub async fn audit_trail(store: &Store, trip_id: TripId) -> Result<AuditTrail, StoreError> {
-    let rows = sqlx::query(
+/// Entries read at a time when the whole chain is checked.
+const VERIFY_CHUNK: i64 = 1_000;
+
+async fn audit_rows(
+    store: &Store,
+    trip_id: TripId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+    Ok(sqlx::query(
         "select seq, entry_time, actor, action, payload, payload_sha256, prev_hash, hash
-         from audit_log where trip_id = $1 order by seq",
+         from audit_log where trip_id = $1 and seq > $2 order by seq limit $3",
     )
     .bind(trip_id.to_string())
+    .bind(after_seq)
+    .bind(limit)
     .fetch_all(store.pool())
-    .await?;
-    let mut entries = Vec::with_capacity(rows.len());
-    let mut payloads = Vec::with_capacity(rows.len());
+    .await?)
+}
+
+/// Checks a trip's whole chain a chunk at a time, so that a long one is never held in
+/// memory at once.
+pub async fn verify_trail(
+    store: &Store,
+    trip_id: TripId,
+) -> Result<Result<(), String>, StoreError> {
+    let mut prev_hash = ects_core::audit::GENESIS.to_owned();
+    let mut after = 0_i64;
+    let mut next_seq = 1_u64;
+    loop {
+        let rows = audit_rows(store, trip_id, after, VERIFY_CHUNK).await?;
+        let Some(last) = rows.last() else {
+            return Ok(Ok(()));
+        };
+        after = last.try_get("seq")?;
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut payloads = Vec::with_capacity(rows.len());
+        for r in &rows {
+            entries.push(row_to_entry(r)?);
+            payloads.push(r.try_get::<String, _>("payload")?.into_bytes());
+        }
+        match ects_core::audit::verify_from(&entries, Some(&payloads), next_seq, &prev_hash) {
+            Ok(hash) => prev_hash = hash,
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+        next_seq = next_seq.saturating_add(rows.len() as u64);
+        if (rows.len() as i64) < VERIFY_CHUNK {
+            return Ok(Ok(()));
+        }
+    }
+}
+
+/// A page of a trip's audit chain: up to `limit` entries after sequence `after_seq`.
+pub async fn audit_trail(
+    store: &Store,
+    trip_id: TripId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<AuditTrail, StoreError> {
+    let mut rows = audit_rows(store, trip_id, after_seq, limit.saturating_add(1)).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
     let mut shown = Vec::with_capacity(rows.len());
+    let mut last_seq = None;
     for r in &rows {
         let entry = row_to_entry(r)?;
         let payload: String = r.try_get("payload")?;
@@ -239,15 +297,19 @@ pub async fn audit_trail(store: &Store, trip_id: TripId) -> Result<AuditTrail, S
         value["payload"] =
             serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload.clone()));
         shown.push(value);
-        payloads.push(payload.into_bytes());
-        entries.push(entry);
+        last_seq = Some(entry.seq);
     }
-    let result = verify(&entries, Some(&payloads));
+    let result = verify_trail(store, trip_id).await?;
     Ok(AuditTrail {
         trip_id,
         entries: shown,
         verified: result.is_ok(),
-        problem: result.err().map(|e| e.to_string()),
+        problem: result.err(),
+        next: if more {
+            last_seq.map(|s| crate::cursor::encode(&[s.to_string()]))
+        } else {
+            None
+        },
     })
 }
 
@@ -281,6 +343,7 @@ async fn store_effects(
                     .bind(alert.alert_id.to_string())
                     .execute(&mut *conn)
                     .await?;
+                recipients.withdraw(&mut *conn, alert, now).await?;
             }
             Effect::SealCommand { command } => {
                 sqlx::query(
@@ -416,6 +479,107 @@ fn event_audit(input: &Input, suffix: &str) -> AuditItem {
 
 /// How long a trip whose tick failed waits before the ticker looks at it again.
 const FAILED_TICK_RETRY_S: i64 = 3600;
+
+impl Recipients {
+    /// Tells each partner and channel that was told of an alert (a notification of it is
+    /// queued or sent) that the alert is withdrawn: a replay showed the condition never
+    /// held. The notification is an `alert` one carrying the alert with `cleared_at` set to
+    /// the withdrawal and `detail` starting with `withdrawn:`.
+    async fn withdraw(
+        &self,
+        conn: &mut AnyConnection,
+        alert: &ects_core::Alert,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let trip = alert.trip_id;
+        let told: Vec<String> = ["raised", "cleared"]
+            .iter()
+            .map(|phase| {
+                Uuid::new_v5(
+                    &trip.0,
+                    format!("alert/{}/{phase}", alert.alert_id).as_bytes(),
+                )
+                .to_string()
+            })
+            .collect();
+        let rows = sqlx::query(
+            "select distinct partner_id, channel, format from outbox
+             where trip_id = $1 and (notification_id = $2 or notification_id = $3)
+               and superseded_by is null",
+        )
+        .bind(trip.to_string())
+        .bind(&told[0])
+        .bind(&told[1])
+        .fetch_all(&mut *conn)
+        .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let status: Option<String> = sqlx::query("select status from trips where trip_id = $1")
+            .bind(trip.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.get(0));
+        let Some(status) = status else {
+            return Ok(());
+        };
+        let status: ects_core::TripStatus = serde_json::from_str(&status)
+            .map_err(|e| StoreError::Corrupt(format!("trip status: {e}")))?;
+        let notification_id = Uuid::new_v5(
+            &trip.0,
+            format!("alert/{}/withdrawn", alert.alert_id).as_bytes(),
+        )
+        .to_string();
+        let note = StatusNotification {
+            notification_id: notification_id.clone(),
+            kind: ects_core::NotificationKind::Alert,
+            trip_id: trip,
+            declaration_id: status.declaration_id.clone(),
+            issuing_authority: status.issuing_authority.clone(),
+            state: status.state,
+            time: now,
+            previous_state: None,
+            alert: Some(ects_core::Alert {
+                cleared_at: Some(now),
+                detail: Some(format!(
+                    "withdrawn: the trip's inputs, replayed, show no {} at {}",
+                    alert.kind.as_str(),
+                    alert.raised_at.to_rfc3339()
+                )),
+                ..alert.clone()
+            }),
+            release: None,
+            handover: None,
+            position: alert.position,
+            late: false,
+        };
+        let canonical = serde_json::to_string(&note).unwrap_or_default();
+        for r in &rows {
+            let partner: String = r.get(0);
+            let channel: String = r.get(1);
+            let format: String = r.get(2);
+            let channel: &'static str = if channel == "amqp" { "amqp" } else { "http" };
+            let key = format!("{partner}/{channel}/{notification_id}");
+            outbox::enqueue(
+                conn,
+                &NewOutbox {
+                    message_id: Uuid::new_v5(&OUTBOX_NAMESPACE, key.as_bytes()).to_string(),
+                    partner_id: &partner,
+                    channel,
+                    trip_id: trip.to_string(),
+                    declaration_id: status.declaration_id.as_str(),
+                    notification_id: &notification_id,
+                    kind: "alert",
+                    format: &format,
+                    canonical: &canonical,
+                },
+                now,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
 
 /// Namespace of outbox message ids (UUID v5 of partner, channel and notification).
 const OUTBOX_NAMESPACE: Uuid = Uuid::from_u128(0x6563_7473_2d6f_7574_626f_782d_6d73_6700);

@@ -154,6 +154,11 @@ pub trait Format: Send + Sync {
     fn messages(&self) -> Vec<(MessageKind, &'static str)>;
     /// Whether a document looks like this format (for `POST /v1/messages`).
     fn detect(&self, body: &[u8]) -> bool;
+    /// The same, with what was already read of the document (its top-level JSON keys),
+    /// so that detection across every format parses it once.
+    fn detect_sniffed(&self, sniff: &Sniff<'_>) -> bool {
+        self.detect(sniff.body)
+    }
     /// Reads a document into canonical inputs, or says what is wrong and where.
     fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError>;
     /// Writes canonical data as a document of this format, signed where the format's
@@ -222,11 +227,12 @@ impl Formats {
     /// The first format that recognises the document; mapped formats are asked first, the
     /// canonical JSON (which takes any JSON object) last.
     pub fn detect(&self, body: &[u8]) -> Option<&Arc<dyn Format>> {
+        let sniff = Sniff::new(body);
         self.adapters
             .iter()
             .skip(1)
-            .find(|a| a.detect(body))
-            .or_else(|| self.adapters.first().filter(|a| a.detect(body)))
+            .find(|a| a.detect_sniffed(&sniff))
+            .or_else(|| self.adapters.first().filter(|a| a.detect_sniffed(&sniff)))
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -247,5 +253,34 @@ impl Formats {
                     .collect(),
             })
             .collect()
+    }
+}
+
+/// A document being detected, and what has been read of it so far: its top-level JSON
+/// keys are parsed at most once, whatever the number of JSON mappings asking.
+pub struct Sniff<'a> {
+    pub body: &'a [u8],
+    json_keys: std::sync::OnceLock<Option<std::collections::BTreeSet<String>>>,
+}
+
+impl<'a> Sniff<'a> {
+    pub fn new(body: &'a [u8]) -> Self {
+        Self {
+            body,
+            json_keys: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The keys of the document's top-level JSON object; `None` when it is not one.
+    pub fn json_keys(&self) -> Option<&std::collections::BTreeSet<String>> {
+        self.json_keys
+            .get_or_init(|| {
+                serde_json::from_slice::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(
+                    self.body,
+                )
+                .ok()
+                .map(|m| m.into_keys().collect())
+            })
+            .as_ref()
     }
 }

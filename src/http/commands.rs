@@ -199,10 +199,21 @@ pub async fn post_cancel(
     .await
 }
 
-/// The trip's audit trail: every input and effect, hash-chained, and whether it verifies.
+/// Paging of `GET /v1/trips/{id}/audit`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// The `next` of the page before.
+    pub after: Option<String>,
+    /// At most this many entries (default 1000, at most 10000).
+    pub limit: Option<i64>,
+}
+
+/// The trip's audit trail, a page at a time: every input and effect, hash-chained, and
+/// whether the whole chain verifies.
 #[utoipa::path(
     tag = "trips",
-    params(("id" = String, Path, description = "Trip id (UUID)")),
+    params(("id" = String, Path, description = "Trip id (UUID)"), AuditQuery),
     responses((status = 200, body = AuditTrail), (status = 404, body = Problem, content_type = "application/problem+json"))
 )]
 #[get("/v1/trips/{id}/audit")]
@@ -210,13 +221,26 @@ pub async fn get_audit(
     state: web::Data<AppState>,
     viewer: Viewer,
     path: web::Path<String>,
+    query: web::Query<AuditQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let trip_id = path_trip_id(&path)?;
+    let limit = super::trips::limit_within(query.limit, 1_000, 10_000)?;
+    let after = match &query.after {
+        None => 0,
+        Some(text) => crate::cursor::decode(text, 1)
+            .ok()
+            .and_then(|k| k.first().and_then(|s| s.parse::<i64>().ok()))
+            .ok_or_else(|| ApiError::BadParameter {
+                name: "after",
+                detail: "not a cursor of this list (give back the `next` of the page before)"
+                    .into(),
+            })?,
+    };
     viewer.check(&state.store, &trip_id.to_string()).await?;
     if state.store.trip_status(trip_id).await?.is_none() {
         return Err(ApiError::NotFound(format!("trip {trip_id}")));
     }
-    Ok(HttpResponse::Ok().json(audit_trail(&state.store, trip_id).await?))
+    Ok(HttpResponse::Ok().json(audit_trail(&state.store, trip_id, after, limit).await?))
 }
 
 /// Reads a trip's own thresholds: JSON with the fields of the configuration's `[rules]`,

@@ -28,6 +28,8 @@ pub enum ApiError {
     },
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("parameter {name}: {detail}")]
     BadParameter { name: &'static str, detail: String },
     #[error("the gateway is busy; try again shortly")]
@@ -74,6 +76,7 @@ impl ApiError {
             ApiError::UnknownFormat { .. } => "unknown-format",
             ApiError::NotAcceptable { .. } => "not-acceptable",
             ApiError::TooLarge { .. } => "payload-too-large",
+            ApiError::BodyTimeout(_) => "request-timeout",
             ApiError::BadParameter { .. } => "bad-parameter",
             ApiError::Busy => "busy",
             ApiError::Internal(_) => "internal-error",
@@ -91,6 +94,7 @@ impl ApiError {
             ApiError::UnknownFormat { .. } => "Unknown format",
             ApiError::NotAcceptable { .. } => "Not available in that format",
             ApiError::TooLarge { .. } => "Request body too large",
+            ApiError::BodyTimeout(_) => "Request body too slow",
             ApiError::BadParameter { .. } => "Bad parameter",
             ApiError::Busy => "Busy",
             ApiError::Internal(_) => "Internal error",
@@ -138,6 +142,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) | ApiError::UnknownFormat { .. } => StatusCode::NOT_FOUND,
             ApiError::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

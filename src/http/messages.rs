@@ -110,7 +110,15 @@ pub async fn post_message_detect(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
-    let Some(format) = state.formats.detect(&body).cloned() else {
+    // Off the async workers: detection may parse a large document.
+    let detected = {
+        let formats = state.formats.clone();
+        let body = body.clone();
+        web::block(move || formats.detect(&body).cloned())
+            .await
+            .map_err(|e| ApiError::Internal(Box::new(e)))?
+    };
+    let Some(format) = detected else {
         let problem = DocumentError::Invalid(vec![Located::pointer(
             "",
             format!(

@@ -21,7 +21,7 @@ pub struct OutboxQuery {
     pub partner: Option<String>,
     /// Only this trip's messages.
     pub trip: Option<String>,
-    /// Only messages after this sequence number (for paging).
+    /// The `next` of the page before (a sequence number: messages after it).
     pub after: Option<i64>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
@@ -30,6 +30,9 @@ pub struct OutboxQuery {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct OutboxList {
     pub messages: Vec<OutboxEntry>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Outbound messages, oldest first.
@@ -51,31 +54,39 @@ pub async fn list_outbox(
     // A partner sees its own messages only.
     if let Some(id) = viewer.partner_id() {
         if q.partner.as_deref().is_some_and(|p| p != id) {
-            return Ok(HttpResponse::Ok().json(OutboxList { messages: vec![] }));
+            return Ok(HttpResponse::Ok().json(OutboxList {
+                messages: vec![],
+                next: None,
+            }));
         }
         q.partner = Some(id.to_owned());
     }
     if let Some(s) = &q.status
-        && !matches!(s.as_str(), "pending" | "sent" | "failed")
+        && !matches!(s.as_str(), "pending" | "sent" | "failed" | "superseded")
     {
         return Err(ApiError::BadParameter {
             name: "status",
-            detail: format!("{s:?} is not one of pending, sent, failed"),
+            detail: format!("{s:?} is not one of pending, sent, failed, superseded"),
         });
     }
     let limit = super::trips::limit_within(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
-    let messages = outbox::list(
+    let mut messages = outbox::list(
         &state.store,
         &OutboxFilter {
             status: q.status,
             partner_id: q.partner,
             trip_id: q.trip,
             after: q.after,
-            limit,
+            limit: limit.saturating_add(1),
         },
     )
     .await?;
-    Ok(HttpResponse::Ok().json(OutboxList { messages }))
+    let more = messages.len() as i64 > limit;
+    messages.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = more
+        .then(|| messages.last().map(|m| m.seq.to_string()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(OutboxList { messages, next }))
 }
 
 /// Puts a parked message back in line, with a fresh set of attempts; its stream resumes.
@@ -116,7 +127,10 @@ pub async fn retry_outbox(
                 },
             )
             .await?;
-            Ok(HttpResponse::Accepted().json(OutboxList { messages }))
+            Ok(HttpResponse::Accepted().json(OutboxList {
+                messages,
+                next: None,
+            }))
         }
     }
 }

@@ -54,22 +54,45 @@ pub struct TripQuery {
     /// With `reference`: the status of its trip in this partner format (as `GET
     /// /v1/trips/{id}?format=`).
     pub format: Option<String>,
+    /// The `next` of the page before.
+    pub after: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct TripList {
     pub trips: Vec<TripStatus>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct EventList {
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<StoredEvent>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct AlertList {
     pub alerts: Vec<Alert>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The keys of an `after` cursor of this list.
+fn cursor_keys(after: Option<&str>, n: usize) -> Result<Option<Vec<String>>, ApiError> {
+    after
+        .map(|text| {
+            crate::cursor::decode(text, n).map_err(|why| ApiError::BadParameter {
+                name: "after",
+                detail: format!("{why} (give back the `next` of the page before)"),
+            })
+        })
+        .transpose()
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -197,33 +220,44 @@ pub async fn list_trips(
     }
     let limit = limit(q.limit)?;
     let parties = viewer.parties();
-    let trips = match &q.reference {
+    let (trips, next) = match &q.reference {
         Some(reference) => {
-            let mut trips = state
+            let trips = state
                 .store
-                .trips_by_reference(reference, q.authority.as_deref())
+                .trips_by_reference(
+                    reference,
+                    q.authority.as_deref(),
+                    q.state,
+                    parties.as_deref(),
+                    limit,
+                )
                 .await?;
-            if let Some(wanted) = q.state {
-                trips.retain(|t| t.state == wanted);
-            }
             let mut visible = Vec::with_capacity(trips.len());
             for t in trips {
                 if viewer.sees(&state.store, &t.trip_id.to_string()).await? {
                     visible.push(t);
                 }
             }
-            let mut trips = visible;
-            trips.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            trips
+            (visible, None)
         }
         None => {
-            state
+            let after = cursor_keys(q.after.as_deref(), 2)?.map(|k| (k[0].clone(), k[1].clone()));
+            let mut rows = state
                 .store
-                .list_trips(q.state, parties.as_deref(), limit)
-                .await?
+                .list_trips(q.state, parties.as_deref(), after, limit.saturating_add(1))
+                .await?;
+            let more = rows.len() as i64 > limit;
+            rows.truncate(usize::try_from(limit).unwrap_or(0));
+            let next = more
+                .then(|| {
+                    rows.last()
+                        .map(|(_, k)| crate::cursor::encode(&[k.0.clone(), k.1.clone()]))
+                })
+                .flatten();
+            (rows.into_iter().map(|(t, _)| t).collect(), next)
         }
     };
-    Ok(HttpResponse::Ok().json(TripList { trips }))
+    Ok(HttpResponse::Ok().json(TripList { trips, next }))
 }
 
 /// `GET /v1/trips?reference=R&format=G`: the status of the declaration's one trip.
@@ -241,15 +275,21 @@ async fn reference_status_in(
                 .into(),
         });
     };
+    let parties = viewer.parties();
     let mut trips = Vec::new();
+    // Enough to tell one trip from several.
     for t in state
         .store
-        .trips_by_reference(reference, q.authority.as_deref())
+        .trips_by_reference(
+            reference,
+            q.authority.as_deref(),
+            q.state,
+            parties.as_deref(),
+            10,
+        )
         .await?
     {
-        if q.state.is_none_or(|s| s == t.state)
-            && viewer.sees(&state.store, &t.trip_id.to_string()).await?
-        {
+        if viewer.sees(&state.store, &t.trip_id.to_string()).await? {
             trips.push(t);
         }
     }
@@ -279,6 +319,8 @@ async fn reference_status_in(
 pub struct LimitQuery {
     /// At most this many (default 100, at most 10000).
     pub limit: Option<i64>,
+    /// The `next` of the page before.
+    pub after: Option<String>,
 }
 
 /// A trip's seal events, in event-time order.
@@ -300,8 +342,31 @@ pub async fn trip_events(
     if state.store.trip_status(id).await?.is_none() {
         return Err(ApiError::NotFound(format!("trip {id}")));
     }
-    let events = state.store.events_of_trip(id, limit).await?;
-    Ok(HttpResponse::Ok().json(EventList { events }))
+    let after = match cursor_keys(query.after.as_deref(), 3)? {
+        None => None,
+        Some(k) => Some((
+            k[0].clone(),
+            k[1].parse::<i64>().map_err(|_| ApiError::BadParameter {
+                name: "after",
+                detail: "not a cursor of this list".into(),
+            })?,
+            k[2].clone(),
+        )),
+    };
+    let mut rows = state
+        .store
+        .events_of_trip(id, after, limit.saturating_add(1))
+        .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|(_, k)| crate::cursor::encode(&[k.0.clone(), k.1.to_string(), k.2.clone()]))
+        })
+        .flatten();
+    let events = rows.into_iter().map(|(e, _)| e).collect();
+    Ok(HttpResponse::Ok().json(EventList { events, next }))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -325,6 +390,8 @@ pub struct AlertQuery {
     pub kind: Option<AlertKind>,
     /// At most this many (default 100, at most 10000).
     pub limit: Option<i64>,
+    /// The `next` of the page before.
+    pub after: Option<String>,
 }
 
 /// Alerts, newest first.
@@ -345,8 +412,19 @@ pub async fn list_alerts(
         },
         kind: q.kind.map(|k| k.as_str().to_owned()),
         parties: viewer.parties(),
-        limit: limit(q.limit)?,
+        after: cursor_keys(q.after.as_deref(), 2)?.map(|k| (k[0].clone(), k[1].clone())),
+        limit: limit(q.limit)?.saturating_add(1),
     };
-    let alerts = state.store.alerts(&filter).await?;
-    Ok(HttpResponse::Ok().json(AlertList { alerts }))
+    let wanted = filter.limit - 1;
+    let mut alerts = state.store.alerts(&filter).await?;
+    let more = alerts.len() as i64 > wanted;
+    alerts.truncate(usize::try_from(wanted).unwrap_or(0));
+    let next = more
+        .then(|| {
+            alerts.last().map(|a| {
+                crate::cursor::encode(&[crate::store::ts(a.raised_at), a.alert_id.to_string()])
+            })
+        })
+        .flatten();
+    Ok(HttpResponse::Ok().json(AlertList { alerts, next }))
 }

@@ -279,6 +279,11 @@ impl MappedFormat {
     }
 
     fn plan_matches(plan: &Plan, body: &[u8]) -> bool {
+        Self::plan_matches_sniffed(plan, &crate::formats::Sniff::new(body))
+    }
+
+    fn plan_matches_sniffed(plan: &Plan, sniff: &crate::formats::Sniff<'_>) -> bool {
+        let body = sniff.body;
         match plan.syntax {
             Syntax::Xml => match (&plan.detect_root, tree::xml_root_name(body)) {
                 (Some(want), Some(root)) => *want == root,
@@ -286,13 +291,9 @@ impl MappedFormat {
             },
             Syntax::Json => {
                 !plan.detect_keys.is_empty()
-                    && serde_json::from_slice::<Value>(body)
-                        .ok()
-                        .and_then(|v| {
-                            v.as_object()
-                                .map(|m| plan.detect_keys.iter().all(|k| m.contains_key(k)))
-                        })
-                        .unwrap_or(false)
+                    && sniff
+                        .json_keys()
+                        .is_some_and(|keys| plan.detect_keys.iter().all(|k| keys.contains(k)))
             }
             Syntax::Flat => {
                 plan.detect_starts_with
@@ -489,9 +490,13 @@ impl Format for MappedFormat {
     }
 
     fn detect(&self, body: &[u8]) -> bool {
+        self.detect_sniffed(&crate::formats::Sniff::new(body))
+    }
+
+    fn detect_sniffed(&self, sniff: &crate::formats::Sniff<'_>) -> bool {
         self.plans
             .iter()
-            .any(|p| self.reads(p) && Self::plan_matches(p, body))
+            .any(|p| self.reads(p) && Self::plan_matches_sniffed(p, sniff))
     }
 
     fn decode(&self, body: &[u8]) -> Result<Decoded, DocumentError> {

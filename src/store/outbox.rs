@@ -63,7 +63,9 @@ pub struct OutboxEntry {
     /// `status`, `alert`, `release`, `handover`.
     pub kind: String,
     pub format: String,
-    /// `pending`, `sent`, or `failed` (parked after too many failures; see retry).
+    /// `pending`, `sent`, `failed` (parked after too many failures; see retry), or
+    /// `superseded` (a status notification a newer one of its stream replaced before it was
+    /// tried: never sent).
     pub status: String,
     pub attempts: i64,
     pub next_attempt_at: DateTime<Utc>,
@@ -72,6 +74,16 @@ pub struct OutboxEntry {
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_at: Option<DateTime<Utc>>,
+    /// The message that replaced this one, when it is `superseded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<i64>,
+    /// How many earlier status notifications of its stream this one stands for.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub coalesced: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 pub async fn insert_parties(
@@ -121,17 +133,31 @@ pub async fn trip_has_party(
 
 /// Adds a notification unless this partner and channel already have it (a replay of the
 /// trip that yields the same notification again).
+///
+/// When `STATUS_WAITING_CAP` status notifications of its stream already wait untried (never
+/// attempted, not leased), a new one supersedes them: the partner is told the trip's latest
+/// state once instead of every state it passed through while its queue was long; the new
+/// row counts them (`coalesced`). Alerts, releases and handovers are never superseded.
 pub async fn enqueue(
     conn: &mut AnyConnection,
     row: &NewOutbox<'_>,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
+    let key: StreamKey = (
+        row.partner_id.to_owned(),
+        row.channel.to_owned(),
+        row.trip_id.clone(),
+    );
+    // On PostgreSQL the stream's head row is locked first: a head moving on concurrently
+    // (its message sent) then sees this message once this transaction commits.
+    let head = locked_head(conn, &key).await?;
+    let inserted = sqlx::query(
         "insert into outbox (message_id, partner_id, channel, trip_id, declaration_id,
              notification_id, kind, format, canonical, status, attempts, next_attempt_at,
              created_at)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10)
-         on conflict (partner_id, channel, notification_id) do nothing",
+         on conflict (partner_id, channel, notification_id) do nothing
+         returning seq",
     )
     .bind(&row.message_id)
     .bind(row.partner_id)
@@ -143,65 +169,93 @@ pub async fn enqueue(
     .bind(row.format)
     .bind(row.canonical)
     .bind(ts(now))
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let Some(inserted) = inserted else {
+        return Ok(false);
+    };
+    let seq: i64 = inserted.get(0);
+    let head_before = head;
+    let mut head = head;
+    if row.kind == "status"
+        && untried_status(conn, &key, head.unwrap_or(seq), seq).await? >= STATUS_WAITING_CAP
+    {
+        let superseded = sqlx::query(
+            "update outbox set superseded_by = $1
+             where partner_id = $2 and channel = $3 and trip_id = $4
+               and seq >= $5 and seq < $1 and kind = 'status' and status = 'pending'
+               and attempts = 0 and superseded_by is null
+               and (lease_until is null or lease_until < $6)
+             returning coalesced",
+        )
+        .bind(seq)
+        .bind(&key.0)
+        .bind(&key.1)
+        .bind(&key.2)
+        .bind(head.unwrap_or(seq))
+        .bind(ts(now))
+        .fetch_all(&mut *conn)
+        .await?;
+        if !superseded.is_empty() {
+            let count = superseded.iter().fold(0_i64, |n, r| {
+                n.saturating_add(1).saturating_add(r.get::<i64, _>(0))
+            });
+            sqlx::query("update outbox set coalesced = $1 where seq = $2")
+                .bind(count)
+                .bind(seq)
+                .execute(&mut *conn)
+                .await?;
+            // The head may have been one of them.
+            if let Some(h) = head {
+                head = next_waiting(conn, &key, h).await?;
+            }
+        }
+    }
+    match head {
+        Some(h) if h != head_before.unwrap_or(h) => set_head(conn, &key, Some(h)).await?,
+        _ => {
+            // The lower of what is there and this message: two transactions queueing on
+            // one new stream at once leave its first message as its head.
+            sqlx::query(
+                "insert into outbox_streams (partner_id, channel, trip_id, head_seq)
+                 values ($1, $2, $3, $4)
+                 on conflict (partner_id, channel, trip_id) do update set head_seq =
+                     case when excluded.head_seq < outbox_streams.head_seq
+                          then excluded.head_seq else outbox_streams.head_seq end",
+            )
+            .bind(&key.0)
+            .bind(&key.1)
+            .bind(&key.2)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(true)
 }
 
-/// A fixed key for PostgreSQL's advisory lock that serialises taking rows.
-const CLAIM_LOCK: i64 = 0x4543_5453_4f42; // "ECTSOB"
+/// Successors taken with each stream head in one claim: a deep stream is worked in runs of
+/// this many, in order, while the other streams keep their turn.
+const RUN_PER_STREAM: i64 = 50;
 
-/// Takes up to `limit` due rows, in order, and leases them until `lease_until`.
-pub async fn claim(
-    store: &Store,
-    now: DateTime<Utc>,
-    limit: u32,
-    lease_until: DateTime<Utc>,
-    channels: &[&str],
-) -> Result<Vec<OutboxRow>, StoreError> {
-    let mut tx = store.begin_write().await?;
-    if store.backend() == Backend::Postgres {
-        // Claims are serialised, so a claim always sees the leases of the one before and
-        // no stream is taken twice at once.
-        sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind(CLAIM_LOCK)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let now_text = ts(now);
-    let rows = sqlx::query(
-        "select seq, message_id, partner_id, channel, trip_id, declaration_id, notification_id,
-             kind, format, canonical, body, content_type, attempts
-         from outbox o
-         where o.status = 'pending' and o.next_attempt_at <= $1
-           and (o.lease_until is null or o.lease_until < $1)
-           and (o.channel = $3 or o.channel = $4)
-           and not exists (
-             select 1 from outbox p
-             where p.partner_id = o.partner_id and p.channel = o.channel
-               and p.trip_id = o.trip_id and p.seq < o.seq
-               and (p.status = 'failed'
-                    or (p.status = 'pending'
-                        and (p.next_attempt_at > $1
-                             or (p.lease_until is not null and p.lease_until >= $1)))))
-         order by o.seq
-         limit $2",
-    )
-    .bind(&now_text)
-    .bind(i64::from(limit))
-    .bind(channels.first().copied().unwrap_or("none"))
-    .bind(channels.get(1).copied().unwrap_or("none"))
-    .fetch_all(&mut **tx)
-    .await?;
-    if rows.is_empty() {
-        // Nothing written: no commit, so nobody is woken for nothing.
-        tx.rollback().await?;
-        return Ok(Vec::new());
-    }
-    let token = uuid::Uuid::now_v7().to_string();
-    let rows: Vec<OutboxRow> = rows
-        .iter()
-        .map(|r| OutboxRow {
+/// The stream a row belongs to.
+type StreamKey = (String, String, String);
+
+const ROW_COLUMNS: &str = "o.seq, o.message_id, o.partner_id, o.channel, o.trip_id,
+    o.declaration_id, o.notification_id, o.kind, o.format, o.canonical, o.body,
+    o.content_type, o.attempts, o.status, o.lease_until, o.superseded_by";
+
+/// A row as read for a claim, before its lease is taken.
+struct Candidate {
+    row: OutboxRow,
+    status: String,
+    leased_until: Option<String>,
+    superseded: bool,
+}
+
+fn candidate(r: &sqlx::any::AnyRow) -> Candidate {
+    Candidate {
+        row: OutboxRow {
             seq: r.get(0),
             message_id: r.get(1),
             partner_id: r.get(2),
@@ -215,21 +269,320 @@ pub async fn claim(
             body: r.get(10),
             content_type: r.get(11),
             attempts: r.get(12),
-            lease_token: token.clone(),
-        })
-        .collect();
+            lease_token: String::new(),
+        },
+        status: r.get(13),
+        leased_until: r.get(14),
+        superseded: r.get::<Option<i64>, _>(15).is_some(),
+    }
+}
+
+/// The due heads of one partner's streams (or of every partner's), oldest first, and the
+/// run of waiting messages behind each: read through `outbox_streams`, never by searching
+/// a stream's backlog.
+async fn due_runs(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    partner: Option<&str>,
+    now: &str,
+    limit: u32,
+    channels: &[&str],
+) -> Result<Vec<Vec<OutboxRow>>, StoreError> {
+    // On PostgreSQL a head another instance is taking right now is passed over, not waited
+    // for; its lease, once committed, keeps it out of later claims.
+    let lock = if backend == Backend::Postgres {
+        " for update of o skip locked"
+    } else {
+        ""
+    };
+    // `cross join` keeps SQLite's plan on the heads (it would otherwise walk every due
+    // message through `outbox_due` and look its stream up).
+    let heads = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select {ROW_COLUMNS}
+         from outbox_streams s cross join outbox o
+         where o.seq = s.head_seq and ($1 is null or s.partner_id = $1)
+           and o.status = 'pending' and o.next_attempt_at <= $2
+           and (o.lease_until is null or o.lease_until < $2)
+           and (o.channel = $3 or o.channel = $4)
+         order by s.head_seq
+         limit $5{lock}"
+    )))
+    .bind(partner)
+    .bind(now)
+    .bind(channels.first().copied().unwrap_or("none"))
+    .bind(channels.get(1).copied().unwrap_or("none"))
+    .bind(i64::from(limit))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut budget = i64::from(limit) - heads.len() as i64;
+    let mut runs = Vec::with_capacity(heads.len());
+    for head in &heads {
+        let head = candidate(head).row;
+        let mut run = vec![];
+        let take = budget.min(RUN_PER_STREAM);
+        if take > 0 {
+            // What waits behind the head, through the stream index; the run stops at the
+            // first message that is not plainly waiting.
+            let rest = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "select {ROW_COLUMNS} from outbox o
+                 where o.partner_id = $1 and o.channel = $2 and o.trip_id = $3 and o.seq > $4
+                   and o.status <> 'sent' and o.superseded_by is null
+                 order by o.seq
+                 limit $5"
+            )))
+            .bind(&head.partner_id)
+            .bind(&head.channel)
+            .bind(&head.trip_id)
+            .bind(head.seq)
+            .bind(take)
+            .fetch_all(&mut *conn)
+            .await?;
+            for r in &rest {
+                let c = candidate(r);
+                if c.status != "pending"
+                    || c.superseded
+                    || c.leased_until.as_deref().is_some_and(|l| l >= now)
+                {
+                    break;
+                }
+                run.push(c.row);
+            }
+            budget -= run.len() as i64;
+        }
+        run.insert(0, head);
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// Takes due messages under a lease until `lease_until`: the head of each stream that is
+/// due, with the run behind it, oldest heads first, at most `limit` in all. With `partner`,
+/// only that partner's streams (each partner is worked on its own, so a slow one does not
+/// hold the others back).
+///
+/// On SQLite the reading is done outside the process write gate; the gate is held only for
+/// the lease update. The update takes a row only if it is still free and waiting, and a
+/// stream's run is kept only from its head on without a gap, so a stale read never lets a
+/// stream overtake itself.
+pub async fn claim(
+    store: &Store,
+    partner: Option<&str>,
+    now: DateTime<Utc>,
+    limit: u32,
+    lease_until: DateTime<Utc>,
+    channels: &[&str],
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let now_text = ts(now);
+    let backend = store.backend();
+    let (runs, mut tx) = match backend {
+        Backend::Sqlite => {
+            let mut conn = store.pool().acquire().await?;
+            let runs = due_runs(&mut conn, backend, partner, &now_text, limit, channels).await?;
+            drop(conn);
+            if runs.is_empty() {
+                return Ok(Vec::new());
+            }
+            (runs, store.begin_write().await?)
+        }
+        Backend::Postgres => {
+            let mut tx = store.begin_write().await?;
+            let runs = due_runs(&mut tx, backend, partner, &now_text, limit, channels).await?;
+            if runs.is_empty() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            (runs, tx)
+        }
+    };
+    let token = uuid::Uuid::now_v7().to_string();
     // The numbers come from the database, so they are safe to write into the statement.
-    let seqs: Vec<String> = rows.iter().map(|r| r.seq.to_string()).collect();
+    let seqs: Vec<String> = runs.iter().flatten().map(|r| r.seq.to_string()).collect();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "update outbox set lease_until = $1, lease_token = $2 where seq in ({})",
+        "update outbox set lease_until = $1, lease_token = $2
+         where seq in ({}) and status = 'pending' and superseded_by is null
+           and (lease_until is null or lease_until < $3)",
         seqs.join(",")
     )))
     .bind(ts(lease_until))
     .bind(&token)
+    .bind(&now_text)
     .execute(&mut **tx)
     .await?;
+    let got: BTreeSet<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select seq from outbox where seq in ({}) and lease_token = $1",
+        seqs.join(",")
+    )))
+    .bind(&token)
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.get::<i64, _>(0))
+    .collect();
+    let mut taken = Vec::new();
+    let mut dropped = Vec::new();
+    for run in runs {
+        // From the head on, as long as each row was ours to take.
+        let mut whole = true;
+        for row in run {
+            if whole && got.contains(&row.seq) {
+                taken.push(OutboxRow {
+                    lease_token: token.clone(),
+                    ..row
+                });
+            } else {
+                whole = false;
+                if got.contains(&row.seq) {
+                    dropped.push(row.seq.to_string());
+                }
+            }
+        }
+    }
+    if !dropped.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "update outbox set lease_until = null, lease_token = null
+             where lease_token = $1 and seq in ({})",
+            dropped.join(",")
+        )))
+        .bind(&token)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if taken.is_empty() {
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
     tx.commit().await?;
-    Ok(rows)
+    Ok(taken)
+}
+
+/// The partners with a stream waiting: a dispatcher works the ones it has no worker for
+/// (a partner removed from the configuration) too.
+pub async fn partners_waiting(store: &Store) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query("select distinct partner_id from outbox_streams")
+        .fetch_all(store.pool())
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+}
+
+/// Moves a stream's head past `sent` (sent just now): to the next message waiting, or
+/// away when there is none. On PostgreSQL the head row is locked first and the next
+/// message looked for in a later statement, so a message queued by a concurrent
+/// transaction (which locks the head row too) is always seen.
+async fn advance_head(
+    conn: &mut AnyConnection,
+    key: &StreamKey,
+    sent: i64,
+) -> Result<(), StoreError> {
+    let head = locked_head(conn, key).await?;
+    if head.is_some_and(|h| h > sent) {
+        return Ok(());
+    }
+    let next = next_waiting(conn, key, sent.saturating_add(1)).await?;
+    set_head(conn, key, next).await
+}
+
+/// Untried status notifications a stream keeps waiting; one more supersedes them all.
+pub const STATUS_WAITING_CAP: i64 = 8;
+
+/// How many untried status notifications wait in a stream before `below` (counted up to the
+/// cap only).
+async fn untried_status(
+    conn: &mut AnyConnection,
+    key: &StreamKey,
+    from: i64,
+    below: i64,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "select count(*) from (
+             select 1 from outbox
+             where partner_id = $1 and channel = $2 and trip_id = $3 and seq >= $4 and seq < $5
+               and kind = 'status' and status = 'pending' and attempts = 0
+               and superseded_by is null
+             limit $6) w",
+    )
+    .bind(&key.0)
+    .bind(&key.1)
+    .bind(&key.2)
+    .bind(from)
+    .bind(below)
+    .bind(STATUS_WAITING_CAP)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(row.get(0))
+}
+
+/// A stream's head, locked on PostgreSQL until the transaction ends (SQLite has one
+/// writer at a time already).
+async fn locked_head(conn: &mut AnyConnection, key: &StreamKey) -> Result<Option<i64>, StoreError> {
+    let lock = if conn.backend_name() == "PostgreSQL" {
+        " for update"
+    } else {
+        ""
+    };
+    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select head_seq from outbox_streams
+         where partner_id = $1 and channel = $2 and trip_id = $3{lock}"
+    )))
+    .bind(&key.0)
+    .bind(&key.1)
+    .bind(&key.2)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| r.get(0)))
+}
+
+/// The stream's first message from `from` on that is not sent nor superseded.
+async fn next_waiting(
+    conn: &mut AnyConnection,
+    key: &StreamKey,
+    from: i64,
+) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query(
+        "select seq from outbox
+         where partner_id = $1 and channel = $2 and trip_id = $3 and seq >= $4
+           and status <> 'sent' and superseded_by is null
+         order by seq limit 1",
+    )
+    .bind(&key.0)
+    .bind(&key.1)
+    .bind(&key.2)
+    .bind(from)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| r.get(0)))
+}
+
+async fn set_head(
+    conn: &mut AnyConnection,
+    key: &StreamKey,
+    head: Option<i64>,
+) -> Result<(), StoreError> {
+    match head {
+        Some(seq) => {
+            sqlx::query(
+                "insert into outbox_streams (partner_id, channel, trip_id, head_seq)
+                 values ($1, $2, $3, $4)
+                 on conflict (partner_id, channel, trip_id) do update set head_seq = excluded.head_seq",
+            )
+            .bind(&key.0)
+            .bind(&key.1)
+            .bind(&key.2)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query(
+                "delete from outbox_streams where partner_id = $1 and channel = $2 and trip_id = $3",
+            )
+            .bind(&key.0)
+            .bind(&key.1)
+            .bind(&key.2)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Gives rows back untried (their stream stopped earlier in the batch), if still ours.
@@ -298,7 +651,7 @@ pub async fn record_attempts(
             Attempted::Retry { error, at } => ("pending", Some(error.as_str()), *at),
             Attempted::Parked { error } => ("failed", Some(error.as_str()), now),
         };
-        sqlx::query(
+        let done = sqlx::query(
             "update outbox set status = $1, attempts = attempts + 1,
                  last_error = coalesce($2, last_error), next_attempt_at = $3, lease_until = null,
                  lease_token = null, sent_at = $4
@@ -312,6 +665,14 @@ pub async fn record_attempts(
         .bind(&row.lease_token)
         .execute(&mut **tx)
         .await?;
+        if status == "sent" && done.rows_affected() == 1 {
+            let key = (
+                row.partner_id.clone(),
+                row.channel.clone(),
+                row.trip_id.clone(),
+            );
+            advance_head(&mut tx, &key, row.seq).await?;
+        }
     }
     tx.commit().await?;
     Ok(())
@@ -331,9 +692,13 @@ pub struct OutboxFilter {
 pub async fn list(store: &Store, filter: &OutboxFilter) -> Result<Vec<OutboxEntry>, StoreError> {
     let rows = sqlx::query(
         "select seq, message_id, partner_id, channel, trip_id, declaration_id, notification_id,
-             kind, format, status, attempts, next_attempt_at, last_error, created_at, sent_at
+             kind, format, status, attempts, next_attempt_at, last_error, created_at, sent_at,
+             superseded_by, coalesced
          from outbox
-         where ($1 is null or status = $1) and ($2 is null or partner_id = $2)
+         where ($1 is null
+                or ($1 = 'superseded' and superseded_by is not null)
+                or (status = $1 and superseded_by is null))
+           and ($2 is null or partner_id = $2)
            and ($3 is null or trip_id = $3) and seq > $4
          order by seq
          limit $5",
@@ -349,6 +714,7 @@ pub async fn list(store: &Store, filter: &OutboxFilter) -> Result<Vec<OutboxEntr
 }
 
 fn entry(r: &sqlx::any::AnyRow) -> Result<OutboxEntry, StoreError> {
+    let superseded_by: Option<i64> = r.get(15);
     Ok(OutboxEntry {
         seq: r.get(0),
         message_id: r.get(1),
@@ -359,7 +725,10 @@ fn entry(r: &sqlx::any::AnyRow) -> Result<OutboxEntry, StoreError> {
         notification_id: r.get(6),
         kind: r.get(7),
         format: r.get(8),
-        status: r.get(9),
+        status: match superseded_by {
+            Some(_) => "superseded".to_owned(),
+            None => r.get(9),
+        },
         attempts: r.get(10),
         next_attempt_at: parse_ts(&r.get::<String, _>(11))?,
         last_error: r.get(12),
@@ -368,6 +737,8 @@ fn entry(r: &sqlx::any::AnyRow) -> Result<OutboxEntry, StoreError> {
             .get::<Option<String>, _>(14)
             .map(|t| parse_ts(&t))
             .transpose()?,
+        superseded_by,
+        coalesced: r.get(16),
     })
 }
 
@@ -379,14 +750,16 @@ pub async fn retry(
     now: DateTime<Utc>,
 ) -> Result<Option<bool>, StoreError> {
     let mut tx = store.begin_write().await?;
-    let status: Option<String> = sqlx::query("select status from outbox where seq = $1")
-        .bind(seq)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| r.get(0));
-    let Some(status) = status else {
+    let found =
+        sqlx::query("select status, partner_id, channel, trip_id from outbox where seq = $1")
+            .bind(seq)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some(found) = found else {
         return Ok(None);
     };
+    let status: String = found.get(0);
+    let key: StreamKey = (found.get(1), found.get(2), found.get(3));
     if status != "failed" {
         return Ok(Some(false));
     }
@@ -399,6 +772,9 @@ pub async fn retry(
     .bind(seq)
     .execute(&mut **tx)
     .await?;
+    // A parked message is its stream's head already; this only mends a missing head.
+    let head = next_waiting(&mut tx, &key, 0).await?;
+    set_head(&mut tx, &key, head).await?;
     tx.commit().await?;
     Ok(Some(true))
 }

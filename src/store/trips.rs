@@ -506,6 +506,8 @@ pub struct AlertFilter {
     pub kind: Option<String>,
     /// Only trips with one of these parties (a partner's view); `None`: all.
     pub parties: Option<Vec<String>>,
+    /// Only alerts after this one in the list's order: (raised_at, alert_id).
+    pub after: Option<(String, String)>,
     pub limit: i64,
 }
 
@@ -523,14 +525,27 @@ impl Store {
         &self,
         declaration_id: &str,
         issuing_authority: Option<&str>,
+        state: Option<TripState>,
+        parties: Option<&[String]>,
+        limit: i64,
     ) -> Result<Vec<TripStatus>, StoreError> {
+        // Filtered and limited in the query: a reference with many trips is never read whole.
+        let (all, p1, p2) = party_filter(parties);
         let rows = sqlx::query(
-            "select status from trips
+            "select status from trips t
              where declaration_id = $1 and ($2 is null or issuing_authority = $2)
-             order by created_at",
+               and ($3 is null or state = $3)
+               and ($4 = 1 or exists (select 1 from trip_parties p
+                                      where p.trip_id = t.trip_id and (p.party = $5 or p.party = $6)))
+             order by created_at limit $7",
         )
         .bind(declaration_id)
         .bind(issuing_authority)
+        .bind(state.map(|s| s.as_str()))
+        .bind(all)
+        .bind(p1)
+        .bind(p2)
+        .bind(limit)
         .fetch_all(self.pool())
         .await?;
         rows.iter()
@@ -538,52 +553,83 @@ impl Store {
             .collect()
     }
 
+    /// The most recently updated trips, after `after` (the cursor keys of the last one
+    /// shown: updated_at, trip_id), each with its cursor keys.
     pub async fn list_trips(
         &self,
         state: Option<TripState>,
         parties: Option<&[String]>,
+        after: Option<(String, String)>,
         limit: i64,
-    ) -> Result<Vec<TripStatus>, StoreError> {
+    ) -> Result<Vec<(TripStatus, (String, String))>, StoreError> {
         let (all, p1, p2) = party_filter(parties);
         let rows = sqlx::query(
-            "select status from trips t where ($1 is null or state = $1)
+            "select status, updated_at, trip_id from trips t where ($1 is null or state = $1)
                and ($3 = 1 or exists (select 1 from trip_parties p
                                       where p.trip_id = t.trip_id and (p.party = $4 or p.party = $5)))
-             order by updated_at desc limit $2",
+               and ($6 is null or updated_at < $6 or (updated_at = $6 and trip_id > $7))
+             order by updated_at desc, trip_id limit $2",
         )
         .bind(state.map(|s| s.as_str()))
         .bind(limit)
         .bind(all)
         .bind(p1)
         .bind(p2)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| from_json("trip status", &r.try_get::<String, _>("status")?))
-            .collect()
-    }
-
-    /// A trip's seal events in event-time order.
-    pub async fn events_of_trip(
-        &self,
-        trip_id: TripId,
-        limit: i64,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = sqlx::query(
-            "select canonical, received_at, message_id from seal_events
-             where trip_id = $1 order by event_time, coalesce(seq, -1), event_key limit $2",
-        )
-        .bind(trip_id.to_string())
-        .bind(limit)
+        .bind(after.as_ref().map(|a| a.0.clone()))
+        .bind(after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
         .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|r| {
-                Ok(StoredEvent {
-                    event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
-                    received_at: r.try_get("received_at")?,
-                    message_id: r.try_get("message_id")?,
-                })
+                Ok((
+                    from_json("trip status", &r.try_get::<String, _>("status")?)?,
+                    (r.try_get("updated_at")?, r.try_get("trip_id")?),
+                ))
+            })
+            .collect()
+    }
+
+    /// A trip's seal events in event-time order.
+    /// A trip's seal events in event-time order, after `after` (the cursor keys of the
+    /// last one shown: event time, seq, key), with the cursor keys of each.
+    pub async fn events_of_trip(
+        &self,
+        trip_id: TripId,
+        after: Option<(String, i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<(StoredEvent, (String, i64, String))>, StoreError> {
+        let rows = sqlx::query(
+            "select canonical, received_at, message_id, event_time, coalesce(seq, -1) as seq_key,
+                 event_key
+             from seal_events
+             where trip_id = $1
+               and ($3 is null or event_time > $3
+                    or (event_time = $3 and (coalesce(seq, -1) > $4
+                        or (coalesce(seq, -1) = $4 and event_key > $5))))
+             order by event_time, coalesce(seq, -1), event_key limit $2",
+        )
+        .bind(trip_id.to_string())
+        .bind(limit)
+        .bind(after.as_ref().map(|a| a.0.clone()))
+        .bind(after.as_ref().map_or(0, |a| a.1))
+        .bind(after.as_ref().map(|a| a.2.clone()).unwrap_or_default())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let key = (
+                    r.try_get::<String, _>("event_time")?,
+                    r.try_get::<i64, _>("seq_key")?,
+                    r.try_get::<String, _>("event_key")?,
+                );
+                Ok((
+                    StoredEvent {
+                        event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
+                        received_at: r.try_get("received_at")?,
+                        message_id: r.try_get("message_id")?,
+                    },
+                    key,
+                ))
             })
             .collect()
     }
@@ -598,6 +644,7 @@ impl Store {
                and ($3 is null or kind = $3)
                and ($5 = 1 or exists (select 1 from trip_parties p
                                       where p.trip_id = a.trip_id and (p.party = $6 or p.party = $7)))
+               and ($8 is null or raised_at < $8 or (raised_at = $8 and alert_id > $9))
              order by raised_at desc, alert_id limit $4",
         )
         .bind(filter.trip_id.map(|t| t.to_string()))
@@ -607,6 +654,8 @@ impl Store {
         .bind(all)
         .bind(p1)
         .bind(p2)
+        .bind(filter.after.as_ref().map(|a| a.0.clone()))
+        .bind(filter.after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
         .fetch_all(self.pool())
         .await?;
         rows.iter()

@@ -857,7 +857,7 @@ async fn the_link_and_the_gateway_restart_mid_stream_and_nothing_is_lost_or_doub
         if rows.iter().all(|m| m["status"] == "sent") {
             Ok(rows)
         } else {
-            Err(crate::helpers::unsent(&rows))
+            Err(crate::push::not_sent(&rows, None))
         }
     })
     .await;

@@ -502,31 +502,3 @@ pub async fn wait_until_within(what: &str, limit: Duration, mut done: impl FnMut
     })
     .await
 }
-
-/// The outbox rows not yet sent, one short line each (at most 10), to say what a wait
-/// for "all sent" still misses.
-pub fn unsent(rows: &[Value]) -> String {
-    let waiting: Vec<String> = rows
-        .iter()
-        .filter(|r| r["status"] != "sent")
-        .take(10)
-        .map(|r| {
-            format!(
-                "seq {} {} {} {} trip {}: {} after {} attempt(s){}",
-                r["seq"],
-                r["partner_id"].as_str().unwrap_or_default(),
-                r["channel"].as_str().unwrap_or_default(),
-                r["kind"].as_str().unwrap_or_default(),
-                r["trip_id"].as_str().unwrap_or_default(),
-                r["status"].as_str().unwrap_or_default(),
-                r["attempts"],
-                r["last_error"]
-                    .as_str()
-                    .map(|e| format!(", last error: {e}"))
-                    .unwrap_or_default()
-            )
-        })
-        .collect();
-    let total = rows.iter().filter(|r| r["status"] != "sent").count();
-    format!("{total} of {} not sent: {}", rows.len(), waiting.join("; "))
-}

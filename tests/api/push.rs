@@ -9,7 +9,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::Value;
 
 use crate::helpers::{Backend, TestApp, product_mappings_dir, spawn_app_with};
-use crate::tracking::{DESTINATION_LON, SEAL_1, Seq, post, release, rolling};
+use crate::tracking::{DESTINATION_LON, SEAL_1, Seq, post, release, road_lon, rolling, t};
 
 /// What the partner's endpoint does with the next request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -220,14 +220,45 @@ async fn all_sent(app: &TestApp, n: usize) -> Vec<Value> {
         if rows.len() == n && rows.iter().all(|r| r["status"] == "sent") {
             Ok(rows)
         } else {
-            Err(format!(
-                "{} row(s); {}",
-                rows.len(),
-                crate::helpers::unsent(&rows)
-            ))
+            Err(not_sent(&rows, Some(n)))
         }
     })
     .await
+}
+
+/// What a failed "all sent" wait says: how many rows there are, and each row that is not
+/// sent, one a line, instead of every row on one line.
+pub(crate) fn not_sent(rows: &[Value], expected: Option<usize>) -> String {
+    let waiting: Vec<&Value> = rows.iter().filter(|r| r["status"] != "sent").collect();
+    let mut text = format!(
+        "not all sent: {} rows{}, {} not sent",
+        rows.len(),
+        expected
+            .map(|n| format!(" (expected {n})"))
+            .unwrap_or_default(),
+        waiting.len()
+    );
+    for r in waiting.iter().take(20) {
+        text.push_str(&format!(
+            "\n  seq {} {} {} {} trip {} {}: {} after {} attempts{}",
+            r["seq"],
+            r["partner_id"].as_str().unwrap_or_default(),
+            r["channel"].as_str().unwrap_or_default(),
+            r["kind"].as_str().unwrap_or_default(),
+            r["trip_id"].as_str().unwrap_or_default(),
+            r["notification_id"].as_str().unwrap_or_default(),
+            r["status"].as_str().unwrap_or_default(),
+            r["attempts"],
+            r["last_error"]
+                .as_str()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    if waiting.len() > 20 {
+        text.push_str(&format!("\n  ... and {} more", waiting.len() - 20));
+    }
+    text
 }
 
 mod over_http {
@@ -241,5 +272,72 @@ mod over_http {
     async fn postgres() {
         super::a_partner_endpoint_gets_each_notification_once_in_order(super::Backend::Postgres)
             .await;
+    }
+}
+
+/// A partner told of an alert is told when a replay withdraws it (late buffered data shows
+/// the condition never held); a partner never told of it is not.
+async fn a_withdrawn_alert_is_notified_to_whoever_was_told(backend: Backend) {
+    let (url, ep) = start_endpoint(Mode::FailThen(0));
+    let partner: ects_gateway::partners::PartnerConfig = toml::from_str(&format!(
+        "id = \"gt-push\"\nauthority = \"GT\"\nformat = \"ects-json\"\n\
+         subscribe = [\"alert\"]\nhttp_push = \"{url}\"\n"
+    ))
+    .unwrap();
+    let Some(app) = spawn_app_with(backend, product_mappings_dir(), |s| {
+        s.partners = vec![partner];
+        s.outbox.poll_ms = 25;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 10, "position", road_lon(10), 0.0)],
+    )
+    .await;
+    assert_eq!(app.tracking.tick_all(t(26)).await.unwrap(), 1);
+    until("the gap alert", || {
+        delivered(&ep)
+            .iter()
+            .any(|h| h.body["alert"]["kind"] == "reporting_gap")
+    })
+    .await;
+    // The buffered fix from minute 20: there was no gap.
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 20, "position", road_lon(20), 0.0)],
+    )
+    .await;
+    until("the withdrawal", || delivered(&ep).len() >= 2).await;
+    let got = delivered(&ep);
+    let raised = &got[0].body["alert"];
+    let withdrawn = &got[1];
+    assert_eq!(withdrawn.kind, "alert");
+    assert_eq!(withdrawn.body["trip_id"], trip.as_str());
+    assert_eq!(withdrawn.body["alert"]["alert_id"], raised["alert_id"]);
+    assert!(
+        withdrawn.body["alert"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("withdrawn:")),
+        "{}",
+        withdrawn.body
+    );
+    assert!(withdrawn.body["alert"]["cleared_at"].is_string());
+    assert_ne!(withdrawn.idempotency_key, got[0].idempotency_key);
+}
+
+mod alert_withdrawn {
+    #[tokio::test]
+    async fn sqlite() {
+        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Postgres).await;
     }
 }

@@ -95,9 +95,21 @@ pub struct ChainError {
 /// Checks a whole chain, in order. With `payloads`, also that each payload still hashes
 /// to what its entry recorded.
 pub fn verify(entries: &[AuditEntry], payloads: Option<&[Vec<u8>]>) -> Result<(), ChainError> {
-    let mut prev_hash = GENESIS.to_owned();
+    verify_from(entries, payloads, 1, GENESIS).map(|_| ())
+}
+
+/// Checks a stretch of a chain that starts at `first_seq` after an entry whose hash is
+/// `prev_hash` (`GENESIS` before the first): a long chain is checked a page at a time.
+/// Returns the hash of the stretch's last entry (`prev_hash` when it is empty).
+pub fn verify_from(
+    entries: &[AuditEntry],
+    payloads: Option<&[Vec<u8>]>,
+    first_seq: u64,
+    prev_hash: &str,
+) -> Result<String, ChainError> {
+    let mut prev_hash = prev_hash.to_owned();
     for (i, e) in entries.iter().enumerate() {
-        let expected_seq = i as u64 + 1;
+        let expected_seq = (i as u64).saturating_add(first_seq);
         let broken = |reason: String| ChainError { seq: e.seq, reason };
         if e.seq != expected_seq {
             return Err(broken(format!(
@@ -128,7 +140,7 @@ pub fn verify(entries: &[AuditEntry], payloads: Option<&[Vec<u8>]>) -> Result<()
         }
         prev_hash = e.hash.clone();
     }
-    Ok(())
+    Ok(prev_hash)
 }
 
 #[cfg(test)]
