@@ -492,26 +492,10 @@ impl Recipients {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let trip = alert.trip_id;
-        let told: Vec<String> = ["raised", "cleared"]
-            .iter()
-            .map(|phase| {
-                Uuid::new_v5(
-                    &trip.0,
-                    format!("alert/{}/{phase}", alert.alert_id).as_bytes(),
-                )
-                .to_string()
-            })
-            .collect();
-        let rows = sqlx::query(
-            "select distinct partner_id, channel, format from outbox
-             where trip_id = $1 and (notification_id = $2 or notification_id = $3)
-               and superseded_by is null",
-        )
-        .bind(trip.to_string())
-        .bind(&told[0])
-        .bind(&told[1])
-        .fetch_all(&mut *conn)
-        .await?;
+        // Every notification of this alert: raised, cleared, and each recurrence
+        // (`alert/{id}/raised/{n}`), found by the alert's id kept with each row.
+        let rows =
+            outbox::told_of_alert(conn, &trip.to_string(), &alert.alert_id.to_string()).await?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -554,23 +538,20 @@ impl Recipients {
             late: false,
         };
         let canonical = serde_json::to_string(&note).unwrap_or_default();
-        for r in &rows {
-            let partner: String = r.get(0);
-            let channel: String = r.get(1);
-            let format: String = r.get(2);
+        for (partner, channel, format) in &rows {
             let channel: &'static str = if channel == "amqp" { "amqp" } else { "http" };
             let key = format!("{partner}/{channel}/{notification_id}");
             outbox::enqueue(
                 conn,
                 &NewOutbox {
                     message_id: Uuid::new_v5(&OUTBOX_NAMESPACE, key.as_bytes()).to_string(),
-                    partner_id: &partner,
+                    partner_id: partner,
                     channel,
                     trip_id: trip.to_string(),
                     declaration_id: status.declaration_id.as_str(),
                     notification_id: &notification_id,
                     kind: "alert",
-                    format: &format,
+                    format,
                     canonical: &canonical,
                 },
                 now,

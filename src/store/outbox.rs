@@ -151,11 +151,12 @@ pub async fn enqueue(
     // On PostgreSQL the stream's head row is locked first: a head moving on concurrently
     // (its message sent) then sees this message once this transaction commits.
     let head = locked_head(conn, &key).await?;
+    let facts = Facts::of(row.canonical);
     let inserted = sqlx::query(
         "insert into outbox (message_id, partner_id, channel, trip_id, declaration_id,
              notification_id, kind, format, canonical, status, attempts, next_attempt_at,
-             created_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10)
+             created_at, alert_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10, $11)
          on conflict (partner_id, channel, notification_id) do nothing
          returning seq",
     )
@@ -169,6 +170,7 @@ pub async fn enqueue(
     .bind(row.format)
     .bind(row.canonical)
     .bind(ts(now))
+    .bind(facts.alert.and_then(|a| a.alert_id))
     .fetch_optional(&mut *conn)
     .await?;
     let Some(inserted) = inserted else {
@@ -232,6 +234,48 @@ pub async fn enqueue(
         }
     }
     Ok(true)
+}
+
+/// What the outbox keeps beside a notification's canonical text, read from it.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Facts {
+    /// The trip's state (a status notification's new state).
+    state: Option<String>,
+    alert: Option<AlertFacts>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct AlertFacts {
+    alert_id: Option<String>,
+}
+
+impl Facts {
+    /// Unreadable text (never written by the gateway) has no facts.
+    fn of(canonical: &str) -> Self {
+        serde_json::from_str(canonical).unwrap_or_default()
+    }
+}
+
+/// The notifications (any phase, any recurrence) of an alert: the partners and channels
+/// told of it, with their format.
+pub async fn told_of_alert(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+    alert_id: &str,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let rows = sqlx::query(
+        "select distinct partner_id, channel, format from outbox
+         where trip_id = $1 and alert_id = $2 and superseded_by is null
+         order by partner_id, channel",
+    )
+    .bind(trip_id)
+    .bind(alert_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Successors taken with each stream head in one claim: a deep stream is worked in runs of

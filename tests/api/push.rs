@@ -276,8 +276,9 @@ mod over_http {
 }
 
 /// A partner told of an alert is told when a replay withdraws it (late buffered data shows
-/// the condition never held); a partner never told of it is not.
-async fn a_withdrawn_alert_is_notified_to_whoever_was_told(backend: Backend) {
+/// the condition never held); a partner never told of it is not. With `recurrence`, the
+/// partner was told only of a recurrence of the alert (`alert/{id}/raised/1`).
+async fn a_withdrawn_alert_is_notified_to_whoever_was_told(backend: Backend, recurrence: bool) {
     let (url, ep) = start_endpoint(Mode::FailThen(0));
     let partner: ects_gateway::partners::PartnerConfig = toml::from_str(&format!(
         "id = \"gt-push\"\nauthority = \"GT\"\nformat = \"ects-json\"\n\
@@ -306,6 +307,43 @@ async fn a_withdrawn_alert_is_notified_to_whoever_was_told(backend: Backend) {
             .any(|h| h.body["alert"]["kind"] == "reporting_gap")
     })
     .await;
+    if recurrence {
+        // What the partner was told becomes the alert's first recurrence (the id the engine
+        // gives a reopened alert's notification), as if it had been told of that only.
+        let alert_id = delivered(&ep)[0].body["alert"]["alert_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let trip_uuid: uuid::Uuid = trip.as_str().parse().unwrap();
+        let id = |name: String| uuid::Uuid::new_v5(&trip_uuid, name.as_bytes()).to_string();
+        let changed = sqlx::query(
+            "update outbox set notification_id = $1 where notification_id = $2 and trip_id = $3",
+        )
+        .bind(id(format!("alert/{alert_id}/raised/1")))
+        .bind(id(format!("alert/{alert_id}/raised")))
+        .bind(trip.as_str())
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(changed.rows_affected(), 1);
+        if backend == Backend::Sqlite {
+            // Found through an index, not by scanning the outbox.
+            let plan: Vec<String> = sqlx::query(
+                "explain query plan select distinct partner_id, channel, format from outbox
+                 where trip_id = 'x' and alert_id = 'y' and superseded_by is null",
+            )
+            .fetch_all(app.store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| sqlx::Row::get::<String, _>(r, 3))
+            .collect();
+            assert!(
+                plan.iter().any(|p| p.contains("USING INDEX outbox_by_trip_alert")),
+                "{plan:?}"
+            );
+        }
+    }
     // The buffered fix from minute 20: there was no gap.
     post(
         &app,
@@ -333,11 +371,27 @@ async fn a_withdrawn_alert_is_notified_to_whoever_was_told(backend: Backend) {
 mod alert_withdrawn {
     #[tokio::test]
     async fn sqlite() {
-        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Sqlite).await;
+        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Sqlite, false)
+            .await;
     }
 
     #[tokio::test]
     async fn postgres() {
-        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Postgres).await;
+        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Postgres, false)
+            .await;
+    }
+}
+
+mod recurring_alert_withdrawn {
+    #[tokio::test]
+    async fn sqlite() {
+        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Sqlite, true)
+            .await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        super::a_withdrawn_alert_is_notified_to_whoever_was_told(super::Backend::Postgres, true)
+            .await;
     }
 }
