@@ -137,7 +137,9 @@ pub async fn trip_has_party(
 /// When `STATUS_WAITING_CAP` status notifications of its stream already wait untried (never
 /// attempted, not leased), a new one supersedes them: the partner is told the trip's latest
 /// state once instead of every state it passed through while its queue was long; the new
-/// row counts them (`coalesced`). Alerts, releases and handovers are never superseded.
+/// row counts them (`coalesced`). A state milestone (`arrived`, `released`, `cancelled`) is
+/// never superseded: the partner gets each one, and only the statuses in between are
+/// coalesced. Alerts, releases and handovers are never superseded.
 pub async fn enqueue(
     conn: &mut AnyConnection,
     row: &NewOutbox<'_>,
@@ -155,8 +157,8 @@ pub async fn enqueue(
     let inserted = sqlx::query(
         "insert into outbox (message_id, partner_id, channel, trip_id, declaration_id,
              notification_id, kind, format, canonical, status, attempts, next_attempt_at,
-             created_at, alert_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10, $11)
+             created_at, alert_id, milestone)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $10, $10, $11, $12)
          on conflict (partner_id, channel, notification_id) do nothing
          returning seq",
     )
@@ -170,7 +172,8 @@ pub async fn enqueue(
     .bind(row.format)
     .bind(row.canonical)
     .bind(ts(now))
-    .bind(facts.alert.and_then(|a| a.alert_id))
+    .bind(facts.alert.as_ref().and_then(|a| a.alert_id.clone()))
+    .bind(i64::from(row.kind == "status" && facts.is_milestone()))
     .fetch_optional(&mut *conn)
     .await?;
     let Some(inserted) = inserted else {
@@ -186,7 +189,7 @@ pub async fn enqueue(
             "update outbox set superseded_by = $1
              where partner_id = $2 and channel = $3 and trip_id = $4
                and seq >= $5 and seq < $1 and kind = 'status' and status = 'pending'
-               and attempts = 0 and superseded_by is null
+               and attempts = 0 and superseded_by is null and milestone = 0
                and (lease_until is null or lease_until < $6)
              returning coalesced",
         )
@@ -253,6 +256,14 @@ impl Facts {
     /// Unreadable text (never written by the gateway) has no facts.
     fn of(canonical: &str) -> Self {
         serde_json::from_str(canonical).unwrap_or_default()
+    }
+
+    /// A state every partner must be told of, however many statuses pile up.
+    fn is_milestone(&self) -> bool {
+        matches!(
+            self.state.as_deref(),
+            Some("arrived" | "released" | "cancelled")
+        )
     }
 }
 
@@ -525,7 +536,8 @@ async fn advance_head(
     set_head(conn, key, next).await
 }
 
-/// Untried status notifications a stream keeps waiting; one more supersedes them all.
+/// Untried status notifications a stream keeps waiting (milestones not counted); one more
+/// supersedes them all.
 pub const STATUS_WAITING_CAP: i64 = 8;
 
 /// How many untried status notifications wait in a stream before `below` (counted up to the
@@ -541,7 +553,7 @@ async fn untried_status(
              select 1 from outbox
              where partner_id = $1 and channel = $2 and trip_id = $3 and seq >= $4 and seq < $5
                and kind = 'status' and status = 'pending' and attempts = 0
-               and superseded_by is null
+               and superseded_by is null and milestone = 0
              limit $6) w",
     )
     .bind(&key.0)

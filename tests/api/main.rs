@@ -15,6 +15,7 @@ mod hostile;
 mod icegate;
 mod offices;
 mod operations;
+mod outbox;
 mod outbox_load;
 mod paging;
 mod partners;

@@ -16,9 +16,9 @@ use crate::helpers::{Backend, product_mappings_dir, spawn_app_with};
 /// A partner endpoint that answers 200 after `delay`, recording the notification ids in
 /// the order they came.
 #[derive(Clone, Default)]
-struct Endpoint {
+pub(crate) struct Endpoint {
     delay: Duration,
-    got: Arc<Mutex<Vec<String>>>,
+    pub(crate) got: Arc<Mutex<Vec<String>>>,
 }
 
 async fn receive(req: HttpRequest, ep: web::Data<Endpoint>) -> HttpResponse {
@@ -33,7 +33,7 @@ async fn receive(req: HttpRequest, ep: web::Data<Endpoint>) -> HttpResponse {
     HttpResponse::Ok().finish()
 }
 
-fn start_endpoint(delay: Duration) -> (String, Endpoint) {
+pub(crate) fn start_endpoint(delay: Duration) -> (String, Endpoint) {
     let ep = Endpoint {
         delay,
         got: Arc::default(),
@@ -52,7 +52,7 @@ fn start_endpoint(delay: Duration) -> (String, Endpoint) {
     (url, ep)
 }
 
-fn partner(id: &str, url: &str) -> ects_gateway::partners::PartnerConfig {
+pub(crate) fn partner(id: &str, url: &str) -> ects_gateway::partners::PartnerConfig {
     toml::from_str(&format!(
         "id = \"{id}\"\nauthority = \"GT\"\nformat = \"ects-json\"\n\
          subscribe = [\"status\", \"alert\"]\nhttp_push = \"{url}\"\n"
@@ -62,18 +62,36 @@ fn partner(id: &str, url: &str) -> ects_gateway::partners::PartnerConfig {
 
 const TRIP: &str = "0193f7c2-0000-7000-8000-000000000001";
 
-/// A notification the dispatcher can write in `ects-json`.
-fn note(id: &str, trip: &str, kind: &str) -> String {
+/// A notification the dispatcher can write in `ects-json`, the trip in `state`.
+pub(crate) fn note(id: &str, trip: &str, kind: &str, state: &str) -> String {
     json!({"notification_id": id, "kind": kind, "trip_id": trip,
            "declaration_id": "GT-2026-T-000123", "issuing_authority": "GT",
-           "state": "in_transit", "time": "2026-03-14T09:00:00Z"})
+           "state": state, "time": "2026-03-14T09:00:00Z"})
     .to_string()
 }
 
 /// Queues `ids` for `partner` over HTTP on `trip`, in one transaction, as the gateway does.
-async fn queue(store: &Store, partner: &str, trip: &str, kind: &'static str, ids: &[String]) {
+pub(crate) async fn queue(
+    store: &Store,
+    partner: &str,
+    trip: &str,
+    kind: &'static str,
+    ids: &[String],
+) {
+    let states: Vec<(String, &str)> = ids.iter().map(|id| (id.clone(), "in_transit")).collect();
+    queue_in(store, partner, trip, kind, &states).await;
+}
+
+/// Queues notifications of `(id, trip state)` as [`queue`] does.
+pub(crate) async fn queue_in(
+    store: &Store,
+    partner: &str,
+    trip: &str,
+    kind: &'static str,
+    ids: &[(String, &str)],
+) {
     let mut tx = store.begin_write().await.unwrap();
-    for id in ids {
+    for (id, state) in ids {
         outbox::enqueue(
             &mut tx,
             &NewOutbox {
@@ -85,7 +103,7 @@ async fn queue(store: &Store, partner: &str, trip: &str, kind: &'static str, ids
                 notification_id: id,
                 kind,
                 format: "ects-json",
-                canonical: &note(id, trip, kind),
+                canonical: &note(id, trip, kind, state),
             },
             Utc::now(),
         )
@@ -95,7 +113,7 @@ async fn queue(store: &Store, partner: &str, trip: &str, kind: &'static str, ids
     tx.commit().await.unwrap();
 }
 
-async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

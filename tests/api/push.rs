@@ -339,7 +339,8 @@ async fn a_withdrawn_alert_is_notified_to_whoever_was_told(backend: Backend, rec
             .map(|r| sqlx::Row::get::<String, _>(r, 3))
             .collect();
             assert!(
-                plan.iter().any(|p| p.contains("USING INDEX outbox_by_trip_alert")),
+                plan.iter()
+                    .any(|p| p.contains("USING INDEX outbox_by_trip_alert")),
                 "{plan:?}"
             );
         }
