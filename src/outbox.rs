@@ -342,7 +342,8 @@ impl Dispatcher {
                 None => Attempted::Sent,
                 Some(Failure::Permanent(error)) => Attempted::Parked { error },
                 Some(Failure::Passing(error)) => {
-                    let attempts = row.attempts + 1;
+                    // Counted when the row was taken: this one included.
+                    let attempts = row.attempts.max(1);
                     if attempts >= i64::from(self.settings.max_attempts) {
                         Attempted::Parked {
                             error: format!("{error} (gave up after {attempts} attempts)"),
@@ -350,7 +351,7 @@ impl Dispatcher {
                     } else {
                         let base = self.settings.base_backoff_ms.max(1);
                         let pause = base
-                            .saturating_mul(1 << (row.attempts.clamp(0, 30) as u32))
+                            .saturating_mul(1 << ((attempts - 1).clamp(0, 30) as u32))
                             .min(self.settings.max_backoff_ms.max(base));
                         let pause = jittered(Duration::from_millis(pause));
                         Attempted::Retry {

@@ -6,7 +6,7 @@
 //! row of its stream is waiting, leased or parked, so a stream never overtakes itself, even
 //! with several gateway instances on one database.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -44,6 +44,8 @@ pub struct OutboxRow {
     /// Written in the partner's format at the first attempt, and sent as is afterwards.
     pub body: Option<Vec<u8>>,
     pub content_type: Option<String>,
+    /// Attempts so far, this one included: an attempt is counted when its row is taken,
+    /// so a message sent by an instance that died before writing the result still counts.
     pub attempts: i64,
     /// The lease this row was taken under; results are written only under it.
     pub lease_token: String,
@@ -67,6 +69,7 @@ pub struct OutboxEntry {
     /// `superseded` (a status notification a newer one of its stream replaced before it was
     /// tried: never sent).
     pub status: String,
+    /// Times it was taken for delivery (counted when taken, before it is sent).
     pub attempts: i64,
     pub next_attempt_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -419,6 +422,10 @@ async fn due_runs(
 /// the lease update. The update takes a row only if it is still free and waiting, and a
 /// stream's run is kept only from its head on without a gap, so a stale read never lets a
 /// stream overtake itself.
+///
+/// Taking a row counts an attempt: whatever happens after (sent, failed, or the instance
+/// gone before it wrote the result), the row says it may have gone out. A row given back
+/// untried ([`release`]) gives its attempt back.
 pub async fn claim(
     store: &Store,
     partner: Option<&str>,
@@ -453,7 +460,7 @@ pub async fn claim(
     // The numbers come from the database, so they are safe to write into the statement.
     let seqs: Vec<String> = runs.iter().flatten().map(|r| r.seq.to_string()).collect();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "update outbox set lease_until = $1, lease_token = $2
+        "update outbox set lease_until = $1, lease_token = $2, attempts = attempts + 1
          where seq in ({}) and status = 'pending' and superseded_by is null
            and (lease_until is null or lease_until < $3)",
         seqs.join(",")
@@ -463,15 +470,16 @@ pub async fn claim(
     .bind(&now_text)
     .execute(&mut **tx)
     .await?;
-    let got: BTreeSet<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "select seq from outbox where seq in ({}) and lease_token = $1",
+    // With the attempts as they are now (the rows were read before the lease was taken).
+    let got: BTreeMap<i64, i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select seq, attempts from outbox where seq in ({}) and lease_token = $1",
         seqs.join(",")
     )))
     .bind(&token)
     .fetch_all(&mut **tx)
     .await?
     .iter()
-    .map(|r| r.get::<i64, _>(0))
+    .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
     .collect();
     let mut taken = Vec::new();
     let mut dropped = Vec::new();
@@ -479,14 +487,15 @@ pub async fn claim(
         // From the head on, as long as each row was ours to take.
         let mut whole = true;
         for row in run {
-            if whole && got.contains(&row.seq) {
+            if let (true, Some(&attempts)) = (whole, got.get(&row.seq)) {
                 taken.push(OutboxRow {
                     lease_token: token.clone(),
+                    attempts,
                     ..row
                 });
             } else {
                 whole = false;
-                if got.contains(&row.seq) {
+                if got.contains_key(&row.seq) {
                     dropped.push(row.seq.to_string());
                 }
             }
@@ -494,7 +503,7 @@ pub async fn claim(
     }
     if !dropped.is_empty() {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "update outbox set lease_until = null, lease_token = null
+            "update outbox set lease_until = null, lease_token = null, attempts = attempts - 1
              where lease_token = $1 and seq in ({})",
             dropped.join(",")
         )))
@@ -641,7 +650,8 @@ async fn set_head(
     Ok(())
 }
 
-/// Gives rows back untried (their stream stopped earlier in the batch), if still ours.
+/// Gives rows back untried (their stream stopped earlier in the batch, or the round ran
+/// out of lease), if still ours, with the attempt their taking counted.
 pub async fn release(store: &Store, rows: &[OutboxRow]) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -649,7 +659,7 @@ pub async fn release(store: &Store, rows: &[OutboxRow]) -> Result<(), StoreError
     let mut tx = store.begin_write().await?;
     for row in rows {
         sqlx::query(
-            "update outbox set lease_until = null, lease_token = null
+            "update outbox set lease_until = null, lease_token = null, attempts = attempts - 1
              where seq = $1 and lease_token = $2",
         )
         .bind(row.seq)
@@ -708,7 +718,7 @@ pub async fn record_attempts(
             Attempted::Parked { error } => ("failed", Some(error.as_str()), now),
         };
         let done = sqlx::query(
-            "update outbox set status = $1, attempts = attempts + 1,
+            "update outbox set status = $1,
                  last_error = coalesce($2, last_error), next_attempt_at = $3, lease_until = null,
                  lease_token = null, sent_at = $4
              where seq = $5 and lease_token = $6",

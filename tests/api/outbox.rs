@@ -1,7 +1,10 @@
-//! The outbox's guarantees under stress: state milestones are never coalesced away.
+//! The outbox's guarantees under stress: state milestones are never coalesced away, an
+//! attempt counts from the moment its row is taken.
 
 use std::time::Duration;
 
+use chrono::Utc;
+use ects_gateway::store::outbox::{self, Attempted};
 use serde_json::Value;
 
 use crate::helpers::{Backend, product_mappings_dir, spawn_app_with, test_settings};
@@ -94,5 +97,72 @@ mod milestones {
     #[tokio::test]
     async fn postgres() {
         super::state_milestones_are_never_coalesced(super::Backend::Postgres).await;
+    }
+}
+
+/// An attempt counts when its row is taken: an instance that dies after sending and before
+/// writing the result leaves the row counted, and the instance that takes it again after
+/// the lease counts another. A row given back untried gives its attempt back; writing a
+/// result does not count again.
+async fn an_attempt_counts_when_its_row_is_taken(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, product_mappings_dir(), |_| {}).await else {
+        return;
+    };
+    let trip = "0193f7c2-0000-7000-8000-0000000000cc";
+    let ids: Vec<(String, &str)> = (0..2)
+        .map(|n| (format!("alert-{n}"), "in_transit"))
+        .collect();
+    queue_in(&app.store, "p", trip, "alert", &ids).await;
+    let attempts = |rows: &[Value]| -> Vec<i64> {
+        rows.iter()
+            .map(|r| r["attempts"].as_i64().unwrap())
+            .collect()
+    };
+    let now = Utc::now();
+    let lease = now + chrono::Duration::seconds(60);
+    let taken = outbox::claim(&app.store, None, now, 10, lease, &["http"])
+        .await
+        .unwrap();
+    assert_eq!(taken.iter().map(|r| r.attempts).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(attempts(&listed(&app, "partner=p").await), [1, 1]);
+
+    // The instance dies here, its messages maybe sent. After the lease another takes them.
+    let later = lease + chrono::Duration::seconds(1);
+    let again = outbox::claim(
+        &app.store,
+        None,
+        later,
+        10,
+        later + chrono::Duration::seconds(60),
+        &["http"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.iter().map(|r| r.attempts).collect::<Vec<_>>(), [2, 2]);
+
+    // The second is given back untried; the first failed and is tried again later.
+    outbox::release(&app.store, &again[1..]).await.unwrap();
+    let failed = Attempted::Retry {
+        error: "503".into(),
+        at: later,
+    };
+    outbox::record_attempts(&app.store, &[(&again[0], None, &failed)], later)
+        .await
+        .unwrap();
+    let rows = listed(&app, "partner=p").await;
+    assert_eq!(attempts(&rows), [2, 1]);
+    assert!(rows.iter().all(|r| r["status"] == "pending"), "{rows:?}");
+    app.stopper.stop().await;
+}
+
+mod attempts_at_claim {
+    #[tokio::test]
+    async fn sqlite() {
+        super::an_attempt_counts_when_its_row_is_taken(super::Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        super::an_attempt_counts_when_its_row_is_taken(super::Backend::Postgres).await;
     }
 }
