@@ -109,6 +109,17 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// PostgreSQL aborted the transaction to break a deadlock (`40P01`) or a serialization
+    /// conflict (`40001`): nothing of it was written, and it may be tried again as is.
+    pub fn is_aborted_by_conflict(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40001" | "40P01"))
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Clone)]

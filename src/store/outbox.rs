@@ -689,14 +689,67 @@ pub enum Attempted {
 /// One attempt: the row, the body written for it (kept if the row had none), the result.
 pub type AttemptRecord<'a> = (&'a OutboxRow, Option<(&'a [u8], &'a str)>, &'a Attempted);
 
+/// Tries of [`record_attempts`] when PostgreSQL breaks a deadlock or a serialization
+/// conflict by aborting its transaction.
+const RECORD_TRIES: u32 = 5;
+/// The pause before the second try; it doubles (with jitter) up to [`RECORD_MAX_PAUSE_MS`].
+const RECORD_FIRST_PAUSE_MS: u64 = 20;
+const RECORD_MAX_PAUSE_MS: u64 = 500;
+
 /// Records a wave of attempts in one transaction.
+///
+/// Rows are locked in the order of their sequence numbers, then the heads of the streams
+/// that move on in the order of their keys, so two transactions recording overlapping
+/// rows (an instance whose lease ran out, and the one that took over) wait for each other
+/// instead of deadlocking. Should PostgreSQL still abort the transaction (deadlock
+/// `40P01`, serialization failure `40001`), it is tried again, at most `RECORD_TRIES`
+/// times, after a short doubling pause.
 pub async fn record_attempts(
     store: &Store,
     attempts: &[AttemptRecord<'_>],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    let mut ordered: Vec<&AttemptRecord<'_>> = attempts.iter().collect();
+    ordered.sort_by_key(|(row, _, _)| row.seq);
+    let mut pause = RECORD_FIRST_PAUSE_MS;
+    let mut tried = 1;
+    loop {
+        match record_attempts_once(store, &ordered, now).await {
+            Err(e) if e.is_aborted_by_conflict() && tried < RECORD_TRIES => {
+                tracing::warn!(tried, pause_ms = pause, error.cause_chain = %crate::telemetry::error_chain(&e), "recording outbox attempts conflicted: trying again");
+                let half = pause / 2;
+                let random = (uuid::Uuid::now_v7().as_u128() & 0xffff) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    half + random % (pause - half + 1),
+                ))
+                .await;
+                pause = pause.saturating_mul(2).min(RECORD_MAX_PAUSE_MS);
+                tried += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn record_attempts_once(
+    store: &Store,
+    ordered: &[&AttemptRecord<'_>],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     let mut tx = store.begin_write().await?;
-    for (row, body, result) in attempts {
+    if store.backend() == Backend::Postgres && !ordered.is_empty() {
+        // The numbers come from the database, so they are safe to write into the statement.
+        let seqs: Vec<String> = ordered.iter().map(|(r, _, _)| r.seq.to_string()).collect();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select seq from outbox where seq in ({}) order by seq for update",
+            seqs.join(",")
+        )))
+        .fetch_all(&mut **tx)
+        .await?;
+    }
+    // The streams to move on, each with its rows sent now, in key order.
+    let mut moved: BTreeMap<StreamKey, Vec<i64>> = BTreeMap::new();
+    for (row, body, result) in ordered {
         // Only under the lease the row was taken with: an instance whose lease ran out
         // (and was taken over) does not overwrite the new holder's result.
         if row.body.is_none()
@@ -732,12 +785,19 @@ pub async fn record_attempts(
         .execute(&mut **tx)
         .await?;
         if status == "sent" && done.rows_affected() == 1 {
-            let key = (
-                row.partner_id.clone(),
-                row.channel.clone(),
-                row.trip_id.clone(),
-            );
-            advance_head(&mut tx, &key, row.seq).await?;
+            moved
+                .entry((
+                    row.partner_id.clone(),
+                    row.channel.clone(),
+                    row.trip_id.clone(),
+                ))
+                .or_default()
+                .push(row.seq);
+        }
+    }
+    for (key, sent) in &moved {
+        for seq in sent {
+            advance_head(&mut tx, key, *seq).await?;
         }
     }
     tx.commit().await?;

@@ -166,3 +166,90 @@ mod attempts_at_claim {
         super::an_attempt_counts_when_its_row_is_taken(super::Backend::Postgres).await;
     }
 }
+
+/// PostgreSQL: a transaction holding one of the rows being recorded, and then wanting
+/// another that the recording holds, deadlocks with it. PostgreSQL aborts the recording
+/// (its deadlock check fires first: the other waits 30 s before checking); it is tried
+/// again once the other is done, and every result is written.
+#[tokio::test]
+async fn recording_attempts_survives_a_deadlock() {
+    let Some(app) = spawn_app_with(Backend::Postgres, product_mappings_dir(), |_| {}).await else {
+        return;
+    };
+    for n in 0..2 {
+        let trip = format!("0193f7c2-0000-7000-8000-0000000000d{n}");
+        queue_in(
+            &app.store,
+            "p",
+            &trip,
+            "alert",
+            &[(format!("alert-{n}"), "in_transit")],
+        )
+        .await;
+    }
+    let now = Utc::now();
+    let rows = outbox::claim(
+        &app.store,
+        None,
+        now,
+        10,
+        now + chrono::Duration::seconds(60),
+        &["http"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    let (first, second) = (rows[0].seq.min(rows[1].seq), rows[0].seq.max(rows[1].seq));
+
+    // Another transaction holds the later row.
+    let mut other = app.store.pool().begin().await.unwrap();
+    sqlx::query("set local deadlock_timeout = '30s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("select seq from outbox where seq = $1 for update")
+        .bind(second)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let recording = {
+        let store = app.store.clone();
+        let rows = rows.clone();
+        tokio::spawn(async move {
+            let sent: Vec<(&outbox::OutboxRow, Option<(&[u8], &str)>, &Attempted)> =
+                rows.iter().map(|r| (r, None, &Attempted::Sent)).collect();
+            outbox::record_attempts(&store, &sent, Utc::now()).await
+        })
+    };
+    // The recording waits for the later row, holding the earlier one.
+    crate::helpers::eventually("the recording to wait for a lock", || async {
+        let waiting: i64 = sqlx::Row::get(
+            &sqlx::query("select count(*) from pg_locks where not granted")
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap(),
+            0,
+        );
+        if waiting > 0 {
+            Ok(())
+        } else {
+            Err("no lock waited for".to_owned())
+        }
+    })
+    .await;
+    // Now the other wants the earlier row: a deadlock, which aborts the recording.
+    sqlx::query("select seq from outbox where seq = $1 for update")
+        .bind(first)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
+    recording
+        .await
+        .unwrap()
+        .expect("the results are written after the deadlock");
+    let listed = listed(&app, "partner=p").await;
+    assert!(listed.iter().all(|r| r["status"] == "sent"), "{listed:?}");
+    assert_eq!(app.count("outbox_streams").await, 0, "the heads moved on");
+    app.stopper.stop().await;
+}
