@@ -169,6 +169,15 @@ impl Application {
             .migrate()
             .await
             .context("cannot migrate the database")?;
+        let mended = crate::store::outbox::repair_heads(&store)
+            .await
+            .context("cannot check the outbox's stream heads")?;
+        if mended > 0 {
+            tracing::warn!(
+                mended,
+                "outbox stream heads were wrong (a crash or a hand edit): mended"
+            );
+        }
         let schemas = schemas()?;
         // The shipped offices are merged into the stored registry (none overwritten),
         // then the registry is read whole.

@@ -16,3 +16,9 @@ drop index outbox_untried_status;
 create index outbox_coalescible on outbox (partner_id, channel, trip_id, seq)
     where kind = 'status' and status = 'pending' and attempts = 0 and superseded_by is null
       and milestone = 0;
+
+-- the messages of each stream not yet sent nor superseded: the heads are recomputed from
+-- these at start (a crash or a hand edit may have left a head missing or on a sent row),
+-- at the cost of the waiting messages, not of the whole outbox.
+create index outbox_waiting on outbox (partner_id, channel, trip_id, seq)
+    where status <> 'sent' and superseded_by is null;

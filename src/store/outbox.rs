@@ -650,6 +650,48 @@ async fn set_head(
     Ok(())
 }
 
+/// Mends the stream heads: each stream with a message waiting (not sent, not superseded)
+/// gets its earliest as head, and a head of a stream with none is removed. A crash or a
+/// hand edit may have left a head missing, on a sent message, or past a waiting one, and
+/// such a stream would wait for ever. Run at start; reads only the waiting messages
+/// (through `outbox_waiting`). Returns how many heads it mended.
+pub async fn repair_heads(store: &Store) -> Result<u64, StoreError> {
+    let mut tx = store.begin_write().await?;
+    if store.backend() == Backend::Postgres {
+        // Another instance queueing or moving a head meanwhile waits for this (each locks
+        // the head row it works on first), so what is read here stays true until commit.
+        sqlx::query("lock table outbox_streams in exclusive mode")
+            .execute(&mut **tx)
+            .await?;
+    }
+    let wrong = sqlx::query(
+        "select w.partner_id, w.channel, w.trip_id, w.first_seq from (
+             select partner_id, channel, trip_id, min(seq) as first_seq from outbox
+             where status <> 'sent' and superseded_by is null
+             group by partner_id, channel, trip_id) w
+         left join outbox_streams s
+             on s.partner_id = w.partner_id and s.channel = w.channel and s.trip_id = w.trip_id
+         where s.head_seq is null or s.head_seq <> w.first_seq",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in &wrong {
+        let key: StreamKey = (r.get(0), r.get(1), r.get(2));
+        set_head(&mut tx, &key, Some(r.get(3))).await?;
+    }
+    let stale = sqlx::query(
+        "delete from outbox_streams where not exists (
+             select 1 from outbox o
+             where o.partner_id = outbox_streams.partner_id and o.channel = outbox_streams.channel
+               and o.trip_id = outbox_streams.trip_id and o.status <> 'sent'
+               and o.superseded_by is null)",
+    )
+    .execute(&mut **tx)
+    .await?;
+    tx.commit().await?;
+    Ok((wrong.len() as u64).saturating_add(stale.rows_affected()))
+}
+
 /// Gives rows back untried (their stream stopped earlier in the batch, or the round ran
 /// out of lease), if still ours, with the attempt their taking counted.
 pub async fn release(store: &Store, rows: &[OutboxRow]) -> Result<(), StoreError> {

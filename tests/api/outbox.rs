@@ -253,3 +253,108 @@ async fn recording_attempts_survives_a_deadlock() {
     assert_eq!(app.count("outbox_streams").await, 0, "the heads moved on");
     app.stopper.stop().await;
 }
+
+/// Stream heads left wrong (a crash, a hand edit): one missing, one on a sent message, one
+/// past a waiting message, one of a stream with nothing waiting. A gateway started on the
+/// database mends them, and every waiting message reaches the partner, in order.
+async fn wrong_stream_heads_are_mended_at_start(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, product_mappings_dir(), |_| {}).await else {
+        return;
+    };
+    let trip = |n: u32| format!("0193f7c2-0000-7000-8000-0000000000e{n}");
+    let ids = |n: u32| -> Vec<(String, &str)> {
+        (0..3)
+            .map(|k| (format!("e{n}-{k}"), "in_transit"))
+            .collect()
+    };
+    for n in 1..=3 {
+        queue_in(&app.store, "late", &trip(n), "alert", &ids(n)).await;
+    }
+    let seq_of = |rows: &[Value], id: &str| {
+        rows.iter()
+            .find(|r| r["notification_id"] == id)
+            .and_then(|r| r["seq"].as_i64())
+            .unwrap()
+    };
+    let rows = listed(&app, "partner=late").await;
+    let pool = app.store.pool();
+    let edit = |sql: &'static str, a: String, b: Option<i64>| async move {
+        sqlx::query(sql)
+            .bind(a)
+            .bind(b)
+            .execute(pool)
+            .await
+            .unwrap();
+    };
+    // Stream 1: its head is gone.
+    edit(
+        "delete from outbox_streams where trip_id = $1 and $2 is null",
+        trip(1),
+        None,
+    )
+    .await;
+    // Stream 2: its first message was sent, and the head stayed on it.
+    edit(
+        "update outbox set status = 'sent' where notification_id = $1 and seq = $2",
+        "e2-0".into(),
+        Some(seq_of(&rows, "e2-0")),
+    )
+    .await;
+    // Stream 3: the head is past its first two messages.
+    edit(
+        "update outbox_streams set head_seq = $2 where trip_id = $1",
+        trip(3),
+        Some(seq_of(&rows, "e3-2")),
+    )
+    .await;
+    // A head of a stream without messages.
+    edit(
+        "insert into outbox_streams (partner_id, channel, trip_id, head_seq) values ('late', 'http', $1, $2)",
+        trip(4),
+        Some(999_999),
+    )
+    .await;
+    app.stopper.stop().await;
+
+    let (url, ep) = start_endpoint(Duration::ZERO);
+    let mut settings = test_settings(product_mappings_dir());
+    settings.partners = vec![partner("late", &url)];
+    settings.outbox.poll_ms = 25;
+    let second = app.another(settings).await;
+    until(
+        "every waiting message",
+        crate::helpers::wait_limit(),
+        || ep.got.lock().unwrap().len() >= 8,
+    )
+    .await;
+    let got = ep.got.lock().unwrap().clone();
+    let of = |prefix: &str| -> Vec<&str> {
+        got.iter()
+            .map(String::as_str)
+            .filter(|id| id.starts_with(prefix))
+            .collect()
+    };
+    assert_eq!(of("e1-"), ["e1-0", "e1-1", "e1-2"], "{got:?}");
+    assert_eq!(of("e2-"), ["e2-1", "e2-2"], "{got:?}");
+    assert_eq!(of("e3-"), ["e3-0", "e3-1", "e3-2"], "{got:?}");
+    crate::helpers::eventually("the heads gone with their streams", || async {
+        match second.count("outbox_streams").await {
+            0 => Ok(()),
+            n => Err(format!("{n} heads left")),
+        }
+    })
+    .await;
+    second.stopper.stop().await;
+}
+
+mod heads_mended {
+    #[tokio::test]
+    async fn sqlite() {
+        super::wrong_stream_heads_are_mended_at_start(super::Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        super::wrong_stream_heads_are_mended_at_start(super::Backend::Postgres).await;
+    }
+}
