@@ -15,7 +15,8 @@ const MAX_LIMIT: i64 = 1_000;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxQuery {
-    /// `pending`, `sent` or `failed` (parked).
+    /// `pending`, `sent`, `failed` (parked) or `superseded` (a status notification a newer
+    /// one of its stream replaced before it was tried; `superseded_by` names that one).
     pub status: Option<String>,
     /// Only this partner's messages.
     pub partner: Option<String>,

@@ -73,6 +73,34 @@ async fn state_milestones_are_never_coalesced(backend: Backend) {
         .collect();
     assert_eq!(waiting.last().map(String::as_str), Some("status-29"));
 
+    // `status=superseded` lists those, each naming the later message that replaced it
+    // (which stands for it); `status=pending` none of them.
+    let only_superseded = listed(&app, "partner=late&status=superseded&limit=1000").await;
+    assert_eq!(only_superseded.len(), superseded.len());
+    for r in &only_superseded {
+        assert_eq!(r["status"], "superseded", "{r}");
+        let by = r["superseded_by"].as_i64().expect("superseded_by");
+        let replacing = rows
+            .iter()
+            .find(|m| m["seq"] == by)
+            .unwrap_or_else(|| panic!("{r} names no message"));
+        assert!(by > r["seq"].as_i64().unwrap(), "{r}");
+        assert_eq!(replacing["kind"], "status");
+        assert!(
+            replacing["coalesced"].as_i64().unwrap_or(0) >= 1,
+            "{replacing}"
+        );
+    }
+    let pending = listed(&app, "partner=late&status=pending&limit=1000").await;
+    assert!(
+        pending.iter().all(|r| r["superseded_by"].is_null()),
+        "{pending:?}"
+    );
+    assert_eq!(pending.len(), waiting.len());
+    let refused = app.get("/v1/outbox?status=replaced").await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.text.contains("status"), "{}", refused.text);
+
     // The partner comes: it gets what waits, milestones included, in order.
     app.stopper.stop().await;
     let (url, ep) = start_endpoint(Duration::ZERO);
