@@ -151,6 +151,55 @@ pub struct OutboxSettings {
     pub http_timeout_s: u64,
 }
 
+impl OutboxSettings {
+    /// Each number within its documented range (README, Configuration), the error naming
+    /// the key. The lease must outlast the longest delivery twice over (`http_timeout_s`,
+    /// and `[amqp] confirm_timeout_ms`): a round stops taking new waves at half the lease,
+    /// and a delivery begun then must end before another instance may take the message.
+    pub fn check(&self, confirm_timeout_ms: u64) -> Result<(), ConfigError> {
+        fn within(
+            key: &str,
+            value: u64,
+            range: std::ops::RangeInclusive<u64>,
+            unit: &str,
+        ) -> Result<(), ConfigError> {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "outbox.{key} = {value} is out of range: {} to {}{unit}",
+                    range.start(),
+                    range.end()
+                )))
+            }
+        }
+        within("max_attempts", u64::from(self.max_attempts), 1..=1_000, "")?;
+        within(
+            "base_backoff_ms",
+            self.base_backoff_ms,
+            1..=3_600_000,
+            " ms",
+        )?;
+        within(
+            "max_backoff_ms",
+            self.max_backoff_ms,
+            self.base_backoff_ms..=86_400_000,
+            " ms (at least base_backoff_ms, at most a day)",
+        )?;
+        within("poll_ms", self.poll_ms, 10..=600_000, " ms")?;
+        within("batch", u64::from(self.batch), 1..=10_000, "")?;
+        within("http_timeout_s", self.http_timeout_s, 1..=600, " s")?;
+        let longest_delivery_s = self.http_timeout_s.max(confirm_timeout_ms.div_ceil(1_000));
+        within(
+            "lease_s",
+            self.lease_s,
+            (2 * longest_delivery_s).max(5)..=86_400,
+            " s (at least 5 and twice the longer of http_timeout_s and amqp.confirm_timeout_ms)",
+        )?;
+        Ok(())
+    }
+}
+
 impl Default for OutboxSettings {
     fn default() -> Self {
         Self {
@@ -316,12 +365,7 @@ impl Settings {
         if self.amqp.prefetch == 0 {
             return Err(ConfigError::Invalid("amqp.prefetch must be above 0".into()));
         }
-        let o = &self.outbox;
-        if o.max_attempts == 0 || o.batch == 0 || o.lease_s == 0 || o.http_timeout_s == 0 {
-            return Err(ConfigError::Invalid(
-                "outbox.max_attempts, batch, lease_s and http_timeout_s must be above 0".into(),
-            ));
-        }
+        self.outbox.check(self.amqp.confirm_timeout_ms)?;
         crate::partners::check(&self.partners).map_err(ConfigError::Invalid)?;
         self.rules
             .check()
@@ -365,6 +409,35 @@ mod tests {
         let msg = args("amqps://broker:5671").load().unwrap_err().to_string();
         assert!(msg.contains("amqps:// is not supported"), "{msg}");
         assert!(args("http://broker").load().is_err());
+    }
+
+    #[test]
+    fn outbox_numbers_out_of_range_are_refused_by_name() {
+        assert!(Settings::default().check().is_ok());
+        let cases: [(&str, fn(&mut OutboxSettings)); 9] = [
+            ("outbox.max_attempts", |o| o.max_attempts = 0),
+            ("outbox.base_backoff_ms", |o| o.base_backoff_ms = 0),
+            ("outbox.max_backoff_ms", |o| o.max_backoff_ms = 100),
+            ("outbox.max_backoff_ms", |o| o.max_backoff_ms = 86_400_001),
+            ("outbox.poll_ms", |o| o.poll_ms = 1),
+            ("outbox.batch", |o| o.batch = 20_000),
+            ("outbox.http_timeout_s", |o| o.http_timeout_s = 0),
+            ("outbox.lease_s", |o| o.lease_s = 0),
+            // A lease shorter than twice the longest push.
+            ("outbox.lease_s", |o| o.lease_s = 20),
+        ];
+        for (key, spoil) in cases {
+            let mut settings = Settings::default();
+            spoil(&mut settings.outbox);
+            let msg = settings.check().unwrap_err().to_string();
+            assert!(msg.contains(&format!("{key} = ")), "{key}: {msg}");
+            assert!(msg.contains("out of range"), "{key}: {msg}");
+        }
+        // The lease against the broker's confirm timeout too.
+        let mut settings = Settings::default();
+        settings.amqp.confirm_timeout_ms = 40_000;
+        let msg = settings.check().unwrap_err().to_string();
+        assert!(msg.contains("outbox.lease_s = 60"), "{msg}");
     }
 
     #[test]

@@ -162,6 +162,8 @@ fn formats_with(
 impl Application {
     /// Connects and migrates the database, compiles schemas, binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Checked here too: settings built in code (not loaded) reach the dispatcher as is.
+        settings.outbox.check(settings.amqp.confirm_timeout_ms)?;
         let store = Store::connect(&settings.database_url, settings.database_max_connections)
             .await
             .context("cannot open the database")?;

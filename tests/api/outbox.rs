@@ -386,3 +386,20 @@ mod heads_mended {
         super::wrong_stream_heads_are_mended_at_start(super::Backend::Postgres).await;
     }
 }
+
+/// An outbox number out of its range stops the gateway at start, naming the key, even in
+/// settings built in code rather than loaded from a file.
+#[tokio::test]
+async fn an_outbox_number_out_of_range_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(product_mappings_dir());
+    settings.database_url =
+        secrecy::SecretString::from(format!("sqlite://{}/ects.db", dir.path().display()));
+    settings.outbox.lease_s = 0;
+    let error = match ects_gateway::startup::Application::build(settings).await {
+        Ok(_) => panic!("a gateway started with a lease of 0 s"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("outbox.lease_s = 0"), "{error}");
+    assert!(error.contains("out of range"), "{error}");
+}

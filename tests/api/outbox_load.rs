@@ -249,6 +249,7 @@ async fn status_notifications_piling_up_collapse_into_the_latest(backend: Backen
         s.partners = vec![partner("away", "http://127.0.0.1:9/ects")];
         s.outbox.poll_ms = 60_000;
         s.outbox.base_backoff_ms = 600_000;
+        s.outbox.max_backoff_ms = 600_000;
     })
     .await
     else {

@@ -37,6 +37,7 @@ async fn the_audit_trail_and_the_outbox_page(backend: Backend) {
         ];
         s.outbox.poll_ms = 60_000;
         s.outbox.base_backoff_ms = 600_000;
+        s.outbox.max_backoff_ms = 600_000;
     })
     .await
     else {
