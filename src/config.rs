@@ -414,7 +414,8 @@ mod tests {
     #[test]
     fn outbox_numbers_out_of_range_are_refused_by_name() {
         assert!(Settings::default().check().is_ok());
-        let cases: [(&str, fn(&mut OutboxSettings)); 9] = [
+        type Spoil = fn(&mut OutboxSettings);
+        let cases: [(&str, Spoil); 9] = [
             ("outbox.max_attempts", |o| o.max_attempts = 0),
             ("outbox.base_backoff_ms", |o| o.base_backoff_ms = 0),
             ("outbox.max_backoff_ms", |o| o.max_backoff_ms = 100),

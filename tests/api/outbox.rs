@@ -244,7 +244,7 @@ async fn recording_attempts_survives_a_deadlock() {
         let store = app.store.clone();
         let rows = rows.clone();
         tokio::spawn(async move {
-            let sent: Vec<(&outbox::OutboxRow, Option<(&[u8], &str)>, &Attempted)> =
+            let sent: Vec<outbox::AttemptRecord<'_>> =
                 rows.iter().map(|r| (r, None, &Attempted::Sent)).collect();
             outbox::record_attempts(&store, &sent, Utc::now()).await
         })
