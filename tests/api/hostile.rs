@@ -16,6 +16,7 @@ on_both_backends!(
     one_conflicting_event_does_not_lose_a_genuine_batch,
     event_keys_cannot_collide_and_old_keys_still_match,
     a_flapping_battery_raises_one_alert,
+    a_release_scheduled_more_than_a_week_ahead_is_refused,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -500,4 +501,35 @@ async fn a_flapping_battery_raises_one_alert(app: TestApp) {
     let alerts = alerts_of(&app, &trip, "low_battery").await;
     assert_eq!(alerts.len(), 1, "{} low_battery alerts", alerts.len());
     assert_eq!(app.count_where("alerts", "kind = 'low_battery'").await, 1);
+}
+
+/// A release's `valid_from` is at most 7 days after its `issued_at`.
+async fn a_release_scheduled_more_than_a_week_ahead_is_refused(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let release = |id: &str, issued: chrono::DateTime<chrono::Utc>| {
+        json!({"release_id": id, "trip_id": trip, "authority": "GT",
+               "officer": {"id": "GT-OF-1"}, "place": "DEPOT",
+               "valid_from": t(60 * 24 * 8).to_rfc3339(),
+               "valid_until": t(60 * 24 * 8 + 60).to_rfc3339(),
+               "one_time_code": "739201", "issued_at": issued.to_rfc3339()})
+    };
+    let late = t(60 * 24) - chrono::Duration::seconds(1);
+    let reply = app
+        .post(
+            &format!("/v1/trips/{trip}/release"),
+            release("REL-FAR", late).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/valid_from"], "{}", reply.text);
+    assert!(reply.text.contains("7 days"), "{}", reply.text);
+    assert_eq!(app.count("trip_commands").await, 0);
+    let reply = app
+        .post(
+            &format!("/v1/trips/{trip}/release"),
+            release("REL-WEEK", t(60 * 24)).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
 }

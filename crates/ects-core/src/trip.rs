@@ -520,6 +520,11 @@ const MAX_EVIDENCE: usize = 20;
 /// Longest release window accepted.
 const MAX_RELEASE_WINDOW_H: i64 = 72;
 
+/// How far ahead of its issue a release may be scheduled: its `valid_from` is at most this
+/// many days after its `issued_at` (a release months ahead is a standing unlock permission,
+/// not a release).
+pub const MAX_RELEASE_SCHEDULE_DAYS: i64 = 7;
+
 /// A trip with its alert history and what the rules remember.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trip {
@@ -1559,6 +1564,19 @@ impl Trip {
         }
         if release.valid_until <= release.valid_from {
             return Err(refuse("valid_until", "must be after valid_from"));
+        }
+        if release
+            .valid_from
+            .signed_duration_since(release.issued_at)
+            > Duration::days(MAX_RELEASE_SCHEDULE_DAYS)
+        {
+            return Err(refuse(
+                "valid_from",
+                format!(
+                    "a release is scheduled at most {MAX_RELEASE_SCHEDULE_DAYS} days after \
+                     its issued_at"
+                ),
+            ));
         }
         if release
             .valid_until

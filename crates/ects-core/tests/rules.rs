@@ -652,6 +652,19 @@ fn release_authorizations_are_checked() {
             "{place}"
         );
     }
+    // Scheduled more than 7 days after it was issued: refused; 7 days exactly is taken.
+    let mut far = s.release("DEPOT", 0.0, 60.0);
+    far.release_id = "R-FAR".into();
+    far.issued_at = far.valid_from - chrono::Duration::days(7) - chrono::Duration::seconds(1);
+    assert_eq!(
+        s.input(Input::Release(far.clone()), Scenario::at(1.0))
+            .unwrap_err()
+            .field,
+        "valid_from"
+    );
+    far.release_id = "R-WEEK".into();
+    far.issued_at = far.valid_from - chrono::Duration::days(7);
+    s.input(Input::Release(far), Scenario::at(1.0)).unwrap();
     let mut short_code = s.release("DEPOT", 0.0, 60.0);
     short_code.one_time_code = "12".into();
     assert_eq!(
