@@ -43,7 +43,7 @@ async fn thresholds_out_of_range_are_refused_with_their_pointer(app: TestApp) {
     assert_eq!(reply.status, 422, "{}", reply.text);
     assert_eq!(reply.pointers(), vec!["/max_gap_s"], "{}", reply.text);
     assert!(
-        reply.text.contains("604800"),
+        reply.text.contains("86400"),
         "names the range: {}",
         reply.text
     );
@@ -68,6 +68,10 @@ async fn thresholds_out_of_range_are_refused_with_their_pointer(app: TestApp) {
         (json!({"zone_fixes": 4_294_967_296_u64}), "/zone_fixes"),
         (json!({"max_gap_s": 1.5}), "/max_gap_s"),
         (json!({"max_gap_s": "900"}), "/max_gap_s"),
+        (json!({"max_gap_s": 86_401}), "/max_gap_s"),
+        (json!({"deviation_min_s": 7_201}), "/deviation_min_s"),
+        (json!({"max_fix_error_m": 5_001}), "/max_fix_error_m"),
+        (json!({"max_alerts_per_window": 1}), "/max_alerts_per_window"),
     ] {
         let reply = app.put(&format!("/v1/trips/{trip}/rules"), &rules).await;
         assert_eq!(reply.status, 422, "{rules}: {}", reply.text);
@@ -90,7 +94,8 @@ async fn thresholds_out_of_range_are_refused_with_their_pointer(app: TestApp) {
     let reply = app
         .put(
             &format!("/v1/trips/{trip}/rules"),
-            &json!({"max_gap_s": 604_800, "max_stop_s": 60}),
+            &json!({"max_gap_s": 86_400, "max_stop_s": 60, "deviation_min_s": 7_200,
+                    "max_fix_error_m": 5_000, "max_alerts_per_window": 2}),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);

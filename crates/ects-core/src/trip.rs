@@ -217,7 +217,8 @@ rules! {
     /// Consecutive fixes outside the corridor before `route_deviation`...
     deviation_min_fixes: u32 = 3, 1..=1000,
     /// ...and for at least this many seconds (GPS noise makes single fixes stray).
-    deviation_min_s: i64 = 60, 0..=86_400,
+    /// At most 2 h: a truck off its corridor longer than that unreported is no tracking.
+    deviation_min_s: i64 = 60, 0..=7_200,
     /// Consecutive fixes back inside before the deviation clears.
     deviation_clear_fixes: u32 = 2, 1..=1000,
     /// At or below this speed a fix counts as stopped.
@@ -229,7 +230,8 @@ rules! {
     /// A rest area may be used this long.
     max_rest_s: i64 = 4 * 3600, 60..=604_800,
     /// No valid fix for longer than this is `reporting_gap`.
-    max_gap_s: i64 = 900, 10..=604_800,
+    /// At most 24 h: a trip silent for a day must be noticed.
+    max_gap_s: i64 = 900, 10..=86_400,
     /// Faster than this between two fixes is `position_jump`...
     max_speed_kmh: f64 = 160.0, 1..=2000,
     /// ...when the fixes are at least this far apart (jitter on short hops is not a jump).
@@ -241,7 +243,8 @@ rules! {
     /// destination office, or leaving it again (GPS noise near an office is common).
     zone_fixes: u32 = 2, 1..=100,
     /// A fix that says it may be off by more than this is left out of the movement rules.
-    max_fix_error_m: f64 = 500.0, 1..=100_000,
+    /// At most 5 km: a coarser fix (a cell tower's) cannot place a truck on a corridor.
+    max_fix_error_m: f64 = 500.0, 1..=5_000,
     /// A condition that recurs within this many seconds of its alert clearing reopens
     /// that alert instead of raising a new one.
     alert_hold_s: i64 = 600, 0..=86_400,
@@ -250,7 +253,8 @@ rules! {
     /// At most this many raisings (new alerts and reopenings) of one kind for one seal (or
     /// for the trip) within `alert_window_s`; past it, the alert stays open (its clearing is
     /// held) and recurrences add to it.
-    max_alerts_per_window: u32 = 10, 1..=1000,
+    /// At least 2: with 1, the first alert could never clear.
+    max_alerts_per_window: u32 = 10, 2..=1000,
 }
 
 /// A valid fix the rules remember.

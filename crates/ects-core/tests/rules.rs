@@ -1194,12 +1194,20 @@ fn thresholds_outside_their_range_are_refused_with_their_pointer() {
         (json!({"max_gap_s": 2.5}), "/max_gap_s"),
         (json!({"max_gap_s": true}), "/max_gap_s"),
         (json!({"no_such_rule": 1}), "/no_such_rule"),
+        // The lowered ceilings (and the raised floor of the cap).
+        (json!({"max_gap_s": 86_401}), "/max_gap_s"),
+        (json!({"deviation_min_s": 7_201}), "/deviation_min_s"),
+        (json!({"max_fix_error_m": 5_000.5}), "/max_fix_error_m"),
+        (json!({"max_alerts_per_window": 1}), "/max_alerts_per_window"),
     ] {
         let e = RulesOverride::parse(&value).unwrap_err();
         assert_eq!(e.pointer, pointer, "{value}: {e}");
     }
-    let over = RulesOverride::parse(&json!({"max_gap_s": 604_800, "max_stop_s": null})).unwrap();
-    assert_eq!(over.max_gap_s, Some(604_800));
+    let over = RulesOverride::parse(&json!({"max_gap_s": 86_400, "max_stop_s": null,
+        "deviation_min_s": 7_200, "max_fix_error_m": 5_000, "max_alerts_per_window": 2}))
+    .unwrap();
+    assert_eq!(over.max_gap_s, Some(86_400));
+    assert_eq!(over.max_alerts_per_window, Some(2));
     assert_eq!(over.max_stop_s, None);
     assert!(Rules::default().check().is_ok());
     for (name, lo, hi) in Rules::RANGES {
@@ -1239,7 +1247,7 @@ fn thresholds_stored_out_of_range_do_not_panic_the_engine() {
         // The engine works with the thresholds brought inside their ranges.
         let used = s.trip.rules_for(&s.geo, &s.rules);
         assert!(used.check().is_ok(), "{used:?}");
-        assert_eq!(used.max_gap_s, 604_800);
+        assert_eq!(used.max_gap_s, 86_400);
     }
 }
 
