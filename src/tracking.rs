@@ -477,8 +477,11 @@ fn event_audit(input: &Input, suffix: &str) -> AuditItem {
     }
 }
 
-/// How long a trip whose tick failed waits before the ticker looks at it again.
-const FAILED_TICK_RETRY_S: i64 = 3600;
+/// How long a trip whose tick failed for good (the engine panicked on it, or its stored
+/// data cannot be read) waits before the ticker looks at it again: the same work fails
+/// the same way, and retrying it at every tick would only flood the log. A passing
+/// failure (the database busy or unreachable) is retried at the next tick.
+pub const FAILED_TICK_RETRY_S: i64 = 3600;
 
 impl Recipients {
     /// Tells each partner and channel that was told of an alert (a notification of it is
@@ -1132,14 +1135,34 @@ impl Tracking {
             match self.tick_one(&id, &geo, now).await {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(
-                    trip_id = %id,
-                    error.cause_chain = %crate::telemetry::error_chain(&e),
-                    "tick of this trip failed: skipped"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        trip_id = %id,
+                        error.cause_chain = %crate::telemetry::error_chain(&e),
+                        "tick of this trip failed: skipped"
+                    );
+                    if matches!(e, StoreError::Corrupt(_)) {
+                        self.postpone_tick(&id, now).await?;
+                    }
+                }
             }
         }
         Ok(changed)
+    }
+
+    /// A trip whose tick failed for good is looked at again [`FAILED_TICK_RETRY_S`] later,
+    /// not at every tick (in a transaction of its own: the failed one is gone).
+    async fn postpone_tick(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
+            .bind(ts(
+                ects_core::trip::after(now, FAILED_TICK_RETRY_S).unwrap_or(now)
+            ))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The clock for one trip; `true` when it changed.
@@ -1159,15 +1182,8 @@ impl Tracking {
             (effects, trip.next_due(geo, &self.rules))
         });
         let Some((effects, next_due)) = ticked else {
-            // Looked at again later, not at every tick.
-            sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
-                .bind(crate::store::ts(
-                    ects_core::trip::after(now, FAILED_TICK_RETRY_S).unwrap_or(now),
-                ))
-                .bind(id)
-                .execute(&mut **tx)
-                .await?;
-            tx.commit().await?;
+            tx.rollback().await?;
+            self.postpone_tick(id, now).await?;
             return Ok(false);
         };
         if effects.is_empty() {

@@ -17,6 +17,7 @@ on_both_backends!(
     event_keys_cannot_collide_and_old_keys_still_match,
     a_flapping_battery_raises_one_alert,
     a_release_scheduled_more_than_a_week_ahead_is_refused,
+    a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -537,4 +538,48 @@ async fn a_release_scheduled_more_than_a_week_ahead_is_refused(app: TestApp) {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// A trip whose stored state cannot be read fails its tick the same way every time: it is
+/// looked at again `FAILED_TICK_RETRY_S` later (as the README says), not at every tick,
+/// and the other trips go on.
+async fn a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later(app: TestApp) {
+    use ects_gateway::store::parse_ts;
+    use ects_gateway::tracking::FAILED_TICK_RETRY_S;
+    use sqlx::Row;
+    let mut seq = Seq(0);
+    let broken = rolling(&app, &mut seq).await;
+    let healthy = declare_second_trip(&app).await;
+    post(
+        &app,
+        vec![
+            seq.event(SEAL_B, 0, "locked", DEPARTURE_LON, 0.0),
+            seq.event(SEAL_B, 2, "position", road_lon(2), 0.0),
+            seq.event(SEAL_B, 3, "position", road_lon(3), 0.0),
+        ],
+    )
+    .await;
+    sqlx::query("update trips set engine = '{not json', next_due_at = null where trip_id = $1")
+        .bind(&broken)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    app.tracking.tick_all(t(60)).await.unwrap();
+    let due: Option<String> = sqlx::query("select next_due_at from trips where trip_id = $1")
+        .bind(&broken)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+        .try_get("next_due_at")
+        .unwrap();
+    let due = parse_ts(&due.expect("the failed trip is given a time to be looked at again"))
+        .unwrap();
+    assert_eq!(due, t(60) + chrono::Duration::seconds(FAILED_TICK_RETRY_S));
+    let gaps = app
+        .get(&format!(
+            "/v1/alerts?trip={healthy}&status=open&kind=reporting_gap"
+        ))
+        .await
+        .json();
+    assert_eq!(gaps["alerts"].as_array().unwrap().len(), 1, "{gaps}");
 }
