@@ -72,7 +72,10 @@ async fn thresholds_out_of_range_are_refused_with_their_pointer(app: TestApp) {
         (json!({"max_gap_s": 86_401}), "/max_gap_s"),
         (json!({"deviation_min_s": 7_201}), "/deviation_min_s"),
         (json!({"max_fix_error_m": 5_001}), "/max_fix_error_m"),
-        (json!({"max_alerts_per_window": 1}), "/max_alerts_per_window"),
+        (
+            json!({"max_alerts_per_window": 1}),
+            "/max_alerts_per_window",
+        ),
     ] {
         let reply = app.put(&format!("/v1/trips/{trip}/rules"), &rules).await;
         assert_eq!(reply.status, 422, "{rules}: {}", reply.text);
@@ -572,8 +575,8 @@ async fn a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later(app: 
         .unwrap()
         .try_get("next_due_at")
         .unwrap();
-    let due = parse_ts(&due.expect("the failed trip is given a time to be looked at again"))
-        .unwrap();
+    let due =
+        parse_ts(&due.expect("the failed trip is given a time to be looked at again")).unwrap();
     assert_eq!(due, t(60) + chrono::Duration::seconds(FAILED_TICK_RETRY_S));
     let gaps = app
         .get(&format!(
