@@ -694,9 +694,16 @@ impl Tracking {
         else {
             return Ok(Vec::new());
         };
-        let late = events
-            .iter()
-            .any(|e| trip.track.watermark.is_some_and(|w| e.time() < w));
+        // Applied in the order a replay applies them: a batch that lists a later event
+        // first must not leave the trip other than its replay would.
+        let mut sorted: Vec<&Input> = events.iter().collect();
+        sorted.sort_by_cached_key(|i| i.sort_key());
+        // Only seal events before the watermark need the replay: a conflicting event never
+        // changes the seal's state or the track, so it is applied as it comes (a device
+        // flooding variants of an old event must not make the trip replay each time).
+        let late = events.iter().any(|e| {
+            matches!(e, Input::SealEvent(_)) && trip.track.watermark.is_some_and(|w| e.time() < w)
+        });
         // Checkpoints at or after the earliest new input no longer hold.
         let earliest = events.iter().map(|e| e.time()).min();
         if let Some(earliest) = earliest {
@@ -721,7 +728,7 @@ impl Tracking {
             }
             let mut effects = Vec::new();
             let applied = guarded(trip_id, "seal events", || {
-                for e in events {
+                for e in &sorted {
                     // Seal events are never refused; only commands are.
                     let fx = trip.apply(e, &geo, &self.rules, now).unwrap_or_default();
                     effects.extend(fx);

@@ -435,6 +435,48 @@ pub async fn insert_event_conflict(
     Ok(done.rows_affected() == 1)
 }
 
+/// How many conflicting variants of the stored event `conflicts_with` are kept.
+pub async fn conflict_variants(
+    conn: &mut AnyConnection,
+    conflicts_with: &str,
+) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query("select count(*) as n from seal_event_conflicts where conflicts_with = $1")
+            .bind(conflicts_with)
+            .fetch_one(conn)
+            .await?
+            .try_get("n")?,
+    )
+}
+
+/// Whether this very conflicting variant is kept already.
+pub async fn conflict_kept(
+    conn: &mut AnyConnection,
+    conflict_id: &str,
+) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query("select 1 from seal_event_conflicts where conflict_id = $1")
+            .bind(conflict_id)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Counts a conflicting variant of a stored event that was not kept (past the cap).
+pub async fn count_dropped_conflict(
+    conn: &mut AnyConnection,
+    event_key: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update seal_events set conflicts_dropped = conflicts_dropped + 1 where event_key = $1",
+    )
+    .bind(event_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn insert_event(
     conn: &mut AnyConnection,
     key: &str,

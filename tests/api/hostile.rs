@@ -18,6 +18,7 @@ on_both_backends!(
     a_flapping_battery_raises_one_alert,
     a_release_scheduled_more_than_a_week_ahead_is_refused,
     a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later,
+    conflicting_variants_are_capped_and_replay_nothing,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -585,4 +586,63 @@ async fn a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later(app: 
         .await
         .json();
     assert_eq!(gaps["alerts"].as_array().unwrap().len(), 1, "{gaps}");
+}
+
+/// A device sending variant after variant of one old event: five are kept as evidence, the
+/// rest counted on the stored event (`conflicts_dropped`); none makes the trip replay.
+async fn conflicting_variants_are_capped_and_replay_nothing(app: TestApp) {
+    use sqlx::Row;
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let (s1, d1) = SEAL_1;
+    // Seal 1's stored seq 3 (minute 2, before the trip's latest event at minute 3), seven
+    // times with other content.
+    for k in 1..=7 {
+        let variant = json!({"device_id": d1, "seal_id": s1, "seq": 3, "kind": "position",
+            "time": t(2).to_rfc3339(), "battery_pct": 90,
+            "position": {"lat": LAT + f64::from(k) * 0.001, "lon": road_lon(2), "fix": "gps"}});
+        let reply = app.post_events(variant.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        assert_eq!(reply.json()["events"]["conflicting"], 1, "{}", reply.text);
+        if k > 5 {
+            assert!(reply.text.contains("not kept"), "{}", reply.text);
+        }
+    }
+    assert_eq!(app.count("seal_event_conflicts").await, 5);
+    let dropped: i64 =
+        sqlx::query("select conflicts_dropped from seal_events where device_id = $1 and seq = 3")
+            .bind(d1)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap()
+            .try_get("conflicts_dropped")
+            .unwrap();
+    assert_eq!(dropped, 2);
+    let conflict = alerts_of(&app, &trip, "event_conflict").await;
+    assert_eq!(conflict.len(), 1, "{conflict:?}");
+    assert_eq!(conflict[0]["evidence"].as_array().unwrap().len(), 5);
+    // Taken in as they came, never by a replay of the trip.
+    let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "input.seal_event.conflicting")
+            .count(),
+        5,
+        "{actions:?}"
+    );
+    assert!(!actions.iter().any(|a| a.ends_with(".late")), "{actions:?}");
+    // The same variant again is a duplicate, not one more dropped.
+    let again = json!({"device_id": d1, "seal_id": s1, "seq": 3, "kind": "position",
+        "time": t(2).to_rfc3339(), "battery_pct": 90,
+        "position": {"lat": LAT + 0.001, "lon": road_lon(2), "fix": "gps"}});
+    let reply = app.post_events(again.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(app.count("seal_event_conflicts").await, 5);
 }

@@ -1,0 +1,4 @@
+-- conflicting variants of one stored event are kept up to a cap (5, in src/ingest.rs);
+-- past it they are only counted here, so that a device replaying one seq with endless
+-- variants cannot grow the evidence table without bound.
+alter table seal_events add column conflicts_dropped bigint not null default 0;
