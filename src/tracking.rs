@@ -701,9 +701,13 @@ impl Tracking {
         // Only seal events before the watermark need the replay: a conflicting event never
         // changes the seal's state or the track, so it is applied as it comes (a device
         // flooding variants of an old event must not make the trip replay each time).
-        let late = events.iter().any(|e| {
-            matches!(e, Input::SealEvent(_)) && trip.track.watermark.is_some_and(|w| e.time() < w)
-        });
+        // A trip the engine failed on before is rebuilt from its stored inputs first.
+        let marked = rebuild_marker(tx, trip_id).await?;
+        let late = marked.is_some()
+            || events.iter().any(|e| {
+                matches!(e, Input::SealEvent(_))
+                    && trip.track.watermark.is_some_and(|w| e.time() < w)
+            });
         // Checkpoints at or after the earliest new input no longer hold.
         let earliest = events.iter().map(|e| e.time()).min();
         if let Some(earliest) = earliest {
@@ -712,11 +716,18 @@ impl Tracking {
         let mut audit = Vec::new();
         let effects = if late {
             let before = trip.clone();
-            let since = earliest.unwrap_or(now);
-            let Some(rebuilt) = self.rebuild(tx, &trip, since, &geo, now).await? else {
-                // The events are stored; the trip takes them in at its next replay.
-                return Ok(Vec::new());
+            let since = earliest.into_iter().chain(marked).min().unwrap_or(now);
+            let rebuilt = match self.rebuild(tx, &trip, since, &geo, now).await {
+                Ok(Some(rebuilt)) => rebuilt,
+                // The engine failed, or an input of this trip cannot be read: the trip's
+                // problem alone. The events are stored; it is rebuilt later.
+                Ok(None) | Err(StoreError::Corrupt(_)) => {
+                    mark_for_rebuild(tx, trip_id, since, now).await?;
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e),
             };
+            clear_rebuild_marker(tx, trip_id).await?;
             trip = rebuilt;
             for e in events {
                 audit.push(event_audit(e, ".late"));
@@ -735,7 +746,9 @@ impl Tracking {
                 }
             });
             if applied.is_none() {
-                // The events are stored; the trip takes them in at its next replay.
+                // Nothing of the half-applied trip is kept: the events are stored, and the
+                // next input or tick rebuilds the trip from its stored inputs.
+                mark_for_rebuild(tx, trip_id, earliest.unwrap_or(now), now).await?;
                 return Ok(Vec::new());
             }
             maybe_checkpoint(tx, &trip).await?;
@@ -960,7 +973,9 @@ impl Tracking {
         }
         // A command dated before events the trip has already seen takes its place in
         // event-time order, as a late event does: checked here, then replayed.
-        let late = trip.track.watermark.is_some_and(|w| input.time() < w);
+        // A trip marked for a rebuild is rebuilt with it, from its mark on.
+        let marked = rebuild_marker(tx, &trip_id.to_string()).await?;
+        let late = marked.is_some() || trip.track.watermark.is_some_and(|w| input.time() < w);
         let before = late.then(|| trip.clone());
         let mut effects = guarded(&trip_id.to_string(), "command", || {
             trip.apply(input, &geo, &self.rules, now)
@@ -985,11 +1000,13 @@ impl Tracking {
         .await?;
         drop_checkpoints_from(tx, trip_id, input.time()).await?;
         if let Some(before) = before {
-            let Some(rebuilt) = self.rebuild(tx, &before, input.time(), &geo, now).await? else {
+            let since = marked.map_or(input.time(), |m| m.min(input.time()));
+            let Some(rebuilt) = self.rebuild(tx, &before, since, &geo, now).await? else {
                 return Err(CommandFailure::Store(StoreError::Corrupt(format!(
                     "the engine failed replaying trip {trip_id}"
                 ))));
             };
+            clear_rebuild_marker(tx, &trip_id.to_string()).await?;
             // What the command itself produced (acceptance, unlock commands, custody,
             // seals, notices) stands; the trip's state and alerts are the replay's.
             effects.retain(|e| match e {
@@ -1172,6 +1189,50 @@ impl Tracking {
         Ok(())
     }
 
+    /// A trip the engine failed on, rebuilt by the ticker from its stored inputs; if that
+    /// fails again, it stays marked and is looked at again [`FAILED_TICK_RETRY_S`] later.
+    async fn rebuild_marked(
+        &self,
+        mut tx: Tx,
+        before: Trip,
+        version: i64,
+        since: DateTime<Utc>,
+        geo: &Geography,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let id = before.status.trip_id.to_string();
+        let rebuilt = match self.rebuild(&mut tx, &before, since, geo, now).await {
+            Ok(Some(rebuilt)) => rebuilt,
+            Ok(None) | Err(StoreError::Corrupt(_)) => {
+                tx.rollback().await?;
+                self.postpone_tick(&id, now).await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let effects = reconcile(&before, &rebuilt, now);
+        if !store::update_trip(
+            &mut tx,
+            &rebuilt,
+            version,
+            rebuilt.next_due(geo, &self.rules),
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        clear_rebuild_marker(&mut tx, &id).await?;
+        store_effects(&mut tx, &self.recipients, &effects, now).await?;
+        let audit = effects
+            .iter()
+            .map(|e| AuditItem::new("engine", effect_action(e), e))
+            .collect();
+        append_audit(&mut tx, rebuilt.status.trip_id, audit, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// The clock for one trip; `true` when it changed.
     async fn tick_one(
         &self,
@@ -1184,6 +1245,11 @@ impl Tracking {
         else {
             return Ok(false);
         };
+        if let Some(since) = rebuild_marker(&mut tx, id).await? {
+            return self
+                .rebuild_marked(tx, trip, version, since, geo, now)
+                .await;
+        }
         let ticked = guarded(id, "tick", || {
             let effects = trip.tick(geo, &self.rules, now);
             (effects, trip.next_due(geo, &self.rules))
@@ -1218,6 +1284,54 @@ impl Tracking {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// When the engine failed on this trip's live inputs (stored already), the earliest of
+/// them: the trip must be rebuilt from its stored inputs before anything else is applied.
+async fn rebuild_marker(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let marker: Option<String> = sqlx::query("select rebuild_from from trips where trip_id = $1")
+        .bind(trip_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get("rebuild_from"))
+        .transpose()?
+        .flatten();
+    marker.map(|m| store::parse_ts(&m)).transpose()
+}
+
+/// Marks the trip for a rebuild from `since` (kept if an earlier mark stands); the ticker
+/// takes it at its next run, so it is rebuilt even if no input comes.
+async fn mark_for_rebuild(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let since = match rebuild_marker(conn, trip_id).await? {
+        Some(earlier) if earlier < since => earlier,
+        _ => since,
+    };
+    sqlx::query("update trips set rebuild_from = $1, next_due_at = $2 where trip_id = $3")
+        .bind(ts(since))
+        .bind(ts(now))
+        .bind(trip_id)
+        .execute(conn)
+        .await?;
+    tracing::warn!(trip_id, since = %since, "the trip is marked for a rebuild from its stored inputs");
+    Ok(())
+}
+
+async fn clear_rebuild_marker(conn: &mut AnyConnection, trip_id: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "update trips set rebuild_from = null where trip_id = $1 and rebuild_from is not null",
+    )
+    .bind(trip_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Checkpoints at or after `since` miss an input at `since`: they are dropped.

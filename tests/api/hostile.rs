@@ -19,6 +19,7 @@ on_both_backends!(
     a_release_scheduled_more_than_a_week_ahead_is_refused,
     a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later,
     conflicting_variants_are_capped_and_replay_nothing,
+    a_trip_whose_rebuild_fails_is_marked_and_rebuilt_later_alone,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -645,4 +646,93 @@ async fn conflicting_variants_are_capped_and_replay_nothing(app: TestApp) {
     let reply = app.post_events(again.to_string()).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(app.count("seal_event_conflicts").await, 5);
+}
+
+async fn rebuild_mark(app: &TestApp, trip: &str) -> Option<String> {
+    use sqlx::Row;
+    sqlx::query("select rebuild_from from trips where trip_id = $1")
+        .bind(trip)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+        .try_get("rebuild_from")
+        .unwrap()
+}
+
+/// A trip whose rebuild fails (one of its stored events cannot be read) is that trip's
+/// problem: the message is taken, the other trip's events applied, the failed trip marked;
+/// once its inputs read again, the ticker rebuilds it and the mark goes.
+async fn a_trip_whose_rebuild_fails_is_marked_and_rebuilt_later_alone(app: TestApp) {
+    use sqlx::Row;
+    let mut seq = Seq(0);
+    let broken = rolling(&app, &mut seq).await;
+    let healthy = declare_second_trip(&app).await;
+    post(
+        &app,
+        vec![
+            seq.event(SEAL_B, 0, "locked", DEPARTURE_LON, 0.0),
+            seq.event(SEAL_B, 2, "position", road_lon(2), 0.0),
+        ],
+    )
+    .await;
+    let (_, d1) = SEAL_1;
+    let row = sqlx::query(
+        "select event_key, canonical from seal_events where device_id = $1 and seq = 3",
+    )
+    .bind(d1)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let key: String = row.try_get("event_key").unwrap();
+    let canonical: String = row.try_get("canonical").unwrap();
+    sqlx::query("update seal_events set canonical = '{not json' where event_key = $1")
+        .bind(&key)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    // A late event for the broken trip (it must replay) and one for the healthy trip.
+    let reply = post(
+        &app,
+        vec![
+            seq.event(SEAL_1, 1, "position", road_lon(1), 0.0),
+            seq.event(SEAL_B, 4, "position", road_lon(4), 0.0),
+        ],
+    )
+    .await;
+    assert_eq!(reply["events"]["accepted"], 2, "{reply}");
+    assert_eq!(
+        app.trip(&healthy).await["last_position"]["time"],
+        t(4).to_rfc3339().replace("+00:00", "Z")
+    );
+    assert!(rebuild_mark(&app, &broken).await.is_some());
+    // Still broken: the next input and the ticker leave it marked, the others go on.
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 5, "position", road_lon(5), 0.0)],
+    )
+    .await;
+    let now = chrono::Utc::now();
+    app.tracking.tick_all(now).await.unwrap();
+    assert!(rebuild_mark(&app, &broken).await.is_some());
+    assert_eq!(
+        app.trip(&broken).await["last_position"]["time"],
+        t(3).to_rfc3339().replace("+00:00", "Z")
+    );
+    // Readable again: the ticker (an hour later, as for any trip that failed) rebuilds
+    // it with every stored input.
+    sqlx::query("update seal_events set canonical = $1 where event_key = $2")
+        .bind(&canonical)
+        .bind(&key)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    app.tracking
+        .tick_all(now + chrono::Duration::seconds(ects_gateway::tracking::FAILED_TICK_RETRY_S))
+        .await
+        .unwrap();
+    assert!(rebuild_mark(&app, &broken).await.is_none());
+    assert_eq!(
+        app.trip(&broken).await["last_position"]["time"],
+        t(5).to_rfc3339().replace("+00:00", "Z")
+    );
 }
