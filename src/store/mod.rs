@@ -23,7 +23,7 @@ pub(crate) use messages::{
     accepted_response_for_body, insert_message, response_of_message, set_response,
 };
 pub use offices::ImportCounts;
-pub use trips::{AlertFilter, StoredEvent, TripRow};
+pub use trips::{AlertFilter, StoredConflict, StoredEvent, TripRow};
 pub(crate) use trips::{
     add_trip_seals, claim_unmatched_events, claim_unmatched_for, find_declaration,
     find_declaration_by, find_event, insert_declared_trip, insert_event, live_trips_with_equipment,

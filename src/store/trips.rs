@@ -538,6 +538,33 @@ pub struct StoredEvent {
     pub event: serde_json::Value,
     pub received_at: String,
     pub message_id: String,
+    /// Conflicting variants kept of this event (listed by `GET /v1/trips/{id}/conflicts`);
+    /// absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts: i64,
+    /// Conflicting variants past the cap, counted only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts_dropped: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// A conflicting variant of a stored event, as kept: evidence that one of the two is not
+/// genuine.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct StoredConflict {
+    pub conflict_id: String,
+    /// The key of the stored event it contradicts.
+    pub conflicts_with: String,
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+    pub received_at: String,
+    pub message_id: String,
+    /// Who sent it: the sender of its message, and over what.
+    pub sender: String,
+    pub transport: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -642,7 +669,9 @@ impl Store {
     ) -> Result<Vec<(StoredEvent, (String, i64, String))>, StoreError> {
         let rows = sqlx::query(
             "select canonical, received_at, message_id, event_time, coalesce(seq, -1) as seq_key,
-                 event_key
+                 event_key, conflicts_dropped,
+                 (select count(*) from seal_event_conflicts c
+                  where c.conflicts_with = seal_events.event_key) as conflicts
              from seal_events
              where trip_id = $1
                and ($3 is null or event_time > $3
@@ -669,6 +698,54 @@ impl Store {
                         event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
                         received_at: r.try_get("received_at")?,
                         message_id: r.try_get("message_id")?,
+                        conflicts: r.try_get("conflicts")?,
+                        conflicts_dropped: r.try_get("conflicts_dropped")?,
+                    },
+                    key,
+                ))
+            })
+            .collect()
+    }
+
+    /// A trip's kept conflicting events, in event-time order, after `after` (event time,
+    /// conflict id), with their keys for the next page's cursor.
+    pub async fn conflicts_of_trip(
+        &self,
+        trip_id: TripId,
+        after: Option<(String, String)>,
+        limit: i64,
+    ) -> Result<Vec<(StoredConflict, (String, String))>, StoreError> {
+        let rows = sqlx::query(
+            "select c.conflict_id, c.conflicts_with, c.canonical, c.received_at, c.message_id,
+                 c.event_time, m.source, m.transport
+             from seal_event_conflicts c join messages m on m.message_id = c.message_id
+             where c.trip_id = $1
+               and ($3 is null or c.event_time > $3
+                    or (c.event_time = $3 and c.conflict_id > $4))
+             order by c.event_time, c.conflict_id limit $2",
+        )
+        .bind(trip_id.to_string())
+        .bind(limit)
+        .bind(after.as_ref().map(|a| a.0.clone()))
+        .bind(after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let conflict_id: String = r.try_get("conflict_id")?;
+                let key = (r.try_get::<String, _>("event_time")?, conflict_id.clone());
+                Ok((
+                    StoredConflict {
+                        conflict_id,
+                        conflicts_with: r.try_get("conflicts_with")?,
+                        event: from_json(
+                            "conflicting event",
+                            &r.try_get::<String, _>("canonical")?,
+                        )?,
+                        received_at: r.try_get("received_at")?,
+                        message_id: r.try_get("message_id")?,
+                        sender: r.try_get("source")?,
+                        transport: r.try_get("transport")?,
                     },
                     key,
                 ))

@@ -20,6 +20,7 @@ on_both_backends!(
     a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later,
     conflicting_variants_are_capped_and_replay_nothing,
     a_trip_whose_rebuild_fails_is_marked_and_rebuilt_later_alone,
+    conflicts_show_on_the_trip_as_evidence,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -735,4 +736,59 @@ async fn a_trip_whose_rebuild_fails_is_marked_and_rebuilt_later_alone(app: TestA
         app.trip(&broken).await["last_position"]["time"],
         t(5).to_rfc3339().replace("+00:00", "Z")
     );
+}
+
+/// The conflicting variants of a trip's events are evidence: its events say which have
+/// some, and `GET /v1/trips/{id}/conflicts` lists them, paged, with when they came and
+/// who sent them.
+async fn conflicts_show_on_the_trip_as_evidence(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let (s1, d1) = SEAL_1;
+    for k in 1..=3 {
+        let variant = json!({"device_id": d1, "seal_id": s1, "seq": 3, "kind": "position",
+            "time": t(2).to_rfc3339(), "battery_pct": 90,
+            "position": {"lat": LAT + f64::from(k) * 0.001, "lon": road_lon(2), "fix": "gps"}});
+        let reply = app.post_events(variant.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    let events = app.get(&format!("/v1/trips/{trip}/events")).await.json();
+    let events = events["events"].as_array().unwrap();
+    let marked: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.get("conflicts").is_some())
+        .collect();
+    assert_eq!(marked.len(), 1, "{events:?}");
+    assert_eq!(marked[0]["seq"], 3);
+    assert_eq!(marked[0]["conflicts"], 3);
+    assert!(marked[0].get("conflicts_dropped").is_none());
+
+    let mut seen = Vec::new();
+    let mut path = format!("/v1/trips/{trip}/conflicts?limit=2");
+    loop {
+        let reply = app.get(&path).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let page = reply.json();
+        for c in page["conflicts"].as_array().unwrap() {
+            assert!(c["conflicts_with"].as_str().unwrap().ends_with(":3"), "{c}");
+            assert_eq!(c["event"]["seq"], 3, "{c}");
+            assert!(c["received_at"].as_str().is_some(), "{c}");
+            assert!(!c["sender"].as_str().unwrap().is_empty(), "{c}");
+            assert!(!c["transport"].as_str().unwrap().is_empty(), "{c}");
+            seen.push(c["conflict_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/trips/{trip}/conflicts?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let reply = app
+        .get(&format!("/v1/trips/{trip}/conflicts?after=zz"))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
 }
