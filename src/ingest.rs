@@ -510,9 +510,9 @@ impl Ingest {
         let early =
             store::claim_unmatched_events(&mut tx, declaration, &trip_id.to_string()).await?;
         if !early.is_empty() {
-            let refs: Vec<&SealEvent> = early.iter().collect();
+            // Their conflicting variants come with them, as evidence on this trip.
             self.tracking
-                .apply_events(&mut tx, &trip_id.to_string(), &refs, message.now)
+                .apply_inputs(&mut tx, &trip_id.to_string(), &early.inputs(), message.now)
                 .await?;
         }
         let response = IngestResponse {

@@ -1072,11 +1072,10 @@ impl Tracking {
             // which applies the assignment at its time.
             let since = input.time();
             let early = store::claim_unmatched_for(tx, &seals, since, &trip_id.to_string()).await?;
-            events_claimed = early.len();
+            events_claimed = early.events.len();
             if !early.is_empty() {
-                let refs: Vec<&SealEvent> = early.iter().collect();
                 effects.extend(
-                    self.apply_events(tx, &trip_id.to_string(), &refs, now)
+                    self.apply_inputs(tx, &trip_id.to_string(), &early.inputs(), now)
                         .await?,
                 );
                 if let Some((t, _)) =
@@ -1527,7 +1526,7 @@ impl Tracking {
             trip: rebuilt.status,
             effects,
             repeated: false,
-            events_claimed: claimed.len(),
+            events_claimed: claimed.events.len(),
         })
     }
 }

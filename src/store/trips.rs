@@ -1,7 +1,7 @@
 //! Declarations, trips, the seals that route events to them, seal events and alerts.
 
 use chrono::{DateTime, Utc};
-use ects_core::trip::Trip;
+use ects_core::trip::{ConflictingEvent, Trip};
 use ects_core::{
     Alert, Equipment, Seal, SealEvent, TransitDeclaration, TripId, TripState, TripStatus,
 };
@@ -302,7 +302,7 @@ pub async fn claim_unmatched_events(
     conn: &mut AnyConnection,
     declaration: &TransitDeclaration,
     trip_id: &str,
-) -> Result<Vec<SealEvent>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let declared = declaration.declared_at.unwrap_or_else(chrono::Utc::now);
     let seals: Vec<&Seal> = declaration.seals().collect();
     let since = declared
@@ -311,16 +311,44 @@ pub async fn claim_unmatched_events(
     claim_unmatched_for(conn, &seals, since, trip_id).await
 }
 
+/// What a trip claimed of the events stored without one.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// In event-time order.
+    pub events: Vec<SealEvent>,
+    /// The conflicting variants kept of those events: they move with them.
+    pub conflicts: Vec<ConflictingEvent>,
+}
+
+impl Claimed {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.conflicts.is_empty()
+    }
+
+    /// Everything claimed, as inputs for the trip.
+    pub fn inputs(&self) -> Vec<ects_core::trip::Input> {
+        use ects_core::trip::Input;
+        self.events
+            .iter()
+            .cloned()
+            .map(Input::SealEvent)
+            .chain(self.conflicts.iter().cloned().map(Input::ConflictingEvent))
+            .collect()
+    }
+}
+
 /// Events stored without a trip, from `since` on, of these seals or their devices: they
-/// are assigned to the trip and returned in event-time order.
+/// are assigned to the trip and returned in event-time order, with the conflicting
+/// variants kept of them (assigned to the trip too).
 pub async fn claim_unmatched_for(
     conn: &mut AnyConnection,
     seals: &[&Seal],
     since: DateTime<Utc>,
     trip_id: &str,
-) -> Result<Vec<SealEvent>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let since = ts(since);
     let mut claimed = Vec::new();
+    let mut conflicts = Vec::new();
     for seal in seals {
         let rows = sqlx::query(
             "select event_key, canonical from seal_events
@@ -340,6 +368,29 @@ pub async fn claim_unmatched_for(
             .bind(&key)
             .execute(&mut *conn)
             .await?;
+            for c in sqlx::query(
+                "select conflict_id, canonical from seal_event_conflicts
+                 where conflicts_with = $1 and trip_id is null",
+            )
+            .bind(&key)
+            .fetch_all(&mut *conn)
+            .await?
+            {
+                let conflict_id: String = c.try_get("conflict_id")?;
+                sqlx::query(
+                    "update seal_event_conflicts set trip_id = $1
+                     where conflict_id = $2 and trip_id is null",
+                )
+                .bind(trip_id)
+                .bind(&conflict_id)
+                .execute(&mut *conn)
+                .await?;
+                conflicts.push(ConflictingEvent {
+                    event: from_json("conflicting event", &c.try_get::<String, _>("canonical")?)?,
+                    conflicts_with: key.clone(),
+                    conflict_id,
+                });
+            }
             claimed.push(from_json::<SealEvent>(
                 "seal event",
                 &row.try_get::<String, _>("canonical")?,
@@ -348,7 +399,10 @@ pub async fn claim_unmatched_for(
     }
     claimed.sort_by_key(|e| e.time);
     claimed.dedup_by(|a, b| a == b);
-    Ok(claimed)
+    Ok(Claimed {
+        events: claimed,
+        conflicts,
+    })
 }
 
 /// The sequence number as stored (a signed 64-bit integer): one above [`ects_core::MAX_SEQ`]

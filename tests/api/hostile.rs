@@ -21,6 +21,7 @@ on_both_backends!(
     conflicting_variants_are_capped_and_replay_nothing,
     a_trip_whose_rebuild_fails_is_marked_and_rebuilt_later_alone,
     conflicts_show_on_the_trip_as_evidence,
+    conflicts_of_unmatched_events_move_with_them_to_the_trip,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -791,4 +792,34 @@ async fn conflicts_show_on_the_trip_as_evidence(app: TestApp) {
         .get(&format!("/v1/trips/{trip}/conflicts?after=zz"))
         .await;
     assert_eq!(reply.status, 400, "{}", reply.text);
+}
+
+/// A device reporting before its declaration: its events wait unmatched, and so do the
+/// conflicting variants of them. The declaration claims both: the conflicts show on the trip.
+async fn conflicts_of_unmatched_events_move_with_them_to_the_trip(app: TestApp) {
+    crate::tracking::register_geometry(&app).await;
+    let (s1, d1) = SEAL_1;
+    let early = |lat_off: f64| {
+        json!({"device_id": d1, "seal_id": s1, "seq": 7, "kind": "position",
+            "time": t(0).to_rfc3339(), "battery_pct": 90,
+            "position": {"lat": LAT + lat_off, "lon": DEPARTURE_LON, "fix": "gps"}})
+    };
+    let reply = app.post_events(early(0.0).to_string()).await;
+    assert_eq!(reply.json()["events"]["unmatched"], 1, "{}", reply.text);
+    let reply = app.post_events(early(0.001).to_string()).await;
+    assert_eq!(reply.json()["events"]["conflicting"], 1, "{}", reply.text);
+
+    let trip = app.declare_gt_sv().await;
+    let conflicts = app.get(&format!("/v1/trips/{trip}/conflicts")).await.json();
+    let conflicts = conflicts["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["event"]["seq"], 7);
+    let events = app.get(&format!("/v1/trips/{trip}/events")).await.json();
+    assert_eq!(events["events"][0]["conflicts"], 1, "{events}");
+    assert_eq!(alerts_of(&app, &trip, "event_conflict").await.len(), 1);
+    assert_eq!(
+        app.count_where("seal_event_conflicts", "trip_id is null")
+            .await,
+        0
+    );
 }
