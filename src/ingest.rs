@@ -510,9 +510,9 @@ impl Ingest {
         let early =
             store::claim_unmatched_events(&mut tx, declaration, &trip_id.to_string()).await?;
         if !early.is_empty() {
-            let refs: Vec<&SealEvent> = early.iter().collect();
+            // Their conflicting variants come with them, as evidence on this trip.
             self.tracking
-                .apply_events(&mut tx, &trip_id.to_string(), &refs, message.now)
+                .apply_inputs(&mut tx, &trip_id.to_string(), &early.inputs(), message.now)
                 .await?;
         }
         let response = IngestResponse {
@@ -1027,6 +1027,29 @@ impl Ingest {
                 // evidence beside the stored one; the rest of the message goes on.
                 let conflict_id =
                     hex::encode(Sha256::digest(format!("{key}\u{0}{text}").as_bytes()));
+                if store::conflict_variants(&mut tx, &found.event_key).await?
+                    >= MAX_CONFLICT_VARIANTS
+                {
+                    if store::conflict_kept(&mut tx, &conflict_id).await? {
+                        counts.duplicates += 1;
+                        continue;
+                    }
+                    // Enough variants are kept to show the event is contested; the rest
+                    // are counted on the stored event, not kept, not applied.
+                    store::count_dropped_conflict(&mut tx, &found.event_key).await?;
+                    counts.conflicting += 1;
+                    conflicts.push(EventConflictNote {
+                        pointer: pointer.clone(),
+                        conflicts_with: found.event_key.clone(),
+                        detail: format!(
+                            "seal event {key} contradicts stored event {}, which has \
+                             {MAX_CONFLICT_VARIANTS} conflicting variants kept already: \
+                             counted (conflicts_dropped), not kept",
+                            found.event_key
+                        ),
+                    });
+                    continue;
+                }
                 let stored = store::insert_event_conflict(
                     &mut tx,
                     &conflict_id,
@@ -1227,6 +1250,10 @@ fn may_change(
 /// The most versions a declaration has (the first and 49 amendments): each amendment
 /// replays the trip and is kept, so there is a bound.
 pub const MAX_DECLARATION_VERSIONS: i64 = 50;
+
+/// Conflicting variants kept per stored event (`seal_event_conflicts`); more are counted
+/// in `seal_events.conflicts_dropped`.
+pub const MAX_CONFLICT_VARIANTS: i64 = 5;
 
 /// The most changes one amendment's audit entry lists (the rest are in its version).
 const MAX_CHANGES: usize = 200;

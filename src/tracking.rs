@@ -477,8 +477,11 @@ fn event_audit(input: &Input, suffix: &str) -> AuditItem {
     }
 }
 
-/// How long a trip whose tick failed waits before the ticker looks at it again.
-const FAILED_TICK_RETRY_S: i64 = 3600;
+/// How long a trip whose tick failed for good (the engine panicked on it, or its stored
+/// data cannot be read) waits before the ticker looks at it again: the same work fails
+/// the same way, and retrying it at every tick would only flood the log. A passing
+/// failure (the database busy or unreachable) is retried at the next tick.
+pub const FAILED_TICK_RETRY_S: i64 = 3600;
 
 impl Recipients {
     /// Tells each partner and channel that was told of an alert (a notification of it is
@@ -672,9 +675,20 @@ impl Tracking {
         else {
             return Ok(Vec::new());
         };
-        let late = events
-            .iter()
-            .any(|e| trip.track.watermark.is_some_and(|w| e.time() < w));
+        // Applied in the order a replay applies them: a batch that lists a later event
+        // first must not leave the trip other than its replay would.
+        let mut sorted: Vec<&Input> = events.iter().collect();
+        sorted.sort_by_cached_key(|i| i.sort_key());
+        // Only seal events before the watermark need the replay: a conflicting event never
+        // changes the seal's state or the track, so it is applied as it comes (a device
+        // flooding variants of an old event must not make the trip replay each time).
+        // A trip the engine failed on before is rebuilt from its stored inputs first.
+        let marked = rebuild_marker(tx, trip_id).await?;
+        let late = marked.is_some()
+            || events.iter().any(|e| {
+                matches!(e, Input::SealEvent(_))
+                    && trip.track.watermark.is_some_and(|w| e.time() < w)
+            });
         // Checkpoints at or after the earliest new input no longer hold.
         let earliest = events.iter().map(|e| e.time()).min();
         if let Some(earliest) = earliest {
@@ -683,11 +697,18 @@ impl Tracking {
         let mut audit = Vec::new();
         let effects = if late {
             let before = trip.clone();
-            let since = earliest.unwrap_or(now);
-            let Some(rebuilt) = self.rebuild(tx, &trip, since, &geo, now).await? else {
-                // The events are stored; the trip takes them in at its next replay.
-                return Ok(Vec::new());
+            let since = earliest.into_iter().chain(marked).min().unwrap_or(now);
+            let rebuilt = match self.rebuild(tx, &trip, since, &geo, now).await {
+                Ok(Some(rebuilt)) => rebuilt,
+                // The engine failed, or an input of this trip cannot be read: the trip's
+                // problem alone. The events are stored; it is rebuilt later.
+                Ok(None) | Err(StoreError::Corrupt(_)) => {
+                    mark_for_rebuild(tx, trip_id, since, now).await?;
+                    return Ok(Vec::new());
+                }
+                Err(e) => return Err(e),
             };
+            clear_rebuild_marker(tx, trip_id).await?;
             trip = rebuilt;
             for e in events {
                 audit.push(event_audit(e, ".late"));
@@ -699,14 +720,16 @@ impl Tracking {
             }
             let mut effects = Vec::new();
             let applied = guarded(trip_id, "seal events", || {
-                for e in events {
+                for e in &sorted {
                     // Seal events are never refused; only commands are.
                     let fx = trip.apply(e, &geo, &self.rules, now).unwrap_or_default();
                     effects.extend(fx);
                 }
             });
             if applied.is_none() {
-                // The events are stored; the trip takes them in at its next replay.
+                // Nothing of the half-applied trip is kept: the events are stored, and the
+                // next input or tick rebuilds the trip from its stored inputs.
+                mark_for_rebuild(tx, trip_id, earliest.unwrap_or(now), now).await?;
                 return Ok(Vec::new());
             }
             maybe_checkpoint(tx, &trip).await?;
@@ -931,7 +954,9 @@ impl Tracking {
         }
         // A command dated before events the trip has already seen takes its place in
         // event-time order, as a late event does: checked here, then replayed.
-        let late = trip.track.watermark.is_some_and(|w| input.time() < w);
+        // A trip marked for a rebuild is rebuilt with it, from its mark on.
+        let marked = rebuild_marker(tx, &trip_id.to_string()).await?;
+        let late = marked.is_some() || trip.track.watermark.is_some_and(|w| input.time() < w);
         let before = late.then(|| trip.clone());
         let mut effects = guarded(&trip_id.to_string(), "command", || {
             trip.apply(input, &geo, &self.rules, now)
@@ -956,11 +981,13 @@ impl Tracking {
         .await?;
         drop_checkpoints_from(tx, trip_id, input.time()).await?;
         if let Some(before) = before {
-            let Some(rebuilt) = self.rebuild(tx, &before, input.time(), &geo, now).await? else {
+            let since = marked.map_or(input.time(), |m| m.min(input.time()));
+            let Some(rebuilt) = self.rebuild(tx, &before, since, &geo, now).await? else {
                 return Err(CommandFailure::Store(StoreError::Corrupt(format!(
                     "the engine failed replaying trip {trip_id}"
                 ))));
             };
+            clear_rebuild_marker(tx, &trip_id.to_string()).await?;
             // What the command itself produced (acceptance, unlock commands, custody,
             // seals, notices) stands; the trip's state and alerts are the replay's.
             effects.retain(|e| match e {
@@ -1026,11 +1053,10 @@ impl Tracking {
             // which applies the assignment at its time.
             let since = input.time();
             let early = store::claim_unmatched_for(tx, &seals, since, &trip_id.to_string()).await?;
-            events_claimed = early.len();
+            events_claimed = early.events.len();
             if !early.is_empty() {
-                let refs: Vec<&SealEvent> = early.iter().collect();
                 effects.extend(
-                    self.apply_events(tx, &trip_id.to_string(), &refs, now)
+                    self.apply_inputs(tx, &trip_id.to_string(), &early.inputs(), now)
                         .await?,
                 );
                 if let Some((t, _)) =
@@ -1113,14 +1139,78 @@ impl Tracking {
             match self.tick_one(&id, &geo, now).await {
                 Ok(true) => changed += 1,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(
-                    trip_id = %id,
-                    error.cause_chain = %crate::telemetry::error_chain(&e),
-                    "tick of this trip failed: skipped"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        trip_id = %id,
+                        error.cause_chain = %crate::telemetry::error_chain(&e),
+                        "tick of this trip failed: skipped"
+                    );
+                    if matches!(e, StoreError::Corrupt(_)) {
+                        self.postpone_tick(&id, now).await?;
+                    }
+                }
             }
         }
         Ok(changed)
+    }
+
+    /// A trip whose tick failed for good is looked at again [`FAILED_TICK_RETRY_S`] later,
+    /// not at every tick (in a transaction of its own: the failed one is gone).
+    async fn postpone_tick(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
+            .bind(ts(
+                ects_core::trip::after(now, FAILED_TICK_RETRY_S).unwrap_or(now)
+            ))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A trip the engine failed on, rebuilt by the ticker from its stored inputs; if that
+    /// fails again, it stays marked and is looked at again [`FAILED_TICK_RETRY_S`] later.
+    async fn rebuild_marked(
+        &self,
+        mut tx: Tx,
+        before: Trip,
+        version: i64,
+        since: DateTime<Utc>,
+        geo: &Geography,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let id = before.status.trip_id.to_string();
+        let rebuilt = match self.rebuild(&mut tx, &before, since, geo, now).await {
+            Ok(Some(rebuilt)) => rebuilt,
+            Ok(None) | Err(StoreError::Corrupt(_)) => {
+                tx.rollback().await?;
+                self.postpone_tick(&id, now).await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let effects = reconcile(&before, &rebuilt, now);
+        if !store::update_trip(
+            &mut tx,
+            &rebuilt,
+            version,
+            rebuilt.next_due(geo, &self.rules),
+        )
+        .await?
+        {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        clear_rebuild_marker(&mut tx, &id).await?;
+        store_effects(&mut tx, &self.recipients, &effects, now).await?;
+        let audit = effects
+            .iter()
+            .map(|e| AuditItem::new("engine", effect_action(e), e))
+            .collect();
+        append_audit(&mut tx, rebuilt.status.trip_id, audit, now).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// The clock for one trip; `true` when it changed.
@@ -1135,20 +1225,18 @@ impl Tracking {
         else {
             return Ok(false);
         };
+        if let Some(since) = rebuild_marker(&mut tx, id).await? {
+            return self
+                .rebuild_marked(tx, trip, version, since, geo, now)
+                .await;
+        }
         let ticked = guarded(id, "tick", || {
             let effects = trip.tick(geo, &self.rules, now);
             (effects, trip.next_due(geo, &self.rules))
         });
         let Some((effects, next_due)) = ticked else {
-            // Looked at again later, not at every tick.
-            sqlx::query("update trips set next_due_at = $1 where trip_id = $2")
-                .bind(crate::store::ts(
-                    ects_core::trip::after(now, FAILED_TICK_RETRY_S).unwrap_or(now),
-                ))
-                .bind(id)
-                .execute(&mut **tx)
-                .await?;
-            tx.commit().await?;
+            tx.rollback().await?;
+            self.postpone_tick(id, now).await?;
             return Ok(false);
         };
         if effects.is_empty() {
@@ -1176,6 +1264,54 @@ impl Tracking {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// When the engine failed on this trip's live inputs (stored already), the earliest of
+/// them: the trip must be rebuilt from its stored inputs before anything else is applied.
+async fn rebuild_marker(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let marker: Option<String> = sqlx::query("select rebuild_from from trips where trip_id = $1")
+        .bind(trip_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get("rebuild_from"))
+        .transpose()?
+        .flatten();
+    marker.map(|m| store::parse_ts(&m)).transpose()
+}
+
+/// Marks the trip for a rebuild from `since` (kept if an earlier mark stands); the ticker
+/// takes it at its next run, so it is rebuilt even if no input comes.
+async fn mark_for_rebuild(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let since = match rebuild_marker(conn, trip_id).await? {
+        Some(earlier) if earlier < since => earlier,
+        _ => since,
+    };
+    sqlx::query("update trips set rebuild_from = $1, next_due_at = $2 where trip_id = $3")
+        .bind(ts(since))
+        .bind(ts(now))
+        .bind(trip_id)
+        .execute(conn)
+        .await?;
+    tracing::warn!(trip_id, since = %since, "the trip is marked for a rebuild from its stored inputs");
+    Ok(())
+}
+
+async fn clear_rebuild_marker(conn: &mut AnyConnection, trip_id: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "update trips set rebuild_from = null where trip_id = $1 and rebuild_from is not null",
+    )
+    .bind(trip_id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Checkpoints at or after `since` miss an input at `since`: they are dropped.
@@ -1371,7 +1507,7 @@ impl Tracking {
             trip: rebuilt.status,
             effects,
             repeated: false,
-            events_claimed: claimed.len(),
+            events_claimed: claimed.events.len(),
         })
     }
 }

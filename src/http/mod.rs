@@ -63,6 +63,7 @@ pub struct AppState {
         trips::get_trip,
         trips::list_trips,
         trips::trip_events,
+        trips::trip_conflicts,
         trips::list_alerts,
         commands::post_release,
         commands::post_handover,
@@ -119,6 +120,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(trips::list_trips)
     .service(trips::get_trip)
     .service(trips::trip_events)
+    .service(trips::trip_conflicts)
     .service(trips::list_alerts)
     .service(commands::post_release)
     .service(commands::post_handover)

@@ -76,6 +76,14 @@ pub struct EventList {
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ConflictList {
+    pub conflicts: Vec<crate::store::StoredConflict>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct AlertList {
     pub alerts: Vec<Alert>,
     /// The `after` of the next page, when there is one.
@@ -367,6 +375,45 @@ pub async fn trip_events(
         .flatten();
     let events = rows.into_iter().map(|(e, _)| e).collect();
     Ok(HttpResponse::Ok().json(EventList { events, next }))
+}
+
+/// A trip's conflicting events kept as evidence (same event id, or same device and seq,
+/// as a stored event, other content), in event-time order, with when they came and who
+/// sent them. An event of `GET /v1/trips/{id}/events` that has some says how many
+/// (`conflicts`, and `conflicts_dropped` past the cap).
+#[utoipa::path(
+    tag = "trips",
+    params(("id" = String, Path, description = "Trip id (UUID)"), LimitQuery),
+    responses((status = 200, body = ConflictList), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"))
+)]
+#[get("/v1/trips/{id}/conflicts")]
+pub async fn trip_conflicts(
+    state: web::Data<AppState>,
+    viewer: Viewer,
+    path: web::Path<String>,
+    query: web::Query<LimitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = trip_id(&path)?;
+    viewer.check(&state.store, &id.to_string()).await?;
+    let limit = limit(query.limit)?;
+    if state.store.trip_status(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("trip {id}")));
+    }
+    let after = cursor_keys(query.after.as_deref(), 2)?.map(|k| (k[0].clone(), k[1].clone()));
+    let mut rows = state
+        .store
+        .conflicts_of_trip(id, after, limit.saturating_add(1))
+        .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|(_, k)| crate::cursor::encode(&[k.0.clone(), k.1.clone()]))
+        })
+        .flatten();
+    let conflicts = rows.into_iter().map(|(c, _)| c).collect();
+    Ok(HttpResponse::Ok().json(ConflictList { conflicts, next }))
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]

@@ -23,13 +23,15 @@ pub(crate) use messages::{
     accepted_response_for_body, insert_message, response_of_message, set_response,
 };
 pub use offices::ImportCounts;
-pub(crate) use trips::insert_event_conflict;
-pub use trips::{AlertFilter, StoredEvent, TripRow};
+pub use trips::{AlertFilter, StoredConflict, StoredEvent, TripRow};
 pub(crate) use trips::{
     add_trip_seals, claim_unmatched_events, claim_unmatched_for, find_declaration,
     find_declaration_by, find_event, insert_declared_trip, insert_event, live_trips_with_equipment,
     load_trip, lock_device, lock_seal_devices, other_live_trip_with_seal, trip_for_event,
     update_trip, upsert_alert,
+};
+pub(crate) use trips::{
+    conflict_kept, conflict_variants, count_dropped_conflict, insert_event_conflict,
 };
 // Declaration versions (amendments).
 pub(crate) use trips::{

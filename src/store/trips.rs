@@ -1,7 +1,7 @@
 //! Declarations, trips, the seals that route events to them, seal events and alerts.
 
 use chrono::{DateTime, Utc};
-use ects_core::trip::Trip;
+use ects_core::trip::{ConflictingEvent, Trip};
 use ects_core::{
     Alert, Equipment, Seal, SealEvent, TransitDeclaration, TripId, TripState, TripStatus,
 };
@@ -302,7 +302,7 @@ pub async fn claim_unmatched_events(
     conn: &mut AnyConnection,
     declaration: &TransitDeclaration,
     trip_id: &str,
-) -> Result<Vec<SealEvent>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let declared = declaration.declared_at.unwrap_or_else(chrono::Utc::now);
     let seals: Vec<&Seal> = declaration.seals().collect();
     let since = declared
@@ -311,16 +311,44 @@ pub async fn claim_unmatched_events(
     claim_unmatched_for(conn, &seals, since, trip_id).await
 }
 
+/// What a trip claimed of the events stored without one.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// In event-time order.
+    pub events: Vec<SealEvent>,
+    /// The conflicting variants kept of those events: they move with them.
+    pub conflicts: Vec<ConflictingEvent>,
+}
+
+impl Claimed {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.conflicts.is_empty()
+    }
+
+    /// Everything claimed, as inputs for the trip.
+    pub fn inputs(&self) -> Vec<ects_core::trip::Input> {
+        use ects_core::trip::Input;
+        self.events
+            .iter()
+            .cloned()
+            .map(Input::SealEvent)
+            .chain(self.conflicts.iter().cloned().map(Input::ConflictingEvent))
+            .collect()
+    }
+}
+
 /// Events stored without a trip, from `since` on, of these seals or their devices: they
-/// are assigned to the trip and returned in event-time order.
+/// are assigned to the trip and returned in event-time order, with the conflicting
+/// variants kept of them (assigned to the trip too).
 pub async fn claim_unmatched_for(
     conn: &mut AnyConnection,
     seals: &[&Seal],
     since: DateTime<Utc>,
     trip_id: &str,
-) -> Result<Vec<SealEvent>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let since = ts(since);
     let mut claimed = Vec::new();
+    let mut conflicts = Vec::new();
     for seal in seals {
         let rows = sqlx::query(
             "select event_key, canonical from seal_events
@@ -340,6 +368,29 @@ pub async fn claim_unmatched_for(
             .bind(&key)
             .execute(&mut *conn)
             .await?;
+            for c in sqlx::query(
+                "select conflict_id, canonical from seal_event_conflicts
+                 where conflicts_with = $1 and trip_id is null",
+            )
+            .bind(&key)
+            .fetch_all(&mut *conn)
+            .await?
+            {
+                let conflict_id: String = c.try_get("conflict_id")?;
+                sqlx::query(
+                    "update seal_event_conflicts set trip_id = $1
+                     where conflict_id = $2 and trip_id is null",
+                )
+                .bind(trip_id)
+                .bind(&conflict_id)
+                .execute(&mut *conn)
+                .await?;
+                conflicts.push(ConflictingEvent {
+                    event: from_json("conflicting event", &c.try_get::<String, _>("canonical")?)?,
+                    conflicts_with: key.clone(),
+                    conflict_id,
+                });
+            }
             claimed.push(from_json::<SealEvent>(
                 "seal event",
                 &row.try_get::<String, _>("canonical")?,
@@ -348,7 +399,10 @@ pub async fn claim_unmatched_for(
     }
     claimed.sort_by_key(|e| e.time);
     claimed.dedup_by(|a, b| a == b);
-    Ok(claimed)
+    Ok(Claimed {
+        events: claimed,
+        conflicts,
+    })
 }
 
 /// The sequence number as stored (a signed 64-bit integer): one above [`ects_core::MAX_SEQ`]
@@ -435,6 +489,48 @@ pub async fn insert_event_conflict(
     Ok(done.rows_affected() == 1)
 }
 
+/// How many conflicting variants of the stored event `conflicts_with` are kept.
+pub async fn conflict_variants(
+    conn: &mut AnyConnection,
+    conflicts_with: &str,
+) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query("select count(*) as n from seal_event_conflicts where conflicts_with = $1")
+            .bind(conflicts_with)
+            .fetch_one(conn)
+            .await?
+            .try_get("n")?,
+    )
+}
+
+/// Whether this very conflicting variant is kept already.
+pub async fn conflict_kept(
+    conn: &mut AnyConnection,
+    conflict_id: &str,
+) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query("select 1 from seal_event_conflicts where conflict_id = $1")
+            .bind(conflict_id)
+            .fetch_optional(conn)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Counts a conflicting variant of a stored event that was not kept (past the cap).
+pub async fn count_dropped_conflict(
+    conn: &mut AnyConnection,
+    event_key: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "update seal_events set conflicts_dropped = conflicts_dropped + 1 where event_key = $1",
+    )
+    .bind(event_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn insert_event(
     conn: &mut AnyConnection,
     key: &str,
@@ -496,6 +592,33 @@ pub struct StoredEvent {
     pub event: serde_json::Value,
     pub received_at: String,
     pub message_id: String,
+    /// Conflicting variants kept of this event (listed by `GET /v1/trips/{id}/conflicts`);
+    /// absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts: i64,
+    /// Conflicting variants past the cap, counted only.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts_dropped: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// A conflicting variant of a stored event, as kept: evidence that one of the two is not
+/// genuine.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct StoredConflict {
+    pub conflict_id: String,
+    /// The key of the stored event it contradicts.
+    pub conflicts_with: String,
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+    pub received_at: String,
+    pub message_id: String,
+    /// Who sent it: the sender of its message, and over what.
+    pub sender: String,
+    pub transport: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -600,7 +723,9 @@ impl Store {
     ) -> Result<Vec<(StoredEvent, (String, i64, String))>, StoreError> {
         let rows = sqlx::query(
             "select canonical, received_at, message_id, event_time, coalesce(seq, -1) as seq_key,
-                 event_key
+                 event_key, conflicts_dropped,
+                 (select count(*) from seal_event_conflicts c
+                  where c.conflicts_with = seal_events.event_key) as conflicts
              from seal_events
              where trip_id = $1
                and ($3 is null or event_time > $3
@@ -627,6 +752,54 @@ impl Store {
                         event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
                         received_at: r.try_get("received_at")?,
                         message_id: r.try_get("message_id")?,
+                        conflicts: r.try_get("conflicts")?,
+                        conflicts_dropped: r.try_get("conflicts_dropped")?,
+                    },
+                    key,
+                ))
+            })
+            .collect()
+    }
+
+    /// A trip's kept conflicting events, in event-time order, after `after` (event time,
+    /// conflict id), with their keys for the next page's cursor.
+    pub async fn conflicts_of_trip(
+        &self,
+        trip_id: TripId,
+        after: Option<(String, String)>,
+        limit: i64,
+    ) -> Result<Vec<(StoredConflict, (String, String))>, StoreError> {
+        let rows = sqlx::query(
+            "select c.conflict_id, c.conflicts_with, c.canonical, c.received_at, c.message_id,
+                 c.event_time, m.source, m.transport
+             from seal_event_conflicts c join messages m on m.message_id = c.message_id
+             where c.trip_id = $1
+               and ($3 is null or c.event_time > $3
+                    or (c.event_time = $3 and c.conflict_id > $4))
+             order by c.event_time, c.conflict_id limit $2",
+        )
+        .bind(trip_id.to_string())
+        .bind(limit)
+        .bind(after.as_ref().map(|a| a.0.clone()))
+        .bind(after.as_ref().map(|a| a.1.clone()).unwrap_or_default())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let conflict_id: String = r.try_get("conflict_id")?;
+                let key = (r.try_get::<String, _>("event_time")?, conflict_id.clone());
+                Ok((
+                    StoredConflict {
+                        conflict_id,
+                        conflicts_with: r.try_get("conflicts_with")?,
+                        event: from_json(
+                            "conflicting event",
+                            &r.try_get::<String, _>("canonical")?,
+                        )?,
+                        received_at: r.try_get("received_at")?,
+                        message_id: r.try_get("message_id")?,
+                        sender: r.try_get("source")?,
+                        transport: r.try_get("transport")?,
                     },
                     key,
                 ))

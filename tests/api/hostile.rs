@@ -16,6 +16,12 @@ on_both_backends!(
     one_conflicting_event_does_not_lose_a_genuine_batch,
     event_keys_cannot_collide_and_old_keys_still_match,
     a_flapping_battery_raises_one_alert,
+    a_release_scheduled_more_than_a_week_ahead_is_refused,
+    a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later,
+    conflicting_variants_are_capped_and_replay_nothing,
+    a_trip_whose_rebuild_fails_is_marked_and_rebuilt_later_alone,
+    conflicts_show_on_the_trip_as_evidence,
+    conflicts_of_unmatched_events_move_with_them_to_the_trip,
 );
 
 const I64_MAX: i64 = i64::MAX;
@@ -42,7 +48,7 @@ async fn thresholds_out_of_range_are_refused_with_their_pointer(app: TestApp) {
     assert_eq!(reply.status, 422, "{}", reply.text);
     assert_eq!(reply.pointers(), vec!["/max_gap_s"], "{}", reply.text);
     assert!(
-        reply.text.contains("604800"),
+        reply.text.contains("86400"),
         "names the range: {}",
         reply.text
     );
@@ -67,6 +73,13 @@ async fn thresholds_out_of_range_are_refused_with_their_pointer(app: TestApp) {
         (json!({"zone_fixes": 4_294_967_296_u64}), "/zone_fixes"),
         (json!({"max_gap_s": 1.5}), "/max_gap_s"),
         (json!({"max_gap_s": "900"}), "/max_gap_s"),
+        (json!({"max_gap_s": 86_401}), "/max_gap_s"),
+        (json!({"deviation_min_s": 7_201}), "/deviation_min_s"),
+        (json!({"max_fix_error_m": 5_001}), "/max_fix_error_m"),
+        (
+            json!({"max_alerts_per_window": 1}),
+            "/max_alerts_per_window",
+        ),
     ] {
         let reply = app.put(&format!("/v1/trips/{trip}/rules"), &rules).await;
         assert_eq!(reply.status, 422, "{rules}: {}", reply.text);
@@ -89,7 +102,8 @@ async fn thresholds_out_of_range_are_refused_with_their_pointer(app: TestApp) {
     let reply = app
         .put(
             &format!("/v1/trips/{trip}/rules"),
-            &json!({"max_gap_s": 604_800, "max_stop_s": 60}),
+            &json!({"max_gap_s": 86_400, "max_stop_s": 60, "deviation_min_s": 7_200,
+                    "max_fix_error_m": 5_000, "max_alerts_per_window": 2}),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -500,4 +514,312 @@ async fn a_flapping_battery_raises_one_alert(app: TestApp) {
     let alerts = alerts_of(&app, &trip, "low_battery").await;
     assert_eq!(alerts.len(), 1, "{} low_battery alerts", alerts.len());
     assert_eq!(app.count_where("alerts", "kind = 'low_battery'").await, 1);
+}
+
+/// A release's `valid_from` is at most 7 days after its `issued_at`.
+async fn a_release_scheduled_more_than_a_week_ahead_is_refused(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let release = |id: &str, issued: chrono::DateTime<chrono::Utc>| {
+        json!({"release_id": id, "trip_id": trip, "authority": "GT",
+               "officer": {"id": "GT-OF-1"}, "place": "DEPOT",
+               "valid_from": t(60 * 24 * 8).to_rfc3339(),
+               "valid_until": t(60 * 24 * 8 + 60).to_rfc3339(),
+               "one_time_code": "739201", "issued_at": issued.to_rfc3339()})
+    };
+    let late = t(60 * 24) - chrono::Duration::seconds(1);
+    let reply = app
+        .post(
+            &format!("/v1/trips/{trip}/release"),
+            release("REL-FAR", late).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/valid_from"], "{}", reply.text);
+    assert!(reply.text.contains("7 days"), "{}", reply.text);
+    assert_eq!(app.count("trip_commands").await, 0);
+    let reply = app
+        .post(
+            &format!("/v1/trips/{trip}/release"),
+            release("REL-WEEK", t(60 * 24)).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// A trip whose stored state cannot be read fails its tick the same way every time: it is
+/// looked at again `FAILED_TICK_RETRY_S` later (as the README says), not at every tick,
+/// and the other trips go on.
+async fn a_trip_whose_tick_fails_for_good_is_looked_at_again_an_hour_later(app: TestApp) {
+    use ects_gateway::store::parse_ts;
+    use ects_gateway::tracking::FAILED_TICK_RETRY_S;
+    use sqlx::Row;
+    let mut seq = Seq(0);
+    let broken = rolling(&app, &mut seq).await;
+    let healthy = declare_second_trip(&app).await;
+    post(
+        &app,
+        vec![
+            seq.event(SEAL_B, 0, "locked", DEPARTURE_LON, 0.0),
+            seq.event(SEAL_B, 2, "position", road_lon(2), 0.0),
+            seq.event(SEAL_B, 3, "position", road_lon(3), 0.0),
+        ],
+    )
+    .await;
+    sqlx::query("update trips set engine = '{not json', next_due_at = null where trip_id = $1")
+        .bind(&broken)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    app.tracking.tick_all(t(60)).await.unwrap();
+    let due: Option<String> = sqlx::query("select next_due_at from trips where trip_id = $1")
+        .bind(&broken)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+        .try_get("next_due_at")
+        .unwrap();
+    let due =
+        parse_ts(&due.expect("the failed trip is given a time to be looked at again")).unwrap();
+    assert_eq!(due, t(60) + chrono::Duration::seconds(FAILED_TICK_RETRY_S));
+    let gaps = app
+        .get(&format!(
+            "/v1/alerts?trip={healthy}&status=open&kind=reporting_gap"
+        ))
+        .await
+        .json();
+    assert_eq!(gaps["alerts"].as_array().unwrap().len(), 1, "{gaps}");
+}
+
+/// A device sending variant after variant of one old event: five are kept as evidence, the
+/// rest counted on the stored event (`conflicts_dropped`); none makes the trip replay.
+async fn conflicting_variants_are_capped_and_replay_nothing(app: TestApp) {
+    use sqlx::Row;
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let (s1, d1) = SEAL_1;
+    // Seal 1's stored seq 3 (minute 2, before the trip's latest event at minute 3), seven
+    // times with other content.
+    for k in 1..=7 {
+        let variant = json!({"device_id": d1, "seal_id": s1, "seq": 3, "kind": "position",
+            "time": t(2).to_rfc3339(), "battery_pct": 90,
+            "position": {"lat": LAT + f64::from(k) * 0.001, "lon": road_lon(2), "fix": "gps"}});
+        let reply = app.post_events(variant.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        assert_eq!(reply.json()["events"]["conflicting"], 1, "{}", reply.text);
+        if k > 5 {
+            assert!(reply.text.contains("not kept"), "{}", reply.text);
+        }
+    }
+    assert_eq!(app.count("seal_event_conflicts").await, 5);
+    let dropped: i64 =
+        sqlx::query("select conflicts_dropped from seal_events where device_id = $1 and seq = 3")
+            .bind(d1)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap()
+            .try_get("conflicts_dropped")
+            .unwrap();
+    assert_eq!(dropped, 2);
+    let conflict = alerts_of(&app, &trip, "event_conflict").await;
+    assert_eq!(conflict.len(), 1, "{conflict:?}");
+    assert_eq!(conflict[0]["evidence"].as_array().unwrap().len(), 5);
+    // Taken in as they came, never by a replay of the trip.
+    let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "input.seal_event.conflicting")
+            .count(),
+        5,
+        "{actions:?}"
+    );
+    assert!(!actions.iter().any(|a| a.ends_with(".late")), "{actions:?}");
+    // The same variant again is a duplicate, not one more dropped.
+    let again = json!({"device_id": d1, "seal_id": s1, "seq": 3, "kind": "position",
+        "time": t(2).to_rfc3339(), "battery_pct": 90,
+        "position": {"lat": LAT + 0.001, "lon": road_lon(2), "fix": "gps"}});
+    let reply = app.post_events(again.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(app.count("seal_event_conflicts").await, 5);
+}
+
+async fn rebuild_mark(app: &TestApp, trip: &str) -> Option<String> {
+    use sqlx::Row;
+    sqlx::query("select rebuild_from from trips where trip_id = $1")
+        .bind(trip)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+        .try_get("rebuild_from")
+        .unwrap()
+}
+
+/// A trip whose rebuild fails (one of its stored events cannot be read) is that trip's
+/// problem: the message is taken, the other trip's events applied, the failed trip marked;
+/// once its inputs read again, the ticker rebuilds it and the mark goes.
+async fn a_trip_whose_rebuild_fails_is_marked_and_rebuilt_later_alone(app: TestApp) {
+    use sqlx::Row;
+    let mut seq = Seq(0);
+    let broken = rolling(&app, &mut seq).await;
+    let healthy = declare_second_trip(&app).await;
+    post(
+        &app,
+        vec![
+            seq.event(SEAL_B, 0, "locked", DEPARTURE_LON, 0.0),
+            seq.event(SEAL_B, 2, "position", road_lon(2), 0.0),
+        ],
+    )
+    .await;
+    let (_, d1) = SEAL_1;
+    let row = sqlx::query(
+        "select event_key, canonical from seal_events where device_id = $1 and seq = 3",
+    )
+    .bind(d1)
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    let key: String = row.try_get("event_key").unwrap();
+    let canonical: String = row.try_get("canonical").unwrap();
+    sqlx::query("update seal_events set canonical = '{not json' where event_key = $1")
+        .bind(&key)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    // A late event for the broken trip (it must replay) and one for the healthy trip.
+    let reply = post(
+        &app,
+        vec![
+            seq.event(SEAL_1, 1, "position", road_lon(1), 0.0),
+            seq.event(SEAL_B, 4, "position", road_lon(4), 0.0),
+        ],
+    )
+    .await;
+    assert_eq!(reply["events"]["accepted"], 2, "{reply}");
+    assert_eq!(
+        app.trip(&healthy).await["last_position"]["time"],
+        t(4).to_rfc3339().replace("+00:00", "Z")
+    );
+    assert!(rebuild_mark(&app, &broken).await.is_some());
+    // Still broken: the next input and the ticker leave it marked, the others go on.
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 5, "position", road_lon(5), 0.0)],
+    )
+    .await;
+    let now = chrono::Utc::now();
+    app.tracking.tick_all(now).await.unwrap();
+    assert!(rebuild_mark(&app, &broken).await.is_some());
+    assert_eq!(
+        app.trip(&broken).await["last_position"]["time"],
+        t(3).to_rfc3339().replace("+00:00", "Z")
+    );
+    // Readable again: the ticker (an hour later, as for any trip that failed) rebuilds
+    // it with every stored input.
+    sqlx::query("update seal_events set canonical = $1 where event_key = $2")
+        .bind(&canonical)
+        .bind(&key)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    app.tracking
+        .tick_all(now + chrono::Duration::seconds(ects_gateway::tracking::FAILED_TICK_RETRY_S))
+        .await
+        .unwrap();
+    assert!(rebuild_mark(&app, &broken).await.is_none());
+    assert_eq!(
+        app.trip(&broken).await["last_position"]["time"],
+        t(5).to_rfc3339().replace("+00:00", "Z")
+    );
+}
+
+/// The conflicting variants of a trip's events are evidence: its events say which have
+/// some, and `GET /v1/trips/{id}/conflicts` lists them, paged, with when they came and
+/// who sent them.
+async fn conflicts_show_on_the_trip_as_evidence(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let (s1, d1) = SEAL_1;
+    for k in 1..=3 {
+        let variant = json!({"device_id": d1, "seal_id": s1, "seq": 3, "kind": "position",
+            "time": t(2).to_rfc3339(), "battery_pct": 90,
+            "position": {"lat": LAT + f64::from(k) * 0.001, "lon": road_lon(2), "fix": "gps"}});
+        let reply = app.post_events(variant.to_string()).await;
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    let events = app.get(&format!("/v1/trips/{trip}/events")).await.json();
+    let events = events["events"].as_array().unwrap();
+    let marked: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.get("conflicts").is_some())
+        .collect();
+    assert_eq!(marked.len(), 1, "{events:?}");
+    assert_eq!(marked[0]["seq"], 3);
+    assert_eq!(marked[0]["conflicts"], 3);
+    assert!(marked[0].get("conflicts_dropped").is_none());
+
+    let mut seen = Vec::new();
+    let mut path = format!("/v1/trips/{trip}/conflicts?limit=2");
+    loop {
+        let reply = app.get(&path).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let page = reply.json();
+        for c in page["conflicts"].as_array().unwrap() {
+            assert!(c["conflicts_with"].as_str().unwrap().ends_with(":3"), "{c}");
+            assert_eq!(c["event"]["seq"], 3, "{c}");
+            assert!(c["received_at"].as_str().is_some(), "{c}");
+            assert!(!c["sender"].as_str().unwrap().is_empty(), "{c}");
+            assert!(!c["transport"].as_str().unwrap().is_empty(), "{c}");
+            seen.push(c["conflict_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/trips/{trip}/conflicts?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let reply = app
+        .get(&format!("/v1/trips/{trip}/conflicts?after=zz"))
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+}
+
+/// A device reporting before its declaration: its events wait unmatched, and so do the
+/// conflicting variants of them. The declaration claims both: the conflicts show on the trip.
+async fn conflicts_of_unmatched_events_move_with_them_to_the_trip(app: TestApp) {
+    crate::tracking::register_geometry(&app).await;
+    let (s1, d1) = SEAL_1;
+    let early = |lat_off: f64| {
+        json!({"device_id": d1, "seal_id": s1, "seq": 7, "kind": "position",
+            "time": t(0).to_rfc3339(), "battery_pct": 90,
+            "position": {"lat": LAT + lat_off, "lon": DEPARTURE_LON, "fix": "gps"}})
+    };
+    let reply = app.post_events(early(0.0).to_string()).await;
+    assert_eq!(reply.json()["events"]["unmatched"], 1, "{}", reply.text);
+    let reply = app.post_events(early(0.001).to_string()).await;
+    assert_eq!(reply.json()["events"]["conflicting"], 1, "{}", reply.text);
+
+    let trip = app.declare_gt_sv().await;
+    let conflicts = app.get(&format!("/v1/trips/{trip}/conflicts")).await.json();
+    let conflicts = conflicts["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["event"]["seq"], 7);
+    let events = app.get(&format!("/v1/trips/{trip}/events")).await.json();
+    assert_eq!(events["events"][0]["conflicts"], 1, "{events}");
+    assert_eq!(alerts_of(&app, &trip, "event_conflict").await.len(), 1);
+    assert_eq!(
+        app.count_where("seal_event_conflicts", "trip_id is null")
+            .await,
+        0
+    );
 }

@@ -60,6 +60,7 @@ async fn openapi_lists_every_route(app: TestApp) {
         ("/v1/trips/{id}", "get"),
         ("/v1/trips", "get"),
         ("/v1/trips/{id}/events", "get"),
+        ("/v1/trips/{id}/conflicts", "get"),
         ("/v1/alerts", "get"),
         ("/v1/trips/{id}/release", "post"),
         ("/v1/trips/{id}/handover", "post"),

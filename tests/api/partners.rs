@@ -95,6 +95,7 @@ async fn a_partner_sees_what_its_sharing_rules_allow(backend: Backend) {
     for path in [
         format!("/v1/trips/{operators}"),
         format!("/v1/trips/{operators}/events"),
+        format!("/v1/trips/{operators}/conflicts"),
         format!("/v1/trips/{operators}/audit"),
     ] {
         assert_eq!(

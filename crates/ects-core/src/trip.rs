@@ -217,7 +217,8 @@ rules! {
     /// Consecutive fixes outside the corridor before `route_deviation`...
     deviation_min_fixes: u32 = 3, 1..=1000,
     /// ...and for at least this many seconds (GPS noise makes single fixes stray).
-    deviation_min_s: i64 = 60, 0..=86_400,
+    /// At most 2 h: a truck off its corridor longer than that unreported is no tracking.
+    deviation_min_s: i64 = 60, 0..=7_200,
     /// Consecutive fixes back inside before the deviation clears.
     deviation_clear_fixes: u32 = 2, 1..=1000,
     /// At or below this speed a fix counts as stopped.
@@ -229,7 +230,8 @@ rules! {
     /// A rest area may be used this long.
     max_rest_s: i64 = 4 * 3600, 60..=604_800,
     /// No valid fix for longer than this is `reporting_gap`.
-    max_gap_s: i64 = 900, 10..=604_800,
+    /// At most 24 h: a trip silent for a day must be noticed.
+    max_gap_s: i64 = 900, 10..=86_400,
     /// Faster than this between two fixes is `position_jump`...
     max_speed_kmh: f64 = 160.0, 1..=2000,
     /// ...when the fixes are at least this far apart (jitter on short hops is not a jump).
@@ -241,7 +243,8 @@ rules! {
     /// destination office, or leaving it again (GPS noise near an office is common).
     zone_fixes: u32 = 2, 1..=100,
     /// A fix that says it may be off by more than this is left out of the movement rules.
-    max_fix_error_m: f64 = 500.0, 1..=100_000,
+    /// At most 5 km: a coarser fix (a cell tower's) cannot place a truck on a corridor.
+    max_fix_error_m: f64 = 500.0, 1..=5_000,
     /// A condition that recurs within this many seconds of its alert clearing reopens
     /// that alert instead of raising a new one.
     alert_hold_s: i64 = 600, 0..=86_400,
@@ -250,7 +253,8 @@ rules! {
     /// At most this many raisings (new alerts and reopenings) of one kind for one seal (or
     /// for the trip) within `alert_window_s`; past it, the alert stays open (its clearing is
     /// held) and recurrences add to it.
-    max_alerts_per_window: u32 = 10, 1..=1000,
+    /// At least 2: with 1, the first alert could never clear.
+    max_alerts_per_window: u32 = 10, 2..=1000,
 }
 
 /// A valid fix the rules remember.
@@ -307,9 +311,18 @@ pub struct Track {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub battery_low_at: BTreeMap<String, Timestamp>,
     /// Per alert id, how many times it was reopened (its condition recurred within
-    /// `alert_hold_s` of clearing, or past `max_alerts_per_window`).
+    /// `alert_hold_s` of clearing): each reopening is notified as its own raise.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reopened: BTreeMap<String, u32>,
+    /// Per alert kind and seal (`{kind}/{seal}`, `-` for the trip), the times of its
+    /// raisings (new alerts and reopenings, never clearings) still inside
+    /// `alert_window_s`, at most `max_alerts_per_window` of them: what the cap counts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub raisings: BTreeMap<String, Vec<Timestamp>>,
+    /// Per alert id, since when its condition has ended while its clearing is held (the
+    /// cap of raisings in the window was reached).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, Timestamp>,
 }
 
 /// How recurring alerts are held together (from [`Rules`]): see [`Trip::raise`].
@@ -519,6 +532,11 @@ const MAX_EVIDENCE: usize = 20;
 
 /// Longest release window accepted.
 const MAX_RELEASE_WINDOW_H: i64 = 72;
+
+/// How far ahead of its issue a release may be scheduled: its `valid_from` is at most this
+/// many days after its `issued_at` (a release months ahead is a standing unlock permission,
+/// not a release).
+pub const MAX_RELEASE_SCHEDULE_DAYS: i64 = 7;
 
 /// A trip with its alert history and what the rules remember.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1560,6 +1578,17 @@ impl Trip {
         if release.valid_until <= release.valid_from {
             return Err(refuse("valid_until", "must be after valid_from"));
         }
+        if release.valid_from.signed_duration_since(release.issued_at)
+            > Duration::days(MAX_RELEASE_SCHEDULE_DAYS)
+        {
+            return Err(refuse(
+                "valid_from",
+                format!(
+                    "a release is scheduled at most {MAX_RELEASE_SCHEDULE_DAYS} days after \
+                     its issued_at"
+                ),
+            ));
+        }
         if release
             .valid_until
             .signed_duration_since(release.valid_from)
@@ -1845,9 +1874,10 @@ impl Trip {
     }
 
     /// Clears the open alert of this rule (and seal) because its condition ended, unless
-    /// the condition has recurred `max_alerts_per_window` times: then it is held open (it
-    /// clears once the window has none of those recurrences), so a flapping condition
-    /// cannot raise and clear without end.
+    /// it has been raised `max_alerts_per_window` times within `alert_window_s`: then its
+    /// clearing is held (it stays open, so a flapping condition cannot raise and clear
+    /// without end) until a later end of the condition finds the window freed, or the
+    /// condition recurs once it is (a new, notified alert: see [`Trip::raise`]).
     fn close_open_alert(
         &mut self,
         kind: AlertKind,
@@ -1856,42 +1886,61 @@ impl Trip {
         evidence: &str,
         fx: &mut Vec<Effect>,
     ) {
-        let open = self
+        let Some(open) = self
             .alerts
             .iter()
-            .any(|a| a.kind == kind && a.cleared_at.is_none() && a.seal_id.as_ref() == seal_id);
-        if !open || self.raisings_in_window(kind, seal_id, at) >= self.debounce.max {
+            .find(|a| a.kind == kind && a.cleared_at.is_none() && a.seal_id.as_ref() == seal_id)
+            .map(|a| a.alert_id.to_string())
+        else {
+            return;
+        };
+        if self.raisings_in_window(kind, seal_id, at) >= self.debounce.max {
+            self.track.held.entry(open).or_insert(at);
             return;
         }
         self.settle_open_alert(kind, seal_id, at, evidence, fx);
     }
 
-    /// How many times alerts of this rule (and seal) were raised or reopened in the window
-    /// before `at` (an alert's reopenings count with it while it was raised in the window,
-    /// or while it is the one still being reopened).
-    fn raisings_in_window(&self, kind: AlertKind, seal_id: Option<&SealId>, at: Timestamp) -> u32 {
-        let since = Duration::try_seconds(self.debounce.window_s)
+    fn raising_key(kind: AlertKind, seal_id: Option<&SealId>) -> String {
+        format!("{}/{}", kind.as_str(), seal_id.map_or("-", |s| s.as_str()))
+    }
+
+    /// When a raising at this moment leaves the window.
+    fn window_start(&self, at: Timestamp) -> Timestamp {
+        Duration::try_seconds(self.debounce.window_s)
             .and_then(|w| at.checked_sub_signed(w))
-            .unwrap_or(at);
-        let mut n: u32 = 0;
-        for a in self
-            .alerts
-            .iter()
-            .filter(|a| a.kind == kind && a.seal_id.as_ref() == seal_id)
-        {
-            let reopened = self
-                .track
-                .reopened
-                .get(&a.alert_id.to_string())
-                .copied()
-                .unwrap_or(0);
-            if a.raised_at > since {
-                n = n.saturating_add(1).saturating_add(reopened);
-            } else {
-                n = n.max(reopened);
-            }
+            .unwrap_or(at)
+    }
+
+    /// How many times alerts of this rule (and seal) were raised (new or reopened) in the
+    /// window before `at`. Clearings do not count.
+    fn raisings_in_window(&self, kind: AlertKind, seal_id: Option<&SealId>, at: Timestamp) -> u32 {
+        let since = self.window_start(at);
+        self.track
+            .raisings
+            .get(&Self::raising_key(kind, seal_id))
+            .map_or(0, |times| {
+                u32::try_from(times.iter().filter(|t| **t > since).count()).unwrap_or(u32::MAX)
+            })
+    }
+
+    /// Counts a raising at `at`; the times that left the window are dropped, and no more
+    /// are kept than the cap needs.
+    fn count_raising(&mut self, kind: AlertKind, seal_id: Option<&SealId>, at: Timestamp) {
+        let since = self.window_start(at);
+        let keep = usize::try_from(self.debounce.max).unwrap_or(usize::MAX);
+        let times = self
+            .track
+            .raisings
+            .entry(Self::raising_key(kind, seal_id))
+            .or_default();
+        times.retain(|t| *t > since);
+        times.push(at);
+        times.sort();
+        if times.len() > keep {
+            let extra = times.len() - keep;
+            times.drain(..extra);
         }
-        n
     }
 
     /// Clears the open alert of this rule (and seal) whatever its recurrences: the trip
@@ -1909,6 +1958,9 @@ impl Trip {
         }) else {
             return;
         };
+        self.track
+            .held
+            .remove(&self.alerts[index].alert_id.to_string());
         let alert = &mut self.alerts[index];
         if at < alert.raised_at {
             // Raised by the clock (a gap, a stop, the time limit) for a moment the condition
@@ -1941,7 +1993,24 @@ impl Trip {
         point: Option<LatLon>,
         detail: String,
     ) {
-        let trip_id = self.status.trip_id;
+        let window_full = self.raisings_in_window(kind, seal_id, at) >= self.debounce.max;
+        let held = self
+            .open_alert_mut(kind, seal_id)
+            .map(|a| a.alert_id.to_string())
+            .and_then(|id| self.track.held.get(&id).copied().map(|since| (id, since)));
+        if let Some((id, ended)) = held {
+            if window_full {
+                // Still past the cap: the held alert takes the recurrence in.
+                self.track.held.remove(&id);
+            } else {
+                // The window has freed since its condition ended: the held alert clears
+                // at that end, and the recurrence is an alert of its own, with its own
+                // time and place, told to partners like any other.
+                self.settle_open_alert(kind, seal_id, ended, evidence, fx);
+                self.raise_new(fx, kind, severity, seal_id, evidence, at, point, detail);
+                return;
+            }
+        }
         if let Some(alert) = self.open_alert_mut(kind, seal_id) {
             // Evidence is the events that raised and sustained it, up to a bound: a
             // condition that lasts days must not grow the alert with every report.
@@ -1968,7 +2037,8 @@ impl Trip {
                     cleared <= at
                         && after(cleared, self.debounce.hold_s).is_some_and(|until| at <= until)
                 });
-            if soon || self.raisings_in_window(kind, seal_id, at) >= self.debounce.max {
+            if soon || window_full {
+                self.count_raising(kind, seal_id, at);
                 let count = self
                     .track
                     .reopened
@@ -1988,6 +2058,24 @@ impl Trip {
                 return;
             }
         }
+        self.raise_new(fx, kind, severity, seal_id, evidence, at, point, detail);
+    }
+
+    /// A new alert of this rule (and seal), counted as a raising.
+    #[allow(clippy::too_many_arguments)]
+    fn raise_new(
+        &mut self,
+        fx: &mut Vec<Effect>,
+        kind: AlertKind,
+        severity: Severity,
+        seal_id: Option<&SealId>,
+        evidence: &str,
+        at: Timestamp,
+        point: Option<LatLon>,
+        detail: String,
+    ) {
+        let trip_id = self.status.trip_id;
+        self.count_raising(kind, seal_id, at);
         let seal = seal_id.map_or("-", |s| s.as_str());
         // The same condition may recur after it cleared: each occurrence its own id.
         let occurrence = self
@@ -2027,12 +2115,55 @@ pub fn reconcile(old: &Trip, new: &Trip, now: Timestamp) -> Vec<Effect> {
             at: now,
         });
     }
+    let reopenings = |trip: &Trip, alert: &Alert| {
+        trip.track
+            .reopened
+            .get(&alert.alert_id.to_string())
+            .copied()
+            .unwrap_or(0)
+    };
     for alert in &new.alerts {
-        match old.alerts.iter().find(|a| a.alert_id == alert.alert_id) {
+        let before = old.alerts.iter().find(|a| a.alert_id == alert.alert_id);
+        // Reopened since (cleared → open, or cleared and open again in between): a raise,
+        // notified as the live path notifies it (`alert/{id}/raised/{n}`).
+        if let Some(before) = before
+            && reopenings(new, alert) > reopenings(old, before)
+        {
+            fx.push(Effect::AlertRaised {
+                alert: Alert {
+                    cleared_at: None,
+                    ..alert.clone()
+                },
+            });
+            if alert.cleared_at.is_some() {
+                fx.push(Effect::AlertCleared {
+                    alert: alert.clone(),
+                });
+            }
+            continue;
+        }
+        match before {
+            // Raised and, in the replay, cleared already: both told, as live.
+            None if alert.cleared_at.is_some() => {
+                fx.push(Effect::AlertRaised {
+                    alert: Alert {
+                        cleared_at: None,
+                        ..alert.clone()
+                    },
+                });
+                fx.push(Effect::AlertCleared {
+                    alert: alert.clone(),
+                });
+            }
             None => fx.push(Effect::AlertRaised {
                 alert: alert.clone(),
             }),
             Some(before) if before == alert => {}
+            Some(before) if before.cleared_at.is_some() && alert.cleared_at.is_none() => {
+                fx.push(Effect::AlertRaised {
+                    alert: alert.clone(),
+                });
+            }
             Some(before) if before.cleared_at.is_none() && alert.cleared_at.is_some() => {
                 fx.push(Effect::AlertCleared {
                     alert: alert.clone(),

@@ -652,6 +652,19 @@ fn release_authorizations_are_checked() {
             "{place}"
         );
     }
+    // Scheduled more than 7 days after it was issued: refused; 7 days exactly is taken.
+    let mut far = s.release("DEPOT", 0.0, 60.0);
+    far.release_id = "R-FAR".into();
+    far.issued_at = far.valid_from - chrono::Duration::days(7) - chrono::Duration::seconds(1);
+    assert_eq!(
+        s.input(Input::Release(far.clone()), Scenario::at(1.0))
+            .unwrap_err()
+            .field,
+        "valid_from"
+    );
+    far.release_id = "R-WEEK".into();
+    far.issued_at = far.valid_from - chrono::Duration::days(7);
+    s.input(Input::Release(far), Scenario::at(1.0)).unwrap();
     let mut short_code = s.release("DEPOT", 0.0, 60.0);
     short_code.one_time_code = "12".into();
     assert_eq!(
@@ -1181,12 +1194,23 @@ fn thresholds_outside_their_range_are_refused_with_their_pointer() {
         (json!({"max_gap_s": 2.5}), "/max_gap_s"),
         (json!({"max_gap_s": true}), "/max_gap_s"),
         (json!({"no_such_rule": 1}), "/no_such_rule"),
+        // The lowered ceilings (and the raised floor of the cap).
+        (json!({"max_gap_s": 86_401}), "/max_gap_s"),
+        (json!({"deviation_min_s": 7_201}), "/deviation_min_s"),
+        (json!({"max_fix_error_m": 5_000.5}), "/max_fix_error_m"),
+        (
+            json!({"max_alerts_per_window": 1}),
+            "/max_alerts_per_window",
+        ),
     ] {
         let e = RulesOverride::parse(&value).unwrap_err();
         assert_eq!(e.pointer, pointer, "{value}: {e}");
     }
-    let over = RulesOverride::parse(&json!({"max_gap_s": 604_800, "max_stop_s": null})).unwrap();
-    assert_eq!(over.max_gap_s, Some(604_800));
+    let over = RulesOverride::parse(&json!({"max_gap_s": 86_400, "max_stop_s": null,
+        "deviation_min_s": 7_200, "max_fix_error_m": 5_000, "max_alerts_per_window": 2}))
+    .unwrap();
+    assert_eq!(over.max_gap_s, Some(86_400));
+    assert_eq!(over.max_alerts_per_window, Some(2));
     assert_eq!(over.max_stop_s, None);
     assert!(Rules::default().check().is_ok());
     for (name, lo, hi) in Rules::RANGES {
@@ -1226,7 +1250,7 @@ fn thresholds_stored_out_of_range_do_not_panic_the_engine() {
         // The engine works with the thresholds brought inside their ranges.
         let used = s.trip.rules_for(&s.geo, &s.rules);
         assert!(used.check().is_ok(), "{used:?}");
-        assert_eq!(used.max_gap_s, 604_800);
+        assert_eq!(used.max_gap_s, 86_400);
     }
 }
 
@@ -1314,4 +1338,179 @@ fn a_condition_that_recurs_at_once_reopens_its_alert() {
     let deviations = s.all(AlertKind::RouteDeviation);
     assert_eq!(deviations.len(), 1, "{deviations:?}");
     assert!(deviations[0].cleared_at.is_some());
+}
+
+/// Thresholds that make the alert debounce show in a few readings: a window of an hour,
+/// three raisings in it, the battery clearing at once.
+fn tight_debounce(hold_s: i64, max: u32) -> Rules {
+    Rules {
+        low_battery_clear_s: 0,
+        alert_hold_s: hold_s,
+        alert_window_s: 3600,
+        max_alerts_per_window: max,
+        ..Rules::default()
+    }
+}
+
+fn battery(seq: u64, minute: f64, level: u8) -> SealEvent {
+    serde_json::from_value(json!({
+        "device_id": "D1", "seq": seq, "kind": "position",
+        "time": Scenario::at(minute).to_rfc3339(), "battery_pct": level,
+        "position": {"lat": LAT, "lon": START_LON + minute * DEG_PER_MIN, "fix": "gps"}}))
+    .unwrap()
+}
+
+impl Scenario {
+    fn battery_at(&mut self, minute: f64, level: u8) -> Vec<Effect> {
+        self.seq += 1;
+        let event = battery(self.seq, minute, level);
+        self.input(Input::SealEvent(event), Self::at(minute))
+            .unwrap()
+    }
+}
+
+/// Past the cap the alert is held open; once the window has freed, a recurrence is a new
+/// alert with its own time and place, raised (and so told to partners), and the held one
+/// clears when its condition ended.
+#[test]
+fn a_recurrence_after_the_cap_is_a_new_raise_once_the_window_frees() {
+    let mut s = Scenario::new();
+    s.rules = tight_debounce(0, 3);
+    for m in [2.0, 4.0, 6.0] {
+        s.battery_at(m, 10);
+        s.battery_at(m + 1.0, 90);
+    }
+    // Three raisings in the window: the third alert is held open.
+    assert_eq!(s.all(AlertKind::LowBattery).len(), 3);
+    assert_eq!(s.open(AlertKind::LowBattery).len(), 1);
+    s.battery_at(8.0, 10);
+    s.battery_at(9.0, 90);
+    assert_eq!(s.all(AlertKind::LowBattery).len(), 3);
+    let held = s.open(AlertKind::LowBattery)[0].alert_id;
+    // An hour on, the window is free: the recurrence is raised as its own alert.
+    let fx = s.battery_at(75.0, 10);
+    let raised: Vec<&Alert> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::AlertRaised { alert } => Some(alert),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(raised.len(), 1, "{fx:?}");
+    assert_ne!(raised[0].alert_id, held);
+    assert_eq!(raised[0].raised_at, Scenario::at(75.0));
+    let position = raised[0].position.unwrap();
+    assert!((position.lon - (START_LON + 75.0 * DEG_PER_MIN)).abs() < 1e-9);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Notify { .. })));
+    let cleared = s
+        .all(AlertKind::LowBattery)
+        .into_iter()
+        .find(|a| a.alert_id == held)
+        .unwrap();
+    assert_eq!(cleared.cleared_at, Some(Scenario::at(9.0)));
+}
+
+/// The cap counts raisings inside the window only: reopenings of an alert raised long ago
+/// do not hold a new alert open.
+#[test]
+fn the_cap_counts_only_raisings_inside_the_window() {
+    let mut s = Scenario::new();
+    s.rules = tight_debounce(600, 4);
+    // One alert, reopened twice (within the hold), cleared.
+    for m in [2.0, 4.0, 6.0] {
+        s.battery_at(m, 10);
+        s.battery_at(m + 1.0, 90);
+    }
+    assert_eq!(s.all(AlertKind::LowBattery).len(), 1);
+    assert!(s.open(AlertKind::LowBattery).is_empty());
+    // Hours later: a new alert, reopened once; two raisings in the window, so it clears.
+    s.battery_at(100.0, 10);
+    s.battery_at(101.0, 90);
+    s.battery_at(102.0, 10);
+    s.battery_at(103.0, 90);
+    assert_eq!(s.all(AlertKind::LowBattery).len(), 2);
+    assert!(
+        s.open(AlertKind::LowBattery).is_empty(),
+        "{:?}",
+        s.open(AlertKind::LowBattery)
+    );
+}
+
+/// The notification id of an alert's latest raise, as the trip names it.
+fn raise_notification(trip: &Trip, alert: &Alert) -> String {
+    let n = trip
+        .track
+        .reopened
+        .get(&alert.alert_id.to_string())
+        .copied()
+        .unwrap_or(0);
+    let phase = if n > 0 {
+        format!("raised/{n}")
+    } else {
+        "raised".to_owned()
+    };
+    uuid::Uuid::new_v5(
+        &trip.status.trip_id.0,
+        format!("alert/{}/{phase}", alert.alert_id).as_bytes(),
+    )
+    .to_string()
+}
+
+/// The same readings live, in order, and shuffled (late ones replayed and reconciled) give
+/// the same alerts, and every raise (a reopening too) is told in both.
+#[test]
+fn debounced_alerts_are_the_same_live_and_replayed() {
+    let events: Vec<SealEvent> = (0..60_u32)
+        .map(|k| {
+            let minute = 2.0 + f64::from(k) * 4.0;
+            // Short dips back (a reopening) and long ones (a new alert), often enough
+            // that the cap holds some.
+            let level = if [0, 1, 3, 4, 9].contains(&(k % 10)) {
+                10
+            } else {
+                90
+            };
+            battery(u64::from(k) + 1, minute, level)
+        })
+        .collect();
+    let now = Scenario::at(600.0);
+    let run = |order: &[usize]| {
+        let mut engine = Engine::new(Arc::new(geography()), tight_debounce(600, 3));
+        let id = TripId(uuid::Uuid::nil());
+        engine.declare(id, declaration(), t0());
+        let mut told = std::collections::BTreeSet::new();
+        for &i in order {
+            for e in engine
+                .apply(id, Input::SealEvent(events[i].clone()), now)
+                .unwrap()
+            {
+                if let Effect::Notify { notification } = e {
+                    told.insert(notification.notification_id);
+                }
+            }
+        }
+        (engine.trip(&id).unwrap().clone(), told)
+    };
+    let in_order: Vec<usize> = (0..events.len()).collect();
+    let (live, live_told) = run(&in_order);
+    // A fixed shuffle: every third reading arrives after the ones that follow it.
+    let mut shuffled: Vec<usize> = in_order.iter().copied().filter(|i| i % 3 != 1).collect();
+    let late: Vec<usize> = in_order.iter().copied().filter(|i| i % 3 == 1).collect();
+    for (k, i) in late.into_iter().enumerate() {
+        shuffled.insert((k * 2 + 4).min(shuffled.len()), i);
+    }
+    let (replayed, replayed_told) = run(&shuffled);
+    assert!(live.alerts.len() >= 3, "{:?}", live.alerts);
+    assert!(!live.track.reopened.is_empty());
+    assert_eq!(
+        serde_json::to_value(&live.alerts).unwrap(),
+        serde_json::to_value(&replayed.alerts).unwrap()
+    );
+    assert_eq!(live.track.raisings, replayed.track.raisings);
+    assert_eq!(live.track.reopened, replayed.track.reopened);
+    for alert in &live.alerts {
+        let id = raise_notification(&live, alert);
+        assert!(live_told.contains(&id), "live: {alert:?}");
+        assert!(replayed_told.contains(&id), "replayed: {alert:?}");
+    }
 }
