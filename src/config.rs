@@ -56,6 +56,72 @@ pub struct Settings {
     pub partners: Vec<crate::partners::PartnerConfig>,
     /// The office registry: what an office not in it gets.
     pub offices: OfficesSettings,
+    /// How long the raw bodies of rejected messages are kept.
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: how long the raw body of a message the gateway refused is kept. The
+/// record of the attempt (sender, time, reason, SHA-256, size) is kept for good; accepted
+/// messages are evidence of trips and are never purged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a rejected message's body is kept, `RETENTION_DAYS`.
+    pub rejected_body_days: u32,
+    /// Most bytes of rejected bodies kept per sender (`source`); past it the oldest go
+    /// first, whatever their age. `RETENTION_MAX_BYTES`.
+    pub rejected_body_max_bytes: u64,
+    /// How often the sweeper looks, in seconds; 0 turns it off. `RETENTION_SWEEP_S`.
+    pub sweep_interval_s: u64,
+}
+
+impl RetentionSettings {
+    pub const RETENTION_DAYS: std::ops::RangeInclusive<u32> = 1..=3_650;
+    pub const RETENTION_MAX_BYTES: std::ops::RangeInclusive<u64> = 1..=(1 << 40);
+    pub const RETENTION_SWEEP_S: std::ops::RangeInclusive<u64> = 0..=86_400;
+
+    fn check(&self) -> Result<(), ConfigError> {
+        fn within<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            value: T,
+            range: std::ops::RangeInclusive<T>,
+        ) -> Result<(), ConfigError> {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "retention.{key} = {value} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                )))
+            }
+        }
+        within(
+            "rejected_body_days",
+            self.rejected_body_days,
+            Self::RETENTION_DAYS,
+        )?;
+        within(
+            "rejected_body_max_bytes",
+            self.rejected_body_max_bytes,
+            Self::RETENTION_MAX_BYTES,
+        )?;
+        within(
+            "sweep_interval_s",
+            self.sweep_interval_s,
+            Self::RETENTION_SWEEP_S,
+        )
+    }
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            rejected_body_days: 30,
+            rejected_body_max_bytes: 256 * 1024 * 1024,
+            sweep_interval_s: 600,
+        }
+    }
 }
 
 /// `[offices]`: the office registry's policy.
@@ -186,6 +252,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             partners: Vec::new(),
             offices: OfficesSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -323,6 +390,7 @@ impl Settings {
             ));
         }
         crate::partners::check(&self.partners).map_err(ConfigError::Invalid)?;
+        self.retention.check()?;
         self.rules
             .check()
             .map_err(|e| ConfigError::Invalid(format!("rules{}: {}", e.pointer, e.reason)))?;
@@ -365,6 +433,52 @@ mod tests {
         let msg = args("amqps://broker:5671").load().unwrap_err().to_string();
         assert!(msg.contains("amqps:// is not supported"), "{msg}");
         assert!(args("http://broker").load().is_err());
+    }
+
+    #[test]
+    fn retention_is_checked_at_start_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ects.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            ConfigArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            }
+            .load()
+        };
+        let s =
+            load("[retention]\nrejected_body_days = 7\nrejected_body_max_bytes = 1000\n").unwrap();
+        assert_eq!(s.retention.rejected_body_days, 7);
+        assert_eq!(s.retention.rejected_body_max_bytes, 1000);
+        assert_eq!(s.retention.sweep_interval_s, 600);
+        for (text, key) in [
+            (
+                "rejected_body_days = 0",
+                "retention.rejected_body_days = 0 is outside 1..=3650",
+            ),
+            (
+                "rejected_body_days = 3651",
+                "retention.rejected_body_days = 3651",
+            ),
+            (
+                "rejected_body_max_bytes = 0",
+                "retention.rejected_body_max_bytes = 0",
+            ),
+            (
+                "sweep_interval_s = 86401",
+                "retention.sweep_interval_s = 86401",
+            ),
+        ] {
+            let msg = load(&format!("[retention]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+        let msg = load("[retention]\nrejected_body_days = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("rejected_body_days"), "{msg}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod outbox_load;
 mod paging;
 mod partners;
 mod push;
+mod retention;
 mod slow_clients;
 mod status;
 mod suite;
