@@ -181,6 +181,9 @@ pub struct HttpSettings {
     pub client_request_timeout_ms: u64,
     /// Longest a closing connection may take to shut down, in milliseconds.
     pub client_disconnect_timeout_ms: u64,
+    /// Documents decoded at once (HTTP and AMQP), each on the blocking pool, off the
+    /// async workers; 1 to 1024, default the number of CPUs.
+    pub decode_workers: usize,
 }
 
 impl Default for HttpSettings {
@@ -192,6 +195,7 @@ impl Default for HttpSettings {
             max_connections: 2_048,
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 5_000,
+            decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -391,6 +395,12 @@ impl Settings {
         }
         crate::partners::check(&self.partners).map_err(ConfigError::Invalid)?;
         self.retention.check()?;
+        if !(1..=1_024).contains(&self.http.decode_workers) {
+            return Err(ConfigError::Invalid(format!(
+                "http.decode_workers = {} is outside 1..=1024",
+                self.http.decode_workers
+            )));
+        }
         self.rules
             .check()
             .map_err(|e| ConfigError::Invalid(format!("rules{}: {}", e.pointer, e.reason)))?;

@@ -133,7 +133,7 @@ impl Metrics {
             Err(
                 IngestError::Document(_) | IngestError::Conflict(_) | IngestError::Forbidden(_),
             ) => "rejected",
-            Err(IngestError::Store(_)) => "failed",
+            Err(IngestError::Store(_) | IngestError::Pool(_)) => "failed",
         };
         self.messages_in
             .get_or_create(&MessageLabels {

@@ -200,7 +200,11 @@ impl Application {
             Arc::new(Tracking::new(store.clone(), settings.rules).with_recipients(recipients));
         let tick_interval = settings.tick_interval_s;
         let metrics = Arc::new(Metrics::default());
-        let ingest = Ingest::new(store.clone(), tracking.clone());
+        let ingest = Ingest::new(
+            store.clone(),
+            tracking.clone(),
+            crate::decode::DecodePool::new(settings.http.decode_workers),
+        );
         let (supervisor, broker) = match &settings.amqp_url {
             Some(url) => {
                 let (supervisor, broker) = Supervisor::new(

@@ -60,6 +60,7 @@ impl From<IngestError> for ApiError {
             IngestError::Conflict(l) => ApiError::Conflict(Box::new(l)),
             IngestError::Forbidden(l) => ApiError::Forbidden(l.detail),
             IngestError::Store(s) => s.into(),
+            IngestError::Pool(e) => ApiError::Internal(Box::new(e)),
         }
     }
 }

@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod contract;
 mod declarations;
+mod decode_pool;
 mod events;
 mod geometry;
 mod hostile;
