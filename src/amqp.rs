@@ -376,7 +376,12 @@ impl Consumer {
         let result = self
             .inbound
             .ingest
-            .ingest(format.as_ref(), body, source, Utc::now())
+            .ingest(
+                format.clone(),
+                actix_web::web::Bytes::copy_from_slice(body),
+                source,
+                Utc::now(),
+            )
             .await;
         self.inbound.metrics.message_in(format.id(), &result);
         match result {
@@ -411,6 +416,14 @@ impl Consumer {
             }
             // Stored data the gateway cannot read will not heal by waiting.
             Err(IngestError::Store(e @ crate::store::StoreError::Corrupt(_))) => {
+                let rejection = Rejection {
+                    status: 500,
+                    problems: vec![Located::pointer("", crate::telemetry::error_chain(&e))],
+                };
+                self.dead_letter(delivery, &transport_id, &rejection).await
+            }
+            // A decoder that panicked will panic again: kept aside, not retried.
+            Err(IngestError::Pool(e)) => {
                 let rejection = Rejection {
                     status: 500,
                     problems: vec![Located::pointer("", crate::telemetry::error_chain(&e))],

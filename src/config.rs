@@ -56,6 +56,72 @@ pub struct Settings {
     pub partners: Vec<crate::partners::PartnerConfig>,
     /// The office registry: what an office not in it gets.
     pub offices: OfficesSettings,
+    /// How long the raw bodies of rejected messages are kept.
+    pub retention: RetentionSettings,
+}
+
+/// `[retention]`: how long the raw body of a message the gateway refused is kept. The
+/// record of the attempt (sender, time, reason, SHA-256, size) is kept for good; accepted
+/// messages are evidence of trips and are never purged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Days a rejected message's body is kept, `RETENTION_DAYS`.
+    pub rejected_body_days: u32,
+    /// Most bytes of rejected bodies kept per sender (`source`); past it the oldest go
+    /// first, whatever their age. `RETENTION_MAX_BYTES`.
+    pub rejected_body_max_bytes: u64,
+    /// How often the sweeper looks, in seconds; 0 turns it off. `RETENTION_SWEEP_S`.
+    pub sweep_interval_s: u64,
+}
+
+impl RetentionSettings {
+    pub const RETENTION_DAYS: std::ops::RangeInclusive<u32> = 1..=3_650;
+    pub const RETENTION_MAX_BYTES: std::ops::RangeInclusive<u64> = 1..=(1 << 40);
+    pub const RETENTION_SWEEP_S: std::ops::RangeInclusive<u64> = 0..=86_400;
+
+    fn check(&self) -> Result<(), ConfigError> {
+        fn within<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            value: T,
+            range: std::ops::RangeInclusive<T>,
+        ) -> Result<(), ConfigError> {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid(format!(
+                    "retention.{key} = {value} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                )))
+            }
+        }
+        within(
+            "rejected_body_days",
+            self.rejected_body_days,
+            Self::RETENTION_DAYS,
+        )?;
+        within(
+            "rejected_body_max_bytes",
+            self.rejected_body_max_bytes,
+            Self::RETENTION_MAX_BYTES,
+        )?;
+        within(
+            "sweep_interval_s",
+            self.sweep_interval_s,
+            Self::RETENTION_SWEEP_S,
+        )
+    }
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            rejected_body_days: 30,
+            rejected_body_max_bytes: 256 * 1024 * 1024,
+            sweep_interval_s: 600,
+        }
+    }
 }
 
 /// `[offices]`: the office registry's policy.
@@ -115,6 +181,9 @@ pub struct HttpSettings {
     pub client_request_timeout_ms: u64,
     /// Longest a closing connection may take to shut down, in milliseconds.
     pub client_disconnect_timeout_ms: u64,
+    /// Documents decoded at once (HTTP and AMQP), each on the blocking pool, off the
+    /// async workers; 1 to 1024, default the number of CPUs.
+    pub decode_workers: usize,
 }
 
 impl Default for HttpSettings {
@@ -126,6 +195,7 @@ impl Default for HttpSettings {
             max_connections: 2_048,
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 5_000,
+            decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -235,6 +305,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             partners: Vec::new(),
             offices: OfficesSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -367,6 +438,13 @@ impl Settings {
         }
         self.outbox.check(self.amqp.confirm_timeout_ms)?;
         crate::partners::check(&self.partners).map_err(ConfigError::Invalid)?;
+        self.retention.check()?;
+        if !(1..=1_024).contains(&self.http.decode_workers) {
+            return Err(ConfigError::Invalid(format!(
+                "http.decode_workers = {} is outside 1..=1024",
+                self.http.decode_workers
+            )));
+        }
         self.rules
             .check()
             .map_err(|e| ConfigError::Invalid(format!("rules{}: {}", e.pointer, e.reason)))?;
@@ -439,6 +517,52 @@ mod tests {
         settings.amqp.confirm_timeout_ms = 40_000;
         let msg = settings.check().unwrap_err().to_string();
         assert!(msg.contains("outbox.lease_s = 60"), "{msg}");
+    }
+
+    #[test]
+    fn retention_is_checked_at_start_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ects.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            ConfigArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            }
+            .load()
+        };
+        let s =
+            load("[retention]\nrejected_body_days = 7\nrejected_body_max_bytes = 1000\n").unwrap();
+        assert_eq!(s.retention.rejected_body_days, 7);
+        assert_eq!(s.retention.rejected_body_max_bytes, 1000);
+        assert_eq!(s.retention.sweep_interval_s, 600);
+        for (text, key) in [
+            (
+                "rejected_body_days = 0",
+                "retention.rejected_body_days = 0 is outside 1..=3650",
+            ),
+            (
+                "rejected_body_days = 3651",
+                "retention.rejected_body_days = 3651",
+            ),
+            (
+                "rejected_body_max_bytes = 0",
+                "retention.rejected_body_max_bytes = 0",
+            ),
+            (
+                "sweep_interval_s = 86401",
+                "retention.sweep_interval_s = 86401",
+            ),
+        ] {
+            let msg = load(&format!("[retention]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{text}: {msg}");
+        }
+        let msg = load("[retention]\nrejected_body_days = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("rejected_body_days"), "{msg}");
     }
 
     #[test]

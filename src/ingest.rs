@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::formats::{Decoded, Format, Inbound, MessageFunction};
+use actix_web::web::Bytes;
+
+use crate::formats::{Decoded, Format, Formats, Inbound, MessageFunction};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
 use crate::tracking::{AuditItem, CommandFailure, Tracking, append_audit};
@@ -149,6 +151,9 @@ pub enum IngestError {
     Forbidden(Located),
     #[error("storage failed")]
     Store(#[from] StoreError),
+    /// The decode job did not finish (it panicked): a bug, not the sender's fault.
+    #[error("the decode pool failed")]
+    Pool(#[from] crate::decode::DecodeFailed),
 }
 
 /// A declaration opens a trip only if it names something sealed: a seal, or a container
@@ -196,6 +201,7 @@ const MAX_ATTEMPTS: usize = 5;
 pub struct Ingest {
     store: Store,
     tracking: Arc<Tracking>,
+    decode: crate::decode::DecodePool,
 }
 
 struct Message<'a> {
@@ -238,23 +244,108 @@ fn canonical<T: Serialize>(value: &T) -> String {
 }
 
 impl Ingest {
-    pub fn new(store: Store, tracking: Arc<Tracking>) -> Self {
-        Self { store, tracking }
+    pub fn new(store: Store, tracking: Arc<Tracking>, decode: crate::decode::DecodePool) -> Self {
+        Self {
+            store,
+            tracking,
+            decode,
+        }
     }
 
+    /// The bounded pool documents are decoded on.
+    pub fn decode_pool(&self) -> &crate::decode::DecodePool {
+        &self.decode
+    }
+
+    /// Takes a message in a known format. The body is hashed and decoded in one job on
+    /// the decode pool, off the async workers.
     #[tracing::instrument(skip_all, fields(format = format.id(), message_id))]
     pub async fn ingest(
         &self,
-        format: &dyn Format,
+        format: Arc<dyn Format>,
+        body: Bytes,
+        source: Source<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, IngestError> {
+        let format_id = format.id().to_owned();
+        let job_body = body.clone();
+        let (sha256, decoded) = self
+            .decode
+            .run(move || {
+                let sha256 = hex::encode(Sha256::digest(&job_body));
+                (sha256, format.decode(&job_body).and_then(trackable))
+            })
+            .await?;
+        self.apply(&format_id, &body, sha256, decoded, source, now)
+            .await
+    }
+
+    /// Takes a message whose format is detected from the document: detection and decoding
+    /// run as one job on the decode pool. The format id that read it (`unknown` when none
+    /// did: the document is kept as rejected evidence) comes with the result.
+    #[tracing::instrument(skip_all, fields(format = tracing::field::Empty, message_id))]
+    pub async fn ingest_detected(
+        &self,
+        formats: &Formats,
+        body: Bytes,
+        source: Source<'_>,
+        now: DateTime<Utc>,
+    ) -> (String, Result<Answer, IngestError>) {
+        let job_formats = formats.clone();
+        let job_body = body.clone();
+        let job = self
+            .decode
+            .run(move || {
+                let sha256 = hex::encode(Sha256::digest(&job_body));
+                let decoded = job_formats.detect(&job_body).cloned().map(|format| {
+                    let decoded = format.decode(&job_body).and_then(trackable);
+                    (format.id().to_owned(), decoded)
+                });
+                (sha256, decoded)
+            })
+            .await;
+        let (sha256, decoded) = match job {
+            Ok(done) => done,
+            Err(e) => return ("unknown".into(), Err(e.into())),
+        };
+        let Some((format_id, decoded)) = decoded else {
+            let problem = DocumentError::Invalid(vec![Located::pointer(
+                "",
+                format!(
+                    "no registered format recognises this document (known: {})",
+                    formats.ids().join(", ")
+                ),
+            )]);
+            let recorded = self
+                .record_unrecognised(&body, sha256, source, now, &problem)
+                .await;
+            return (
+                "unknown".into(),
+                recorded.and(Err(IngestError::Document(problem))),
+            );
+        };
+        tracing::Span::current().record("format", format_id.as_str());
+        let result = self
+            .apply(&format_id, &body, sha256, decoded, source, now)
+            .await;
+        (format_id, result)
+    }
+
+    /// Stores a decoded (or refused) message and applies it.
+    async fn apply(
+        &self,
+        format_id: &str,
         body: &[u8],
+        sha256: String,
+        decoded: Result<Decoded, DocumentError>,
         source: Source<'_>,
         now: DateTime<Utc>,
     ) -> Result<Answer, IngestError> {
         let message = Message {
             id: Uuid::now_v7().to_string(),
-            format: format.id(),
+            format: format_id,
             body,
-            sha256: hex::encode(Sha256::digest(body)),
+            sha256,
             source,
             now,
             unmapped: None,
@@ -263,7 +354,7 @@ impl Ingest {
 
         // Decoded first, so that a document the endpoint does not take is refused even if
         // the same bytes were once accepted elsewhere.
-        let decoded = match format.decode(body).and_then(trackable) {
+        let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) => {
                 self.record_rejected(&message, &problem_json(&e)).await?;
@@ -316,9 +407,10 @@ impl Ingest {
     }
 
     /// Keeps, as evidence, a document that no format recognised.
-    pub async fn record_unrecognised(
+    async fn record_unrecognised(
         &self,
         body: &[u8],
+        sha256: String,
         source: Source<'_>,
         now: DateTime<Utc>,
         problem: &DocumentError,
@@ -327,7 +419,7 @@ impl Ingest {
             id: Uuid::now_v7().to_string(),
             format: "unknown",
             body,
-            sha256: hex::encode(Sha256::digest(body)),
+            sha256,
             source,
             now,
             unmapped: None,

@@ -4,6 +4,7 @@ pub mod amqp;
 pub mod cli;
 pub mod config;
 pub mod cursor;
+pub mod decode;
 pub mod formats;
 pub mod http;
 pub mod ingest;

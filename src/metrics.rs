@@ -43,6 +43,8 @@ pub struct Metrics {
     http_duration: DurationFamily,
     messages_in: Family<MessageLabels, Counter>,
     outbox_attempts: Family<OutboxLabels, Counter>,
+    rejected_bodies_purged: Counter,
+    rejected_body_bytes_purged: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,8 +85,22 @@ impl Default for Metrics {
             "Outbound deliveries tried, by channel and result (sent, retry, parked)",
             outbox_attempts.clone(),
         );
+        let rejected_bodies_purged = Counter::default();
+        registry.register(
+            "rejected_bodies_purged",
+            "Rejected messages whose raw body the retention sweeper dropped (the record stays)",
+            rejected_bodies_purged.clone(),
+        );
+        let rejected_body_bytes_purged = Counter::default();
+        registry.register(
+            "rejected_body_bytes_purged",
+            "Bytes of rejected messages' raw bodies the retention sweeper dropped",
+            rejected_body_bytes_purged.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            rejected_bodies_purged,
+            rejected_body_bytes_purged,
             http_requests,
             http_duration,
             messages_in,
@@ -117,7 +133,7 @@ impl Metrics {
             Err(
                 IngestError::Document(_) | IngestError::Conflict(_) | IngestError::Forbidden(_),
             ) => "rejected",
-            Err(IngestError::Store(_)) => "failed",
+            Err(IngestError::Store(_) | IngestError::Pool(_)) => "failed",
         };
         self.messages_in
             .get_or_create(&MessageLabels {
@@ -140,6 +156,11 @@ impl Metrics {
                 result: result.to_owned(),
             })
             .inc();
+    }
+
+    pub fn rejected_bodies_purged(&self, purged: crate::store::Purged) {
+        self.rejected_bodies_purged.inc_by(purged.messages);
+        self.rejected_body_bytes_purged.inc_by(purged.bytes);
     }
 
     /// The Prometheus text exposition format.

@@ -37,6 +37,8 @@ pub struct Application {
     supervisor: Option<Supervisor>,
     dispatcher: Option<Dispatcher>,
     stop: watch::Sender<bool>,
+    retention: crate::config::RetentionSettings,
+    metrics: Arc<Metrics>,
 }
 
 /// Stops a running application gracefully: the HTTP server drains, the dispatcher ends its
@@ -209,7 +211,11 @@ impl Application {
             Arc::new(Tracking::new(store.clone(), settings.rules).with_recipients(recipients));
         let tick_interval = settings.tick_interval_s;
         let metrics = Arc::new(Metrics::default());
-        let ingest = Ingest::new(store.clone(), tracking.clone());
+        let ingest = Ingest::new(
+            store.clone(),
+            tracking.clone(),
+            crate::decode::DecodePool::new(settings.http.decode_workers),
+        );
         let (supervisor, broker) = match &settings.amqp_url {
             Some(url) => {
                 let (supervisor, broker) = Supervisor::new(
@@ -242,6 +248,7 @@ impl Application {
         } else {
             None
         };
+        let retention = settings.retention.clone();
         let state = web::Data::new(AppState {
             ingest,
             tracking: tracking.clone(),
@@ -249,7 +256,7 @@ impl Application {
             store: store.clone(),
             formats,
             schemas,
-            metrics,
+            metrics: metrics.clone(),
             broker,
             offices: offices.clone(),
         });
@@ -285,6 +292,8 @@ impl Application {
             supervisor,
             dispatcher,
             stop,
+            retention,
+            metrics,
         })
     }
 
@@ -341,6 +350,12 @@ impl Application {
                 }
             }
         });
+        // The sweeper keeps its failures to itself: it is stopped, never waited on.
+        let sweeper = tokio::spawn(run_retention_sweeper(
+            self.store.clone(),
+            self.retention.clone(),
+            self.metrics.clone(),
+        ));
         let mut server = tokio::spawn(self.server);
         let result = tokio::select! {
             r = &mut server => match r {
@@ -359,6 +374,7 @@ impl Application {
             server.abort();
         }
         self.stop.send_replace(true);
+        sweeper.abort();
         if tokio::time::timeout(wait, dispatcher).await.is_err() {
             tracing::warn!("the outbox dispatcher did not stop within 30 s");
         }
@@ -419,6 +435,52 @@ async fn run_ticker(
                 tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "tick failed")
             }
             Err(e) => tracing::error!(error = %e, "tick panicked; the next one goes on"),
+        }
+    }
+}
+
+/// Every `sweep_interval_s` seconds (from start), drops the raw bodies of rejected
+/// messages past retention (`[retention]`); with 0, does nothing. A failed or panicking
+/// sweep is logged and the next one goes on: retention never stops the gateway.
+async fn run_retention_sweeper(
+    store: Store,
+    retention: crate::config::RetentionSettings,
+    metrics: Arc<Metrics>,
+) {
+    if retention.sweep_interval_s == 0 {
+        return;
+    }
+    let mut interval =
+        tokio::time::interval(std::time::Duration::from_secs(retention.sweep_interval_s));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let sweep = tokio::spawn({
+            let store = store.clone();
+            let days = i64::from(retention.rejected_body_days);
+            let max_bytes = retention.rejected_body_max_bytes;
+            async move {
+                let now = chrono::Utc::now();
+                store
+                    .purge_rejected_bodies(now - chrono::Duration::days(days), max_bytes, now)
+                    .await
+            }
+        });
+        match sweep.await {
+            Ok(Ok(purged)) => {
+                metrics.rejected_bodies_purged(purged);
+                if purged.messages > 0 {
+                    tracing::info!(
+                        messages = purged.messages,
+                        bytes = purged.bytes,
+                        "rejected bodies past retention dropped"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error.cause_chain = %crate::telemetry::error_chain(&e), "retention sweep failed; tried again at the next one")
+            }
+            Err(e) => tracing::error!(error = %e, "retention sweep panicked; the next one goes on"),
         }
     }
 }

@@ -30,9 +30,20 @@ pub async fn read_limited(
         .map(|s| s.settings.http.clone())
         .unwrap_or_default();
     let started = tokio::time::Instant::now();
-    let deadline = started + Duration::from_secs(pace.body_timeout_s.max(1));
-    let grace = Duration::from_secs(pace.body_grace_s);
+    // The whole body is due by the time its declared length takes at the minimum rate
+    // (after the grace period), and never later than `body_timeout_s`.
+    let cap = Duration::from_secs(pace.body_timeout_s.max(1));
     let rate = pace.min_body_bytes_per_s.max(1);
+    let allowed = match declared {
+        Some(n) => Duration::from_secs(pace.body_grace_s)
+            .saturating_add(Duration::from_millis(
+                (n as u64).saturating_mul(1_000).div_ceil(rate),
+            ))
+            .min(cap),
+        None => cap,
+    };
+    let deadline = started.checked_add(allowed).unwrap_or(started + cap);
+    let grace = Duration::from_secs(pace.body_grace_s);
     loop {
         // The next chunk must come before the body falls below the minimum rate (counted
         // after the grace period) and before the overall deadline.
@@ -46,9 +57,10 @@ pub async fn read_limited(
             Ok(next) => next,
             Err(_) => {
                 return Err(ApiError::BodyTimeout(format!(
-                    "the request body did not arrive in time: {} bytes in {} ms (at most {} s in all, at least {rate} bytes a second after {} s)",
+                    "the request body did not arrive in time: {} bytes in {} ms (due within {} ms: at most {} s in all, at least {rate} bytes a second after {} s)",
                     body.len(),
                     started.elapsed().as_millis(),
+                    allowed.as_millis(),
                     pace.body_timeout_s.max(1),
                     pace.body_grace_s,
                 )));

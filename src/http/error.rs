@@ -60,6 +60,7 @@ impl From<IngestError> for ApiError {
             IngestError::Conflict(l) => ApiError::Conflict(Box::new(l)),
             IngestError::Forbidden(l) => ApiError::Forbidden(l.detail),
             IngestError::Store(s) => s.into(),
+            IngestError::Pool(e) => ApiError::Internal(Box::new(e)),
         }
     }
 }
@@ -166,6 +167,12 @@ impl ResponseError for ApiError {
             }
             _ => problem_response(&self.problem()),
         };
+        if matches!(self, ApiError::TooLarge { .. } | ApiError::BodyTimeout(_)) {
+            // The rest of the body is not read: the connection cannot carry another request.
+            response
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+        }
         if matches!(self, ApiError::Busy) {
             response.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,

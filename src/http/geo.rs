@@ -39,12 +39,56 @@ fn stored(created: bool, feature: serde_json::Value) -> HttpResponse {
 pub struct CorridorList {
     #[schema(value_type = Vec<Object>)]
     pub corridors: Vec<serde_json::Value>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ZoneList {
     #[schema(value_type = Vec<Object>)]
     pub zones: Vec<serde_json::Value>,
+    /// The `after` of the next page, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Features per page of `GET /v1/corridors` and `GET /v1/zones`: by default, and at most.
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1_000;
+
+/// Paging of the corridor and zone lists.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GeoPageQuery {
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+    /// The `next` of the page before.
+    pub after: Option<String>,
+}
+
+/// The page `query` asks for: its limit and the id it starts after.
+fn page_of(query: &GeoPageQuery) -> Result<(i64, Option<String>), ApiError> {
+    let limit = super::trips::limit_within(query.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after =
+        super::trips::cursor_keys(query.after.as_deref(), 1)?.and_then(|k| k.into_iter().next());
+    Ok((limit, after))
+}
+
+/// The features of a page (one more than `limit` was asked for) and its `next`.
+fn paged(
+    mut rows: Vec<(String, serde_json::Value)>,
+    limit: i64,
+) -> (Vec<serde_json::Value>, Option<String>) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|(id, _)| crate::cursor::encode(std::slice::from_ref(id)))
+        })
+        .flatten();
+    (rows.into_iter().map(|(_, f)| f).collect(), next)
 }
 
 /// Register or replace a corridor: a GeoJSON Feature with a LineString and `properties.width_m`.
@@ -97,12 +141,27 @@ pub async fn get_corridor(
     Ok(HttpResponse::Ok().json(row.feature))
 }
 
-/// Every registered corridor.
-#[utoipa::path(tag = "geometry", responses((status = 200, body = CorridorList)))]
+/// The registered corridors in id order, a page at a time.
+#[utoipa::path(
+    tag = "geometry",
+    params(GeoPageQuery),
+    responses(
+        (status = 200, body = CorridorList),
+        (status = 400, description = "`limit` outside 1..=1000, or `after` not a cursor of this list", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[get("/v1/corridors")]
-pub async fn list_corridors(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let corridors = state.store.corridors().await?;
-    Ok(HttpResponse::Ok().json(CorridorList { corridors }))
+pub async fn list_corridors(
+    state: web::Data<AppState>,
+    query: web::Query<GeoPageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (limit, after) = page_of(&query)?;
+    let rows = state
+        .store
+        .corridors_page(after.as_deref(), limit.saturating_add(1))
+        .await?;
+    let (corridors, next) = paged(rows, limit);
+    Ok(HttpResponse::Ok().json(CorridorList { corridors, next }))
 }
 
 /// Register or replace a zone: a Feature with a Polygon (or a Point and `properties.radius_m`)
@@ -168,10 +227,25 @@ pub async fn get_zone(
     Ok(HttpResponse::Ok().json(row.feature))
 }
 
-/// Every registered zone.
-#[utoipa::path(tag = "geometry", responses((status = 200, body = ZoneList)))]
+/// The registered zones in id order, a page at a time.
+#[utoipa::path(
+    tag = "geometry",
+    params(GeoPageQuery),
+    responses(
+        (status = 200, body = ZoneList),
+        (status = 400, description = "`limit` outside 1..=1000, or `after` not a cursor of this list", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 #[get("/v1/zones")]
-pub async fn list_zones(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let zones = state.store.zones().await?;
-    Ok(HttpResponse::Ok().json(ZoneList { zones }))
+pub async fn list_zones(
+    state: web::Data<AppState>,
+    query: web::Query<GeoPageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (limit, after) = page_of(&query)?;
+    let rows = state
+        .store
+        .zones_page(after.as_deref(), limit.saturating_add(1))
+        .await?;
+    let (zones, next) = paged(rows, limit);
+    Ok(HttpResponse::Ok().json(ZoneList { zones, next }))
 }

@@ -11,6 +11,8 @@ use crate::formats::{Decoded, Format, FormatInfo, Inbound};
 use crate::ingest::{Answer, IngestResponse, Source};
 use crate::problem::{DocumentError, Located, Problem};
 use actix_web::FromRequest;
+use actix_web::web::Bytes;
+use std::sync::Arc;
 
 fn answer(a: Answer) -> HttpResponse {
     let status = actix_web::http::StatusCode::from_u16(a.status)
@@ -46,15 +48,16 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer) -> Source<'a> {
 async fn ingest_with(
     state: &AppState,
     req: &HttpRequest,
-    format: &dyn Format,
-    body: &[u8],
+    format: Arc<dyn Format>,
+    body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let viewer = Viewer::extract(req).await?;
+    let format_id = format.id().to_owned();
     let result = state
         .ingest
         .ingest(format, body, source_of(req, &viewer), Utc::now())
         .await;
-    state.metrics.message_in(format.id(), &result);
+    state.metrics.message_in(&format_id, &result);
     Ok(answer(result?))
 }
 
@@ -90,7 +93,7 @@ pub async fn post_message(
         })?
         .clone();
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
-    ingest_with(&state, &req, format.as_ref(), &body).await
+    ingest_with(&state, &req, format, body).await
 }
 
 /// Ingest a message, its format detected from the document.
@@ -110,37 +113,14 @@ pub async fn post_message_detect(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
-    // Off the async workers: detection may parse a large document.
-    let detected = {
-        let formats = state.formats.clone();
-        let body = body.clone();
-        web::block(move || formats.detect(&body).cloned())
-            .await
-            .map_err(|e| ApiError::Internal(Box::new(e)))?
-    };
-    let Some(format) = detected else {
-        let problem = DocumentError::Invalid(vec![Located::pointer(
-            "",
-            format!(
-                "no registered format recognises this document (known: {})",
-                state.formats.ids().join(", ")
-            ),
-        )]);
-        state
-            .ingest
-            .record_unrecognised(
-                &body,
-                source_of(&req, &Viewer::extract(&req).await?),
-                Utc::now(),
-                &problem,
-            )
-            .await?;
-        state
-            .metrics
-            .message_in("unknown", &Err(problem.clone().into()));
-        return Err(ApiError::Document(problem));
-    };
-    ingest_with(&state, &req, format.as_ref(), &body).await
+    let viewer = Viewer::extract(&req).await?;
+    // Detection and decoding in one job on the decode pool, off the async workers.
+    let (format_id, result) = state
+        .ingest
+        .ingest_detected(&state.formats, body, source_of(&req, &viewer), Utc::now())
+        .await;
+    state.metrics.message_in(&format_id, &result);
+    Ok(answer(result?))
 }
 
 /// Canonical seal events: one event, an array, or `{"events": [...]}`.
@@ -169,14 +149,14 @@ pub async fn post_seal_events(
                 format: "ects-json".into(),
                 known: state.formats.ids(),
             })?;
-    ingest_with(&state, &req, &EventsOnly(format.as_ref()), &body).await
+    ingest_with(&state, &req, Arc::new(EventsOnly(format)), body).await
 }
 
 /// A format restricted to seal events: a declaration sent to the events endpoint by
 /// mistake is refused (and recorded as rejected), not registered.
-struct EventsOnly<'a>(&'a dyn Format);
+struct EventsOnly(Arc<dyn Format>);
 
-impl Format for EventsOnly<'_> {
+impl Format for EventsOnly {
     fn id(&self) -> &str {
         self.0.id()
     }
@@ -261,7 +241,17 @@ pub async fn post_translate(
 ) -> Result<HttpResponse, ApiError> {
     use crate::translate::{TranslateError, translate};
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
-    match translate(&state.formats, &query.from, &query.to, &body) {
+    // Decoding and writing run on the decode pool, off the async workers.
+    let formats = state.formats.clone();
+    let query = query.into_inner();
+    let (from, to) = (query.from.clone(), query.to.clone());
+    let translated = state
+        .ingest
+        .decode_pool()
+        .run(move || translate(&formats, &from, &to, &body))
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    match translated {
         Ok(t) => Ok(HttpResponse::Ok().json(t)),
         Err(TranslateError::UnknownFormat(format)) => Err(ApiError::UnknownFormat {
             format,

@@ -105,11 +105,13 @@ pub async fn list_offices(
             )?,
         ),
     };
-    let after = match q.after.as_deref() {
+    // The opaque cursor of every list: the last code shown.
+    let after = match super::trips::cursor_keys(q.after.as_deref(), 1)? {
         None => None,
-        Some(a) => Some(
-            OfficeCode::parse(a)
-                .map_err(|e| bad("after", e.to_string()))?
+        Some(keys) => Some(
+            keys.first()
+                .and_then(|code| OfficeCode::parse(code).ok())
+                .ok_or_else(|| bad("after", "not a cursor of this list"))?
                 .as_str()
                 .to_owned(),
         ),
@@ -120,7 +122,8 @@ pub async fn list_offices(
         .await?;
     let next = if page.len() > limit {
         page.truncate(limit);
-        page.last().map(|o| o.code.as_str().to_owned())
+        page.last()
+            .map(|o| crate::cursor::encode(&[o.code.as_str().to_owned()]))
     } else {
         None
     };

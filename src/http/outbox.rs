@@ -22,8 +22,9 @@ pub struct OutboxQuery {
     pub partner: Option<String>,
     /// Only this trip's messages.
     pub trip: Option<String>,
-    /// The `next` of the page before (a sequence number: messages after it).
-    pub after: Option<i64>,
+    /// The `next` of the page before (a bare sequence number is taken too: the messages
+    /// after it).
+    pub after: Option<String>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
 }
@@ -71,13 +72,31 @@ pub async fn list_outbox(
         });
     }
     let limit = super::trips::limit_within(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = match q.after.as_deref() {
+        None => None,
+        // A sequence number, as the messages show it.
+        Some(seq) if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(seq.parse::<i64>().map_err(|_| ApiError::BadParameter {
+                name: "after",
+                detail: format!("{seq} is not a sequence number"),
+            })?)
+        }
+        Some(_) => Some(
+            super::trips::cursor_keys(q.after.as_deref(), 1)?
+                .and_then(|k| k.first().and_then(|seq| seq.parse::<i64>().ok()))
+                .ok_or_else(|| ApiError::BadParameter {
+                    name: "after",
+                    detail: "not a cursor of this list".into(),
+                })?,
+        ),
+    };
     let mut messages = outbox::list(
         &state.store,
         &OutboxFilter {
             status: q.status,
             partner_id: q.partner,
             trip_id: q.trip,
-            after: q.after,
+            after,
             limit: limit.saturating_add(1),
         },
     )
@@ -85,7 +104,11 @@ pub async fn list_outbox(
     let more = messages.len() as i64 > limit;
     messages.truncate(usize::try_from(limit).unwrap_or(0));
     let next = more
-        .then(|| messages.last().map(|m| m.seq.to_string()))
+        .then(|| {
+            messages
+                .last()
+                .map(|m| crate::cursor::encode(&[m.seq.to_string()]))
+        })
         .flatten();
     Ok(HttpResponse::Ok().json(OutboxList { messages, next }))
 }

@@ -92,7 +92,7 @@ pub struct AlertList {
 }
 
 /// The keys of an `after` cursor of this list.
-fn cursor_keys(after: Option<&str>, n: usize) -> Result<Option<Vec<String>>, ApiError> {
+pub(super) fn cursor_keys(after: Option<&str>, n: usize) -> Result<Option<Vec<String>>, ApiError> {
     after
         .map(|text| {
             crate::cursor::decode(text, n).map_err(|why| ApiError::BadParameter {

@@ -32,13 +32,26 @@ async fn feature_by_id(
     .transpose()
 }
 
-async fn all_features(
+/// One page of features in id order, after `after`; `sql` selects `id, feature` with
+/// `id > $1 order by id limit $2`.
+async fn features_page(
     store: &Store,
     sql: &'static str,
-) -> Result<Vec<serde_json::Value>, StoreError> {
-    let rows = sqlx::query(sql).fetch_all(store.pool()).await?;
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    let rows = sqlx::query(sql)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(store.pool())
+        .await?;
     rows.iter()
-        .map(|r| from_json("feature", &r.try_get::<String, _>("feature")?))
+        .map(|r| {
+            Ok((
+                r.try_get::<String, _>("id")?,
+                from_json("feature", &r.try_get::<String, _>("feature")?)?,
+            ))
+        })
         .collect()
 }
 
@@ -77,8 +90,15 @@ impl Store {
         feature_by_id(self, sql, id).await
     }
 
-    pub async fn corridors(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        all_features(self, "select feature from corridors order by corridor_id").await
+    /// Corridors in id order after `after`, at most `limit`, with their ids.
+    pub async fn corridors_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let sql = "select corridor_id as id, feature from corridors
+                   where corridor_id > $1 order by corridor_id limit $2";
+        features_page(self, sql, after, limit).await
     }
 
     /// Stores or replaces a zone; `true` when it is new.
@@ -121,7 +141,14 @@ impl Store {
         feature_by_id(self, sql, id).await
     }
 
-    pub async fn zones(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        all_features(self, "select feature from zones order by zone_id").await
+    /// Zones in id order after `after`, at most `limit`, with their ids.
+    pub async fn zones_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let sql = "select zone_id as id, feature from zones
+                   where zone_id > $1 order by zone_id limit $2";
+        features_page(self, sql, after, limit).await
     }
 }

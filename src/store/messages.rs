@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{AnyConnection, Row};
 
-use super::{StoreError, ts};
+use super::{Store, StoreError, ts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -51,8 +51,8 @@ pub async fn insert_message(
     sqlx::query(
         "insert into messages (message_id, direction, format, transport, source, content_type,
              received_at, body, body_sha256, parsed, outcome, problem, response_status, response_body,
-             unmapped, transport_message_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             unmapped, transport_message_id, body_bytes)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&m.message_id)
     .bind(m.direction)
@@ -70,6 +70,7 @@ pub async fn insert_message(
     .bind(m.response_body.as_deref())
     .bind(m.unmapped.as_deref())
     .bind(m.transport_message_id)
+    .bind(i64::try_from(m.body.len()).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
     Ok(())
@@ -133,4 +134,121 @@ fn response_of(row: Option<sqlx::any::AnyRow>) -> Result<Option<(u16, String)>, 
     let status = u16::try_from(status)
         .map_err(|_| StoreError::Corrupt(format!("response status {status}")))?;
     Ok(Some((status, body)))
+}
+
+/// What one sweep of rejected bodies did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Rejected messages whose body was dropped.
+    pub messages: u64,
+    /// Bytes of body dropped.
+    pub bytes: u64,
+}
+
+/// Rejected messages whose body goes at most at once, in one short write transaction.
+const PURGE_BATCH: i64 = 500;
+
+/// Ids and sizes of held rejected bodies, as a sweep's query selects them.
+fn held(rows: &[sqlx::any::AnyRow]) -> Result<Vec<(String, i64)>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get::<String, _>("message_id")?,
+                r.try_get::<Option<i64>, _>("body_bytes")?.unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+impl Store {
+    /// Drops the raw body of rejected inbound messages received before `older_than`, and of
+    /// the oldest ones of each sender past `max_bytes_per_source` of held rejected bodies.
+    /// The record stays: sender, time, reason, SHA-256, size, and `body_purged_at = now`.
+    /// Accepted (and duplicate) messages are never touched.
+    pub async fn purge_rejected_bodies(
+        &self,
+        older_than: DateTime<Utc>,
+        max_bytes_per_source: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Purged, StoreError> {
+        let mut purged = Purged::default();
+        // By age: the oldest first, a batch at a time, through the partial index.
+        loop {
+            let rows = sqlx::query(
+                "select message_id, body_bytes from messages
+                 where outcome = 'rejected' and body_purged_at is null and received_at < $1
+                 order by received_at limit $2",
+            )
+            .bind(ts(older_than))
+            .bind(PURGE_BATCH)
+            .fetch_all(self.pool())
+            .await?;
+            let batch = held(&rows)?;
+            let done = (batch.len() as i64) < PURGE_BATCH;
+            self.purge_batch(&batch, now, &mut purged).await?;
+            if done {
+                break;
+            }
+        }
+        // By size: within each sender, the newest bodies are kept up to the cap (counted
+        // from the newest back); the older ones go.
+        let cap = i64::try_from(max_bytes_per_source).unwrap_or(i64::MAX);
+        loop {
+            let rows = sqlx::query(
+                "select message_id, body_bytes from (
+                     select message_id, body_bytes, received_at,
+                            sum(coalesce(body_bytes, 0)) over (
+                                partition by source order by received_at desc, message_id desc
+                                rows between unbounded preceding and current row) as newer_total
+                     from messages
+                     where outcome = 'rejected' and body_purged_at is null
+                 ) held
+                 where newer_total > $1
+                 order by received_at limit $2",
+            )
+            .bind(cap)
+            .bind(PURGE_BATCH)
+            .fetch_all(self.pool())
+            .await?;
+            let batch = held(&rows)?;
+            let done = (batch.len() as i64) < PURGE_BATCH;
+            self.purge_batch(&batch, now, &mut purged).await?;
+            if done {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
+    async fn purge_batch(
+        &self,
+        batch: &[(String, i64)],
+        now: DateTime<Utc>,
+        purged: &mut Purged,
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        let at = ts(now);
+        for (id, bytes) in batch {
+            // `outcome` and `body_purged_at` again: only a rejected body still held goes,
+            // whatever changed since it was selected (another instance's sweep).
+            let done = sqlx::query(
+                "update messages set body = $1, body_purged_at = $2
+                 where message_id = $3 and outcome = 'rejected' and body_purged_at is null",
+            )
+            .bind(&[][..] as &[u8])
+            .bind(&at)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                purged.messages += 1;
+                purged.bytes += u64::try_from(*bytes).unwrap_or(0);
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

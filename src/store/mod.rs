@@ -18,7 +18,7 @@ use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
 pub use geo::FeatureRow;
-pub use messages::{MessageRecord, Outcome};
+pub use messages::{MessageRecord, Outcome, Purged};
 pub(crate) use messages::{
     accepted_response_for_body, insert_message, response_of_message, set_response,
 };
