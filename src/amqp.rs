@@ -373,12 +373,25 @@ impl Consumer {
             partner: Some(&partner.id),
             authority: Some(&partner.authority),
         };
-        let result = self
-            .inbound
-            .ingest
-            .ingest(format.as_ref(), body, source, Utc::now())
-            .await;
-        self.inbound.metrics.message_in(format.id(), &result);
+        // A partner's answer to what the outbox sent it (an ICEGATE ACK, a WCO DMS
+        // notification) comes on the same queue as its filings.
+        let (format_id, result) = match crate::answers::detect(body) {
+            Some(answer) => (
+                answer.id(),
+                self.inbound
+                    .ingest
+                    .answer(answer, body, source, Utc::now())
+                    .await,
+            ),
+            None => (
+                format.id(),
+                self.inbound
+                    .ingest
+                    .ingest(format.as_ref(), body, source, Utc::now())
+                    .await,
+            ),
+        };
+        self.inbound.metrics.message_in(format_id, &result);
         match result {
             Ok(_) => delivery
                 .ack(BasicAckOptions::default())
@@ -405,6 +418,13 @@ impl Consumer {
             Err(IngestError::Forbidden(located)) => {
                 let rejection = Rejection {
                     status: 403,
+                    problems: vec![located],
+                };
+                self.dead_letter(delivery, &transport_id, &rejection).await
+            }
+            Err(IngestError::NotFound(located)) => {
+                let rejection = Rejection {
+                    status: 404,
                     problems: vec![located],
                 };
                 self.dead_letter(delivery, &transport_id, &rejection).await
