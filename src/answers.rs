@@ -86,8 +86,7 @@ pub fn detect(body: &[u8]) -> Option<AnswerFormat> {
         }
         Some(b'<') => {
             let root = xml_root_name(body)?;
-            (local(&root) == "MetaData" && has_response_child(body))
-                .then_some(AnswerFormat::WcoDms)
+            (local(&root) == "MetaData" && has_response_child(body)).then_some(AnswerFormat::WcoDms)
         }
         _ => None,
     }

@@ -379,7 +379,12 @@ impl Ingest {
                 .await?;
             return Err(IngestError::Forbidden(located));
         };
-        let mut conn = self.store.pool().acquire().await.map_err(StoreError::from)?;
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::from)?;
         let row = match crate::answers::message_id_of(&read.answers) {
             Some(id) => store::outbox::row_by_message_id(&mut conn, &id).await?,
             None => None,
@@ -434,7 +439,12 @@ impl Ingest {
         )
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
-        tracing::info!(partner, seq = row.seq, accepted = read.accepted, "answer stored");
+        tracing::info!(
+            partner,
+            seq = row.seq,
+            accepted = read.accepted,
+            "answer stored"
+        );
         Ok(Answer {
             status: 202,
             body,

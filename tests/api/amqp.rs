@@ -104,7 +104,11 @@ fn configure(settings: &mut Settings, url: &str, partners: Vec<PartnerConfig>) {
     settings.amqp.confirm_timeout_ms = 2_000;
 }
 
-pub(crate) async fn spawn(backend: Backend, url: &str, partners: Vec<PartnerConfig>) -> Option<TestApp> {
+pub(crate) async fn spawn(
+    backend: Backend,
+    url: &str,
+    partners: Vec<PartnerConfig>,
+) -> Option<TestApp> {
     let app = spawn_app_with(backend, product_mappings_dir(), |s| {
         configure(s, url, partners)
     })

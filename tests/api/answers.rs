@@ -11,7 +11,9 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::Value;
 use sha2::Digest;
 
-use crate::helpers::{Backend, Reply, TEST_BODY_LIMIT, TestApp, product_mappings_dir, spawn_app_with};
+use crate::helpers::{
+    Backend, Reply, TEST_BODY_LIMIT, TestApp, product_mappings_dir, spawn_app_with,
+};
 use crate::tracking::{Seq, rolling};
 
 /// One delivery the partners' endpoint took.
@@ -107,14 +109,14 @@ pub(crate) fn dms(sample: &str, reference: &str) -> Vec<u8> {
 }
 
 async fn post_as(app: &TestApp, token: Option<&str>, path: &str, body: Vec<u8>) -> Reply {
-    let mut request = app
-        .client
-        .post(format!("{}{path}", app.address))
-        .body(body);
+    let mut request = app.client.post(format!("{}{path}", app.address)).body(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.expect("the request reaches the server");
+    let response = request
+        .send()
+        .await
+        .expect("the request reaches the server");
     Reply {
         status: response.status().as_u16(),
         headers: response.headers().clone(),
@@ -123,9 +125,7 @@ async fn post_as(app: &TestApp, token: Option<&str>, path: &str, body: Vec<u8>) 
 }
 
 async fn outbox_as(app: &TestApp, token: Option<&str>, query: &str) -> Value {
-    let mut request = app
-        .client
-        .get(format!("{}/v1/outbox?{query}", app.address));
+    let mut request = app.client.get(format!("{}/v1/outbox?{query}", app.address));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -134,7 +134,7 @@ async fn outbox_as(app: &TestApp, token: Option<&str>, query: &str) -> Value {
     response.json().await.unwrap()
 }
 
-fn row<'a>(rows: &'a Value, seq: i64) -> &'a Value {
+fn row(rows: &Value, seq: i64) -> &Value {
     rows["messages"]
         .as_array()
         .unwrap()
@@ -208,8 +208,14 @@ async fn answers_over_http(backend: Backend) {
     for (hit, reference) in ice.iter().zip(&ice_ref).chain(wco.iter().zip(&wco_ref)) {
         assert_eq!(*reference, hit.message_id.replace('-', ""));
     }
-    let ice_seq: Vec<i64> = ice.iter().map(|h| seq_of(&ice_rows, &h.message_id)).collect();
-    let wco_seq: Vec<i64> = wco.iter().map(|h| seq_of(&wco_rows, &h.message_id)).collect();
+    let ice_seq: Vec<i64> = ice
+        .iter()
+        .map(|h| seq_of(&ice_rows, &h.message_id))
+        .collect();
+    let wco_seq: Vec<i64> = wco
+        .iter()
+        .map(|h| seq_of(&wco_rows, &h.message_id))
+        .collect();
     assert!(
         ice_rows["messages"]
             .as_array()
@@ -221,12 +227,21 @@ async fn answers_over_http(backend: Backend) {
 
     // ICEGATE refuses the first message (the real ACK sample 58), then accepts it (57):
     // both are kept, the latest shows.
-    let reply = post_as(&app, Some("in-ice-token"), "/v1/messages", ack("58", &ice_ref[0])).await;
+    let reply = post_as(
+        &app,
+        Some("in-ice-token"),
+        "/v1/messages",
+        ack("58", &ice_ref[0]),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let receipt = reply.json();
     assert_eq!(receipt["format"], "icegate-ack");
     assert_eq!(receipt["answered"]["seq"], ice_seq[0]);
-    assert_eq!(receipt["answered"]["message_id"], ice[0].message_id.as_str());
+    assert_eq!(
+        receipt["answered"]["message_id"],
+        ice[0].message_id.as_str()
+    );
     assert_eq!(receipt["accepted"], false);
     let rows = outbox_as(&app, None, "partner=in-ice").await;
     let answer = &row(&rows, ice_seq[0])["answer"];
@@ -240,7 +255,13 @@ async fn answers_over_http(backend: Backend) {
     assert_eq!(answer["errors"][1]["code"], "000|75");
     assert_eq!(answer["answers"], 1);
 
-    let reply = post_as(&app, Some("in-ice-token"), "/v1/messages/icegate-ack", ack("57", &ice_ref[0])).await;
+    let reply = post_as(
+        &app,
+        Some("in-ice-token"),
+        "/v1/messages/icegate-ack",
+        ack("57", &ice_ref[0]),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let rows = outbox_as(&app, Some("in-ice-token"), "").await;
     let answer = &row(&rows, ice_seq[0])["answer"];
@@ -253,10 +274,22 @@ async fn answers_over_http(backend: Backend) {
     assert!(row(&rows, ice_seq[1])["answer"].is_null());
 
     // WCO: DMSREJ for the first message, DMSACC for the second, over HTTP.
-    let reply = post_as(&app, Some("sv-wco-token"), "/v1/messages", dms("03_DMSREJ", &wco_ref[0])).await;
+    let reply = post_as(
+        &app,
+        Some("sv-wco-token"),
+        "/v1/messages",
+        dms("03_DMSREJ", &wco_ref[0]),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(reply.json()["answered"]["seq"], wco_seq[0]);
-    let reply = post_as(&app, Some("sv-wco-token"), "/v1/messages/wco-dms", dms("01_DMSACC", &wco_ref[1])).await;
+    let reply = post_as(
+        &app,
+        Some("sv-wco-token"),
+        "/v1/messages/wco-dms",
+        dms("01_DMSACC", &wco_ref[1]),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let rows = outbox_as(&app, Some("sv-wco-token"), "").await;
     let rejected = &row(&rows, wco_seq[0])["answer"];
@@ -281,8 +314,14 @@ async fn answers_over_http(backend: Backend) {
             .map(|r| r["seq"].as_i64().unwrap())
             .collect()
     };
-    assert_eq!(ids(&outbox_as(&app, None, "answer=rejected").await), [wco_seq[0]]);
-    assert_eq!(ids(&outbox_as(&app, None, "answer=none&partner=in-ice").await), [ice_seq[1]]);
+    assert_eq!(
+        ids(&outbox_as(&app, None, "answer=rejected").await),
+        [wco_seq[0]]
+    );
+    assert_eq!(
+        ids(&outbox_as(&app, None, "answer=none&partner=in-ice").await),
+        [ice_seq[1]]
+    );
     let page = outbox_as(&app, None, "answer=accepted&limit=1").await;
     assert_eq!(ids(&page), [ice_seq[0]]);
     let next = page["next"].as_str().expect("a next page").to_owned();
@@ -294,7 +333,13 @@ async fn answers_over_http(backend: Backend) {
     // Another partner answering a message not sent to it: refused as if it did not exist,
     // kept; the row is unchanged.
     let evidence = |format: &str| format!("format = '{format}' and outcome = 'rejected'");
-    let reply = post_as(&app, Some("in-ice-token"), "/v1/messages", dms("03_DMSREJ", &wco_ref[1])).await;
+    let reply = post_as(
+        &app,
+        Some("in-ice-token"),
+        "/v1/messages",
+        dms("03_DMSREJ", &wco_ref[1]),
+    )
+    .await;
     assert_eq!(reply.status, 404, "{}", reply.text);
     let unknown = post_as(
         &app,
@@ -304,20 +349,44 @@ async fn answers_over_http(backend: Backend) {
     )
     .await;
     assert_eq!(unknown.status, 404);
-    let strip = |r: &Reply| r.json()["detail"].as_str().unwrap().split("reference").next().unwrap().to_owned();
-    assert_eq!(strip(&reply), strip(&unknown), "nothing tells the two apart");
-    assert_eq!(reply.pointers(), ["/MetaData/Response/Declaration/FunctionalReferenceID"]);
+    let strip = |r: &Reply| {
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .split("reference")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        strip(&reply),
+        strip(&unknown),
+        "nothing tells the two apart"
+    );
+    assert_eq!(
+        reply.pointers(),
+        ["/MetaData/Response/Declaration/FunctionalReferenceID"]
+    );
     assert_eq!(app.count_where("messages", &evidence("wco-dms")).await, 2);
     let rows = outbox_as(&app, None, "partner=sv-wco").await;
     assert_eq!(row(&rows, wco_seq[1])["answer"]["accepted"], true);
     assert_eq!(row(&rows, wco_seq[1])["answer"]["answers"], 1);
     // A partner without the message, and a reference that is no message id.
-    let reply = post_as(&app, Some("gt-other-token"), "/v1/messages", ack("57", &ice_ref[1])).await;
+    let reply = post_as(
+        &app,
+        Some("gt-other-token"),
+        "/v1/messages",
+        ack("57", &ice_ref[1]),
+    )
+    .await;
     assert_eq!(reply.status, 404, "{}", reply.text);
     let reply = post_as(&app, Some("in-ice-token"), "/v1/messages", ack("57", "58")).await;
     assert_eq!(reply.status, 404, "{}", reply.text);
     assert_eq!(reply.pointers(), ["/headerField/sequenceOrControlNumber"]);
-    assert_eq!(app.count_where("messages", &evidence("icegate-ack")).await, 2);
+    assert_eq!(
+        app.count_where("messages", &evidence("icegate-ack")).await,
+        2
+    );
     // Without a partner's token: whose answer it is cannot be told.
     let reply = post_as(&app, None, "/v1/messages", ack("57", &ice_ref[1])).await;
     assert_eq!(reply.status, 403, "{}", reply.text);
@@ -327,17 +396,37 @@ async fn answers_over_http(backend: Backend) {
     assert_eq!(theirs["messages"], serde_json::json!([]));
 
     // Malformed, invalid and oversized answers: refused with where, kept where read.
-    let reply = post_as(&app, Some("in-ice-token"), "/v1/messages", br#"{"headerField": {}, "master": {"decRefErrorCode": ["#.to_vec()).await;
+    let reply = post_as(
+        &app,
+        Some("in-ice-token"),
+        "/v1/messages",
+        br#"{"headerField": {}, "master": {"decRefErrorCode": ["#.to_vec(),
+    )
+    .await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     let reply = post_as(&app, Some("in-ice-token"), "/v1/messages/icegate-ack", br#"{"headerField": {"messageID": "X"}, "master": {"decRefErrorCode": [{"errorCode": "000"}]}}"#.to_vec()).await;
     assert_eq!(reply.status, 422, "{}", reply.text);
     assert_eq!(reply.pointers(), ["/headerField/sequenceOrControlNumber"]);
     let cleared = dms("01_DMSACC", &wco_ref[1]);
-    let cleared = String::from_utf8(cleared).unwrap().replace("<FunctionCode>01<", "<FunctionCode>09<");
-    let reply = post_as(&app, Some("sv-wco-token"), "/v1/messages", cleared.into_bytes()).await;
+    let cleared = String::from_utf8(cleared)
+        .unwrap()
+        .replace("<FunctionCode>01<", "<FunctionCode>09<");
+    let reply = post_as(
+        &app,
+        Some("sv-wco-token"),
+        "/v1/messages",
+        cleared.into_bytes(),
+    )
+    .await;
     assert_eq!(reply.status, 422, "{}", reply.text);
     assert_eq!(reply.pointers(), ["/MetaData/Response/FunctionCode"]);
-    let reply = post_as(&app, Some("sv-wco-token"), "/v1/messages/wco-dms", b"<MetaData><Response><FunctionCode>03".to_vec()).await;
+    let reply = post_as(
+        &app,
+        Some("sv-wco-token"),
+        "/v1/messages/wco-dms",
+        b"<MetaData><Response><FunctionCode>03".to_vec(),
+    )
+    .await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     let mut big = ack("58", &ice_ref[1]);
     big.truncate(big.len() - 2);
@@ -349,12 +438,37 @@ async fn answers_over_http(backend: Backend) {
     many["master"]["extraErrorCode"] = (0..200)
         .map(|i| serde_json::json!({"pathName": format!("/x/{i}"), "errorCode": "99", "errorMessage": "bad"}))
         .collect();
-    let reply = post_as(&app, Some("in-ice-token"), "/v1/messages", serde_json::to_vec(&many).unwrap()).await;
+    let reply = post_as(
+        &app,
+        Some("in-ice-token"),
+        "/v1/messages",
+        serde_json::to_vec(&many).unwrap(),
+    )
+    .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let rows = outbox_as(&app, None, "partner=in-ice").await;
     let answer = &row(&rows, ice_seq[1])["answer"];
-    assert_eq!(answer["errors"].as_array().unwrap().len(), ects_gateway::answers::MAX_ERRORS);
-    assert!(answer["reason"].as_str().unwrap().contains("(and 199 more)"), "{answer}");
+    assert_eq!(
+        answer["errors"].as_array().unwrap().len(),
+        ects_gateway::answers::MAX_ERRORS
+    );
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("(and 199 more)"),
+        "{answer}"
+    );
+
+    // The API description names what an answer is answered with, and the row's answer.
+    let doc = app.get("/openapi.json").await.json();
+    let schemas = &doc["components"]["schemas"];
+    for name in ["AnswerReceipt", "AnswerView", "AnsweredRow", "AckError"] {
+        assert!(schemas[name].is_object(), "{name} in the OpenAPI document");
+    }
+    assert!(schemas["OutboxEntry"]["properties"]["answer"].is_object());
+    let params = doc["paths"]["/v1/outbox"]["get"]["parameters"].to_string();
+    assert!(params.contains("\"answer\""), "{params}");
 }
 
 mod over_http {
@@ -418,10 +532,28 @@ async fn answers_over_amqp(backend: Backend) {
 
     let (_conn, channel) = connect(&url).await;
     publish(&channel, &queue(&ice), &ack("58", &ice_ref), Some("ack-1")).await;
-    publish(&channel, &queue(&wco), &dms("03_DMSREJ", &wco_ref), Some("dms-1")).await;
+    publish(
+        &channel,
+        &queue(&wco),
+        &dms("03_DMSREJ", &wco_ref),
+        Some("dms-1"),
+    )
+    .await;
     // Naming the other partner's message, and naming nothing: dead-lettered.
-    publish(&channel, &queue(&wco), &dms("01_DMSACC", &ice_ref), Some("dms-2")).await;
-    publish(&channel, &queue(&wco), &dms("01_DMSACC", "no-such-message"), Some("dms-3")).await;
+    publish(
+        &channel,
+        &queue(&wco),
+        &dms("01_DMSACC", &ice_ref),
+        Some("dms-2"),
+    )
+    .await;
+    publish(
+        &channel,
+        &queue(&wco),
+        &dms("01_DMSACC", "no-such-message"),
+        Some("dms-3"),
+    )
+    .await;
     // Redelivered under its id: not stored twice.
     publish(&channel, &queue(&ice), &ack("58", &ice_ref), Some("ack-1")).await;
     publish(&channel, &queue(&ice), &ack("57", &ice_ref), Some("ack-2")).await;
@@ -440,19 +572,31 @@ async fn answers_over_amqp(backend: Backend) {
     let (accepted, rejected) = answered;
     let a = &accepted["messages"][0];
     assert_eq!(a["message_id"], to_ice.message_id.as_str());
-    assert_eq!(a["answer"]["answers"], 2, "the redelivery is not a third: {a}");
+    assert_eq!(
+        a["answer"]["answers"], 2,
+        "the redelivery is not a third: {a}"
+    );
     assert_eq!(a["answer"]["reference"], "2000451");
     let r = &rejected["messages"][0];
     assert_eq!(r["message_id"], to_wco.message_id.as_str());
-    assert!(r["answer"]["reason"].as_str().unwrap().contains("CDS12005"), "{r}");
+    assert!(
+        r["answer"]["reason"].as_str().unwrap().contains("CDS12005"),
+        "{r}"
+    );
 
-    dlq.until("two dead-lettered answers", |seen| seen.len() >= 2).await;
+    dlq.until("two dead-lettered answers", |seen| seen.len() >= 2)
+        .await;
     for dead in &dlq.seen {
         assert_eq!(dead.headers["x-ects-status"], "404", "{:?}", dead.headers);
-        assert!(dead.headers["x-ects-reason"].contains(&format!("partner {wco}")), "{:?}", dead.headers);
+        assert!(
+            dead.headers["x-ects-reason"].contains(&format!("partner {wco}")),
+            "{:?}",
+            dead.headers
+        );
     }
     assert_eq!(
-        app.count_where("messages", "format = 'wco-dms' and outcome = 'rejected'").await,
+        app.count_where("messages", "format = 'wco-dms' and outcome = 'rejected'")
+            .await,
         2
     );
 }
