@@ -373,17 +373,41 @@ impl Consumer {
             partner: Some(&partner.id),
             authority: Some(&partner.authority),
         };
-        let result = self
-            .inbound
-            .ingest
-            .ingest(
-                format.clone(),
-                actix_web::web::Bytes::copy_from_slice(body),
-                source,
-                Utc::now(),
-            )
-            .await;
-        self.inbound.metrics.message_in(format.id(), &result);
+        // A partner's answer to what the outbox sent it (an ICEGATE ACK, a WCO DMS
+        // notification) comes on the same queue as its filings.
+        // Told apart on the decode pool, like the decoding itself.
+        let body_bytes = actix_web::web::Bytes::copy_from_slice(body);
+        let detected = {
+            let job_body = body_bytes.clone();
+            self.inbound
+                .ingest
+                .decode_pool()
+                .run(move || crate::answers::detect(&job_body))
+                .await
+        };
+        let (format_id, result) = match detected {
+            Err(e) => (format.id(), Err(IngestError::from(e))),
+            Ok(Some(answer)) => (
+                answer.id(),
+                self.inbound
+                    .ingest
+                    .answer(answer, body, source, Utc::now())
+                    .await,
+            ),
+            Ok(None) => (
+                format.id(),
+                self.inbound
+                    .ingest
+                    .ingest(
+                        format.clone(),
+                        body_bytes,
+                        source,
+                        Utc::now(),
+                    )
+                    .await,
+            ),
+        };
+        self.inbound.metrics.message_in(format_id, &result);
         match result {
             Ok(_) => delivery
                 .ack(BasicAckOptions::default())
@@ -410,6 +434,13 @@ impl Consumer {
             Err(IngestError::Forbidden(located)) => {
                 let rejection = Rejection {
                     status: 403,
+                    problems: vec![located],
+                };
+                self.dead_letter(delivery, &transport_id, &rejection).await
+            }
+            Err(IngestError::NotFound(located)) => {
+                let rejection = Rejection {
+                    status: 404,
                     problems: vec![located],
                 };
                 self.dead_letter(delivery, &transport_id, &rejection).await

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use actix_web::web::Bytes;
 
+use crate::answers::AnswerFormat;
 use crate::formats::{Decoded, Format, Formats, Inbound, MessageFunction};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
@@ -100,6 +101,25 @@ pub struct IngestResponse {
     pub conflicts: Vec<EventConflictNote>,
 }
 
+/// The answer to a partner's answer (HTTP 202): what it was taken as, and the outbox
+/// message it answers.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AnswerReceipt {
+    /// The stored answer.
+    pub message_id: String,
+    /// `icegate-ack` or `wco-dms`.
+    pub format: String,
+    /// The outbox message it answers (as `GET /v1/outbox` lists it).
+    pub answered: store::outbox::AnsweredRow,
+    pub accepted: bool,
+    pub reason: Option<String>,
+    pub errors: Vec<crate::formats::icegate_ack::AckError>,
+    /// The partner's own reference (CSN number, WCO functional reference id).
+    pub reference: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+}
+
 /// What a seal assignment did to each trip it reached.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AssignmentOutcome {
@@ -149,6 +169,10 @@ pub enum IngestError {
     /// The sender may not do this to what is stored (another filer's declaration).
     #[error("forbidden: {0}")]
     Forbidden(Located),
+    /// The message names something the sender has no part in, or that does not exist (an
+    /// answer to a message never sent to it): said alike, so nothing leaks.
+    #[error("not found: {0}")]
+    NotFound(Located),
     #[error("storage failed")]
     Store(#[from] StoreError),
     /// The decode job did not finish (it panicked): a bug, not the sender's fault.
@@ -404,6 +428,125 @@ impl Ingest {
             }
         }
         unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Takes a partner's answer to something the outbox sent it (an ICEGATE ACK, a WCO DMS
+    /// notification): stored as a message and linked to the outbox row it names, which
+    /// must have gone to this partner. An answer that cannot be read, comes from no
+    /// partner, or names no message sent to this partner is kept as a rejected message and
+    /// refused (422, 403, 404); a row answered several times keeps every answer.
+    #[tracing::instrument(skip_all, fields(format = format.id(), message_id))]
+    pub async fn answer(
+        &self,
+        format: AnswerFormat,
+        body: &[u8],
+        source: Source<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, IngestError> {
+        let message = Message {
+            id: Uuid::now_v7().to_string(),
+            format: format.id(),
+            body,
+            sha256: hex::encode(Sha256::digest(body)),
+            source,
+            now,
+            unmapped: None,
+        };
+        tracing::Span::current().record("message_id", message.id.as_str());
+        let parsed = {
+            let job_body = body.to_vec();
+            self.decode
+                .run(move || crate::answers::parse(format, &job_body))
+                .await?
+        };
+        let read = match parsed {
+            Ok(read) => read,
+            Err(e) => {
+                self.record_rejected(&message, &problem_json(&e)).await?;
+                return Err(e.into());
+            }
+        };
+        let refuse = |located: Located| serde_json::json!([located]).to_string();
+        let Some(partner) = source.partner else {
+            let located = Located::pointer(
+                "",
+                "an answer is taken from the partner the message was sent to: send it with that partner's credentials",
+            );
+            self.record_rejected(&message, &refuse(located.clone()))
+                .await?;
+            return Err(IngestError::Forbidden(located));
+        };
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::from)?;
+        let row = match crate::answers::message_id_of(&read.answers) {
+            Some(id) => store::outbox::row_by_message_id(&mut conn, &id).await?,
+            None => None,
+        };
+        drop(conn);
+        let Some(row) = row.filter(|r| r.partner_id == partner) else {
+            let located = Located::pointer(
+                format.reference_at(),
+                format!(
+                    "no message the gateway sent to partner {partner} has reference {:?}; the answer is kept, not applied",
+                    read.answers
+                ),
+            );
+            self.record_rejected(&message, &refuse(located.clone()))
+                .await?;
+            return Err(IngestError::NotFound(located));
+        };
+        let receipt = AnswerReceipt {
+            message_id: message.id.clone(),
+            format: format.id().to_owned(),
+            answered: row.clone(),
+            accepted: read.accepted,
+            reason: read.reason.clone(),
+            errors: read.errors.clone(),
+            reference: read.reference.clone(),
+            ids: read.ids.clone(),
+        };
+        let body = canonical(&receipt);
+        let errors = canonical(&read.errors);
+        let ids = canonical(&read.ids);
+        let mut tx = self.store.begin_write().await?;
+        let mut record = message.record(Outcome::Accepted);
+        record.parsed = Some(canonical(&read));
+        record.response_status = Some(202);
+        record.response_body = Some(body.clone());
+        store::insert_message(&mut tx, &record).await?;
+        store::outbox::insert_answer(
+            &mut tx,
+            &store::outbox::NewAnswer {
+                outbox_seq: row.seq,
+                partner_id: partner,
+                message_id: &message.id,
+                format: format.id(),
+                received_at: now,
+                accepted: read.accepted,
+                reason: read.reason.as_deref(),
+                errors: &errors,
+                reference: read.reference.as_deref(),
+                ids: &ids,
+                body_sha256: &message.sha256,
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        tracing::info!(
+            partner,
+            seq = row.seq,
+            accepted = read.accepted,
+            "answer stored"
+        );
+        Ok(Answer {
+            status: 202,
+            body,
+            replayed: false,
+        })
     }
 
     /// Keeps, as evidence, a document that no format recognised.

@@ -1,6 +1,7 @@
 //! ECTS Gateway: the adapter server around the `ects-core` tracking engine.
 
 pub mod amqp;
+pub mod answers;
 pub mod cli;
 pub mod config;
 pub mod cursor;

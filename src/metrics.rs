@@ -131,7 +131,10 @@ impl Metrics {
             Ok(a) if a.replayed => "duplicate",
             Ok(_) => "accepted",
             Err(
-                IngestError::Document(_) | IngestError::Conflict(_) | IngestError::Forbidden(_),
+                IngestError::Document(_)
+                | IngestError::Conflict(_)
+                | IngestError::Forbidden(_)
+                | IngestError::NotFound(_),
             ) => "rejected",
             Err(IngestError::Store(_) | IngestError::Pool(_)) => "failed",
         };

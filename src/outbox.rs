@@ -370,7 +370,7 @@ impl Dispatcher {
     /// Each row in its partner's format: the body kept from an earlier attempt, or written
     /// now (off the async threads: a signer is a child process).
     async fn write_all(&self, wave: &[OutboxRow]) -> Vec<Result<Written, String>> {
-        let jobs: Vec<(Option<Written>, String, String)> = wave
+        let jobs: Vec<(Option<Written>, String, String, String)> = wave
             .iter()
             .map(|row| {
                 let kept = row.body.clone().map(|body| Written {
@@ -380,15 +380,20 @@ impl Dispatcher {
                         .clone()
                         .unwrap_or_else(|| "application/octet-stream".into()),
                 });
-                (kept, row.format.clone(), row.canonical.clone())
+                (
+                    kept,
+                    row.format.clone(),
+                    row.canonical.clone(),
+                    crate::answers::reference_of(&row.message_id),
+                )
             })
             .collect();
         let formats = self.formats.clone();
         let task = tokio::task::spawn_blocking(move || {
             jobs.into_iter()
-                .map(|(kept, format, canonical)| match kept {
+                .map(|(kept, format, canonical, reference)| match kept {
                     Some(w) => Ok(w),
-                    None => write(&formats, &format, &canonical),
+                    None => write(&formats, &format, &canonical, Some(&reference)),
                 })
                 .collect::<Vec<_>>()
         });
@@ -527,14 +532,25 @@ enum Failure {
 
 /// A stored notification (canonical JSON) in a partner's format; also what
 /// `GET /v1/trips/{id}?format=G` answers (`crate::status`).
-pub(crate) fn write(formats: &Formats, format: &str, canonical: &str) -> Result<Written, String> {
+/// With `reference` (an outbox row's, `crate::answers::reference_of`), the document carries
+/// it for the partner's answer to name.
+pub(crate) fn write(
+    formats: &Formats,
+    format: &str,
+    canonical: &str,
+    reference: Option<&str>,
+) -> Result<Written, String> {
     let note: StatusNotification = serde_json::from_str(canonical)
         .map_err(|e| format!("the stored notification is not readable: {e}"))?;
     let writer = formats
         .get(format)
         .ok_or_else(|| format!("format {format:?} is not loaded"))?;
+    let out = match reference {
+        Some(r) => Outbound::Answerable(&note, r),
+        None => Outbound::StatusNotification(&note),
+    };
     let encoded = writer
-        .encode(&Outbound::StatusNotification(&note))
+        .encode(&out)
         .map_err(|e| format!("cannot be written as {format}: {e}"))?;
     Ok(Written {
         body: encoded.body,

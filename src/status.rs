@@ -174,7 +174,7 @@ pub async fn render(
             let formats = formats.clone();
             let format_id = format.to_owned();
             let written = tokio::task::spawn_blocking(move || {
-                crate::outbox::write(&formats, &format_id, &canonical)
+                crate::outbox::write(&formats, &format_id, &canonical, None)
             })
             .await
             .map_err(|e| refused(format!("writing stopped: {e}")))?

@@ -101,6 +101,9 @@ pub enum Outbound<'a> {
     SealAssignment(&'a SealAssignment),
     TripStatus(&'a TripStatus),
     StatusNotification(&'a StatusNotification),
+    /// A notification as the outbox sends it: with our reference, which a partner's
+    /// answer names (`crate::answers`); written as the canonical field `reference`.
+    Answerable(&'a StatusNotification, &'a str),
 }
 
 impl Outbound<'_> {
@@ -110,7 +113,9 @@ impl Outbound<'_> {
             Outbound::SealEvents(_) => MessageKind::SealEvents,
             Outbound::SealAssignment(_) => MessageKind::SealAssignment,
             Outbound::TripStatus(_) => MessageKind::TripStatus,
-            Outbound::StatusNotification(_) => MessageKind::StatusNotification,
+            Outbound::StatusNotification(_) | Outbound::Answerable(..) => {
+                MessageKind::StatusNotification
+            }
         }
     }
 
@@ -122,6 +127,12 @@ impl Outbound<'_> {
             Outbound::SealAssignment(a) => serde_json::to_value(a),
             Outbound::TripStatus(t) => serde_json::to_value(t),
             Outbound::StatusNotification(n) => serde_json::to_value(n),
+            Outbound::Answerable(n, reference) => serde_json::to_value(n).map(|mut v| {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("reference".into(), (*reference).into());
+                }
+                v
+            }),
         }
         .unwrap_or_default()
     }

@@ -18,6 +18,9 @@ pub enum ApiError {
     Conflict(Box<Located>),
     #[error("{0} not found")]
     NotFound(String),
+    /// Not found, said where the document names it.
+    #[error("{0}")]
+    NotFoundAt(Box<Located>),
     #[error("unknown format {format:?}")]
     UnknownFormat { format: String, known: Vec<String> },
     /// The answer cannot be given in the format asked for (`formats`: those it can be).
@@ -59,6 +62,7 @@ impl From<IngestError> for ApiError {
             IngestError::Document(d) => ApiError::Document(d),
             IngestError::Conflict(l) => ApiError::Conflict(Box::new(l)),
             IngestError::Forbidden(l) => ApiError::Forbidden(l.detail),
+            IngestError::NotFound(l) => ApiError::NotFoundAt(Box::new(l)),
             IngestError::Store(s) => s.into(),
             IngestError::Pool(e) => ApiError::Internal(Box::new(e)),
         }
@@ -71,7 +75,7 @@ impl ApiError {
             ApiError::Document(DocumentError::Malformed(_)) => "malformed-document",
             ApiError::Document(DocumentError::Invalid(_)) => "invalid-document",
             ApiError::Conflict(_) => "conflict",
-            ApiError::NotFound(_) => "not-found",
+            ApiError::NotFound(_) | ApiError::NotFoundAt(_) => "not-found",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::UnknownFormat { .. } => "unknown-format",
@@ -89,7 +93,7 @@ impl ApiError {
             ApiError::Document(DocumentError::Malformed(_)) => "The document is not well-formed",
             ApiError::Document(DocumentError::Invalid(_)) => "The document is not valid",
             ApiError::Conflict(_) => "Conflicts with what is already stored",
-            ApiError::NotFound(_) => "Not found",
+            ApiError::NotFound(_) | ApiError::NotFoundAt(_) => "Not found",
             ApiError::Unauthorized(_) => "Not authenticated",
             ApiError::Forbidden(_) => "Not allowed",
             ApiError::UnknownFormat { .. } => "Unknown format",
@@ -113,7 +117,7 @@ impl ApiError {
                 },
                 list.clone(),
             ),
-            ApiError::Conflict(l) => (l.to_string(), vec![(**l).clone()]),
+            ApiError::Conflict(l) | ApiError::NotFoundAt(l) => (l.to_string(), vec![(**l).clone()]),
             ApiError::UnknownFormat { format, known } => (
                 format!("no format {format:?}; known formats: {}", known.join(", ")),
                 vec![],
@@ -140,7 +144,9 @@ impl ResponseError for ApiError {
             ApiError::Document(DocumentError::Malformed(_)) => StatusCode::BAD_REQUEST,
             ApiError::Document(DocumentError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::NotFound(_) | ApiError::UnknownFormat { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NotFoundAt(_) | ApiError::UnknownFormat { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

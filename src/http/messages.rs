@@ -7,6 +7,7 @@ use super::AppState;
 use super::body::read_limited;
 use super::error::ApiError;
 use super::viewer::Viewer;
+use crate::answers::AnswerFormat;
 use crate::formats::{Decoded, Format, FormatInfo, Inbound};
 use crate::ingest::{Answer, IngestResponse, Source};
 use crate::problem::{DocumentError, Located, Problem};
@@ -61,13 +62,30 @@ async fn ingest_with(
     Ok(answer(result?))
 }
 
-/// Ingest a message in the named format.
+/// A partner's answer to a message the outbox sent it (`crate::answers`).
+async fn answer_with(
+    state: &AppState,
+    req: &HttpRequest,
+    format: AnswerFormat,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    let viewer = Viewer::extract(req).await?;
+    let result = state
+        .ingest
+        .answer(format, body, source_of(req, &viewer), Utc::now())
+        .await;
+    state.metrics.message_in(format.id(), &result);
+    Ok(answer(result?))
+}
+
+/// Ingest a message in the named format. `icegate-ack` and `wco-dms` name a partner's
+/// answer to a message the gateway sent it (see `GET /v1/outbox`).
 #[utoipa::path(
     tag = "messages",
-    params(("format" = String, Path, description = "Format id, e.g. ects-json")),
+    params(("format" = String, Path, description = "Format id, e.g. ects-json; icegate-ack or wco-dms for an answer")),
     request_body(content = String, description = "The document, as the partner sends it"),
     responses(
-        (status = 202, description = "Stored and applied; the trips it touched", body = IngestResponse),
+        (status = 202, description = "Stored and applied; the trips it touched (an answer: the outbox message it answers)", body = IngestResponse),
         (status = 400, description = "Not well-formed", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
@@ -84,6 +102,10 @@ pub async fn post_message(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let format_id = path.into_inner();
+    if let Some(kind) = AnswerFormat::from_id(&format_id) {
+        let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+        return answer_with(&state, &req, kind, &body).await;
+    }
     let format = state
         .formats
         .get(&format_id)
@@ -96,13 +118,17 @@ pub async fn post_message(
     ingest_with(&state, &req, format, body).await
 }
 
-/// Ingest a message, its format detected from the document.
+/// Ingest a message, its format detected from the document. A partner's answer to a
+/// message the gateway sent it (an ICEGATE ACK, a WCO DMS notification DMSACC/DMSREJ) is
+/// recognised and stored with that message (`GET /v1/outbox` shows it).
 #[utoipa::path(
     tag = "messages",
     request_body(content = String, description = "The document"),
     responses(
         (status = 202, description = "Stored and applied", body = IngestResponse),
-        (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "A partner's answer, stored with the outbox message it answers", body = crate::ingest::AnswerReceipt),
+        (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of; an answer sent without a partner's credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An answer naming no message the gateway sent to this partner (kept as a rejected message)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No format recognises the document, or it is not valid", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -113,6 +139,20 @@ pub async fn post_message_detect(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
+    // A partner's answer is told apart first (an ACK shares the ICEGATE envelope with
+    // a filing), on the decode pool: recognising an XML answer reads its root's children.
+    let kind = {
+        let job_body = body.clone();
+        state
+            .ingest
+            .decode_pool()
+            .run(move || crate::answers::detect(&job_body))
+            .await
+            .map_err(|e| ApiError::Internal(Box::new(e)))?
+    };
+    if let Some(kind) = kind {
+        return answer_with(&state, &req, kind, &body).await;
+    }
     let viewer = Viewer::extract(&req).await?;
     // Detection and decoding in one job on the decode pool, off the async workers.
     let (format_id, result) = state

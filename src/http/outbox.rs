@@ -22,6 +22,8 @@ pub struct OutboxQuery {
     pub partner: Option<String>,
     /// Only this trip's messages.
     pub trip: Option<String>,
+    /// By the partner's latest answer: `accepted`, `rejected`, or `none` (no answer yet).
+    pub answer: Option<String>,
     /// The `next` of the page before (a bare sequence number is taken too: the messages
     /// after it).
     pub after: Option<String>,
@@ -37,7 +39,8 @@ pub struct OutboxList {
     pub next: Option<String>,
 }
 
-/// Outbound messages, oldest first.
+/// Outbound messages, oldest first, each with the partner's latest answer to it (`answer`:
+/// an ICEGATE ACK or a WCO DMS notification posted back, `null` when none came).
 #[utoipa::path(
     tag = "outbox",
     params(OutboxQuery),
@@ -71,6 +74,14 @@ pub async fn list_outbox(
             detail: format!("{s:?} is not one of pending, sent, failed, superseded"),
         });
     }
+    if let Some(a) = &q.answer
+        && !matches!(a.as_str(), "accepted" | "rejected" | "none")
+    {
+        return Err(ApiError::BadParameter {
+            name: "answer",
+            detail: format!("{a:?} is not one of accepted, rejected, none"),
+        });
+    }
     let limit = super::trips::limit_within(q.limit, DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = match q.after.as_deref() {
         None => None,
@@ -97,6 +108,7 @@ pub async fn list_outbox(
             partner_id: q.partner,
             trip_id: q.trip,
             after,
+            answer: q.answer,
             limit: limit.saturating_add(1),
         },
     )

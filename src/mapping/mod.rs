@@ -6,7 +6,7 @@ mod bill_seals;
 pub mod harness;
 mod plan;
 pub mod spec;
-mod tree;
+pub(crate) mod tree;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -83,6 +83,112 @@ pub struct OutboxEntry {
     /// How many earlier status notifications of its stream this one stands for.
     #[serde(skip_serializing_if = "is_zero")]
     pub coalesced: i64,
+    /// The partner's latest answer to this message (an ICEGATE ACK, a WCO DMS
+    /// notification); `null` when none came.
+    pub answer: Option<AnswerView>,
+}
+
+/// A partner's answer to an outbox message, as `GET /v1/outbox` shows the latest.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AnswerView {
+    pub accepted: bool,
+    /// Why it was refused, in words (`null` when accepted).
+    pub reason: Option<String>,
+    /// The refusals, each where the partner put it (at most 50 kept).
+    #[schema(value_type = Vec<crate::formats::icegate_ack::AckError>)]
+    pub errors: serde_json::Value,
+    pub received_at: DateTime<Utc>,
+    /// The partner's own reference of its answer: the CSN number (ICEGATE), the
+    /// notification's functional reference id (WCO).
+    pub reference: Option<String>,
+    /// Further ids the partner gave: cargo ids (`PCIN:...`), the declaration's (`MRN:...`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    /// `icegate-ack` or `wco-dms`.
+    pub format: String,
+    /// The stored answer (`messages`), as evidence.
+    pub message_id: String,
+    /// How many answers came for this message; the latest is shown.
+    pub answers: i64,
+}
+
+/// The outbox row an answer names, as found by its message id.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AnsweredRow {
+    pub seq: i64,
+    pub message_id: String,
+    #[serde(skip)]
+    pub partner_id: String,
+    pub channel: String,
+    pub trip_id: String,
+    pub declaration_id: String,
+    pub notification_id: String,
+    pub kind: String,
+}
+
+/// The outbox row with this message id (unique, through its index).
+pub async fn row_by_message_id(
+    conn: &mut AnyConnection,
+    message_id: &str,
+) -> Result<Option<AnsweredRow>, StoreError> {
+    let row = sqlx::query(
+        "select seq, message_id, partner_id, channel, trip_id, declaration_id, notification_id,
+             kind
+         from outbox where message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| AnsweredRow {
+        seq: r.get(0),
+        message_id: r.get(1),
+        partner_id: r.get(2),
+        channel: r.get(3),
+        trip_id: r.get(4),
+        declaration_id: r.get(5),
+        notification_id: r.get(6),
+        kind: r.get(7),
+    }))
+}
+
+/// An answer to store, linked to the row it answers and to the stored message holding it.
+#[derive(Debug, Clone)]
+pub struct NewAnswer<'a> {
+    pub outbox_seq: i64,
+    pub partner_id: &'a str,
+    pub message_id: &'a str,
+    pub format: &'a str,
+    pub received_at: DateTime<Utc>,
+    pub accepted: bool,
+    pub reason: Option<&'a str>,
+    /// JSON array.
+    pub errors: &'a str,
+    pub reference: Option<&'a str>,
+    /// JSON array.
+    pub ids: &'a str,
+    pub body_sha256: &'a str,
+}
+
+pub async fn insert_answer(conn: &mut AnyConnection, a: &NewAnswer<'_>) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into outbox_answers (outbox_seq, partner_id, message_id, format, received_at,
+             outcome, reason, errors, reference, ids, body_sha256)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(a.outbox_seq)
+    .bind(a.partner_id)
+    .bind(a.message_id)
+    .bind(a.format)
+    .bind(ts(a.received_at))
+    .bind(if a.accepted { "accepted" } else { "rejected" })
+    .bind(a.reason)
+    .bind(a.errors)
+    .bind(a.reference)
+    .bind(a.ids)
+    .bind(a.body_sha256)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -854,21 +960,30 @@ pub struct OutboxFilter {
     pub trip_id: Option<String>,
     /// Only rows after this sequence number (paging).
     pub after: Option<i64>,
+    /// By their latest answer: `accepted`, `rejected`, or `none` (no answer yet).
+    pub answer: Option<String>,
     pub limit: i64,
 }
 
 pub async fn list(store: &Store, filter: &OutboxFilter) -> Result<Vec<OutboxEntry>, StoreError> {
+    // Each row's latest answer through `outbox_answers_by_row`.
     let rows = sqlx::query(
-        "select seq, message_id, partner_id, channel, trip_id, declaration_id, notification_id,
-             kind, format, status, attempts, next_attempt_at, last_error, created_at, sent_at,
-             superseded_by, coalesced
-         from outbox
+        "select o.seq, o.message_id, o.partner_id, o.channel, o.trip_id, o.declaration_id,
+             o.notification_id, o.kind, o.format, o.status, o.attempts, o.next_attempt_at,
+             o.last_error, o.created_at, o.sent_at, o.superseded_by, o.coalesced,
+             a.outcome, a.reason, a.errors, a.received_at, a.reference, a.ids, a.format,
+             a.message_id,
+             (select count(*) from outbox_answers c where c.outbox_seq = o.seq)
+         from outbox o
+         left join outbox_answers a on a.id =
+             (select max(l.id) from outbox_answers l where l.outbox_seq = o.seq)
          where ($1 is null
-                or ($1 = 'superseded' and superseded_by is not null)
-                or (status = $1 and superseded_by is null))
-           and ($2 is null or partner_id = $2)
-           and ($3 is null or trip_id = $3) and seq > $4
-         order by seq
+                or ($1 = 'superseded' and o.superseded_by is not null)
+                or (o.status = $1 and o.superseded_by is null))
+           and ($2 is null or o.partner_id = $2)
+           and ($3 is null or o.trip_id = $3) and o.seq > $4
+           and ($6 is null or ($6 = 'none' and a.id is null) or a.outcome = $6)
+         order by o.seq
          limit $5",
     )
     .bind(filter.status.as_deref())
@@ -876,6 +991,7 @@ pub async fn list(store: &Store, filter: &OutboxFilter) -> Result<Vec<OutboxEntr
     .bind(filter.trip_id.as_deref())
     .bind(filter.after.unwrap_or(0))
     .bind(filter.limit)
+    .bind(filter.answer.as_deref())
     .fetch_all(store.pool())
     .await?;
     rows.iter().map(entry).collect()
@@ -907,7 +1023,36 @@ fn entry(r: &sqlx::any::AnyRow) -> Result<OutboxEntry, StoreError> {
             .transpose()?,
         superseded_by,
         coalesced: r.get(16),
+        answer: answer_view(r)?,
     })
+}
+
+fn answer_view(r: &sqlx::any::AnyRow) -> Result<Option<AnswerView>, StoreError> {
+    let Some(outcome) = r.get::<Option<String>, _>(17) else {
+        return Ok(None);
+    };
+    let json = |i: usize| -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&r.get::<String, _>(i))
+            .map_err(|e| StoreError::Corrupt(format!("a stored answer is not readable: {e}")))
+    };
+    let ids = match json(22)? {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Some(AnswerView {
+        accepted: outcome == "accepted",
+        reason: r.get(18),
+        errors: json(19)?,
+        received_at: parse_ts(&r.get::<String, _>(20))?,
+        reference: r.get(21),
+        ids,
+        format: r.get(23),
+        message_id: r.get(24),
+        answers: r.get(25),
+    }))
 }
 
 /// Puts a parked row back in line with a fresh set of attempts. `None` if there is no such

@@ -28,7 +28,7 @@ use crate::helpers::{
 use crate::tracking::{DEPARTURE_LON, DESTINATION_LON, LAT, register_geometry, road_lon, t};
 
 /// The broker of the test machine; `None` (skip) outside CI when unset.
-fn amqp_url() -> Option<String> {
+pub(crate) fn amqp_url() -> Option<String> {
     match std::env::var("TEST_AMQP_URL") {
         Ok(url) => Some(url),
         Err(_) => {
@@ -42,11 +42,11 @@ fn amqp_url() -> Option<String> {
     }
 }
 
-fn suffix() -> String {
+pub(crate) fn suffix() -> String {
     uuid::Uuid::now_v7().simple().to_string()[24..].to_owned()
 }
 
-fn partner(toml: &str) -> PartnerConfig {
+pub(crate) fn partner(toml: &str) -> PartnerConfig {
     toml::from_str(toml).expect("a partner entry")
 }
 
@@ -104,7 +104,11 @@ fn configure(settings: &mut Settings, url: &str, partners: Vec<PartnerConfig>) {
     settings.amqp.confirm_timeout_ms = 2_000;
 }
 
-async fn spawn(backend: Backend, url: &str, partners: Vec<PartnerConfig>) -> Option<TestApp> {
+pub(crate) async fn spawn(
+    backend: Backend,
+    url: &str,
+    partners: Vec<PartnerConfig>,
+) -> Option<TestApp> {
     let app = spawn_app_with(backend, product_mappings_dir(), |s| {
         configure(s, url, partners)
     })
@@ -126,7 +130,7 @@ async fn wait_ready(app: &TestApp) {
     .await
 }
 
-async fn connect(url: &str) -> (Connection, Channel) {
+pub(crate) async fn connect(url: &str) -> (Connection, Channel) {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("the test broker is reachable");
@@ -138,7 +142,7 @@ async fn connect(url: &str) -> (Connection, Channel) {
     (conn, channel)
 }
 
-async fn publish(channel: &Channel, queue: &str, body: &[u8], message_id: Option<&str>) {
+pub(crate) async fn publish(channel: &Channel, queue: &str, body: &[u8], message_id: Option<&str>) {
     // The gateway has declared the queue (the tests publish once it is ready).
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
@@ -163,12 +167,12 @@ async fn publish(channel: &Channel, queue: &str, body: &[u8], message_id: Option
 
 /// One message as a partner's queue receives it.
 #[derive(Debug, Clone)]
-struct Received {
-    routing_key: String,
-    message_id: String,
-    content_type: String,
-    headers: BTreeMap<String, String>,
-    body: Vec<u8>,
+pub(crate) struct Received {
+    pub(crate) routing_key: String,
+    pub(crate) message_id: String,
+    pub(crate) content_type: String,
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 fn header_text(value: &AMQPValue) -> String {
@@ -181,14 +185,14 @@ fn header_text(value: &AMQPValue) -> String {
 }
 
 /// A queue of the test's own, bound to `ects.out` (or a named queue), read without acks.
-struct Listener {
+pub(crate) struct Listener {
     _conn: Connection,
     consumer: lapin::Consumer,
-    seen: Vec<Received>,
+    pub(crate) seen: Vec<Received>,
 }
 
 impl Listener {
-    async fn on_exchange(url: &str, keys: &[String]) -> Self {
+    pub(crate) async fn on_exchange(url: &str, keys: &[String]) -> Self {
         let (conn, channel) = connect(url).await;
         channel
             .exchange_declare(
@@ -229,7 +233,7 @@ impl Listener {
         Self::consume(conn, channel, queue.name().as_str()).await
     }
 
-    async fn on_queue(url: &str, queue: &str) -> Self {
+    pub(crate) async fn on_queue(url: &str, queue: &str) -> Self {
         let (conn, channel) = connect(url).await;
         channel
             .queue_declare(
@@ -264,7 +268,7 @@ impl Listener {
 
     /// Reads until `done` holds for what was seen; gives up (failing the test, saying
     /// `what`) after the suite's wait limit.
-    async fn until(&mut self, what: &str, done: impl Fn(&[Received]) -> bool) {
+    pub(crate) async fn until(&mut self, what: &str, done: impl Fn(&[Received]) -> bool) {
         if !self.read_for(crate::helpers::wait_limit(), done).await {
             panic!(
                 "gave up after {} s waiting for {what}; {} message(s) seen",
@@ -318,7 +322,7 @@ impl Listener {
         true
     }
 
-    fn for_partner(&self, partner: &str) -> Vec<&Received> {
+    pub(crate) fn for_partner(&self, partner: &str) -> Vec<&Received> {
         self.seen
             .iter()
             .filter(|r| r.routing_key.starts_with(&format!("{partner}.")))

@@ -4,6 +4,7 @@ mod helpers;
 mod mapping;
 
 mod amqp;
+mod answers;
 mod assignments;
 mod bad_input;
 mod cli;

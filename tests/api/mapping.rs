@@ -352,6 +352,21 @@ fn written_wco_declarations_and_responses_validate_against_the_official_schemas(
         xmllint("notification/RES_envelope.xsd", &written.body)
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         checked += 1;
+        // As the outbox sends it: with our reference, for an answer to name.
+        let reference = "0190b8a43c2e7d7f9a1b2c3d4e5f6a7b";
+        let written = wco
+            .encode(&ects_gateway::formats::Outbound::Answerable(&n, reference))
+            .unwrap();
+        let text = String::from_utf8_lossy(&written.body);
+        assert!(
+            text.contains(&format!(
+                "<FunctionalReferenceID>{reference}</FunctionalReferenceID>"
+            )),
+            "{text}"
+        );
+        xmllint("notification/RES_envelope.xsd", &written.body)
+            .unwrap_or_else(|e| panic!("{case} with a reference: {e}\n{text}"));
+        checked += 1;
     }
     // Every WCO document the fixture cases expect (and so the gateway writes), whatever
     // format it came from: DUCA-T, ICEGATE, notifications.
@@ -381,7 +396,7 @@ fn written_wco_declarations_and_responses_validate_against_the_official_schemas(
             "<FunctionCode>7</FunctionCode>",
         );
     assert!(xmllint("declaration/DEC_envelope.xsd", bad.as_bytes()).is_err());
-    assert_eq!(checked, 7);
+    assert_eq!(checked, 9);
 }
 
 #[test]
