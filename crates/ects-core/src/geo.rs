@@ -63,12 +63,12 @@ pub enum ZoneKind {
 
 impl ZoneKind {
     /// Largest circle of this kind, in metres. A zone switches checks off inside it (a
-    /// border post or rest area: no route deviation; a release place: opening approved),
-    /// so it is never much larger than the place it stands for.
+    /// customs office, border post or rest area: no route deviation; a release place:
+    /// opening approved), so it is never much larger than the place it stands for. A
+    /// customs office exempts as much as a border post does, so it gets the same limit.
     pub fn max_radius_m(self) -> f64 {
         match self {
-            ZoneKind::CustomsOffice => 10_000.0,
-            ZoneKind::BorderPost | ZoneKind::ReleasePlace => 5_000.0,
+            ZoneKind::CustomsOffice | ZoneKind::BorderPost | ZoneKind::ReleasePlace => 5_000.0,
             ZoneKind::RestArea => 3_000.0,
         }
     }
@@ -77,8 +77,7 @@ impl ZoneKind {
     /// circle of [`ZoneKind::max_radius_m`].
     pub fn max_area_km2(self) -> f64 {
         match self {
-            ZoneKind::CustomsOffice => 300.0,
-            ZoneKind::BorderPost | ZoneKind::ReleasePlace => 80.0,
+            ZoneKind::CustomsOffice | ZoneKind::BorderPost | ZoneKind::ReleasePlace => 80.0,
             ZoneKind::RestArea => 30.0,
         }
     }
@@ -481,7 +480,17 @@ mod tests {
             circle("border_post", 5_001.0).unwrap_err().pointer,
             "/properties/radius_m"
         );
-        assert!(circle("customs_office", 10_000.0).is_ok());
+        // A customs office exempts as much as a border post: the same limits.
+        assert!(circle("customs_office", 5_000.0).is_ok());
+        assert_eq!(
+            circle("customs_office", 5_001.0).unwrap_err().pointer,
+            "/properties/radius_m"
+        );
+        // About 100 km² (0.09° × 0.09° at 14° N): over 80 km² for both kinds.
+        for kind in ["customs_office", "border_post"] {
+            let e = zone(kind, square(-90.0, 14.0, 0.09)).unwrap_err();
+            assert!(e.reason.contains("80 km²"), "{kind}: {e}");
+        }
     }
 
     #[test]
