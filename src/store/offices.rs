@@ -26,6 +26,14 @@ fn entry_of(text: &str) -> Result<Office, StoreError> {
     })
 }
 
+/// Marks the registry as changed, inside the transaction that changes it.
+async fn bump_registry_version(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query("update office_registry_version set version = version + 1 where id = 1")
+        .execute(&mut ***tx)
+        .await?;
+    Ok(())
+}
+
 /// One office written in a transaction; `true` when it is new. An office with a location
 /// also registers its zone, `office:<code>`.
 async fn upsert(tx: &mut Tx, office: &Office, now: &str) -> Result<bool, StoreError> {
@@ -46,6 +54,7 @@ async fn upsert(tx: &mut Tx, office: &Office, now: &str) -> Result<bool, StoreEr
     .bind(now)
     .execute(&mut ***tx)
     .await?;
+    bump_registry_version(tx).await?;
     if let Some(Ok((zone, feature))) = office.zone() {
         let kind = serde_json::to_value(zone.kind)
             .ok()
@@ -100,6 +109,9 @@ impl Store {
             .execute(&mut **tx)
             .await?;
             added += done.rows_affected() as usize;
+        }
+        if added > 0 {
+            bump_registry_version(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(added)
@@ -173,14 +185,14 @@ impl Store {
             .collect()
     }
 
-    /// How many offices, and the latest change: what a cached registry compares.
-    pub async fn offices_version(&self) -> Result<(i64, String), StoreError> {
-        let row = sqlx::query(
-            "select count(*) as n, coalesce(max(updated_at), '') as latest from offices",
-        )
-        .fetch_one(self.pool())
-        .await?;
-        Ok((row.try_get("n")?, row.try_get("latest")?))
+    /// The registry's version, bumped by every change: what a cached registry compares.
+    /// (Not a count and latest `updated_at`: another instance's clock may be behind, and
+    /// a removal and an addition keep the count.)
+    pub async fn offices_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("select version from office_registry_version where id = 1")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get("version")?)
     }
 
     pub async fn all_offices(&self) -> Result<Vec<Office>, StoreError> {

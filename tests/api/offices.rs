@@ -262,7 +262,8 @@ macro_rules! on_both {
 
 on_both!(lenient_app:
     the_readme_walk_through_translates_to_duca_t_wco_and_asycuda,
-    offices_are_listed_read_registered_and_imported
+    offices_are_listed_read_registered_and_imported,
+    the_registry_version_moves_on_every_change
 );
 on_both!(strict_app: a_strict_gateway_refuses_an_unknown_office_until_it_is_registered);
 
@@ -399,6 +400,36 @@ async fn offices_are_listed_read_registered_and_imported(app: TestApp) {
     let problem: Value = reply.json().await.unwrap();
     assert_eq!(problem["errors"][0]["line"], 3, "{problem}");
     assert_eq!(app.get("/v1/offices/GTEEE").await.status, 404);
+}
+
+async fn the_registry_version_moves_on_every_change(app: TestApp) {
+    let entry = |name: &str| {
+        ects_gateway::offices::Office::from_json(
+            &json!({"code": "GTVVV", "name": name, "country": "GT"}),
+            "",
+        )
+        .unwrap()
+    };
+    let now = chrono::Utc::now();
+    let before = app.store.offices_version().await.unwrap();
+    app.store.put_office(&entry("A"), now).await.unwrap();
+    let first = app.store.offices_version().await.unwrap();
+    assert_ne!(before, first);
+    // Another instance, its clock five minutes behind, replaces the entry: the count and
+    // the latest `updated_at` stay as they were, the registry does not.
+    let behind = now - chrono::Duration::minutes(5);
+    app.store.put_office(&entry("B"), behind).await.unwrap();
+    let second = app.store.offices_version().await.unwrap();
+    assert_ne!(first, second, "a replaced entry must change the version");
+    app.store
+        .import_offices(&[entry("C")], behind)
+        .await
+        .unwrap();
+    assert_ne!(second, app.store.offices_version().await.unwrap());
+    // Seeding what is stored already changes nothing, and says so.
+    let same = app.store.offices_version().await.unwrap();
+    app.store.merge_offices(&[entry("D")], now).await.unwrap();
+    assert_eq!(same, app.store.offices_version().await.unwrap());
 }
 
 fn declaration_to(code: &str) -> Vec<u8> {
