@@ -233,7 +233,9 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             };
             let store = Store::connect(&settings.database_url, 1).await?;
             store.migrate().await?;
-            let counts = store.import_offices(&list, chrono::Utc::now()).await?;
+            let counts = store
+                .import_offices(&list, chrono::Utc::now(), "cli")
+                .await?;
             store.close().await;
             println!(
                 "{}: {} office(s) created, {} replaced",

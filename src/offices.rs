@@ -64,6 +64,9 @@ pub const MAX_NAME_CHARS: usize = 120;
 pub const MAX_SOURCE_CHARS: usize = 200;
 /// Most offices in one import.
 pub const MAX_IMPORT_OFFICES: usize = 20_000;
+/// Most offices with a location in one import: each location is a zone, which every fix
+/// is tested against (the gateway holds at most `store::geo::MAX_ZONES` zones in all).
+pub const MAX_IMPORT_LOCATED: usize = 1_000;
 /// Validity dates accepted.
 const EARLIEST_YEAR: i32 = 1950;
 const LATEST_YEAR: i32 = 2100;
@@ -654,8 +657,29 @@ pub fn json_body(body: &[u8]) -> Result<Value, DocumentError> {
     })
 }
 
-/// An import (`POST /v1/offices/import`, `ects-gateway offices import`): CSV, or JSON.
+/// An import (`POST /v1/offices/import`, `ects-gateway offices import`): CSV, or JSON;
+/// at most [`MAX_IMPORT_OFFICES`] offices, [`MAX_IMPORT_LOCATED`] of them with a location.
 pub fn parse_import(body: &[u8], csv: bool) -> Result<Vec<Office>, DocumentError> {
+    let offices = parse_import_unchecked(body, csv)?;
+    let located = offices.iter().filter(|o| o.location.is_some()).count();
+    if located > MAX_IMPORT_LOCATED {
+        let first_over = offices
+            .iter()
+            .filter(|o| o.location.is_some())
+            .nth(MAX_IMPORT_LOCATED)
+            .map(|o| o.code.as_str().to_owned())
+            .unwrap_or_default();
+        return Err(DocumentError::Invalid(vec![Located::pointer(
+            "",
+            format!(
+                "{located} offices have a location; at most {MAX_IMPORT_LOCATED} per import (each is a zone): import the rest, from {first_over} on, in another"
+            ),
+        )]));
+    }
+    Ok(offices)
+}
+
+fn parse_import_unchecked(body: &[u8], csv: bool) -> Result<Vec<Office>, DocumentError> {
     if csv {
         let text = std::str::from_utf8(body).map_err(|e| {
             DocumentError::malformed(Located::pointer(

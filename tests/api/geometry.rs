@@ -188,7 +188,7 @@ async fn a_stored_zone_over_todays_limits_is_left_out_not_fatal(app: TestApp) {
     let feature = json!({"type": "Feature", "properties": {"kind": "border_post"},
         "geometry": {"type": "Polygon", "coordinates": [[[-179, -89], [179, -89], [179, 89], [-179, 89], [-179, -89]]]}});
     app.store
-        .put_zone(&world, &feature, chrono::Utc::now())
+        .put_zone(&world, &feature, chrono::Utc::now(), "test")
         .await
         .unwrap();
     let trip = app.declare_gt_sv().await;

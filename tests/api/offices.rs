@@ -263,7 +263,9 @@ macro_rules! on_both {
 on_both!(lenient_app:
     the_readme_walk_through_translates_to_duca_t_wco_and_asycuda,
     offices_are_listed_read_registered_and_imported,
-    the_registry_version_moves_on_every_change
+    the_registry_version_moves_on_every_change,
+    every_office_and_geometry_change_is_recorded_with_who_and_when,
+    imports_and_zones_are_capped
 );
 on_both!(strict_app: a_strict_gateway_refuses_an_unknown_office_until_it_is_registered);
 
@@ -412,17 +414,23 @@ async fn the_registry_version_moves_on_every_change(app: TestApp) {
     };
     let now = chrono::Utc::now();
     let before = app.store.offices_version().await.unwrap();
-    app.store.put_office(&entry("A"), now).await.unwrap();
+    app.store
+        .put_office(&entry("A"), now, "test")
+        .await
+        .unwrap();
     let first = app.store.offices_version().await.unwrap();
     assert_ne!(before, first);
     // Another instance, its clock five minutes behind, replaces the entry: the count and
     // the latest `updated_at` stay as they were, the registry does not.
     let behind = now - chrono::Duration::minutes(5);
-    app.store.put_office(&entry("B"), behind).await.unwrap();
+    app.store
+        .put_office(&entry("B"), behind, "test")
+        .await
+        .unwrap();
     let second = app.store.offices_version().await.unwrap();
     assert_ne!(first, second, "a replaced entry must change the version");
     app.store
-        .import_offices(&[entry("C")], behind)
+        .import_offices(&[entry("C")], behind, "test")
         .await
         .unwrap();
     assert_ne!(second, app.store.offices_version().await.unwrap());
@@ -430,6 +438,156 @@ async fn the_registry_version_moves_on_every_change(app: TestApp) {
     let same = app.store.offices_version().await.unwrap();
     app.store.merge_offices(&[entry("D")], now).await.unwrap();
     assert_eq!(same, app.store.offices_version().await.unwrap());
+}
+
+async fn every_office_and_geometry_change_is_recorded_with_who_and_when(app: TestApp) {
+    // The shipped data, seeded at start.
+    let seeded = app
+        .get("/v1/registry/changes?subject=office&id=SVSAL")
+        .await;
+    assert_eq!(seeded.status, 200, "{}", seeded.text);
+    let seeded = seeded.json();
+    assert_eq!(seeded["changes"][0]["actor"], "shipped", "{seeded}");
+    assert_eq!(seeded["changes"][0]["action"], "created");
+
+    let mut located = office("GTZZZ");
+    located["location"] = json!({"type": "Point", "coordinates": [-90.78, 13.93], "radius_m": 900});
+    let before = chrono::Utc::now();
+    assert_eq!(app.put("/v1/offices/GTZZZ", &located).await.status, 201);
+    assert_eq!(app.put("/v1/offices/GTZZZ", &located).await.status, 200);
+    let rest = json!({"type": "Feature", "properties": {"kind": "rest_area", "radius_m": 300},
+                      "geometry": {"type": "Point", "coordinates": [-90.6, 14.0]}});
+    assert_eq!(app.put("/v1/zones/rest-km42", &rest).await.status, 201);
+    let corridor = json!({"type": "Feature", "properties": {"width_m": 2000},
+        "geometry": {"type": "LineString", "coordinates": [[-90.78, 13.93], [-89.19, 13.69]]}});
+    assert_eq!(app.put("/v1/corridors/CA-1", &corridor).await.status, 201);
+    let imported = app
+        .post("/v1/offices/import", json!([office("GTAAA")]).to_string())
+        .await;
+    assert_eq!(imported.status, 200, "{}", imported.text);
+
+    let all = app
+        .get("/v1/registry/changes?limit=1000&after=0")
+        .await
+        .json();
+    let mine: Vec<&Value> = all["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["actor"] != "shipped")
+        .collect();
+    let seen: Vec<(String, String, String)> = mine
+        .iter()
+        .map(|c| {
+            (
+                c["subject"].as_str().unwrap().to_owned(),
+                c["id"].as_str().unwrap().to_owned(),
+                c["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expect = |s: &str, id: &str, a: &str| (s.to_owned(), id.to_owned(), a.to_owned());
+    assert_eq!(
+        seen,
+        vec![
+            expect("office", "GTZZZ", "created"),
+            expect("zone", "office:GTZZZ", "created"),
+            expect("office", "GTZZZ", "replaced"),
+            expect("zone", "office:GTZZZ", "replaced"),
+            expect("zone", "rest-km42", "created"),
+            expect("corridor", "CA-1", "created"),
+            expect("office", "GTAAA", "created"),
+        ]
+    );
+    for c in &mine {
+        assert_eq!(c["actor"], "operator", "{c}");
+        let at: chrono::DateTime<chrono::Utc> = c["at"].as_str().unwrap().parse().unwrap();
+        assert!(at >= before - chrono::Duration::seconds(1), "{c}");
+    }
+    assert_eq!(mine[4]["entry"], rest);
+    assert_eq!(mine[0]["entry"]["location"]["radius_m"], 900);
+    // Pages, and the filters.
+    let first = app
+        .get("/v1/registry/changes?subject=zone&limit=1")
+        .await
+        .json();
+    let next = first["next"].as_i64().unwrap();
+    let second = app
+        .get(&format!(
+            "/v1/registry/changes?subject=zone&limit=1&after={next}"
+        ))
+        .await
+        .json();
+    assert!(second["changes"][0]["seq"].as_i64().unwrap() > next);
+    for bad in ["subject=trip", "limit=0", "after=-1", "limit=x"] {
+        assert_eq!(
+            app.get(&format!("/v1/registry/changes?{bad}")).await.status,
+            400,
+            "{bad}"
+        );
+    }
+}
+
+async fn imports_and_zones_are_capped(app: TestApp) {
+    use ects_gateway::offices::MAX_IMPORT_LOCATED;
+    use ects_gateway::store::MAX_ZONES;
+    // One located office over the import's limit: refused whole, nothing stored.
+    let many: Vec<Value> = (0..=MAX_IMPORT_LOCATED)
+        .map(|i| {
+            json!({"code": format!("GTL{i:04}"), "name": "x", "country": "GT",
+                   "location": {"type": "Point", "coordinates": [-90.5, 14.5], "radius_m": 100}})
+        })
+        .collect();
+    let reply = app
+        .post("/v1/offices/import", Value::from(many).to_string())
+        .await;
+    assert_eq!(
+        reply.status,
+        422,
+        "{}",
+        &reply.text[..reply.text.len().min(400)]
+    );
+    assert!(
+        reply
+            .text
+            .contains(&format!("at most {MAX_IMPORT_LOCATED} per import")),
+        "{}",
+        reply.text
+    );
+    assert_eq!(app.get("/v1/offices/GTL0000").await.status, 404);
+
+    // The gateway full of zones: a new one is refused, a replaced one is not.
+    let feature = json!({"type": "Feature", "properties": {"kind": "rest_area", "radius_m": 100},
+                         "geometry": {"type": "Point", "coordinates": [-90.6, 14.0]}});
+    sqlx::query(
+        "insert into zones (zone_id, kind, office_code, feature, updated_at)
+         with recursive n(i) as (select 1 union all select i + 1 from n where i < $1)
+         select 'Z' || i, 'rest_area', null, $2, '2026-01-01T00:00:00Z' from n",
+    )
+    .bind(MAX_ZONES)
+    .bind(feature.to_string())
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    let reply = app.put("/v1/zones/ONE-MORE", &feature).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert!(
+        reply.text.contains(&format!("limit of {MAX_ZONES} zones")),
+        "{}",
+        reply.text
+    );
+    assert_eq!(app.put("/v1/zones/Z1", &feature).await.status, 200);
+    // An office's location is a zone too.
+    let mut located = office("GTYYY");
+    located["location"] = json!({"type": "Point", "coordinates": [-90.78, 13.93], "radius_m": 900});
+    let reply = app.put("/v1/offices/GTYYY", &located).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/location"]);
+    assert_eq!(app.get("/v1/offices/GTYYY").await.status, 404);
+    assert_eq!(
+        app.put("/v1/offices/GTYYY", &office("GTYYY")).await.status,
+        201
+    );
 }
 
 fn declaration_to(code: &str) -> Vec<u8> {
@@ -522,6 +680,12 @@ fn the_cli_imports_a_file_into_the_database() {
             store.zones_of_office("KEZZZ").await.unwrap(),
             vec!["office:KEZZZ"]
         );
+        let changes = store
+            .registry_changes(Some("office"), Some("KEZZZ"), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].actor, "cli");
     });
 }
 
@@ -544,7 +708,7 @@ async fn an_office_written_to_the_database_elsewhere_is_read_at_the_next_tick(ap
     )
     .unwrap();
     app.store
-        .import_offices(&[entry], chrono::Utc::now())
+        .import_offices(&[entry], chrono::Utc::now(), "test")
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
