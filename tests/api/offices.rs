@@ -34,11 +34,156 @@ fn run_cases(formats: &Formats, dir: &str, at_least: usize) {
     assert!(failed.is_empty(), "{dir}: {failed:#?}");
 }
 
+/// A strict registry where customs registered the project's codes themselves (the shipped
+/// rows, with their own `source`), as an installation that uses them must.
+fn strict_with_project_codes_registered() -> Formats {
+    let entries = ects_gateway::offices::shipped()
+        .unwrap()
+        .into_iter()
+        .map(|mut o| {
+            if o.is_project_code() {
+                o.source = Some("registered by the operator".into());
+            }
+            o
+        })
+        .collect();
+    let settings = Settings {
+        mappings_dir: product_mappings_dir(),
+        ..Settings::default()
+    };
+    let offices = ects_gateway::offices::Offices::new(OfficePolicy::Strict, entries);
+    ects_gateway::startup::formats_with_registry(&settings, &offices).unwrap()
+}
+
 #[test]
 fn every_shipped_fixture_names_only_registered_offices() {
     // Under `strict`, every office of every shipped format's cases is in the shipped
-    // registry: the README's, the fixtures', the real ASYCUDA exports' and HMRC's.
-    run_cases(&shipped_formats(OfficePolicy::Strict), "tests/formats", 60);
+    // registry (the README's and fixtures' project codes once customs registered them):
+    // the real ASYCUDA exports' and HMRC's too.
+    run_cases(&strict_with_project_codes_registered(), "tests/formats", 60);
+}
+
+fn decode_readme_with(
+    formats: &Formats,
+    edit: impl FnOnce(&mut Value),
+) -> Result<Vec<String>, Vec<(String, String)>> {
+    let mut d: Value =
+        serde_json::from_slice(&fixture("ects-json/declaration-gt-sv.json")).unwrap();
+    edit(&mut d);
+    match formats
+        .get("ects-json")
+        .unwrap()
+        .decode(d.to_string().as_bytes())
+    {
+        Ok(decoded) => Ok(decoded.notes.iter().map(|n| n.detail.clone()).collect()),
+        Err(ects_gateway::problem::DocumentError::Invalid(p)) => Err(p
+            .into_iter()
+            .map(|p| (p.pointer.unwrap_or_default(), p.detail))
+            .collect()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn strict_means_strict() {
+    let strict = shipped_formats(OfficePolicy::Strict);
+    let lenient = shipped_formats(OfficePolicy::KnownOrLocode);
+    // The project's codes (GTPQZ, GTPDA) are not registered offices under strict.
+    let refused = decode_readme_with(&strict, |_| {}).unwrap_err();
+    let pointers: Vec<&str> = refused.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        pointers,
+        vec!["/office_of_departure/code", "/offices_of_transit/0/code"],
+        "{refused:?}"
+    );
+    assert!(refused[0].1.contains("code of this project"), "{refused:?}");
+    assert!(decode_readme_with(&lenient, |_| {}).is_ok());
+    // Registered ones (UN/LOCODE GTPRQ): accepted.
+    let real = |d: &mut Value| {
+        d["office_of_departure"] = json!({"code": "GTPRQ", "country": "GT"});
+        d["offices_of_transit"] = json!([]);
+    };
+    assert_eq!(decode_readme_with(&strict, real), Ok(vec![]));
+    // A code whose country is not the role's: refused under strict, at the country.
+    let elsewhere = |d: &mut Value| {
+        real(d);
+        d["office_of_destination"]["country"] = json!("GT");
+    };
+    let refused = decode_readme_with(&strict, elsewhere).unwrap_err();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, "/office_of_destination/country");
+    assert!(refused[0].1.contains("SV"), "{refused:?}");
+    let notes = decode_readme_with(&lenient, elsewhere).unwrap();
+    assert!(notes.iter().any(|n| n.contains("SVSAL")), "{notes:?}");
+}
+
+#[test]
+fn validity_is_checked_on_the_declaration_s_own_date_per_policy() {
+    use ects_gateway::offices::{Findings, Office, Offices};
+    let entry = Office::from_json(
+        &json!({"code": "GTOLD", "name": "Closed office", "country": "GT",
+                "valid_from": "2020-01-01", "valid_until": "2026-03-01"}),
+        "",
+    )
+    .unwrap();
+    let code = entry.code.clone();
+    let country = entry.country.clone();
+    for (policy, refused) in [
+        (OfficePolicy::Strict, true),
+        (OfficePolicy::KnownOrLocode, false),
+    ] {
+        let offices = Offices::new(policy, vec![entry.clone()]);
+        let on = |date: &str| {
+            let mut found = Findings::default();
+            offices.check_code(
+                &code,
+                Some(&country),
+                None,
+                date.parse().unwrap(),
+                "/x/code",
+                &mut found,
+            );
+            found
+        };
+        let closed = on("2026-03-14");
+        assert_eq!(
+            closed.problems.len(),
+            usize::from(refused),
+            "{policy:?}: {closed:?}"
+        );
+        assert_eq!(
+            closed.notes.len(),
+            usize::from(!refused),
+            "{policy:?}: {closed:?}"
+        );
+        let open = on("2026-02-01");
+        assert!(
+            open.problems.is_empty() && open.notes.is_empty(),
+            "{open:?}"
+        );
+    }
+    // A declaration dated while the office was open is accepted under strict, though read
+    // after it closed: its own date counts.
+    let mut d: Value =
+        serde_json::from_slice(&fixture("ects-json/declaration-gt-sv.json")).unwrap();
+    d["office_of_departure"] = json!({"code": "GTOLD", "country": "GT"});
+    d["offices_of_transit"] = json!([]);
+    d["declared_at"] = json!("2026-02-01T08:00:00Z");
+    let mut entries = ects_gateway::offices::shipped_for(OfficePolicy::Strict).unwrap();
+    entries.push(entry);
+    let settings = Settings {
+        mappings_dir: product_mappings_dir(),
+        ..Settings::default()
+    };
+    let strict = ects_gateway::startup::formats_with_registry(
+        &settings,
+        &Offices::new(OfficePolicy::Strict, entries),
+    )
+    .unwrap();
+    let json = strict.get("ects-json").unwrap();
+    assert!(json.decode(d.to_string().as_bytes()).is_ok());
+    d["declared_at"] = json!("2026-03-14T08:00:00Z");
+    assert!(json.decode(d.to_string().as_bytes()).is_err());
 }
 
 #[test]
@@ -47,7 +192,7 @@ fn each_policy_decides_an_unknown_office_and_both_refuse_a_malformed_one() {
     // office is refused under strict with its document path and line, accepted under
     // known_or_locode; a malformed code is refused under both.
     run_cases(
-        &shipped_formats(OfficePolicy::Strict),
+        &strict_with_project_codes_registered(),
         "tests/offices/strict",
         8,
     );
@@ -598,8 +743,34 @@ fn declaration_to(code: &str) -> Vec<u8> {
     d.to_string().into_bytes()
 }
 
+/// The project's codes of the README's declaration, registered by customs (under
+/// `strict` the shipped rows are not).
+async fn register_readme_codes(app: &TestApp) {
+    for (code, name) in [("GTPQZ", "Puerto Quetzal"), ("GTPDA", "Pedro de Alvarado")] {
+        let entry = json!({"name": name, "country": "GT",
+                           "roles": ["departure", "transit", "destination", "border_post"]});
+        let reply = app.put(&format!("/v1/offices/{code}"), &entry).await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+    }
+}
+
 async fn a_strict_gateway_refuses_an_unknown_office_until_it_is_registered(app: TestApp) {
-    // The README's declaration: every office registered.
+    // The README's declaration: the project's codes are not seeded under strict.
+    let project = app
+        .post(
+            "/v1/translate?from=ects-json&to=duca-t",
+            fixture("ects-json/declaration-gt-sv.json"),
+        )
+        .await;
+    assert_eq!(project.status, 422, "{}", project.text);
+    assert!(
+        project.text.contains("code of this project"),
+        "{}",
+        project.text
+    );
+    assert_eq!(app.get("/v1/offices/GTPQZ").await.status, 404);
+    register_readme_codes(&app).await;
+    // Now every office registered.
     let known = app
         .post(
             "/v1/translate?from=ects-json&to=duca-t",
@@ -700,6 +871,7 @@ async fn strict_ticking_app(backend: Backend) -> Option<TestApp> {
 on_both!(strict_ticking_app: an_office_written_to_the_database_elsewhere_is_read_at_the_next_tick);
 
 async fn an_office_written_to_the_database_elsewhere_is_read_at_the_next_tick(app: TestApp) {
+    register_readme_codes(&app).await;
     assert_eq!(app.post_message(declaration_to("SVQQQ")).await.status, 422);
     // As `ects-gateway offices import` or another instance would: straight to the database.
     let entry = ects_gateway::offices::Office::from_json(
