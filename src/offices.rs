@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::problem::{DocumentError, Located};
 
 /// What an office code that is not in the registry gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum OfficePolicy {
     /// Refused, with its pointer or document path and line.
@@ -24,6 +24,7 @@ pub enum OfficePolicy {
     /// Accepted with a note when it is shaped like a UN/LOCODE (a country of ISO 3166 and
     /// three letters or digits 2-9); refused otherwise.
     #[default]
+    #[value(name = "known_or_locode")]
     KnownOrLocode,
 }
 

@@ -912,6 +912,70 @@ fn the_cli_imports_a_file_into_the_database() {
     });
 }
 
+#[test]
+fn the_cli_under_policy_strict_uses_only_the_shipped_and_imported_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/ects.db", dir.path().display());
+    let readme = root("tests/fixtures/ects-json/declaration-gt-sv.json");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ects-gateway"))
+            .current_dir(root(""))
+            .args(["--database-url", &db])
+            .args(args)
+            .env_remove("ECTS_CONFIG")
+            .env_remove("ECTS_OFFICE_POLICY")
+            .output()
+            .unwrap()
+    };
+    let translate = |policy: &str| {
+        cli(&[
+            "--policy",
+            policy,
+            "translate",
+            "--from",
+            "ects-json",
+            "--to",
+            "wco-dm",
+            readme.to_str().unwrap(),
+        ])
+    };
+    // No database yet: the shipped data, without the project's codes.
+    let out = translate("strict");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("GTPQZ") && err.contains("code of this project"),
+        "{err}"
+    );
+    assert_eq!(translate("known_or_locode").status.code(), Some(0));
+    // Customs import the two codes: the CLI reads them from the database.
+    let csv = dir.path().join("project.csv");
+    std::fs::write(
+        &csv,
+        "code,name,country,roles,source\nGTPQZ,Puerto Quetzal,GT,departure,SAT\nGTPDA,Pedro de Alvarado,GT,transit|border_post,SAT\n",
+    )
+    .unwrap();
+    let out = cli(&["offices", "import", csv.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = translate("strict");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn strict_ticking_app(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, product_mappings_dir(), |s| {
         s.offices.policy = OfficePolicy::Strict;
