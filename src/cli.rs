@@ -139,7 +139,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Formats => {
-            let formats = startup::formats(&settings)?;
+            let formats = startup::cli_formats(&settings).await?;
             for f in formats.list() {
                 println!(
                     "{:<14} {:<8} {:<60} {}",
@@ -156,7 +156,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             file,
             unmapped,
         } => {
-            let formats = startup::formats(&settings)?;
+            let formats = startup::cli_formats(&settings).await?;
             let adapter = formats.get(&format).with_context(|| {
                 format!(
                     "unknown format {format:?}; known: {}",
@@ -198,7 +198,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             file,
             unmapped,
         } => {
-            let formats = startup::formats(&settings)?;
+            let formats = startup::cli_formats(&settings).await?;
             let body = read_input(&file)?;
             match crate::translate::translate(&formats, &from, &to, &body) {
                 Ok(t) => {
@@ -233,7 +233,9 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             };
             let store = Store::connect(&settings.database_url, 1).await?;
             store.migrate().await?;
-            let counts = store.import_offices(&list, chrono::Utc::now()).await?;
+            let counts = store
+                .import_offices(&list, chrono::Utc::now(), "cli")
+                .await?;
             store.close().await;
             println!(
                 "{}: {} office(s) created, {} replaced",
@@ -252,7 +254,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
                  repository's root or name the directory",
                 dir.display()
             );
-            let formats = startup::formats(&settings)?;
+            let formats = startup::cli_formats(&settings).await?;
             let results = crate::mapping::harness::run_only(&formats, &dir, format.as_deref());
             anyhow::ensure!(
                 !results.is_empty(),

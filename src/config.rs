@@ -338,6 +338,9 @@ pub struct ConfigArgs {
     /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (default: AMQP off).
     #[arg(long, env = "ECTS_AMQP_URL", global = true, hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// Office policy, `strict` or `known_or_locode` (default: `[offices] policy`).
+    #[arg(long = "policy", env = "ECTS_OFFICE_POLICY", global = true, value_enum)]
+    pub office_policy: Option<crate::offices::OfficePolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -377,6 +380,9 @@ impl ConfigArgs {
         }
         if let Some(d) = &self.mappings_dir {
             settings.mappings_dir = d.clone();
+        }
+        if let Some(p) = self.office_policy {
+            settings.offices.policy = p;
         }
         if let Some(url) = &self.amqp_url {
             settings.amqp_url = Some(SecretString::from(url.clone()));

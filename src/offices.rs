@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::problem::{DocumentError, Located};
 
 /// What an office code that is not in the registry gets.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum OfficePolicy {
     /// Refused, with its pointer or document path and line.
@@ -24,6 +24,7 @@ pub enum OfficePolicy {
     /// Accepted with a note when it is shaped like a UN/LOCODE (a country of ISO 3166 and
     /// three letters or digits 2-9); refused otherwise.
     #[default]
+    #[value(name = "known_or_locode")]
     KnownOrLocode,
 }
 
@@ -58,12 +59,18 @@ impl OfficeRole {
     }
 }
 
+/// How the shipped files mark a code of this project (`source` starts with it).
+pub const PROJECT_SOURCE: &str = "code of this project";
+
 /// Longest office name kept.
 pub const MAX_NAME_CHARS: usize = 120;
 /// Longest source note kept.
 pub const MAX_SOURCE_CHARS: usize = 200;
 /// Most offices in one import.
 pub const MAX_IMPORT_OFFICES: usize = 20_000;
+/// Most offices with a location in one import: each location is a zone, which every fix
+/// is tested against (the gateway holds at most `store::geo::MAX_ZONES` zones in all).
+pub const MAX_IMPORT_LOCATED: usize = 1_000;
 /// Validity dates accepted.
 const EARLIEST_YEAR: i32 = 1950;
 const LATEST_YEAR: i32 = 2100;
@@ -214,6 +221,18 @@ impl Office {
     pub fn zone(&self) -> Option<Result<(Zone, Value), ects_core::geo::GeoError>> {
         let location = self.location.as_ref()?;
         Some(office_zone(&self.code, &self.roles, location))
+    }
+
+    /// Whether this is one of the shipped codes of this project (README walk-through,
+    /// fixtures, land border posts without a UN/LOCODE): not a UN/LOCODE, and its
+    /// `source` says so. Under `strict` such an entry, as shipped, is not a registered
+    /// office.
+    pub fn is_project_code(&self) -> bool {
+        !self.locode
+            && self
+                .source
+                .as_deref()
+                .is_some_and(|s| s.starts_with(PROJECT_SOURCE))
     }
 
     /// The id of the zone its location makes.
@@ -654,8 +673,29 @@ pub fn json_body(body: &[u8]) -> Result<Value, DocumentError> {
     })
 }
 
-/// An import (`POST /v1/offices/import`, `ects-gateway offices import`): CSV, or JSON.
+/// An import (`POST /v1/offices/import`, `ects-gateway offices import`): CSV, or JSON;
+/// at most [`MAX_IMPORT_OFFICES`] offices, [`MAX_IMPORT_LOCATED`] of them with a location.
 pub fn parse_import(body: &[u8], csv: bool) -> Result<Vec<Office>, DocumentError> {
+    let offices = parse_import_unchecked(body, csv)?;
+    let located = offices.iter().filter(|o| o.location.is_some()).count();
+    if located > MAX_IMPORT_LOCATED {
+        let first_over = offices
+            .iter()
+            .filter(|o| o.location.is_some())
+            .nth(MAX_IMPORT_LOCATED)
+            .map(|o| o.code.as_str().to_owned())
+            .unwrap_or_default();
+        return Err(DocumentError::Invalid(vec![Located::pointer(
+            "",
+            format!(
+                "{located} offices have a location; at most {MAX_IMPORT_LOCATED} per import (each is a zone): import the rest, from {first_over} on, in another"
+            ),
+        )]));
+    }
+    Ok(offices)
+}
+
+fn parse_import_unchecked(body: &[u8], csv: bool) -> Result<Vec<Office>, DocumentError> {
     if csv {
         let text = std::str::from_utf8(body).map_err(|e| {
             DocumentError::malformed(Located::pointer(
@@ -692,6 +732,16 @@ pub const SHIPPED: [(&str, &str); 5] = [
         include_str!("../mappings/offices/hmrc-uk.csv"),
     ),
 ];
+
+/// The shipped offices a policy seeds: under `strict`, not the codes of this project
+/// ([`Office::is_project_code`]).
+pub fn shipped_for(policy: OfficePolicy) -> Result<Vec<Office>, String> {
+    let mut all = shipped()?;
+    if policy == OfficePolicy::Strict {
+        all.retain(|o| !o.is_project_code());
+    }
+    Ok(all)
+}
 
 /// Every shipped office. A broken shipped file is a build defect, reported with its name.
 pub fn shipped() -> Result<Vec<Office>, String> {
@@ -735,6 +785,8 @@ impl Findings {
 pub struct Offices {
     policy: OfficePolicy,
     entries: Arc<RwLock<Arc<BTreeMap<String, Office>>>>,
+    /// The shipped codes of this project, as shipped: left out under `strict`.
+    project: Arc<BTreeMap<String, Office>>,
 }
 
 impl std::fmt::Debug for Offices {
@@ -748,9 +800,16 @@ impl std::fmt::Debug for Offices {
 
 impl Offices {
     pub fn new(policy: OfficePolicy, offices: Vec<Office>) -> Self {
+        let project = shipped()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(Office::is_project_code)
+            .map(|o| (o.code.as_str().to_owned(), o))
+            .collect();
         let this = Self {
             policy,
             entries: Arc::default(),
+            project: Arc::new(project),
         };
         this.replace(offices);
         this
@@ -772,10 +831,14 @@ impl Offices {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// Replaces every entry (after the database changed).
+    /// Replaces every entry (after the database changed). Under `strict`, a code of this
+    /// project stored as shipped (seeded by an earlier start under `known_or_locode`) is
+    /// left out: only one customs registered themselves (any change) counts.
     pub fn replace(&self, offices: Vec<Office>) {
+        let strict = self.policy == OfficePolicy::Strict;
         let map: BTreeMap<String, Office> = offices
             .into_iter()
+            .filter(|o| !(strict && self.project.get(o.code.as_str()) == Some(o)))
             .map(|o| (o.code.as_str().to_owned(), o))
             .collect();
         let map = Arc::new(map);
@@ -812,6 +875,14 @@ impl Offices {
         let entries = self.snapshot();
         let Some(office) = entries.get(code.as_str()) else {
             match self.policy {
+                OfficePolicy::Strict if self.project.contains_key(code.as_str()) => {
+                    problems.push(problem(
+                        pointer,
+                        format!(
+                            "office \"{code}\" is not in the office registry (policy strict): it is a code of this project (README, fixtures), not a registered office; register it (PUT /v1/offices/{code}) to use it"
+                        ),
+                    ))
+                }
                 OfficePolicy::Strict => problems.push(problem(
                     pointer,
                     format!("office \"{code}\" is not in the office registry (policy strict)"),
@@ -833,8 +904,10 @@ impl Offices {
             }
             return;
         };
+        let strict = self.policy == OfficePolicy::Strict;
         if office.valid_from.is_some_and(|d| on < d) || office.valid_until.is_some_and(|d| on > d) {
-            problems.push(problem(
+            let told = if strict { &mut *problems } else { &mut *notes };
+            told.push(problem(
                 pointer,
                 format!(
                     "office \"{code}\" ({}) is not valid on {on}: valid {} to {}",
@@ -850,16 +923,33 @@ impl Offices {
                 ),
             ));
         }
-        if let Some(country) = declared_country
-            && *country != office.country
-        {
-            notes.push(problem(
-                pointer,
-                format!(
-                    "office \"{code}\" ({}) is in {} by the office registry; the document says {country}",
-                    office.name, office.country
-                ),
-            ));
+        if let Some(country) = declared_country {
+            // The country is the role's (`.../country` beside `.../code`).
+            let at = pointer
+                .strip_suffix("/code")
+                .map(|p| format!("{p}/country"))
+                .unwrap_or_else(|| pointer.to_owned());
+            let prefix = code.as_str().get(..2).filter(|p| is_iso_country(p));
+            let told = if strict { &mut *problems } else { &mut *notes };
+            if *country != office.country {
+                told.push(problem(
+                    &at,
+                    format!(
+                        "office \"{code}\" ({}) is in {} by the office registry; the document says {country}",
+                        office.name, office.country
+                    ),
+                ));
+            } else if let Some(prefix) = prefix
+                && prefix != country.as_str()
+            {
+                told.push(problem(
+                    &at,
+                    format!(
+                        "office \"{code}\" ({}) has the country prefix {prefix}; the document says {country}",
+                        office.name
+                    ),
+                ));
+            }
         }
         if let Some(role) = role
             && !office.roles.is_empty()
@@ -876,8 +966,9 @@ impl Offices {
         }
     }
 
-    /// Every office a declaration names, checked. Pointers are canonical: a mapped
-    /// format relocates them to its document.
+    /// Every office a declaration names, checked on the declaration's own date
+    /// (`declared_at`), or the day it is read when it has none. Pointers are canonical: a
+    /// mapped format relocates them to its document.
     pub fn check_declaration(&self, d: &TransitDeclaration) -> Result<Vec<Located>, DocumentError> {
         let on = d.declared_at.unwrap_or_else(Utc::now).date_naive();
         let mut found = Findings::default();

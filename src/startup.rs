@@ -108,6 +108,54 @@ pub fn formats(settings: &Settings) -> anyhow::Result<Formats> {
     formats_with(settings, schemas()?, &offices)
 }
 
+/// The formats of the CLI (`translate`, `validate`, `mapping test`, `formats`). Under
+/// `strict`, the registry is the shipped data (without the project's codes) and what was
+/// imported into the configured database, when there is one (an SQLite file that exists,
+/// or PostgreSQL); nothing else.
+pub async fn cli_formats(settings: &Settings) -> anyhow::Result<Formats> {
+    use secrecy::ExposeSecret;
+    if settings.offices.policy != crate::offices::OfficePolicy::Strict {
+        return formats(settings);
+    }
+    let mut entries: std::collections::BTreeMap<String, crate::offices::Office> =
+        crate::offices::shipped_for(settings.offices.policy)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|o| (o.code.as_str().to_owned(), o))
+            .collect();
+    let url = settings.database_url.expose_secret();
+    let sqlite_file = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default().to_owned());
+    let has_database = match &sqlite_file {
+        Some(path) => std::path::Path::new(path).is_file(),
+        None => true,
+    };
+    if has_database {
+        let store = Store::connect(&settings.database_url, 1)
+            .await
+            .context("cannot open the database for the office registry")?;
+        store
+            .migrate()
+            .await
+            .context("cannot migrate the database")?;
+        let stored = store
+            .all_offices()
+            .await
+            .context("cannot read the office registry")?;
+        store.close().await;
+        entries.extend(stored.into_iter().map(|o| (o.code.as_str().to_owned(), o)));
+    }
+    let offices = Offices::new(settings.offices.policy, entries.into_values().collect());
+    formats_with(settings, schemas()?, &offices)
+}
+
+/// The formats, checking offices against `offices` (a registry built by the caller).
+pub fn formats_with_registry(settings: &Settings, offices: &Offices) -> anyhow::Result<Formats> {
+    formats_with(settings, schemas()?, offices)
+}
+
 fn schemas() -> anyhow::Result<Arc<Schemas>> {
     Ok(Arc::new(
         Schemas::load().context("the embedded JSON Schemas do not compile")?,
@@ -185,7 +233,9 @@ impl Application {
         let schemas = schemas()?;
         // The shipped offices are merged into the stored registry (none overwritten),
         // then the registry is read whole.
-        let shipped = crate::offices::shipped().map_err(anyhow::Error::msg)?;
+        // Under `strict`, not the codes of this project (README, fixtures).
+        let shipped =
+            crate::offices::shipped_for(settings.offices.policy).map_err(anyhow::Error::msg)?;
         store
             .merge_offices(&shipped, chrono::Utc::now())
             .await

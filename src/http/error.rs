@@ -50,6 +50,11 @@ impl From<StoreError> for ApiError {
         match e {
             // Contention that outlasted the retries (or SQLite's busy timeout): try again.
             StoreError::Contention => ApiError::Busy,
+            StoreError::OverLimit { pointer, detail } => {
+                ApiError::Document(crate::problem::DocumentError::Invalid(vec![
+                    crate::problem::Located::pointer(pointer, detail),
+                ]))
+            }
             e if e.is_retryable() => ApiError::Busy,
             e => ApiError::Internal(Box::new(e)),
         }

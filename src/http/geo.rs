@@ -120,7 +120,7 @@ pub async fn put_corridor(
     let corridor = Corridor::from_geojson(id, &feature).map_err(geo_problem)?;
     let created = state
         .store
-        .put_corridor(&corridor, &feature, Utc::now())
+        .put_corridor(&corridor, &feature, Utc::now(), &viewer.actor())
         .await?;
     state.tracking.refresh_geography().await?;
     Ok(stored(created, feature))
@@ -164,7 +164,8 @@ pub async fn list_corridors(
     Ok(HttpResponse::Ok().json(CorridorList { corridors, next }))
 }
 
-/// Register or replace a zone: a Feature with a Polygon (or a Point and `properties.radius_m`)
+/// Register or replace a zone (at most 10,000 zones, offices' locations included: one more
+/// is refused with 422): a Feature with a Polygon (or a Point and `properties.radius_m`)
 /// and `properties.kind`.
 #[utoipa::path(
     tag = "geometry",
@@ -207,7 +208,10 @@ pub async fn put_zone(
             return Err(ApiError::Document(DocumentError::Invalid(found.problems)));
         }
     }
-    let created = state.store.put_zone(&zone, &feature, Utc::now()).await?;
+    let created = state
+        .store
+        .put_zone(&zone, &feature, Utc::now(), &viewer.actor())
+        .await?;
     state.tracking.refresh_geography().await?;
     Ok(stored(created, feature))
 }

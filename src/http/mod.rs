@@ -79,6 +79,7 @@ pub struct AppState {
         outbox::list_outbox,
         outbox::retry_outbox,
         offices::list_offices,
+        offices::list_registry_changes,
         offices::get_office,
         offices::put_office,
         offices::import_offices,
@@ -137,6 +138,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(outbox::retry_outbox)
     .service(offices::import_offices)
     .service(offices::list_offices)
+    .service(offices::list_registry_changes)
     .service(offices::get_office)
     .service(offices::put_office)
     .service(ops::healthz)

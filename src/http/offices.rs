@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::viewer::Viewer;
 use crate::offices::{self, Office, OfficeRole};
 use crate::problem::{DocumentError, Located};
-use crate::store::ImportCounts;
+use crate::store::{ImportCounts, RegistryChange};
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
@@ -189,7 +189,10 @@ pub async fn put_office(
         }
     }
     let office = Office::from_json(&value, "").map_err(invalid)?;
-    let created = state.store.put_office(&office, Utc::now()).await?;
+    let created = state
+        .store
+        .put_office(&office, Utc::now(), &viewer.actor())
+        .await?;
     reload(&state).await?;
     let mut response = if created {
         HttpResponse::Created()
@@ -225,7 +228,10 @@ pub async fn import_offices(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/csv"));
     let list = offices::parse_import(&body, csv)?;
-    let counts = state.store.import_offices(&list, Utc::now()).await?;
+    let counts = state
+        .store
+        .import_offices(&list, Utc::now(), &viewer.actor())
+        .await?;
     let total = reload(&state).await?;
     Ok(HttpResponse::Ok().json(imported(counts, total)))
 }
@@ -236,4 +242,75 @@ fn imported(counts: ImportCounts, total: usize) -> OfficeImported {
         replaced: counts.replaced,
         total,
     }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ChangeQuery {
+    /// `office`, `zone` or `corridor`.
+    pub subject: Option<String>,
+    /// The office code, zone id or corridor id.
+    pub id: Option<String>,
+    /// Changes per page, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+    /// The `next` cursor of the previous page (a change's `seq`).
+    pub after: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ChangeList {
+    pub changes: Vec<RegistryChange>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}
+
+/// Who changed the office registry and the geometry, and when: every office, zone and
+/// corridor written (by the operator, a partner, `ects-gateway offices import` or the
+/// shipped data at start), oldest first, with what was stored. Operator only.
+#[utoipa::path(tag = "offices", params(ChangeQuery), responses((status = 200, body = ChangeList), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")))]
+#[get("/v1/registry/changes")]
+pub async fn list_registry_changes(
+    state: web::Data<AppState>,
+    viewer: Viewer,
+    q: web::Query<ChangeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    viewer.operator_only("read the registry's changes")?;
+    let limit = match q.limit {
+        None => DEFAULT_LIMIT,
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| bad("limit", format!("{n} is outside 1..={MAX_LIMIT}")))?,
+    };
+    let subject = match q.subject.as_deref() {
+        None => None,
+        Some(s @ ("office" | "zone" | "corridor")) => Some(s),
+        Some(s) => {
+            return Err(bad(
+                "subject",
+                format!("{s:?}: subjects are office, zone, corridor"),
+            ));
+        }
+    };
+    let id = match q.id.as_deref() {
+        Some(id) if id.is_empty() || id.len() > 64 => {
+            return Err(bad("id", "1 to 64 characters"));
+        }
+        id => id,
+    };
+    let after = match q.after {
+        Some(a) if a < 0 => return Err(bad("after", format!("{a} is negative"))),
+        a => a.unwrap_or(0),
+    };
+    let mut changes = state
+        .store
+        .registry_changes(subject, id, after, limit + 1)
+        .await?;
+    let next = if changes.len() > limit {
+        changes.truncate(limit);
+        changes.last().map(|c| c.seq)
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(ChangeList { changes, next }))
 }

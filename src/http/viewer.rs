@@ -34,6 +34,15 @@ impl Viewer {
         }
     }
 
+    /// Who made a change, as the registry's record of changes names it: `operator`, or
+    /// `partner:<id>`.
+    pub fn actor(&self) -> String {
+        match self {
+            Viewer::Operator => "operator".into(),
+            Viewer::Partner(p) => format!("partner:{}", p.id),
+        }
+    }
+
     /// Only the operator may do this (geography, thresholds, delivery retries): partners
     /// act through their own systems and the messages they send.
     pub fn operator_only(&self, what: &str) -> Result<(), ApiError> {

@@ -5,6 +5,7 @@
 mod bill_seals;
 pub mod harness;
 mod plan;
+pub mod seal_devices;
 pub mod spec;
 pub(crate) mod tree;
 
@@ -613,9 +614,19 @@ impl MappedFormat {
                     ),
                 )])
             })?;
+        let mut canonical = out.canonical();
+        let carries_devices = plan.steps.iter().any(|s| {
+            matches!(s, plan::Step::Bind(b) if b.canonical_text.starts_with(seal_devices::FIELD))
+        });
+        if carries_devices && matches!(out, Outbound::Declaration(_)) {
+            seal_devices::add_for_output(&mut canonical);
+        }
         let (root, mut flags) = plan
-            .encode_tree(&out.canonical())
+            .encode_tree(&canonical)
             .map_err(DocumentError::Invalid)?;
+        if let Outbound::Declaration(_) = out {
+            flags.extend(not_carried(plan, &out.canonical()));
+        }
         // Seals not tied to equipment must not vanish silently where a format has no
         // place for them (a WCO DEC puts seals only under their container).
         if let Outbound::Declaration(d) = out
@@ -689,12 +700,16 @@ impl MappedFormat {
                 if let Some(o) = canonical.as_object_mut() {
                     o.remove(MESSAGE_FUNCTION);
                 }
+                // Seal kinds and devices carried as statements go back on their seals.
+                let device_notes =
+                    seal_devices::apply(&mut canonical).map_err(|e| relocate(e, origins))?;
                 let (declaration, mut notes) = self.read_checked(
                     Canonical::TransitDeclaration,
                     &canonical,
                     origins,
                     crate::formats::check_declaration,
                 )?;
+                notes.extend(Self::locate(device_notes, origins));
                 let office_notes = self
                     .offices
                     .check_declaration(&declaration)
@@ -1042,4 +1057,63 @@ mod flat {
         out.push_str(&spec.record_separator);
         out
     }
+}
+
+/// The fields of a declaration a mapping has no place for, each flagged `not_carried`
+/// (driver, corridor, ...): a document written in that format loses them, and the answer
+/// says so rather than losing them silently. One flag per canonical field, at the first
+/// pointer it has.
+fn not_carried(plan: &plan::Plan, canonical: &Value) -> Vec<Located> {
+    fn leaves(value: &Value, at: String, path: String, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(m) => m.iter().for_each(|(k, v)| {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                leaves(v, format!("{at}/{k}"), p, out)
+            }),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, v)| leaves(v, format!("{at}/{i}"), format!("{path}[]"), out)),
+            _ => out.push((at, path)),
+        }
+    }
+    let mut all = Vec::new();
+    leaves(canonical, String::new(), String::new(), &mut all);
+    let written: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            // A fallback reads it back from what is written (a country from an office code).
+            plan::Step::Bind(b) => Some(b.canonical_text.clone()),
+            _ => None,
+        })
+        .collect();
+    let carried = |path: &str| {
+        // Seal kinds and devices travel in the statements of `seal_devices`.
+        let devices = written.iter().any(|w| w.starts_with(seal_devices::FIELD))
+            && (path.ends_with("seals[].kind") || path.ends_with("seals[].device_id"));
+        devices
+            || written.iter().any(|w| {
+                w == path
+                    || w.trim_matches(|c| c == '[' || c == ']' || c == '"')
+                        .split(',')
+                        .any(|one| one.trim().trim_matches('"') == path)
+            })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut flags = Vec::new();
+    for (pointer, path) in all {
+        if path == "seals[].id" || carried(&path) || !seen.insert(path.clone()) {
+            continue;
+        }
+        flags.push(Located::pointer(
+            pointer,
+            format!("not_carried: {} has no place for {path}", plan.id),
+        ));
+    }
+    flags
 }

@@ -4,7 +4,12 @@ use chrono::{DateTime, Utc};
 use ects_core::geo::{Corridor, Zone};
 use sqlx::Row;
 
+use super::offices::{Actor, ZoneRoom, record_change};
 use super::{Store, StoreError, from_json, ts};
+
+/// Most zones the gateway holds, offices' locations included: every fix is tested against
+/// them, and a zone switches checks off.
+pub const MAX_ZONES: i64 = 10_000;
 
 /// A registered corridor or zone: the feature as sent, and when it was last replaced.
 #[derive(Debug, Clone)]
@@ -62,7 +67,9 @@ impl Store {
         corridor: &Corridor,
         feature: &serde_json::Value,
         now: DateTime<Utc>,
+        actor: Actor<'_>,
     ) -> Result<bool, StoreError> {
+        let now = ts(now);
         let mut tx = self.begin_write().await?;
         let existed = sqlx::query("select 1 from corridors where corridor_id = $1")
             .bind(corridor.id.as_str())
@@ -77,10 +84,12 @@ impl Store {
         .bind(corridor.id.as_str())
         .bind(corridor.width_m)
         .bind(feature.to_string())
-        .bind(ts(now))
+        .bind(&now)
         .execute(&mut **tx)
         .await?;
         crate::tracking::bump_geometry_version(&mut tx).await?;
+        let (id, entry) = (corridor.id.as_str(), feature.to_string());
+        record_change(&mut tx, actor, "corridor", id, !existed, &entry, &now).await?;
         tx.commit().await?;
         Ok(!existed)
     }
@@ -107,13 +116,13 @@ impl Store {
         zone: &Zone,
         feature: &serde_json::Value,
         now: DateTime<Utc>,
+        actor: Actor<'_>,
     ) -> Result<bool, StoreError> {
+        let now = ts(now);
         let mut tx = self.begin_write().await?;
-        let existed = sqlx::query("select 1 from zones where zone_id = $1")
-            .bind(zone.id.as_str())
-            .fetch_optional(&mut **tx)
-            .await?
-            .is_some();
+        let created = ZoneRoom::default()
+            .claim(&mut tx, zone.id.as_str(), "")
+            .await?;
         let kind = serde_json::to_value(zone.kind)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -128,12 +137,14 @@ impl Store {
         .bind(kind)
         .bind(zone.office_code.as_ref().map(|c| c.as_str()))
         .bind(feature.to_string())
-        .bind(ts(now))
+        .bind(&now)
         .execute(&mut **tx)
         .await?;
         crate::tracking::bump_geometry_version(&mut tx).await?;
+        let (id, entry) = (zone.id.as_str(), feature.to_string());
+        record_change(&mut tx, actor, "zone", id, created, &entry, &now).await?;
         tx.commit().await?;
-        Ok(!existed)
+        Ok(created)
     }
 
     pub async fn zone(&self, id: &str) -> Result<Option<FeatureRow>, StoreError> {

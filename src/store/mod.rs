@@ -17,12 +17,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Transaction};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard};
 
-pub use geo::FeatureRow;
+pub use geo::{FeatureRow, MAX_ZONES};
 pub use messages::{MessageRecord, Outcome, Purged};
 pub(crate) use messages::{
     accepted_response_for_body, insert_message, response_of_message, set_response,
 };
-pub use offices::ImportCounts;
+pub use offices::{ImportCounts, RegistryChange};
 pub use trips::{AlertFilter, StoredConflict, StoredEvent, TripRow};
 pub(crate) use trips::{
     add_trip_seals, claim_unmatched_events, claim_unmatched_for, find_declaration,
@@ -97,6 +97,9 @@ pub enum StoreError {
     /// Other writers kept winning; the caller may try again shortly.
     #[error("the database is busy with concurrent writes to the same trip")]
     Contention,
+    /// The write would take a table over its limit (the number of zones): nothing written.
+    #[error("{pointer}: {detail}")]
+    OverLimit { pointer: String, detail: String },
 }
 
 impl StoreError {

@@ -141,6 +141,19 @@ async fn geometry_over_its_limits_is_refused(app: TestApp) {
     let reply = app.put("/v1/zones/EVERYWHERE", &world).await;
     assert_eq!(reply.status, 422, "{}", reply.text);
     assert_eq!(reply.pointers(), vec!["/geometry/coordinates/0"]);
+    // A bow-tie: tiny, under every size limit, but its ring crosses itself.
+    let bow_tie = json!({"type": "Feature", "properties": {"kind": "border_post"},
+        "geometry": {"type": "Polygon", "coordinates": [[[-90.0, 14.0], [-89.99, 14.01], [-89.99, 14.0], [-90.0, 14.01], [-90.0, 14.0]]]}});
+    let reply = app.put("/v1/zones/BOWTIE", &bow_tie).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/geometry/coordinates/0"]);
+    assert!(reply.text.contains("crosses"), "{}", reply.text);
+    // A sliver along 30 km of road: under 80 km², over a border post's 20 km extent.
+    let sliver = json!({"type": "Feature", "properties": {"kind": "border_post"},
+        "geometry": {"type": "Polygon", "coordinates": [[[-90.0, 14.0], [-89.7, 14.0], [-89.7, 14.002], [-90.0, 14.002], [-90.0, 14.0]]]}});
+    let reply = app.put("/v1/zones/SLIVER", &sliver).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/geometry/coordinates/0"]);
     let wide_release = json!({"type": "Feature", "properties": {"kind": "release_place", "radius_m": 50000},
         "geometry": {"type": "Point", "coordinates": [-90.5, 14.6]}});
     let reply = app.put("/v1/zones/WIDE", &wide_release).await;
@@ -175,7 +188,7 @@ async fn a_stored_zone_over_todays_limits_is_left_out_not_fatal(app: TestApp) {
     let feature = json!({"type": "Feature", "properties": {"kind": "border_post"},
         "geometry": {"type": "Polygon", "coordinates": [[[-179, -89], [179, -89], [179, 89], [-179, 89], [-179, -89]]]}});
     app.store
-        .put_zone(&world, &feature, chrono::Utc::now())
+        .put_zone(&world, &feature, chrono::Utc::now(), "test")
         .await
         .unwrap();
     let trip = app.declare_gt_sv().await;

@@ -63,12 +63,12 @@ pub enum ZoneKind {
 
 impl ZoneKind {
     /// Largest circle of this kind, in metres. A zone switches checks off inside it (a
-    /// border post or rest area: no route deviation; a release place: opening approved),
-    /// so it is never much larger than the place it stands for.
+    /// customs office, border post or rest area: no route deviation; a release place:
+    /// opening approved), so it is never much larger than the place it stands for. A
+    /// customs office exempts as much as a border post does, so it gets the same limit.
     pub fn max_radius_m(self) -> f64 {
         match self {
-            ZoneKind::CustomsOffice => 10_000.0,
-            ZoneKind::BorderPost | ZoneKind::ReleasePlace => 5_000.0,
+            ZoneKind::CustomsOffice | ZoneKind::BorderPost | ZoneKind::ReleasePlace => 5_000.0,
             ZoneKind::RestArea => 3_000.0,
         }
     }
@@ -77,9 +77,18 @@ impl ZoneKind {
     /// circle of [`ZoneKind::max_radius_m`].
     pub fn max_area_km2(self) -> f64 {
         match self {
-            ZoneKind::CustomsOffice => 300.0,
-            ZoneKind::BorderPost | ZoneKind::ReleasePlace => 80.0,
+            ZoneKind::CustomsOffice | ZoneKind::BorderPost | ZoneKind::ReleasePlace => 80.0,
             ZoneKind::RestArea => 30.0,
+        }
+    }
+
+    /// Longest side of the bounding box of a polygon of this kind (each ring), in
+    /// kilometres: a thin sliver under the area limit may still not run along a whole
+    /// road. About twice the diameter of [`ZoneKind::max_radius_m`].
+    pub fn max_extent_km(self) -> f64 {
+        match self {
+            ZoneKind::CustomsOffice | ZoneKind::BorderPost | ZoneKind::ReleasePlace => 20.0,
+            ZoneKind::RestArea => 12.0,
         }
     }
 
@@ -113,6 +122,120 @@ pub fn ring_area_km2(ring: &[LatLon]) -> Option<f64> {
     }
     let r_km = crate::spatial::EARTH_RADIUS_M / 1000.0;
     Some((sum * r_km * r_km / 2.0).abs())
+}
+
+/// The width (east-west, at the ring's widest latitude) and height (north-south) of a
+/// ring's bounding box, in kilometres.
+pub fn ring_extent_km(ring: &[LatLon]) -> (f64, f64) {
+    let (mut west, mut east) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut south, mut north) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in ring {
+        west = west.min(p.lon);
+        east = east.max(p.lon);
+        south = south.min(p.lat);
+        north = north.max(p.lat);
+    }
+    if ring.is_empty() {
+        return (0.0, 0.0);
+    }
+    let km_per_degree = crate::spatial::EARTH_RADIUS_M / 1000.0 * std::f64::consts::PI / 180.0;
+    // A degree of longitude is longest at the latitude nearest the equator.
+    let widest = if south <= 0.0 && north >= 0.0 {
+        0.0
+    } else {
+        south.abs().min(north.abs())
+    };
+    (
+        (east - west) * km_per_degree * widest.to_radians().cos(),
+        (north - south) * km_per_degree,
+    )
+}
+
+/// The sign of the turn a → b → c (lon as x, lat as y): positive left, negative right,
+/// zero when the three are in line.
+fn orientation(a: LatLon, b: LatLon, c: LatLon) -> f64 {
+    let v = (b.lon - a.lon) * (c.lat - a.lat) - (b.lat - a.lat) * (c.lon - a.lon);
+    if v.abs() < 1e-18 { 0.0 } else { v.signum() }
+}
+
+fn on_segment(a: LatLon, b: LatLon, p: LatLon) -> bool {
+    p.lon >= a.lon.min(b.lon)
+        && p.lon <= a.lon.max(b.lon)
+        && p.lat >= a.lat.min(b.lat)
+        && p.lat <= a.lat.max(b.lat)
+}
+
+/// Whether segments a-b and c-d meet (crossing, touching, or overlapping in line).
+fn segments_meet(a: LatLon, b: LatLon, c: LatLon, d: LatLon) -> bool {
+    let (o1, o2) = (orientation(a, b, c), orientation(a, b, d));
+    let (o3, o4) = (orientation(c, d, a), orientation(c, d, b));
+    if o1 * o2 < 0.0 && o3 * o4 < 0.0 {
+        return true;
+    }
+    (o1 == 0.0 && on_segment(a, b, c))
+        || (o2 == 0.0 && on_segment(a, b, d))
+        || (o3 == 0.0 && on_segment(c, d, a))
+        || (o4 == 0.0 && on_segment(c, d, b))
+}
+
+/// Where a closed ring crosses or touches itself: the positions (indices into `ring`)
+/// starting the two edges that meet, or `None` for a simple ring. Repeated consecutive
+/// positions are one vertex. A sweep over the edges sorted by west end: each edge is
+/// compared only with those whose longitudes overlap it (rings are capped at
+/// [`MAX_POLYGON_VERTICES`] positions, so even the worst case is bounded).
+pub fn ring_self_crossing(ring: &[LatLon]) -> Option<(usize, usize)> {
+    // Distinct vertices, each with its index in `ring`; the closing one dropped.
+    let mut vertices: Vec<(usize, LatLon)> = Vec::with_capacity(ring.len());
+    for (i, p) in ring.iter().enumerate() {
+        if vertices.last().is_none_or(|(_, q)| q != p) {
+            vertices.push((i, *p));
+        }
+    }
+    if vertices.len() > 1 && vertices.first().map(|v| v.1) == vertices.last().map(|v| v.1) {
+        vertices.pop();
+    }
+    let n = vertices.len();
+    if n < 3 {
+        return None;
+    }
+    let edge = |k: usize| (vertices[k].1, vertices[(k + 1) % n].1);
+    let mut order: Vec<usize> = (0..n).collect();
+    let west = |k: usize| {
+        let (a, b) = edge(k);
+        a.lon.min(b.lon)
+    };
+    order.sort_by(|&x, &y| west(x).total_cmp(&west(y)));
+    for (pos, &i) in order.iter().enumerate() {
+        let (a, b) = edge(i);
+        let east = a.lon.max(b.lon);
+        for &j in &order[pos + 1..] {
+            if west(j) > east {
+                break;
+            }
+            // Neighbouring edges share their vertex, and nothing else unless they fold
+            // back on each other (a spike), which the in-line test below catches.
+            let neighbours = (i + 1) % n == j || (j + 1) % n == i;
+            let (c, d) = edge(j);
+            let meet = if neighbours {
+                // They share a vertex; they meet elsewhere only when one folds back along
+                // the other (a spike).
+                let (p, shared, q) = if (i + 1) % n == j {
+                    (a, b, d)
+                } else {
+                    (c, a, b)
+                };
+                orientation(p, shared, q) == 0.0
+                    && (on_segment(p, shared, q) || on_segment(shared, q, p))
+            } else {
+                segments_meet(a, b, c, d)
+            };
+            if meet {
+                let (first, second) = if i < j { (i, j) } else { (j, i) };
+                return Some((vertices[first].0, vertices[second].0));
+            }
+        }
+    }
+    None
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +424,25 @@ impl Zone {
                     if points.first() != points.last() {
                         return Err(geo_err(pointer, "a ring must end where it starts"));
                     }
+                    if let Some((a, b)) = ring_self_crossing(&points) {
+                        return Err(geo_err(
+                            pointer,
+                            format!(
+                                "the ring crosses or touches itself: its edges from positions {a} and {b} meet (a bow-tie is not a zone)"
+                            ),
+                        ));
+                    }
+                    let (width, height) = ring_extent_km(&points);
+                    let max = kind.max_extent_km();
+                    if width > max || height > max {
+                        return Err(geo_err(
+                            pointer,
+                            format!(
+                                "the ring's bounding box is {width:.1} km by {height:.1} km; a {} spans at most {max} km either way",
+                                kind.as_str()
+                            ),
+                        ));
+                    }
                     rings.push(points);
                 }
                 let max = kind.max_area_km2();
@@ -481,7 +623,125 @@ mod tests {
             circle("border_post", 5_001.0).unwrap_err().pointer,
             "/properties/radius_m"
         );
-        assert!(circle("customs_office", 10_000.0).is_ok());
+        // A customs office exempts as much as a border post: the same limits.
+        assert!(circle("customs_office", 5_000.0).is_ok());
+        assert_eq!(
+            circle("customs_office", 5_001.0).unwrap_err().pointer,
+            "/properties/radius_m"
+        );
+        // About 100 km² (0.09° × 0.09° at 14° N): over 80 km² for both kinds.
+        for kind in ["customs_office", "border_post"] {
+            let e = zone(kind, square(-90.0, 14.0, 0.09)).unwrap_err();
+            assert!(e.reason.contains("80 km²"), "{kind}: {e}");
+        }
+    }
+
+    #[test]
+    fn self_crossing_rings_are_refused_with_their_pointer() {
+        // A bow-tie: two triangles meeting in the middle, tiny and under every limit.
+        let bow_tie = vec![
+            [-90.0, 14.0],
+            [-89.99, 14.01],
+            [-89.99, 14.0],
+            [-90.0, 14.01],
+            [-90.0, 14.0],
+        ];
+        let e = zone("border_post", bow_tie).unwrap_err();
+        assert_eq!(e.pointer, "/geometry/coordinates/0");
+        assert!(e.reason.contains("crosses"), "{e}");
+        // A hole that crosses itself is named by its own index.
+        let e = Zone::from_geojson(
+            ZoneId::parse("Z").unwrap(),
+            &json!({"type": "Feature", "properties": {"kind": "border_post"},
+                    "geometry": {"type": "Polygon", "coordinates": [
+                        square(-90.0, 14.0, 0.01),
+                        [[-89.998, 14.002], [-89.996, 14.004], [-89.996, 14.002], [-89.998, 14.004], [-89.998, 14.002]]
+                    ]}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.pointer, "/geometry/coordinates/1");
+        // A spike folding back on its edge touches itself.
+        let spike = vec![
+            [-90.0, 14.0],
+            [-89.99, 14.0],
+            [-89.995, 14.0],
+            [-89.995, 14.01],
+            [-90.0, 14.0],
+        ];
+        assert!(zone("border_post", spike).is_err());
+        // Concave, and with a repeated position: simple rings pass.
+        let concave = vec![
+            [-90.0, 14.0],
+            [-89.99, 14.0],
+            [-89.99, 14.0],
+            [-89.995, 14.005],
+            [-89.99, 14.01],
+            [-90.0, 14.01],
+            [-90.0, 14.0],
+        ];
+        assert!(zone("border_post", concave).is_ok());
+        assert!(ring_self_crossing(&[]).is_none());
+    }
+
+    #[test]
+    fn a_thin_sliver_is_held_to_its_kind_s_extent() {
+        // 0.3° long and 0.002° wide: about 6.5 km² (under 80), but 32 km long.
+        let sliver = vec![
+            [-90.0, 14.0],
+            [-89.7, 14.0],
+            [-89.7, 14.002],
+            [-90.0, 14.002],
+            [-90.0, 14.0],
+        ];
+        let e = zone("border_post", sliver).unwrap_err();
+        assert_eq!(e.pointer, "/geometry/coordinates/0");
+        assert!(e.reason.contains("20 km"), "{e}");
+        let (w, h) = ring_extent_km(
+            &square(0.0, 0.0, 1.0)
+                .into_iter()
+                .map(|[lon, lat]| LatLon::new(lat, lon).unwrap())
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            (w - 111.2).abs() < 0.5 && (h - 111.2).abs() < 0.5,
+            "{w} {h}"
+        );
+    }
+
+    #[test]
+    fn the_crossing_sweep_stays_fast_at_the_vertex_cap() {
+        // A star of MAX_POLYGON_VERTICES - 1 points: simple, and every edge spans little.
+        let n = MAX_POLYGON_VERTICES - 1;
+        let mut ring: Vec<LatLon> = (0..n)
+            .map(|i| {
+                let a = i as f64 / n as f64 * std::f64::consts::TAU;
+                let r = if i % 2 == 0 { 0.01 } else { 0.008 };
+                LatLon::new(14.0 + r * a.sin(), -90.0 + r * a.cos()).unwrap()
+            })
+            .collect();
+        ring.push(ring[0]);
+        let started = std::time::Instant::now();
+        assert_eq!(ring_self_crossing(&ring), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // The sweep's worst case: a sawtooth whose every edge spans the ring's width.
+        let mut saw: Vec<LatLon> = (0..n - 3)
+            .map(|i| {
+                let lon = if i % 2 == 0 { -90.0 } else { -89.99 };
+                LatLon::new(14.0 + i as f64 * 1e-5, lon).unwrap()
+            })
+            .collect();
+        let top = saw.last().unwrap().lat;
+        saw.push(LatLon::new(top, -90.001).unwrap());
+        saw.push(LatLon::new(14.0, -90.001).unwrap());
+        saw.push(saw[0]);
+        let started = std::time::Instant::now();
+        assert_eq!(ring_self_crossing(&saw), None);
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        // And the same sawtooth with its last tooth pulled across the first ones.
+        let k = saw.len() - 4;
+        saw[k] = LatLon::new(13.99995, -89.995).unwrap();
+        assert!(ring_self_crossing(&saw).is_some());
     }
 
     #[test]
