@@ -398,12 +398,7 @@ impl Consumer {
                 format.id(),
                 self.inbound
                     .ingest
-                    .ingest(
-                        format.clone(),
-                        body_bytes,
-                        source,
-                        Utc::now(),
-                    )
+                    .ingest(format.clone(), body_bytes, source, Utc::now())
                     .await,
             ),
         };
