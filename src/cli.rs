@@ -68,6 +68,40 @@ pub enum Command {
         #[command(subcommand)]
         command: OfficesCommand,
     },
+    /// API tokens of people and platforms (against the database of `serve`; a running
+    /// gateway sees changes at once).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed alone on the last line of standard output, once: only
+    /// its keyed hash is kept.
+    Create {
+        /// admin, operator, officer, single-window, shipper, transporter, integrator,
+        /// device-platform.
+        #[arg(long)]
+        role: String,
+        /// Who or what it is for: 1 to 64 of a-z A-Z 0-9 . _ -, unique.
+        #[arg(long)]
+        name: String,
+        /// An officer's authority (KE, KE-KRA); required for officers.
+        #[arg(long)]
+        authority: Option<String>,
+        /// A shipper's declarant id or a transporter's carrier id; required for those.
+        #[arg(long)]
+        party: Option<String>,
+        /// An RFC 3339 time or `<n>d` (days); within 5 years; default 365d.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// The tokens (never their secrets): name, role, authority or party, expiry, state.
+    List,
+    /// Revoke a token by name, at once.
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,7 +161,9 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
     match command {
         Command::Serve => {
+            let admin_file = settings.auth.admin_file(&settings.database_url);
             let app = Application::build(settings).await?;
+            startup::bootstrap_admin(&app.tokens(), &admin_file).await?;
             app.run_until_stopped().await?;
             Ok(0)
         }
@@ -245,6 +281,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        Command::Token { command } => token(command, &settings).await,
         Command::Mapping {
             command: MappingCommand::Test { dir, format },
         } => {
@@ -310,4 +347,85 @@ fn print_problems(file: &std::path::Path, e: DocumentError) {
     for p in e.into_problems() {
         eprintln!("{}: {p}", file.display());
     }
+}
+
+async fn token(command: TokenCommand, settings: &Settings) -> anyhow::Result<i32> {
+    use secrecy::ExposeSecret;
+    let store = Store::connect(&settings.database_url, 1).await?;
+    store.migrate().await?;
+    let key = crate::auth::load_or_create_key(&settings.auth.key_file(&settings.database_url))?;
+    let tokens = crate::auth::Tokens::new(store.clone(), key);
+    let now = chrono::Utc::now();
+    let result = match command {
+        TokenCommand::Create {
+            role,
+            name,
+            authority,
+            party,
+            expires,
+        } => {
+            let role = crate::auth::Role::parse(&role).with_context(|| {
+                format!(
+                    "--role {:?}: one of {}",
+                    role.chars().take(40).collect::<String>(),
+                    crate::auth::Role::TOKEN_ROLES
+                        .map(|r| r.as_str())
+                        .join(", ")
+                )
+            })?;
+            let new = crate::auth::NewToken {
+                name,
+                role,
+                authority,
+                party,
+                expires_at: crate::auth::parse_expiry(expires.as_deref(), now)?,
+                created_by: "cli".into(),
+            };
+            let (info, token) = tokens.create(&new, now).await?;
+            println!(
+                "token {} ({}{}) expires {}; it is shown once, on the next line:",
+                info.name,
+                info.role,
+                info.authority
+                    .as_deref()
+                    .or(info.party.as_deref())
+                    .map(|x| format!(" {x}"))
+                    .unwrap_or_default(),
+                info.expires_at.to_rfc3339()
+            );
+            println!("{}", token.expose_secret());
+            0
+        }
+        TokenCommand::List => {
+            println!(
+                "{:<24} {:<16} {:<16} {:<26} state",
+                "name", "role", "authority/party", "expires"
+            );
+            for t in tokens.list().await? {
+                let state = match t.revoked_at {
+                    Some(at) => format!("revoked {}", at.to_rfc3339()),
+                    None if t.expires_at <= now => "expired".into(),
+                    None => "live".into(),
+                };
+                println!(
+                    "{:<24} {:<16} {:<16} {:<26} {state}",
+                    t.name,
+                    t.role.as_str(),
+                    t.authority.as_deref().or(t.party.as_deref()).unwrap_or("-"),
+                    t.expires_at.to_rfc3339(),
+                );
+            }
+            0
+        }
+        TokenCommand::Revoke { name } => {
+            if tokens.revoke(&name, now).await? {
+                println!("token {name} revoked");
+            } else {
+                println!("token {name} was already revoked");
+            }
+            0
+        }
+    };
+    store.close().await;
+    Ok(result)
 }

@@ -58,6 +58,37 @@ pub struct Settings {
     pub offices: OfficesSettings,
     /// How long the raw bodies of rejected messages are kept.
     pub retention: RetentionSettings,
+    /// API tokens: where their key and the first admin token are kept.
+    pub auth: AuthSettings,
+}
+
+/// `[auth]`: the API tokens' server key and the embedded default's first admin token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The key API tokens are hashed under (HMAC-SHA256), made (0600) on first need.
+    /// Default: `token.key` beside the SQLite file, else `data/token.key`. Every instance
+    /// sharing a PostgreSQL database must use the same file.
+    pub token_key_file: Option<PathBuf>,
+    /// Where `serve` writes the admin token it makes when there is no live one (0600).
+    /// Default: `admin-token` beside the key file.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl AuthSettings {
+    pub fn key_file(&self, database_url: &SecretString) -> PathBuf {
+        self.token_key_file
+            .clone()
+            .unwrap_or_else(|| crate::auth::default_key_file(database_url))
+    }
+
+    pub fn admin_file(&self, database_url: &SecretString) -> PathBuf {
+        self.admin_token_file.clone().unwrap_or_else(|| {
+            self.key_file(database_url)
+                .parent()
+                .map_or_else(|| PathBuf::from("admin-token"), |d| d.join("admin-token"))
+        })
+    }
 }
 
 /// `[retention]`: how long the raw body of a message the gateway refused is kept. The
@@ -184,6 +215,9 @@ pub struct HttpSettings {
     /// Documents decoded at once (HTTP and AMQP), each on the blocking pool, off the
     /// async workers; 1 to 1024, default the number of CPUs.
     pub decode_workers: usize,
+    /// Whether `/metrics` is served without a credential (default: no; admin and
+    /// operator tokens read it).
+    pub public_metrics: bool,
 }
 
 impl Default for HttpSettings {
@@ -196,6 +230,7 @@ impl Default for HttpSettings {
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 5_000,
             decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            public_metrics: false,
         }
     }
 }
@@ -306,6 +341,7 @@ impl Default for Settings {
             partners: Vec::new(),
             offices: OfficesSettings::default(),
             retention: RetentionSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }

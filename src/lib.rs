@@ -2,6 +2,7 @@
 
 pub mod amqp;
 pub mod answers;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod cursor;

@@ -141,6 +141,10 @@ pub fn parties_of(declaration: &TransitDeclaration, filer: Option<&str>) -> BTre
     if let Some(filer) = filer {
         parties.insert(format!("filer:{filer}"));
     }
+    // A transporter's token sees the trips its carrier id is on.
+    if let Some(carrier) = &declaration.carrier {
+        parties.insert(format!("carrier:{}", carrier.id));
+    }
     parties
 }
 
@@ -210,14 +214,31 @@ pub fn check(partners: &[PartnerConfig]) -> Result<(), String> {
 }
 
 /// The partner whose API token this is.
-pub fn by_token<'a>(partners: &'a [PartnerConfig], token: &str) -> Option<&'a PartnerConfig> {
+pub fn by_token<'a>(
+    partners: &'a [PartnerConfig],
+    token: &secrecy::SecretString,
+) -> Option<&'a PartnerConfig> {
+    use secrecy::ExposeSecret;
     use sha2::{Digest, Sha256};
-    let hash = hex::encode(Sha256::digest(token.as_bytes()));
-    partners.iter().find(|p| {
-        p.api_token_sha256
+    let hash = Sha256::digest(token.expose_secret().as_bytes());
+    // Every configured hash is compared, each in constant time.
+    let mut found = None;
+    for p in partners {
+        let Some(configured) = p
+            .api_token_sha256
             .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case(&hash))
-    })
+            .and_then(|h| hex::decode(h).ok())
+        else {
+            continue;
+        };
+        #[allow(deprecated)]
+        let equal =
+            ring::constant_time::verify_slices_are_equal(&configured, hash.as_slice()).is_ok();
+        if equal && found.is_none() {
+            found = Some(p);
+        }
+    }
+    found
 }
 
 /// The kind's name in routing keys and the outbox.

@@ -39,6 +39,7 @@ pub struct Application {
     stop: watch::Sender<bool>,
     retention: crate::config::RetentionSettings,
     metrics: Arc<Metrics>,
+    tokens: crate::auth::Tokens,
 }
 
 /// Stops a running application gracefully: the HTTP server drains, the dispatcher ends its
@@ -299,7 +300,11 @@ impl Application {
             None
         };
         let retention = settings.retention.clone();
+        let key_file = settings.auth.key_file(&settings.database_url);
+        let tokens =
+            crate::auth::Tokens::new(store.clone(), crate::auth::load_or_create_key(&key_file)?);
         let state = web::Data::new(AppState {
+            tokens: tokens.clone(),
             ingest,
             tracking: tracking.clone(),
             settings: Arc::new(settings),
@@ -315,6 +320,7 @@ impl Application {
             App::new()
                 // Last wrapped runs first: the logger opens the request span (and its id)
                 // before the other two look at it.
+                .wrap(from_fn(http::policy::authorize))
                 .wrap(from_fn(http::record_metrics))
                 .wrap(from_fn(http::request_id_header))
                 .wrap(TracingLogger::default())
@@ -344,7 +350,13 @@ impl Application {
             stop,
             retention,
             metrics,
+            tokens,
         })
+    }
+
+    /// The API tokens of this application's database.
+    pub fn tokens(&self) -> crate::auth::Tokens {
+        self.tokens.clone()
     }
 
     /// Stops this application gracefully once it runs.
@@ -542,4 +554,50 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// The embedded default's first credential: with no live admin token, makes one named
+/// `admin` (or `admin-<time>` when that name is spent), writes it to `file` (0600), prints
+/// it once on standard output and logs only the file's path. Returns whether it made one.
+pub async fn bootstrap_admin(
+    tokens: &crate::auth::Tokens,
+    file: &std::path::Path,
+) -> anyhow::Result<bool> {
+    use secrecy::ExposeSecret;
+    let now = chrono::Utc::now();
+    if tokens.live_admin(now).await? {
+        return Ok(false);
+    }
+    let taken = tokens.list().await?.iter().any(|t| t.name == "admin");
+    let new = crate::auth::NewToken {
+        name: if taken {
+            format!("admin-{}", now.format("%Y%m%d%H%M%S"))
+        } else {
+            "admin".into()
+        },
+        role: crate::auth::Role::Admin,
+        authority: None,
+        party: None,
+        expires_at: crate::auth::parse_expiry(None, now)?,
+        created_by: "serve".into(),
+    };
+    let (info, token) = tokens.create(&new, now).await?;
+    // A stale file of an expired or revoked token is replaced.
+    match std::fs::remove_file(file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("cannot replace {}", file.display())));
+        }
+    }
+    crate::auth::write_private_file(file, format!("{}\n", token.expose_secret()).as_bytes())
+        .with_context(|| format!("cannot write the admin token to {}", file.display()))?;
+    println!("admin token (shown once, also in {}):", file.display());
+    println!("{}", token.expose_secret());
+    tracing::warn!(
+        name = %info.name,
+        path = %file.display(),
+        "no live admin token: made one and wrote it to the file"
+    );
+    Ok(true)
 }

@@ -1109,6 +1109,55 @@ impl Tracking {
         Ok(trip.status)
     }
 
+    /// Records that someone acknowledged an alert (with an optional comment) in its trip's
+    /// audit chain. `None` when there is no such alert.
+    pub async fn acknowledge_alert(
+        &self,
+        alert_id: &str,
+        comment: Option<&str>,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<TripId>, StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        let row = sqlx::query("select trip_id, kind from alerts where alert_id = $1")
+            .bind(alert_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let trip_text: String = row.try_get("trip_id")?;
+        let kind: String = row.try_get("kind")?;
+        let trip_id = TripId::parse(&trip_text)
+            .map_err(|_| StoreError::Corrupt(format!("trip id {trip_text}")))?;
+        // The trip row is locked so the chain grows in order.
+        if store::load_trip(&mut tx, self.store.backend(), &trip_text)
+            .await?
+            .is_none()
+        {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        append_audit(
+            &mut tx,
+            trip_id,
+            vec![AuditItem::new(
+                actor,
+                "input.alert_acknowledged",
+                &serde_json::json!({
+                    "alert_id": alert_id,
+                    "kind": kind,
+                    "comment": comment,
+                }),
+            )],
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(trip_id))
+    }
+
     /// The clock for every live trip: raises gaps, overdue trips and long stops on time.
     /// Returns how many trips changed.
     pub async fn tick_all(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {

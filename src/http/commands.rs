@@ -76,23 +76,36 @@ async fn run<T: DeserializeOwned>(
             ),
         ])));
     }
-    let (input, actor) = into_input(command);
+    let (mut input, _typed) = into_input(command);
     let now = Utc::now();
     check_command_times(&input, now)?;
-    if let Viewer::Partner(p) = &viewer {
-        let acting = match &input {
-            Input::Release(r) => r.authority.as_str(),
-            Input::Handover(h) => h.from_authority.as_str(),
-            Input::Cancel(c) => c.authority.as_str(),
-            _ => "",
+    // An officer or partner acts only as its own country's authority.
+    let acting = match &input {
+        Input::Release(r) => r.authority.as_str(),
+        Input::Handover(h) => h.from_authority.as_str(),
+        Input::Cancel(c) => c.authority.as_str(),
+        _ => "",
+    };
+    if !viewer.may_act_as(acting) {
+        return Err(ApiError::Forbidden(format!(
+            "{} may not act as authority {acting:?}",
+            viewer.actor()
+        )));
+    }
+    // The officer is the one authenticated, not the one typed: an officer token's name
+    // replaces the body's officer id (a partner's system names its own officers).
+    if let Viewer::User(u) = &viewer {
+        let officer = match &mut input {
+            Input::Release(r) => Some(&mut r.officer),
+            Input::Handover(h) => Some(&mut h.officer),
+            Input::Cancel(c) => Some(&mut c.officer),
+            _ => None,
         };
-        if !acting.starts_with(p.country()) {
-            return Err(ApiError::Forbidden(format!(
-                "partner {} ({}) may not act as authority {acting:?}",
-                p.id, p.authority
-            )));
+        if let Some(officer) = officer {
+            officer.id = u.name.clone();
         }
     }
+    let actor = viewer.actor();
     let outcome = state.tracking.command(trip_id, input, actor, now).await?;
     Ok(HttpResponse::Ok().json(outcome))
 }
@@ -294,7 +307,7 @@ pub async fn put_rules(
     let rules = parse_rules(&body)?;
     state
         .tracking
-        .set_trip_rules(trip_id, rules.clone(), "http".into(), Utc::now())
+        .set_trip_rules(trip_id, rules.clone(), viewer.actor(), Utc::now())
         .await?;
     Ok(HttpResponse::Ok().json(TripRules { trip_id, rules }))
 }

@@ -184,6 +184,12 @@ impl ResponseError for ApiError {
                 .head_mut()
                 .set_connection_type(actix_web::http::ConnectionType::Close);
         }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static("Bearer"),
+            );
+        }
         if matches!(self, ApiError::Busy) {
             response.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,

@@ -27,21 +27,22 @@ fn answer(a: Answer) -> HttpResponse {
     response.body(a.body)
 }
 
-/// The sender is the partner whose API token came with the request, else the transport
-/// itself (the operator's side).
-fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer) -> Source<'a> {
+/// The sender is the partner whose credential came with the request, else the principal
+/// as the audit trail names it (`user:<token name>/<role>`). A single window's filings
+/// are recorded as its own (`filer:token:<name>`).
+fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer, actor: &'a str) -> Source<'a> {
     Source {
         transport: "http",
-        sender: viewer.partner_id().unwrap_or("http"),
+        sender: viewer.partner_id().unwrap_or(actor),
         content_type: req
             .headers()
             .get(actix_web::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
         message_id: None,
-        partner: viewer.partner_id(),
+        partner: viewer.filer_id(),
         authority: match viewer {
             Viewer::Partner(p) => Some(&p.authority),
-            Viewer::Operator => None,
+            Viewer::User(_) => None,
         },
     }
 }
@@ -53,10 +54,11 @@ async fn ingest_with(
     body: Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let viewer = Viewer::extract(req).await?;
+    let actor = viewer.actor();
     let format_id = format.id().to_owned();
     let result = state
         .ingest
-        .ingest(format, body, source_of(req, &viewer), Utc::now())
+        .ingest(format, body, source_of(req, &viewer, &actor), Utc::now())
         .await;
     state.metrics.message_in(&format_id, &result);
     Ok(answer(result?))
@@ -70,9 +72,10 @@ async fn answer_with(
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
     let viewer = Viewer::extract(req).await?;
+    let actor = viewer.actor();
     let result = state
         .ingest
-        .answer(format, body, source_of(req, &viewer), Utc::now())
+        .answer(format, body, source_of(req, &viewer, &actor), Utc::now())
         .await;
     state.metrics.message_in(format.id(), &result);
     Ok(answer(result?))
@@ -154,10 +157,16 @@ pub async fn post_message_detect(
         return answer_with(&state, &req, kind, &body).await;
     }
     let viewer = Viewer::extract(&req).await?;
+    let actor = viewer.actor();
     // Detection and decoding in one job on the decode pool, off the async workers.
     let (format_id, result) = state
         .ingest
-        .ingest_detected(&state.formats, body, source_of(&req, &viewer), Utc::now())
+        .ingest_detected(
+            &state.formats,
+            body,
+            source_of(&req, &viewer, &actor),
+            Utc::now(),
+        )
         .await;
     state.metrics.message_in(&format_id, &result);
     Ok(answer(result?))

@@ -9,6 +9,7 @@ mod messages;
 mod offices;
 mod ops;
 mod outbox;
+pub mod policy;
 mod trips;
 pub mod viewer;
 
@@ -45,6 +46,8 @@ pub struct AppState {
     pub broker: Option<crate::amqp::Broker>,
     /// The office registry every format checks against.
     pub offices: crate::offices::Offices,
+    /// The API tokens, read on every request.
+    pub tokens: crate::auth::Tokens,
 }
 
 #[derive(OpenApi)]
@@ -65,6 +68,7 @@ pub struct AppState {
         trips::trip_events,
         trips::trip_conflicts,
         trips::list_alerts,
+        trips::acknowledge_alert,
         commands::post_release,
         commands::post_handover,
         commands::post_cancel,
@@ -123,6 +127,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(trips::trip_events)
     .service(trips::trip_conflicts)
     .service(trips::list_alerts)
+    .service(trips::acknowledge_alert)
     .service(commands::post_release)
     .service(commands::post_handover)
     .service(commands::post_cancel)
@@ -201,4 +206,11 @@ pub async fn record_metrics(
         "request answered"
     );
     Ok(res)
+}
+
+/// The OpenAPI document, with each operation's security and roles from the route table.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    policy::document(&mut doc);
+    doc
 }

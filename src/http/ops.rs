@@ -2,7 +2,6 @@
 
 use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
-use utoipa::OpenApi;
 
 use super::AppState;
 
@@ -68,5 +67,5 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(tag = "operations", responses((status = 200, content_type = "application/json", body = Object)))]
 #[get("/openapi.json")]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(super::ApiDoc::openapi())
+    HttpResponse::Ok().json(super::openapi_document())
 }

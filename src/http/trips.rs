@@ -1,6 +1,6 @@
 //! Trip status, a trip's seal events, and alerts.
 
-use actix_web::{HttpRequest, HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use ects_core::{Alert, AlertKind, TripId, TripState, TripStatus};
 use serde::Deserialize;
 
@@ -474,4 +474,93 @@ pub async fn list_alerts(
         })
         .flatten();
     Ok(HttpResponse::Ok().json(AlertList { alerts, next }))
+}
+
+/// The most characters of an acknowledgement's comment.
+pub const MAX_COMMENT_CHARS: usize = 1_000;
+
+/// An acknowledgement of an alert.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Acknowledgement {
+    /// What the control room did or saw; at most 1000 characters.
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Acknowledged {
+    pub alert_id: String,
+    #[schema(value_type = String)]
+    pub trip_id: TripId,
+    /// Who acknowledged it, as the audit trail names them.
+    pub actor: String,
+}
+
+/// Acknowledge an alert, optionally with a comment: recorded, with who did it, in its
+/// trip's audit chain. The body may be empty.
+#[utoipa::path(
+    tag = "alerts",
+    params(("id" = String, Path, description = "Alert id")),
+    request_body(content = Acknowledgement, description = "Optional: {\"comment\": \"...\"}"),
+    responses(
+        (status = 200, body = Acknowledged),
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Comment too long", body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/alerts/{id}/acknowledge")]
+pub async fn acknowledge_alert(
+    state: web::Data<AppState>,
+    viewer: Viewer,
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    use crate::problem::{DocumentError, Located};
+    let alert_id = path.into_inner();
+    if alert_id.is_empty() || alert_id.len() > 128 {
+        return Err(ApiError::NotFound(format!(
+            "alert {}",
+            alert_id.chars().take(128).collect::<String>()
+        )));
+    }
+    let body = super::body::read_limited(&req, payload, 16 * 1024).await?;
+    let ack: Acknowledgement = if body.iter().all(u8::is_ascii_whitespace) {
+        Acknowledgement::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::Document(DocumentError::malformed(Located::line_column(
+                e.line(),
+                e.column(),
+                e.to_string(),
+            )))
+        })?
+    };
+    if let Some(c) = &ack.comment
+        && c.chars().count() > MAX_COMMENT_CHARS
+    {
+        return Err(ApiError::Document(DocumentError::Invalid(vec![
+            Located::pointer(
+                "/comment",
+                format!("longer than {MAX_COMMENT_CHARS} characters"),
+            ),
+        ])));
+    }
+    let actor = viewer.actor();
+    let not_found = || ApiError::NotFound(format!("alert {alert_id}"));
+    let trip_id = state
+        .tracking
+        .acknowledge_alert(
+            &alert_id,
+            ack.comment.as_deref(),
+            actor.clone(),
+            chrono::Utc::now(),
+        )
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(Acknowledged {
+        alert_id,
+        trip_id,
+        actor,
+    }))
 }

@@ -1,58 +1,163 @@
-//! Who is asking. A partner presents its API token (`Authorization: Bearer ...`) and sees
-//! only the trips its sharing rules allow; a request without a token is the operator's,
-//! who sees everything (until people's roles and mutual TLS land, the operator's network
-//! is what guards that door).
+//! Who is asking: the principal of a request. Every route but the public ones needs one
+//! (`policy::authorize` refuses the others with 401): a person or platform presents an
+//! API token (`ects-gateway token create`), a partner system its configured token. The
+//! route table (`policy::ROUTES`) decides which roles reach a route; this type decides
+//! what a principal sees there (trips by party) and how it is named in the audit trail.
 
 use std::future::{Ready, ready};
 
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 
-use super::AppState;
 use super::error::ApiError;
-use crate::partners::{self, PartnerConfig};
+use crate::auth::{Authenticated, Role};
+use crate::partners::PartnerConfig;
 use crate::store::{Store, StoreError};
+
+/// A person or platform, by its API token.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The token's lookup id (not its secret).
+    pub token_id: String,
+    /// The token's name: who it was given to.
+    pub name: String,
+    pub role: Role,
+    /// An officer's authority (`KE`, `KE-KRA`).
+    pub authority: Option<String>,
+    /// A shipper's declarant id, a transporter's carrier id.
+    pub party: Option<String>,
+    /// The id its declarations are filed under (`token:<name>`), for a single window.
+    filer: String,
+}
+
+impl User {
+    pub fn new(a: Authenticated) -> Self {
+        Self {
+            filer: format!("token:{}", a.name),
+            token_id: a.id,
+            name: a.name,
+            role: a.role,
+            authority: a.authority,
+            party: a.party,
+        }
+    }
+
+    fn country(&self) -> Option<&str> {
+        self.authority.as_deref().and_then(|a| a.get(..2))
+    }
+}
+
+/// A party no trip has: what a principal that sees no trip is matched against.
+const NO_PARTY: &str = "nobody:";
 
 #[derive(Debug, Clone)]
 pub enum Viewer {
-    Operator,
+    User(Box<User>),
+    /// A configured partner system. It files messages as its own, reads what its sharing
+    /// rules allow, and issues commands as an officer of its authority's country would.
     Partner(Box<PartnerConfig>),
 }
 
 impl Viewer {
+    pub fn role(&self) -> Role {
+        match self {
+            Viewer::User(u) => u.role,
+            Viewer::Partner(_) => Role::Partner,
+        }
+    }
+
     /// The trip parties this viewer matches; `None`: every trip.
     pub fn parties(&self) -> Option<Vec<String>> {
         match self {
-            Viewer::Operator => None,
             Viewer::Partner(p) => Some(p.visible_parties()),
+            Viewer::User(u) => match u.role {
+                Role::Admin | Role::Operator => None,
+                Role::Officer => Some(vec![
+                    u.country()
+                        .map_or_else(|| NO_PARTY.to_owned(), str::to_owned),
+                ]),
+                Role::SingleWindow => Some(vec![format!("filer:{}", u.filer)]),
+                Role::Shipper => Some(vec![format!(
+                    "declarant:{}",
+                    u.party.as_deref().unwrap_or(NO_PARTY)
+                )]),
+                Role::Transporter => Some(vec![format!(
+                    "carrier:{}",
+                    u.party.as_deref().unwrap_or(NO_PARTY)
+                )]),
+                Role::Integrator | Role::DevicePlatform | Role::Partner => {
+                    Some(vec![NO_PARTY.to_owned()])
+                }
+            },
         }
     }
 
+    /// The configured partner this is, if it is one.
     pub fn partner_id(&self) -> Option<&str> {
         match self {
-            Viewer::Operator => None,
             Viewer::Partner(p) => Some(&p.id),
+            Viewer::User(_) => None,
         }
     }
 
-    /// Who made a change, as the registry's record of changes names it: `operator`, or
-    /// `partner:<id>`.
+    /// The id what it files is recorded under (a trip's `filer:` party): a partner's id,
+    /// or `token:<name>` for a single window's token.
+    pub fn filer_id(&self) -> Option<&str> {
+        match self {
+            Viewer::Partner(p) => Some(&p.id),
+            Viewer::User(u) if u.role == Role::SingleWindow => Some(&u.filer),
+            Viewer::User(_) => None,
+        }
+    }
+
+    /// The authority it acts for: a partner's, an officer's.
+    pub fn authority(&self) -> Option<&str> {
+        match self {
+            Viewer::Partner(p) => Some(p.authority.as_str()),
+            Viewer::User(u) => u.authority.as_deref(),
+        }
+    }
+
+    /// A device platform's token name: the platform whose devices' events it posts.
+    pub fn device_platform(&self) -> Option<&str> {
+        match self {
+            Viewer::User(u) if u.role == Role::DevicePlatform => Some(&u.name),
+            _ => None,
+        }
+    }
+
+    /// Who acted, as the audit trail and the registry's record of changes name it:
+    /// `user:<token name>/<role>[/<authority or party>]`, or `partner:<id>`.
     pub fn actor(&self) -> String {
         match self {
-            Viewer::Operator => "operator".into(),
             Viewer::Partner(p) => format!("partner:{}", p.id),
+            Viewer::User(u) => match u.authority.as_deref().or(u.party.as_deref()) {
+                Some(x) => format!("user:{}/{}/{x}", u.name, u.role),
+                None => format!("user:{}/{}", u.name, u.role),
+            },
         }
     }
 
-    /// Only the operator may do this (geography, thresholds, delivery retries): partners
-    /// act through their own systems and the messages they send.
+    /// Only an admin may do this (geography, thresholds, delivery retries). The route
+    /// table already says so; this keeps handlers that share code honest.
     pub fn operator_only(&self, what: &str) -> Result<(), ApiError> {
         match self {
-            Viewer::Operator => Ok(()),
-            Viewer::Partner(p) => Err(ApiError::Forbidden(format!(
-                "partner {} may not {what}: that is the operator's",
-                p.id
+            Viewer::User(u) if u.role == Role::Admin => Ok(()),
+            other => Err(ApiError::Forbidden(format!(
+                "{} may not {what}: that is an admin's",
+                other.actor()
             ))),
         }
+    }
+
+    /// Whether it may act as `authority` in a release, handover or cancellation: an
+    /// officer or a partner, for its own country.
+    pub fn may_act_as(&self, authority: &str) -> bool {
+        let own = match self {
+            Viewer::Partner(p) => Some(p.country()),
+            Viewer::User(u) if u.role == Role::Officer => u.country(),
+            Viewer::User(_) => None,
+        };
+        own.is_some_and(|c| authority.get(..2) == Some(c))
     }
 
     /// Whether this viewer may see the trip.
@@ -77,28 +182,13 @@ impl FromRequest for Viewer {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
 
+    /// The principal `policy::authorize` found; none on a public route.
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
-            return ready(Ok(Viewer::Operator));
-        };
-        let Some(state) = req.app_data::<web::Data<AppState>>() else {
-            return ready(Err(ApiError::Unauthorized("no state".into())));
-        };
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
-        ready(match token {
-            None => Err(ApiError::Unauthorized(
-                "Authorization must be \"Bearer <partner API token>\"".into(),
-            )),
-            Some(token) => match partners::by_token(&state.settings.partners, token) {
-                Some(p) => Ok(Viewer::Partner(Box::new(p.clone()))),
-                None => Err(ApiError::Unauthorized(
-                    "the bearer token is not any partner's API token".into(),
-                )),
-            },
-        })
+        ready(
+            req.extensions()
+                .get::<Viewer>()
+                .cloned()
+                .ok_or_else(|| ApiError::Unauthorized("a credential is required".into())),
+        )
     }
 }
