@@ -374,6 +374,10 @@ pub struct ConfigArgs {
     /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (default: AMQP off).
     #[arg(long, env = "ECTS_AMQP_URL", global = true, hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// The API tokens' key file (default: `[auth] token_key_file`, else `token.key`
+    /// beside the SQLite file, else `data/token.key`).
+    #[arg(long, env = "ECTS_TOKEN_KEY_FILE", global = true)]
+    pub token_key_file: Option<PathBuf>,
     /// Office policy, `strict` or `known_or_locode` (default: `[offices] policy`).
     #[arg(long = "policy", env = "ECTS_OFFICE_POLICY", global = true, value_enum)]
     pub office_policy: Option<crate::offices::OfficePolicy>,
@@ -416,6 +420,9 @@ impl ConfigArgs {
         }
         if let Some(d) = &self.mappings_dir {
             settings.mappings_dir = d.clone();
+        }
+        if let Some(f) = &self.token_key_file {
+            settings.auth.token_key_file = Some(f.clone());
         }
         if let Some(p) = self.office_policy {
             settings.offices.policy = p;

@@ -101,6 +101,20 @@ pub struct IngestResponse {
     pub conflicts: Vec<EventConflictNote>,
 }
 
+impl Source<'_> {
+    /// Who sent it, as the audit trail names them: the authenticated user
+    /// (`user:<token name>/<role>...`), the partner (`partner:<id>`), else the transport.
+    pub fn actor(&self) -> String {
+        if self.sender.starts_with("user:") {
+            self.sender.to_owned()
+        } else if let Some(partner) = self.partner {
+            format!("partner:{partner}")
+        } else {
+            format!("{}:{}", self.transport, self.sender)
+        }
+    }
+}
+
 /// The answer to a partner's answer (HTTP 202): what it was taken as, and the outbox
 /// message it answers.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -730,7 +744,7 @@ impl Ingest {
             &crate::partners::parties_of(declaration, message.source.partner),
         )
         .await?;
-        let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        let actor = message.source.actor();
         append_audit(
             &mut tx,
             trip_id,
@@ -870,7 +884,7 @@ impl Ingest {
             String::new(),
             &mut changes,
         );
-        let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        let actor = message.source.actor();
         let previous = serde_json::from_value::<TransitDeclaration>(stored.clone()).ok();
         let amendment = crate::tracking::Amendment {
             declaration: &amended,
@@ -968,7 +982,7 @@ impl Ingest {
         store::insert_message(&mut tx, &record).await?;
         // A trip cancelled already (an earlier deletion or a cancel) stays as it is.
         if state != Some(ects_core::TripState::Cancelled) {
-            let actor = format!("{}:{}", message.source.transport, message.source.sender);
+            let actor = message.source.actor();
             let cancel = ects_core::Cancellation {
                 trip_id,
                 authority: declaration.issuing_authority.clone(),
@@ -1108,7 +1122,7 @@ impl Ingest {
         let mut record = message.record(Outcome::Accepted);
         record.parsed = Some(canonical(assignment));
         store::insert_message(&mut tx, &record).await?;
-        let actor = format!("{}:{}", message.source.transport, message.source.sender);
+        let actor = message.source.actor();
         let mut outcome = AssignmentOutcome {
             reference: assignment.reference.clone(),
             trips: Vec::new(),

@@ -1307,7 +1307,8 @@ impl Tracking {
         store_effects(&mut tx, &self.recipients, &effects, now).await?;
         let audit = effects
             .iter()
-            .map(|e| AuditItem::new("engine", effect_action(e), e))
+            // The gateway's clock raised these, not any input.
+            .map(|e| AuditItem::new("clock", effect_action(e), e))
             .collect();
         append_audit(&mut tx, trip.status.trip_id, audit, now).await?;
         tx.commit().await?;

@@ -304,7 +304,7 @@ async fn authenticate(state: &AppState, req: &ServiceRequest) -> Result<Option<V
     let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let bad = || ApiError::Unauthorized("the credential is not valid".into());
+    let bad = || ApiError::Unauthorized("the bearer token is not valid".into());
     let token = header
         .to_str()
         .ok()

@@ -4,6 +4,7 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+pub use ects_gateway::auth::Role;
 use ects_gateway::config::{LogFormat, Settings};
 use ects_gateway::schemas::{Canonical, Schemas};
 use ects_gateway::startup::Application;
@@ -65,7 +66,16 @@ pub enum Backend {
 
 pub struct TestApp {
     pub address: String,
+    /// Authenticates as the admin (`admin_token`) unless a request says otherwise.
     pub client: reqwest::Client,
+    /// A client without credentials.
+    pub anonymous: reqwest::Client,
+    pub admin_token: String,
+    /// The application's API tokens (to make more, of any role).
+    pub tokens: ects_gateway::auth::Tokens,
+    /// The token key file, shared with applications started on the same database.
+    pub key_file: std::path::PathBuf,
+    made_tokens: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     pub store: Store,
     pub tracking: std::sync::Arc<ects_gateway::tracking::Tracking>,
     /// Stops the application gracefully (HTTP drained, outbox round finished).
@@ -189,32 +199,40 @@ pub async fn spawn_app_with(
     adjust: impl FnOnce(&mut Settings),
 ) -> Option<TestApp> {
     LazyLock::force(&TRACING);
-    let (url, dir, database) = match backend {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (url, database) = match backend {
         Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("a temporary directory");
             let url = format!("sqlite://{}/ects.db", dir.path().display());
-            (url, Some(std::sync::Arc::new(dir)), None)
+            (url, None)
         }
         Backend::Postgres => {
             let (url, guard) = fresh_postgres_database().await?;
-            (url, None, Some(std::sync::Arc::new(guard)))
+            (url, Some(std::sync::Arc::new(guard)))
         }
     };
     let mut settings = Settings {
         database_url: SecretString::from(url.clone()),
         ..test_settings(mappings)
     };
+    // The token key in the test's own directory (never the repository's data/).
+    settings.auth.token_key_file = Some(dir.path().join("token.key"));
+    let dir = Some(std::sync::Arc::new(dir));
     adjust(&mut settings);
     Some(start(settings, backend, url, dir, database).await)
 }
 
 async fn start(
-    settings: Settings,
+    mut settings: Settings,
     backend: Backend,
     database_url: String,
     dir: Option<std::sync::Arc<tempfile::TempDir>>,
     database: Option<std::sync::Arc<TestDatabase>>,
 ) -> TestApp {
+    if settings.auth.token_key_file.is_none() {
+        let dir = dir.as_ref().expect("a test directory");
+        settings.auth.token_key_file = Some(dir.path().join("token.key"));
+    }
+    let key_file = settings.auth.token_key_file.clone().expect("a key file");
     let app = Application::build(settings)
         .await
         .expect("the application builds");
@@ -222,10 +240,32 @@ async fn start(
     let store = app.store().clone();
     let tracking = app.tracking();
     let stopper = app.stopper();
+    let tokens = app.tokens();
     tokio::spawn(app.run_until_stopped());
+    // Named apart: another application on the same database makes its own.
+    let admin_name = format!(
+        "test-admin-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let admin_token = make_token(&tokens, &admin_name, Role::Admin, None, None).await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {admin_token}")
+            .parse()
+            .expect("a header value"),
+    );
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("a client"),
+        anonymous: reqwest::Client::new(),
+        admin_token,
+        tokens,
+        key_file,
+        made_tokens: Default::default(),
         store,
         tracking,
         stopper,
@@ -239,16 +279,105 @@ async fn start(
 impl TestApp {
     /// Another application on this one's database (a restart, or a second instance).
     pub async fn another(&self, settings: Settings) -> TestApp {
-        let settings = Settings {
+        let mut settings = Settings {
             database_url: SecretString::from(self.database_url.clone()),
             ..settings
         };
+        if settings.auth.token_key_file.is_none() {
+            settings.auth.token_key_file = Some(self.key_file.clone());
+        }
         start(
             settings,
             self.backend,
             self.database_url.clone(),
             self._dir.clone(),
             self._database.clone(),
+        )
+        .await
+    }
+}
+
+/// A token (the secret) of a role, made in the application's database, living a day.
+pub async fn make_token(
+    tokens: &ects_gateway::auth::Tokens,
+    name: &str,
+    role: Role,
+    authority: Option<&str>,
+    party: Option<&str>,
+) -> String {
+    use secrecy::ExposeSecret;
+    let now = chrono::Utc::now();
+    let new = ects_gateway::auth::NewToken {
+        name: name.to_owned(),
+        role,
+        authority: authority.map(str::to_owned),
+        party: party.map(str::to_owned),
+        expires_at: now + chrono::Duration::days(1),
+        created_by: "test".into(),
+    };
+    let (_, token) = tokens.create(&new, now).await.expect("a token is made");
+    token.expose_secret().to_owned()
+}
+
+impl TestApp {
+    /// A token of this role, made once per (role, authority or party) and kept: an
+    /// officer's needs its authority (`app.token(Role::Officer, "GT")`), a shipper's or
+    /// transporter's its party id; for the others the second argument is a name suffix.
+    pub async fn token(&self, role: Role, scope: &str) -> String {
+        let key = format!("{role}/{scope}");
+        if let Some(t) = self
+            .made_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return t.clone();
+        }
+        let safe: String = scope
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let unique = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let name = if safe.is_empty() {
+            format!("test-{role}-{unique}")
+        } else {
+            format!("test-{role}-{safe}-{unique}")
+        };
+        let (authority, party) = match role {
+            Role::Officer => (Some(scope), None),
+            Role::Shipper | Role::Transporter => (None, Some(scope)),
+            _ => (None, None),
+        };
+        let token = make_token(&self.tokens, &name, role, authority, party).await;
+        self.made_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, token.clone());
+        token
+    }
+
+    /// POSTs a release, handover or cancellation as an officer of the authority the body
+    /// acts for (`authority`, or `from_authority` for a handover; GT when it names none).
+    pub async fn command(&self, path: &str, body: impl Into<String>) -> Reply {
+        let body: String = body.into();
+        let value: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let authority = value["authority"]
+            .as_str()
+            .or(value["from_authority"].as_str())
+            .unwrap_or("GT")
+            .to_owned();
+        let token = self.token(Role::Officer, &authority).await;
+        self.post_as(&token, path, body).await
+    }
+
+    /// A POST with another credential.
+    pub async fn post_as(&self, token: &str, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(
+            self.anonymous
+                .post(format!("{}{path}", self.address))
+                .header("content-type", "application/json")
+                .bearer_auth(token)
+                .body(body),
         )
         .await
     }
@@ -348,7 +477,7 @@ impl Reply {
 }
 
 impl TestApp {
-    async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request
             .send()
             .await

@@ -249,7 +249,7 @@ async fn commands_dated_ahead_of_the_clock_are_refused_with_their_pointer(app: T
         ("cancel", cancel(&ahead), "/time"),
     ] {
         let reply = app
-            .post(&format!("/v1/trips/{trip}/{path}"), body.to_string())
+            .command(&format!("/v1/trips/{trip}/{path}"), body.to_string())
             .await;
         assert_eq!(reply.status, 422, "{path} {body}: {}", reply.text);
         assert_eq!(reply.pointers(), vec![pointer], "{}", reply.text);
@@ -269,7 +269,7 @@ async fn commands_dated_ahead_of_the_clock_are_refused_with_their_pointer(app: T
     // Nothing was recorded, and commands dated now are taken.
     assert_eq!(app.count("trip_commands").await, 0);
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/handover"),
             handover(&chrono::Utc::now().to_rfc3339()).to_string(),
         )
@@ -529,7 +529,7 @@ async fn a_release_scheduled_more_than_a_week_ahead_is_refused(app: TestApp) {
     };
     let late = t(60 * 24) - chrono::Duration::seconds(1);
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/release"),
             release("REL-FAR", late).to_string(),
         )
@@ -539,7 +539,7 @@ async fn a_release_scheduled_more_than_a_week_ahead_is_refused(app: TestApp) {
     assert!(reply.text.contains("7 days"), "{}", reply.text);
     assert_eq!(app.count("trip_commands").await, 0);
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/release"),
             release("REL-WEEK", t(60 * 24)).to_string(),
         )

@@ -3,6 +3,7 @@
 mod helpers;
 mod mapping;
 
+mod access;
 mod amqp;
 mod answers;
 mod assignments;

@@ -175,7 +175,7 @@ async fn a_partner_endpoint_gets_each_notification_once_in_order(backend: Backen
         "{error}"
     );
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/release"),
             release(&trip, "GT", "SVSAL").to_string(),
         )

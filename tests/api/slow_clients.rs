@@ -27,8 +27,12 @@ async fn a_stalled_body_gets_408(backend: Backend, minimum_rate: bool) {
     let started = Instant::now();
     stream
         .write_all(
-            b"POST /v1/seal-events HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\n\
-              content-length: 1000\r\n\r\n[{\"device_id\"",
+            format!(
+                "POST /v1/seal-events HTTP/1.1\r\nHost: gateway\r\nauthorization: Bearer {}\r\n\
+                 content-type: application/json\r\ncontent-length: 1000\r\n\r\n[{{\"device_id\"",
+                app.admin_token
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -113,9 +117,12 @@ async fn the_deadline_follows_content_length_and_refusals_close(backend: Backend
         return;
     };
     // 2000 bytes declared: due within 2 s. 1999 sent at once, the last never.
-    let mut request = b"POST /v1/seal-events HTTP/1.1\r\nHost: gateway\r\n\
-        content-type: application/json\r\ncontent-length: 2000\r\n\r\n"
-        .to_vec();
+    let mut request = format!(
+        "POST /v1/seal-events HTTP/1.1\r\nHost: gateway\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 2000\r\n\r\n",
+        app.admin_token
+    )
+    .into_bytes();
     request.extend(std::iter::repeat_n(b' ', 1_999));
     let (text, took) = until_closed(&app, &request).await;
     assert!(text.starts_with("HTTP/1.1 408"), "after {took:?}: {text}");
@@ -129,8 +136,9 @@ async fn the_deadline_follows_content_length_and_refusals_close(backend: Backend
 
     // Over the limit by its declared length: 413 at once, and closed.
     let request = format!(
-        "POST /v1/seal-events HTTP/1.1\r\nHost: gateway\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n[",
+        "POST /v1/seal-events HTTP/1.1\r\nHost: gateway\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n[",
+        app.admin_token,
         crate::helpers::TEST_BODY_LIMIT + 1
     );
     let (text, took) = until_closed(&app, request.as_bytes()).await;

@@ -142,7 +142,7 @@ async fn a_trip_goes_from_declaration_to_release_over_http(app: TestApp) {
 
     // At the border, custody passes from Guatemala to El Salvador.
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/handover"),
             handover(&trip, "HO-1", "GT", "SV", 60).to_string(),
         )
@@ -165,7 +165,7 @@ async fn a_trip_goes_from_declaration_to_release_over_http(app: TestApp) {
 
     // El Salvador authorizes release at its office: one unlock command per e-seal.
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/release"),
             release(&trip, "SV", "SVSAL").to_string(),
         )
@@ -228,7 +228,7 @@ async fn release_and_handover_commands_are_checked(app: TestApp) {
 
     let unknown = "01a1fdea-56ce-7428-ace2-433c7aa63ea3";
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{unknown}/release"),
             release(unknown, "GT", "DEPOT").to_string(),
         )
@@ -243,7 +243,7 @@ async fn release_and_handover_commands_are_checked(app: TestApp) {
         (json!({"release_id": "R"}), 422, ""),
     ];
     for (body, status, pointer) in cases {
-        let reply = app.post(&path, body.to_string()).await;
+        let reply = app.command(&path, body.to_string()).await;
         assert_eq!(reply.status, status, "{body}: {}", reply.text);
         assert_eq!(reply.content_type(), "application/problem+json");
         assert!(
@@ -252,24 +252,24 @@ async fn release_and_handover_commands_are_checked(app: TestApp) {
             reply.text
         );
     }
-    assert_eq!(app.post(&path, "{".to_owned()).await.status, 400);
+    assert_eq!(app.command(&path, "{".to_owned()).await.status, 400);
 
     // Accepted once; the same again is harmless; the same id with other content is not.
     let ok = release(&trip, "GT", "DEPOT");
-    assert_eq!(app.post(&path, ok.to_string()).await.status, 200);
-    let again = app.post(&path, ok.to_string()).await;
+    assert_eq!(app.command(&path, ok.to_string()).await.status, 200);
+    let again = app.command(&path, ok.to_string()).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["commands"], json!([]));
     let mut changed = ok.clone();
     changed["one_time_code"] = "999999".into();
-    let reply = app.post(&path, changed.to_string()).await;
+    let reply = app.command(&path, changed.to_string()).await;
     assert_eq!(reply.status, 409);
     assert_eq!(reply.pointers(), vec!["/release_id"]);
     assert_eq!(app.count("trip_commands").await, 1);
 
     // Handover from someone who does not hold custody.
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/handover"),
             handover(&trip, "HO-1", "SV", "HN", 30).to_string(),
         )
@@ -477,7 +477,7 @@ async fn a_release_entered_after_the_opening_it_covers_is_applied_in_time_order(
     late["valid_from"] = t(100).to_rfc3339().into();
     late["issued_at"] = t(105).to_rfc3339().into();
     let reply = app
-        .post(&format!("/v1/trips/{trip}/release"), late.to_string())
+        .command(&format!("/v1/trips/{trip}/release"), late.to_string())
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     // In event-time order the openings were lawful: released, the alerts withdrawn.
