@@ -169,7 +169,9 @@ pub fn check_name(name: &str) -> Result<(), TokenError> {
 
 /// An authority as partners have it: `KE`, `KE-KRA` (a country code, then an agency).
 pub fn check_authority(authority: &str) -> Result<(), TokenError> {
-    let country_ok = authority.len() >= 2 && authority[..2].chars().all(|c| c.is_ascii_uppercase());
+    let country_ok = authority
+        .get(..2)
+        .is_some_and(|c| c.chars().all(|c| c.is_ascii_uppercase()));
     if country_ok && ects_core::AuthorityCode::parse(authority).is_ok() {
         Ok(())
     } else {
@@ -605,6 +607,8 @@ mod tests {
         assert!(check_authority("GT").is_ok());
         assert!(check_authority("ke").is_err());
         assert!(check_authority("1E").is_err());
+        assert!(check_authority("aé").is_err());
+        assert!(check_authority("é").is_err());
         let now = Utc::now();
         assert!(parse_expiry(Some("30d"), now).is_ok());
         assert!(parse_expiry(Some("0d"), now).is_err());
