@@ -307,14 +307,15 @@ pub fn default_data_dir(database_url: &SecretString) -> PathBuf {
             .trim_start_matches("sqlite://")
             .trim_start_matches("sqlite:");
         let path = rest.split('?').next().unwrap_or_default();
-        if !path.is_empty() && path != ":memory:" {
-            if let Some(dir) = Path::new(path).parent() {
-                return if dir.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    dir.to_owned()
-                };
-            }
+        if !path.is_empty()
+            && path != ":memory:"
+            && let Some(dir) = Path::new(path).parent()
+        {
+            return if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir.to_owned()
+            };
         }
     }
     PathBuf::from("data")
