@@ -150,6 +150,13 @@ pub struct AmqpSettings {
     /// Longest wait for the broker to confirm a published message, in milliseconds; a
     /// message left unconfirmed (the connection dropped) is tried again.
     pub confirm_timeout_ms: u64,
+    /// PEM bundle of the certificate authorities trusted for an `amqps://` broker, besides
+    /// the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (then its intermediates) and private key presented to an
+    /// `amqps://` broker: for `?auth_mechanism=external` or beside user and password.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for AmqpSettings {
@@ -161,6 +168,9 @@ impl Default for AmqpSettings {
             reconnect_min_ms: 200,
             reconnect_max_ms: 30_000,
             confirm_timeout_ms: 10_000,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -184,6 +194,11 @@ pub struct HttpSettings {
     /// Documents decoded at once (HTTP and AMQP), each on the blocking pool, off the
     /// async workers; 1 to 1024, default the number of CPUs.
     pub decode_workers: usize,
+    /// TLS, and mutual TLS, on the listener. Without it the listener speaks plain HTTP,
+    /// which is refused on a non-loopback address unless `allow_plain_http` is set.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Plain HTTP on a non-loopback address (behind a proxy that terminates TLS).
+    pub allow_plain_http: bool,
 }
 
 impl Default for HttpSettings {
@@ -196,6 +211,8 @@ impl Default for HttpSettings {
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 5_000,
             decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            tls: None,
+            allow_plain_http: false,
         }
     }
 }
@@ -430,15 +447,7 @@ impl Settings {
                 "max_events_per_message must be above 0".into(),
             ));
         }
-        if let Some(url) = &self.amqp_url
-            && !url.expose_secret().starts_with("amqp://")
-        {
-            // This build's AMQP client has no TLS: the gateway talks to its own broker
-            // cluster over its own network.
-            return Err(ConfigError::Invalid(
-                "amqp_url must start with amqp:// (amqps:// is not supported by this build)".into(),
-            ));
-        }
+        self.check_transport_security()?;
         if self.amqp.prefetch == 0 {
             return Err(ConfigError::Invalid("amqp.prefetch must be above 0".into()));
         }
@@ -454,6 +463,81 @@ impl Settings {
         self.rules
             .check()
             .map_err(|e| ConfigError::Invalid(format!("rules{}: {}", e.pointer, e.reason)))?;
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// TLS on the listener and the broker link: plain HTTP only on loopback unless allowed
+    /// explicitly; `amqps://` settings only with an `amqps://` URL; partners named by
+    /// certificate only where a certificate can name them.
+    fn check_transport_security(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.http.tls.is_none() && !self.listen.ip().is_loopback() && !self.http.allow_plain_http
+        {
+            return invalid(format!(
+                "listen = {} is not a loopback address and [http.tls] is not configured: \
+                 configure [http.tls] cert_file and key_file, or set [http] allow_plain_http = \
+                 true when a proxy in front terminates TLS",
+                self.listen
+            ));
+        }
+        let tls = self.http.tls.as_ref();
+        if let Some(tls) = tls
+            && tls.client_auth == crate::tls::ClientAuth::None
+            && !tls.client_ca_files.is_empty()
+        {
+            return invalid(
+                "http.tls.client_ca_files is set but http.tls.client_auth = \"none\": set \
+                 client_auth to \"optional\" or \"required\""
+                    .into(),
+            );
+        }
+        let asks_certificates = tls.is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None);
+        let has_ca = tls.is_some_and(|t| !t.client_ca_files.is_empty());
+        for (i, p) in self.partners.iter().enumerate() {
+            let at = format!("partners[{i}] ({:?})", p.id);
+            let by_name = p.certificate_subject.is_some() || p.certificate_san.is_some();
+            if (by_name || !p.certificate_spki_sha256.is_empty()) && !asks_certificates {
+                return invalid(format!(
+                    "{at}: is identified by certificate but the listener asks for none: set \
+                     [http.tls] client_auth = \"optional\" or \"required\""
+                ));
+            }
+            if by_name && !has_ca {
+                return invalid(format!(
+                    "{at}: certificate_subject and certificate_san need [http.tls] \
+                     client_ca_files (a name means something only under a CA); pin a \
+                     self-signed certificate with certificate_spki_sha256"
+                ));
+            }
+        }
+        match &self.amqp_url {
+            Some(url) => {
+                let url = url.expose_secret();
+                let tls = url.starts_with("amqps://");
+                if !(tls || url.starts_with("amqp://")) {
+                    return invalid("amqp_url must start with amqp:// or amqps://".into());
+                }
+                let has_tls_files = self.amqp.ca_file.is_some()
+                    || self.amqp.client_cert_file.is_some()
+                    || self.amqp.client_key_file.is_some();
+                if has_tls_files && !tls {
+                    return invalid(
+                        "amqp.ca_file, client_cert_file and client_key_file are for an \
+                         amqps:// broker, and amqp_url is amqp://"
+                            .into(),
+                    );
+                }
+            }
+            None => {}
+        }
+        if self.amqp.client_cert_file.is_some() != self.amqp.client_key_file.is_some() {
+            return invalid(
+                "amqp.client_cert_file and amqp.client_key_file go together: set both or neither"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -490,9 +574,25 @@ mod tests {
             ..Default::default()
         };
         assert!(args("amqp://guest:guest@127.0.0.1:5672/%2f").load().is_ok());
-        let msg = args("amqps://broker:5671").load().unwrap_err().to_string();
-        assert!(msg.contains("amqps:// is not supported"), "{msg}");
-        assert!(args("http://broker").load().is_err());
+        assert!(
+            args("amqps://guest:guest@localhost:5671/%2f")
+                .load()
+                .is_ok()
+        );
+        let msg = args("http://broker").load().unwrap_err().to_string();
+        assert!(msg.contains("amqp:// or amqps://"), "{msg}");
+        let mut s = Settings {
+            amqp_url: Some(SecretString::from("amqp://broker")),
+            ..Default::default()
+        };
+        s.amqp.ca_file = Some("ca.pem".into());
+        let msg = s.check().unwrap_err().to_string();
+        assert!(msg.contains("amqp.ca_file"), "{msg}");
+        s.amqp_url = Some(SecretString::from("amqps://broker"));
+        assert!(s.check().is_ok());
+        s.amqp.client_cert_file = Some("client.pem".into());
+        let msg = s.check().unwrap_err().to_string();
+        assert!(msg.contains("go together"), "{msg}");
     }
 
     #[test]

@@ -270,6 +270,7 @@ impl Application {
             Some(url) => {
                 let (supervisor, broker) = Supervisor::new(
                     url.clone(),
+                    amqp::tls_config(&settings.amqp)?,
                     format!("ects-gateway {}:{port}", hostname()),
                     settings.amqp.clone(),
                     partners.clone(),
@@ -311,6 +312,14 @@ impl Application {
             offices: offices.clone(),
         });
         let http_limits = state.settings.http.clone();
+        let tls = match &http_limits.tls {
+            Some(t) => Some(Arc::new(crate::tls::ServerTls::new(
+                t,
+                &state.settings.partners,
+            )?)),
+            None => None,
+        };
+        let on_connect_tls = tls.clone();
         let server = HttpServer::new(move || {
             App::new()
                 // Last wrapped runs first: the logger opens the request span (and its id)
@@ -328,7 +337,15 @@ impl Application {
         .client_disconnect_timeout(std::time::Duration::from_millis(
             http_limits.client_disconnect_timeout_ms,
         ))
-        .listen(listener)?
+        .on_connect(move |connection, data| {
+            if let Some(tls) = &on_connect_tls {
+                crate::tls::on_connect(tls, connection, data);
+            }
+        });
+        let server = match &tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.config.clone())?,
+            None => server.listen(listener)?,
+        }
         .shutdown_timeout(10)
         .run();
         let (stop, _) = watch::channel(false);

@@ -79,6 +79,10 @@ impl FromRequest for Viewer {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
+            // Mutual TLS: a client certificate names a partner, or nobody (never the operator).
+            if let Some(cert) = req.conn_data::<crate::tls::ClientCertificate>() {
+                return ready(by_certificate(req, cert));
+            }
             return ready(Ok(Viewer::Operator));
         };
         let Some(state) = req.app_data::<web::Data<AppState>>() else {
@@ -100,5 +104,21 @@ impl FromRequest for Viewer {
                 )),
             },
         })
+    }
+}
+
+/// The partner a verified client certificate names; 401 when it names none.
+fn by_certificate(
+    req: &HttpRequest,
+    cert: &crate::tls::ClientCertificate,
+) -> Result<Viewer, ApiError> {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Err(ApiError::Unauthorized("no state".into()));
+    };
+    match partners::by_certificate(&state.settings.partners, cert) {
+        Some(p) => Ok(Viewer::Partner(Box::new(p.clone()))),
+        None => Err(ApiError::Unauthorized(
+            "the client certificate is not any partner's".into(),
+        )),
     }
 }
