@@ -596,6 +596,76 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_only_on_loopback_unless_allowed() {
+        let at = |listen: &str| ConfigArgs {
+            listen: Some(listen.parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(at("127.0.0.1:8080").load().is_ok());
+        assert!(at("[::1]:8080").load().is_ok());
+        for listen in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080"] {
+            let msg = at(listen).load().unwrap_err().to_string();
+            assert!(
+                msg.contains("[http.tls]") && msg.contains("allow_plain_http"),
+                "{msg}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ects.toml");
+        std::fs::write(&path, "[http]\nallow_plain_http = true\n").unwrap();
+        let allowed = ConfigArgs {
+            config: Some(path.clone()),
+            ..at("0.0.0.0:8080")
+        };
+        assert!(allowed.load().is_ok());
+        // TLS configured: any address (the files are read when the listener is built).
+        std::fs::write(
+            &path,
+            "[http.tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n",
+        )
+        .unwrap();
+        let s = ConfigArgs {
+            config: Some(path.clone()),
+            ..at("0.0.0.0:8443")
+        }
+        .load()
+        .unwrap();
+        let tls = s.http.tls.unwrap();
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::None);
+        // A partner named by certificate needs the listener to ask for one, and a name a CA.
+        let partner = "[[partners]]\nid = \"ke\"\nauthority = \"KE\"\nformat = \"wco-dm\"\n";
+        for (tls, extra, expected) in [
+            ("", "certificate_san = \"ke.example\"", "asks for none"),
+            (
+                "client_auth = \"optional\"\n",
+                "certificate_subject = \"CN=ke\"",
+                "need [http.tls] client_ca_files",
+            ),
+            (
+                "client_ca_files = [\"ca.pem\"]\n",
+                "",
+                "client_ca_files is set but http.tls.client_auth",
+            ),
+        ] {
+            std::fs::write(
+                &path,
+                format!(
+                    "[http.tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n{tls}{partner}{extra}\n"
+                ),
+            )
+            .unwrap();
+            let msg = ConfigArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            }
+            .load()
+            .unwrap_err()
+            .to_string();
+            assert!(msg.contains(expected), "{expected}: {msg}");
+        }
+    }
+
+    #[test]
     fn outbox_numbers_out_of_range_are_refused_by_name() {
         assert!(Settings::default().check().is_ok());
         type Spoil = fn(&mut OutboxSettings);

@@ -297,3 +297,32 @@ pub fn on_connect(
         data.insert(cert);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_is_read_for_handlers() {
+        use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, SanType};
+        let mut params = CertificateParams::new(vec!["ke-kra.example".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::URI("urn:ects:partner:ke-kra".try_into().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, "ke-kra");
+        params.distinguished_name.push(DnType::CountryName, "KE");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let read = ClientCertificate::from_der(cert.der(), true).unwrap();
+        assert_eq!(
+            read.spki_sha256,
+            hex::encode(Sha256::digest(key.subject_public_key_info()))
+        );
+        assert_eq!(read.sha256, hex::encode(Sha256::digest(cert.der())));
+        assert_eq!(read.subject, "CN=ke-kra, C=KE");
+        assert_eq!(read.dns_sans, ["ke-kra.example"]);
+        assert_eq!(read.uri_sans, ["urn:ects:partner:ke-kra"]);
+        assert!(read.ca_verified);
+        assert!(ClientCertificate::from_der(b"not DER", true).is_none());
+    }
+}

@@ -26,5 +26,6 @@ mod retention;
 mod slow_clients;
 mod status;
 mod suite;
+mod tls;
 mod tracking;
 mod trips;
