@@ -4,6 +4,7 @@ mod helpers;
 mod mapping;
 
 mod amqp;
+mod amqps;
 mod answers;
 mod assignments;
 mod bad_input;
