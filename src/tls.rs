@@ -294,6 +294,7 @@ pub fn on_connect(
     if let Some(chain) = session.peer_certificates()
         && let Some(cert) = tls.client_certificate(chain)
     {
+        tracing::debug!(subject = %cert.subject, spki_sha256 = %cert.spki_sha256, ca_verified = cert.ca_verified, "client certificate");
         data.insert(cert);
     }
 }
