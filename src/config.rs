@@ -471,7 +471,7 @@ impl Settings {
     /// TLS on the listener and the broker link: plain HTTP only on loopback unless allowed
     /// explicitly; `amqps://` settings only with an `amqps://` URL; partners named by
     /// certificate only where a certificate can name them.
-    fn check_transport_security(&self) -> Result<(), ConfigError> {
+    pub fn check_transport_security(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.http.tls.is_none() && !self.listen.ip().is_loopback() && !self.http.allow_plain_http
         {
@@ -512,25 +512,22 @@ impl Settings {
                 ));
             }
         }
-        match &self.amqp_url {
-            Some(url) => {
-                let url = url.expose_secret();
-                let tls = url.starts_with("amqps://");
-                if !(tls || url.starts_with("amqp://")) {
-                    return invalid("amqp_url must start with amqp:// or amqps://".into());
-                }
-                let has_tls_files = self.amqp.ca_file.is_some()
-                    || self.amqp.client_cert_file.is_some()
-                    || self.amqp.client_key_file.is_some();
-                if has_tls_files && !tls {
-                    return invalid(
-                        "amqp.ca_file, client_cert_file and client_key_file are for an \
-                         amqps:// broker, and amqp_url is amqp://"
-                            .into(),
-                    );
-                }
+        if let Some(url) = &self.amqp_url {
+            let url = url.expose_secret();
+            let tls = url.starts_with("amqps://");
+            if !(tls || url.starts_with("amqp://")) {
+                return invalid("amqp_url must start with amqp:// or amqps://".into());
             }
-            None => {}
+            let has_tls_files = self.amqp.ca_file.is_some()
+                || self.amqp.client_cert_file.is_some()
+                || self.amqp.client_key_file.is_some();
+            if has_tls_files && !tls {
+                return invalid(
+                    "amqp.ca_file, client_cert_file and client_key_file are for an \
+                     amqps:// broker, and amqp_url is amqp://"
+                        .into(),
+                );
+            }
         }
         if self.amqp.client_cert_file.is_some() != self.amqp.client_key_file.is_some() {
             return invalid(

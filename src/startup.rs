@@ -33,6 +33,7 @@ pub struct Application {
     store: Store,
     tracking: Arc<Tracking>,
     tick_interval: u64,
+    tls: bool,
     offices: Offices,
     supervisor: Option<Supervisor>,
     dispatcher: Option<Dispatcher>,
@@ -214,6 +215,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Checked here too: settings built in code (not loaded) reach the dispatcher as is.
         settings.outbox.check(settings.amqp.confirm_timeout_ms)?;
+        settings.check_transport_security()?;
         let store = Store::connect(&settings.database_url, settings.database_max_connections)
             .await
             .context("cannot open the database")?;
@@ -355,6 +357,7 @@ impl Application {
             store,
             tracking,
             tick_interval,
+            tls: tls.is_some(),
             offices,
             supervisor,
             dispatcher,
@@ -388,7 +391,11 @@ impl Application {
     /// Serves until a shutdown signal (SIGINT, SIGTERM), then drains and closes the pool.
     /// The ticker runs beside the server; whichever ends first ends both.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        tracing::info!(port = self.port, "listening");
+        tracing::info!(
+            port = self.port,
+            scheme = if self.tls { "https" } else { "http" },
+            "listening"
+        );
         let handle = self.server.handle();
         let ticker = run_ticker(
             self.tracking.clone(),

@@ -407,33 +407,34 @@ async fn required_client_auth_refuses_a_connection_without_certificate_sqlite() 
 async fn bad_tls_files_stop_the_gateway_from_starting() {
     let pki = Pki::new();
     std::fs::write(pki.path("garbage.pem"), "not a certificate").expect("written");
-    let cases: Vec<(&str, Box<dyn Fn(&mut TlsSettings)>)> = vec![
+    type Spoil = fn(&mut TlsSettings);
+    let cases: Vec<(&str, Spoil)> = vec![
         (
             "http.tls.cert_file",
-            Box::new(|t: &mut TlsSettings| t.cert_file = PathBuf::from("/nonexistent/server.pem")),
+            (|t: &mut TlsSettings| t.cert_file = PathBuf::from("/nonexistent/server.pem")),
         ),
         (
             "http.tls.cert_file",
-            Box::new(|t: &mut TlsSettings| t.cert_file = t.cert_file.with_file_name("garbage.pem")),
+            (|t: &mut TlsSettings| t.cert_file = t.cert_file.with_file_name("garbage.pem")),
         ),
         (
             "http.tls.key_file",
-            Box::new(|t: &mut TlsSettings| t.key_file = t.key_file.with_file_name("garbage.pem")),
+            (|t: &mut TlsSettings| t.key_file = t.key_file.with_file_name("garbage.pem")),
         ),
         (
             "http.tls.client_ca_files",
-            Box::new(|t: &mut TlsSettings| {
+            (|t: &mut TlsSettings| {
                 t.client_ca_files = vec![t.cert_file.with_file_name("garbage.pem")]
             }),
         ),
         (
             "needs http.tls.client_ca_files",
-            Box::new(|t: &mut TlsSettings| t.client_ca_files.clear()),
+            (|t: &mut TlsSettings| t.client_ca_files.clear()),
         ),
         (
             // The key of another certificate.
             "key_file",
-            Box::new(|t: &mut TlsSettings| t.key_file = t.key_file.with_file_name("other.key")),
+            (|t: &mut TlsSettings| t.key_file = t.key_file.with_file_name("other.key")),
         ),
     ];
     let other = pki.server_ca.leaf("other", &["localhost"], false);
