@@ -355,6 +355,10 @@ pub struct ConfigArgs {
     /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f (default: AMQP off).
     #[arg(long, env = "ECTS_AMQP_URL", global = true, hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// Plain HTTP on a non-loopback `--listen` (a proxy in front terminates TLS); default
+    /// `[http] allow_plain_http`.
+    #[arg(long, env = "ECTS_ALLOW_PLAIN_HTTP", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_plain_http: Option<bool>,
     /// Office policy, `strict` or `known_or_locode` (default: `[offices] policy`).
     #[arg(long = "policy", env = "ECTS_OFFICE_POLICY", global = true, value_enum)]
     pub office_policy: Option<crate::offices::OfficePolicy>,
@@ -403,6 +407,9 @@ impl ConfigArgs {
         }
         if let Some(url) = &self.amqp_url {
             settings.amqp_url = Some(SecretString::from(url.clone()));
+        }
+        if let Some(allow) = self.allow_plain_http {
+            settings.http.allow_plain_http = allow;
         }
         settings.check()?;
         Ok(settings)
@@ -615,6 +622,11 @@ mod tests {
             ..at("0.0.0.0:8080")
         };
         assert!(allowed.load().is_ok());
+        let by_flag = ConfigArgs {
+            allow_plain_http: Some(true),
+            ..at("0.0.0.0:8080")
+        };
+        assert!(by_flag.load().is_ok());
         // TLS configured: any address (the files are read when the listener is built).
         std::fs::write(
             &path,
