@@ -409,5 +409,9 @@ mod tests {
         // A name counts only under a CA; an unknown certificate is nobody.
         assert_eq!(id(cert(&"cd".repeat(32), "CN=c", "c.example", false)), None);
         assert_eq!(id(cert(&"cd".repeat(32), "CN=x", "x", true)), None);
+        assert_eq!(
+            id(crate::tls::ClientCertificate::unreadable(b"?", true)),
+            None
+        );
     }
 }

@@ -95,6 +95,21 @@ impl ClientCertificate {
     }
 }
 
+impl ClientCertificate {
+    /// A certificate the handshake accepted but x509-parser cannot read: kept (so that
+    /// the connection is not taken for one without a certificate), naming nobody.
+    pub fn unreadable(der: &[u8], ca_verified: bool) -> Self {
+        Self {
+            spki_sha256: String::new(),
+            sha256: hex::encode(Sha256::digest(der)),
+            subject: String::new(),
+            dns_sans: Vec::new(),
+            uri_sans: Vec::new(),
+            ca_verified,
+        }
+    }
+}
+
 /// SHA-256 (hex) of a DER certificate's SubjectPublicKeyInfo, and whether it is valid at
 /// `now`; `None` when it does not parse.
 fn spki_and_validity(der: &[u8], now: UnixTime) -> Option<(String, bool)> {
@@ -275,7 +290,10 @@ impl ServerTls {
             ca.verify_client_cert(end_entity, intermediates, UnixTime::now())
                 .is_ok()
         });
-        ClientCertificate::from_der(end_entity, ca_verified)
+        Some(
+            ClientCertificate::from_der(end_entity, ca_verified)
+                .unwrap_or_else(|| ClientCertificate::unreadable(end_entity, ca_verified)),
+        )
     }
 }
 
