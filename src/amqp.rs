@@ -14,6 +14,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use secrecy::{ExposeSecret, SecretString};
@@ -75,9 +76,68 @@ pub struct Inbound {
     pub max_body_bytes: usize,
 }
 
+/// The TLS of an `amqps://` link from `[amqp]`: `ca_file` added to the system's roots, and
+/// the client certificate and key. Read and checked at start, each failure naming its key.
+pub fn tls_config(settings: &AmqpSettings) -> anyhow::Result<OwnedTLSConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("amqp.{key} {}: cannot read it: {e}", path.display()))
+    };
+    let certificates = |key: &str, path: &std::path::Path, pem: &[u8]| {
+        let n = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                anyhow::anyhow!("amqp.{key} {}: not PEM certificates: {e}", path.display())
+            })?
+            .len();
+        anyhow::ensure!(
+            n > 0,
+            "amqp.{key} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            path.display()
+        );
+        Ok(())
+    };
+    let cert_chain =
+        match &settings.ca_file {
+            Some(path) => {
+                let pem = read("ca_file", path)?;
+                certificates("ca_file", path, &pem)?;
+                Some(String::from_utf8(pem).map_err(|_| {
+                    anyhow::anyhow!("amqp.ca_file {}: not PEM text", path.display())
+                })?)
+            }
+            None => None,
+        };
+    let identity = match (&settings.client_cert_file, &settings.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let pem = read("client_cert_file", cert)?;
+            certificates("client_cert_file", cert, &pem)?;
+            let key_pem = read("client_key_file", key)?;
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "amqp.client_key_file {}: no PEM private key in it: {e}",
+                    key.display()
+                )
+            })?;
+            Some(OwnedIdentity::PKCS8 { pem, key: key_pem })
+        }
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "amqp.client_cert_file and amqp.client_key_file go together: set both or neither"
+        ),
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
+}
+
 /// Runs the broker link: connect, declare, consume, and again after any loss.
 pub struct Supervisor {
     url: SecretString,
+    tls: OwnedTLSConfig,
     name: String,
     settings: AmqpSettings,
     partners: Arc<[PartnerConfig]>,
@@ -89,6 +149,7 @@ impl Supervisor {
     /// `name` is the connection's name as the broker lists it.
     pub fn new(
         url: SecretString,
+        tls: OwnedTLSConfig,
         name: String,
         settings: AmqpSettings,
         partners: Arc<[PartnerConfig]>,
@@ -98,6 +159,7 @@ impl Supervisor {
         (
             Self {
                 url,
+                tls,
                 name,
                 settings,
                 partners,
@@ -140,7 +202,13 @@ impl Supervisor {
     async fn session(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
         let properties =
             ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let conn = Connection::connect(self.url.expose_secret(), properties).await?;
+        let conn = Connection::connect_with_config(
+            self.url.expose_secret(),
+            properties,
+            self.tls.clone(),
+            lapin::runtime::default_runtime()?,
+        )
+        .await?;
         let mut events = conn.events_listener();
         let setup = conn.create_channel().await?;
         setup
@@ -313,6 +381,23 @@ impl Consumer {
             _ => format!("sha256:{}", hex::encode(Sha256::digest(body))),
         };
         let partner = &self.partner;
+        // The queue is bound to the partner's broker user: RabbitMQ checks `user_id`
+        // against the publishing connection's user, so a message with another (or none)
+        // was not published by the partner.
+        if let Some(expected) = &partner.amqp_user_id
+            && delivery.properties.user_id().as_ref().map(|u| u.as_str()) != Some(expected)
+        {
+            let rejection = Rejection {
+                status: 403,
+                problems: vec![Located::pointer(
+                    "",
+                    "the message's AMQP user_id property is not the broker user of this \
+                     queue's partner: only that partner may publish here, with user_id set"
+                        .to_owned(),
+                )],
+            };
+            return self.dead_letter(delivery, &transport_id, &rejection).await;
+        }
         let Some(format) = self.inbound.formats.get(&partner.format).cloned() else {
             // Checked at start-up; a message cannot be read without its format.
             return Ok(Step::Retry("the partner's format is unknown".into()));

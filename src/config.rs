@@ -181,6 +181,13 @@ pub struct AmqpSettings {
     /// Longest wait for the broker to confirm a published message, in milliseconds; a
     /// message left unconfirmed (the connection dropped) is tried again.
     pub confirm_timeout_ms: u64,
+    /// PEM bundle of the certificate authorities trusted for an `amqps://` broker, besides
+    /// the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (then its intermediates) and private key presented to an
+    /// `amqps://` broker: for `?auth_mechanism=external` or beside user and password.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for AmqpSettings {
@@ -192,6 +199,9 @@ impl Default for AmqpSettings {
             reconnect_min_ms: 200,
             reconnect_max_ms: 30_000,
             confirm_timeout_ms: 10_000,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -218,6 +228,11 @@ pub struct HttpSettings {
     /// Whether `/metrics` is served without a credential (default: no; admin and
     /// operator tokens read it).
     pub public_metrics: bool,
+    /// TLS, and mutual TLS, on the listener. Without it the listener speaks plain HTTP,
+    /// which is refused on a non-loopback address unless `allow_plain_http` is set.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// Plain HTTP on a non-loopback address (behind a proxy that terminates TLS).
+    pub allow_plain_http: bool,
 }
 
 impl Default for HttpSettings {
@@ -231,6 +246,8 @@ impl Default for HttpSettings {
             client_disconnect_timeout_ms: 5_000,
             decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             public_metrics: false,
+            tls: None,
+            allow_plain_http: false,
         }
     }
 }
@@ -378,6 +395,10 @@ pub struct ConfigArgs {
     /// beside the SQLite file, else `data/token.key`).
     #[arg(long, env = "ECTS_TOKEN_KEY_FILE", global = true)]
     pub token_key_file: Option<PathBuf>,
+    /// Plain HTTP on a non-loopback `--listen` (a proxy in front terminates TLS); default
+    /// `[http] allow_plain_http`.
+    #[arg(long, env = "ECTS_ALLOW_PLAIN_HTTP", global = true, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_plain_http: Option<bool>,
     /// Office policy, `strict` or `known_or_locode` (default: `[offices] policy`).
     #[arg(long = "policy", env = "ECTS_OFFICE_POLICY", global = true, value_enum)]
     pub office_policy: Option<crate::offices::OfficePolicy>,
@@ -430,6 +451,9 @@ impl ConfigArgs {
         if let Some(url) = &self.amqp_url {
             settings.amqp_url = Some(SecretString::from(url.clone()));
         }
+        if let Some(allow) = self.allow_plain_http {
+            settings.http.allow_plain_http = allow;
+        }
         settings.check()?;
         Ok(settings)
     }
@@ -473,15 +497,7 @@ impl Settings {
                 "max_events_per_message must be above 0".into(),
             ));
         }
-        if let Some(url) = &self.amqp_url
-            && !url.expose_secret().starts_with("amqp://")
-        {
-            // This build's AMQP client has no TLS: the gateway talks to its own broker
-            // cluster over its own network.
-            return Err(ConfigError::Invalid(
-                "amqp_url must start with amqp:// (amqps:// is not supported by this build)".into(),
-            ));
-        }
+        self.check_transport_security()?;
         if self.amqp.prefetch == 0 {
             return Err(ConfigError::Invalid("amqp.prefetch must be above 0".into()));
         }
@@ -497,6 +513,78 @@ impl Settings {
         self.rules
             .check()
             .map_err(|e| ConfigError::Invalid(format!("rules{}: {}", e.pointer, e.reason)))?;
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// TLS on the listener and the broker link: plain HTTP only on loopback unless allowed
+    /// explicitly; `amqps://` settings only with an `amqps://` URL; partners named by
+    /// certificate only where a certificate can name them.
+    pub fn check_transport_security(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.http.tls.is_none() && !self.listen.ip().is_loopback() && !self.http.allow_plain_http
+        {
+            return invalid(format!(
+                "listen = {} is not a loopback address and [http.tls] is not configured: \
+                 configure [http.tls] cert_file and key_file, or set [http] allow_plain_http = \
+                 true when a proxy in front terminates TLS",
+                self.listen
+            ));
+        }
+        let tls = self.http.tls.as_ref();
+        if let Some(tls) = tls
+            && tls.client_auth == crate::tls::ClientAuth::None
+            && !tls.client_ca_files.is_empty()
+        {
+            return invalid(
+                "http.tls.client_ca_files is set but http.tls.client_auth = \"none\": set \
+                 client_auth to \"optional\" or \"required\""
+                    .into(),
+            );
+        }
+        let asks_certificates = tls.is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None);
+        let has_ca = tls.is_some_and(|t| !t.client_ca_files.is_empty());
+        for (i, p) in self.partners.iter().enumerate() {
+            let at = format!("partners[{i}] ({:?})", p.id);
+            let by_name = p.certificate_subject.is_some() || p.certificate_san.is_some();
+            if (by_name || !p.certificate_spki_sha256.is_empty()) && !asks_certificates {
+                return invalid(format!(
+                    "{at}: is identified by certificate but the listener asks for none: set \
+                     [http.tls] client_auth = \"optional\" or \"required\""
+                ));
+            }
+            if by_name && !has_ca {
+                return invalid(format!(
+                    "{at}: certificate_subject and certificate_san need [http.tls] \
+                     client_ca_files (a name means something only under a CA); pin a \
+                     self-signed certificate with certificate_spki_sha256"
+                ));
+            }
+        }
+        if let Some(url) = &self.amqp_url {
+            let url = url.expose_secret();
+            let tls = url.starts_with("amqps://");
+            if !(tls || url.starts_with("amqp://")) {
+                return invalid("amqp_url must start with amqp:// or amqps://".into());
+            }
+            let has_tls_files = self.amqp.ca_file.is_some()
+                || self.amqp.client_cert_file.is_some()
+                || self.amqp.client_key_file.is_some();
+            if has_tls_files && !tls {
+                return invalid(
+                    "amqp.ca_file, client_cert_file and client_key_file are for an \
+                     amqps:// broker, and amqp_url is amqp://"
+                        .into(),
+                );
+            }
+        }
+        if self.amqp.client_cert_file.is_some() != self.amqp.client_key_file.is_some() {
+            return invalid(
+                "amqp.client_cert_file and amqp.client_key_file go together: set both or neither"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -533,9 +621,100 @@ mod tests {
             ..Default::default()
         };
         assert!(args("amqp://guest:guest@127.0.0.1:5672/%2f").load().is_ok());
-        let msg = args("amqps://broker:5671").load().unwrap_err().to_string();
-        assert!(msg.contains("amqps:// is not supported"), "{msg}");
-        assert!(args("http://broker").load().is_err());
+        assert!(
+            args("amqps://guest:guest@localhost:5671/%2f")
+                .load()
+                .is_ok()
+        );
+        let msg = args("http://broker").load().unwrap_err().to_string();
+        assert!(msg.contains("amqp:// or amqps://"), "{msg}");
+        let mut s = Settings {
+            amqp_url: Some(SecretString::from("amqp://broker")),
+            ..Default::default()
+        };
+        s.amqp.ca_file = Some("ca.pem".into());
+        let msg = s.check().unwrap_err().to_string();
+        assert!(msg.contains("amqp.ca_file"), "{msg}");
+        s.amqp_url = Some(SecretString::from("amqps://broker"));
+        assert!(s.check().is_ok());
+        s.amqp.client_cert_file = Some("client.pem".into());
+        let msg = s.check().unwrap_err().to_string();
+        assert!(msg.contains("go together"), "{msg}");
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_unless_allowed() {
+        let at = |listen: &str| ConfigArgs {
+            listen: Some(listen.parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(at("127.0.0.1:8080").load().is_ok());
+        assert!(at("[::1]:8080").load().is_ok());
+        for listen in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080"] {
+            let msg = at(listen).load().unwrap_err().to_string();
+            assert!(
+                msg.contains("[http.tls]") && msg.contains("allow_plain_http"),
+                "{msg}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ects.toml");
+        std::fs::write(&path, "[http]\nallow_plain_http = true\n").unwrap();
+        let allowed = ConfigArgs {
+            config: Some(path.clone()),
+            ..at("0.0.0.0:8080")
+        };
+        assert!(allowed.load().is_ok());
+        let by_flag = ConfigArgs {
+            allow_plain_http: Some(true),
+            ..at("0.0.0.0:8080")
+        };
+        assert!(by_flag.load().is_ok());
+        // TLS configured: any address (the files are read when the listener is built).
+        std::fs::write(
+            &path,
+            "[http.tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n",
+        )
+        .unwrap();
+        let s = ConfigArgs {
+            config: Some(path.clone()),
+            ..at("0.0.0.0:8443")
+        }
+        .load()
+        .unwrap();
+        let tls = s.http.tls.unwrap();
+        assert_eq!(tls.client_auth, crate::tls::ClientAuth::None);
+        // A partner named by certificate needs the listener to ask for one, and a name a CA.
+        let partner = "[[partners]]\nid = \"ke\"\nauthority = \"KE\"\nformat = \"wco-dm\"\n";
+        for (tls, extra, expected) in [
+            ("", "certificate_san = \"ke.example\"", "asks for none"),
+            (
+                "client_auth = \"optional\"\n",
+                "certificate_subject = \"CN=ke\"",
+                "need [http.tls] client_ca_files",
+            ),
+            (
+                "client_ca_files = [\"ca.pem\"]\n",
+                "",
+                "client_ca_files is set but http.tls.client_auth",
+            ),
+        ] {
+            std::fs::write(
+                &path,
+                format!(
+                    "[http.tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n{tls}{partner}{extra}\n"
+                ),
+            )
+            .unwrap();
+            let msg = ConfigArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            }
+            .load()
+            .unwrap_err()
+            .to_string();
+            assert!(msg.contains(expected), "{expected}: {msg}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod startup;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tracking;
 pub mod translate;
 

@@ -80,6 +80,24 @@ pub struct PartnerConfig {
     /// as its own. The token itself is never in the configuration.
     #[serde(default)]
     pub api_token_sha256: Option<String>,
+    /// SHA-256 (hex) of the SubjectPublicKeyInfo of client certificates that are this
+    /// partner's on the HTTP listener (pins): accepted under a configured CA or, pinned,
+    /// self-signed. Several allow a key rollover.
+    #[serde(default)]
+    pub certificate_spki_sha256: Vec<String>,
+    /// The exact subject of its client certificate under a configured CA
+    /// (`[http.tls] client_ca_files`), as the gateway prints it, e.g.
+    /// `CN=ke-kra, O=Kenya Revenue Authority, C=KE`.
+    #[serde(default)]
+    pub certificate_subject: Option<String>,
+    /// A DNS or URI subject alternative name of its client certificate under a configured CA.
+    #[serde(default)]
+    pub certificate_san: Option<String>,
+    /// The broker user that publishes to its inbound queue: a message there whose AMQP
+    /// `user_id` property is not this one is dead-lettered (403). RabbitMQ refuses a
+    /// `user_id` other than the publishing connection's own, so it cannot be forged.
+    #[serde(default)]
+    pub amqp_user_id: Option<String>,
 }
 
 fn yes() -> bool {
@@ -152,6 +170,9 @@ pub fn parties_of(declaration: &TransitDeclaration, filer: Option<&str>) -> BTre
 pub fn check(partners: &[PartnerConfig]) -> Result<(), String> {
     let mut ids = BTreeSet::new();
     let mut queues = BTreeSet::new();
+    let mut pins = BTreeSet::new();
+    let mut subjects = BTreeSet::new();
+    let mut sans = BTreeSet::new();
     for (i, p) in partners.iter().enumerate() {
         let at = format!("partners[{i}] ({:?})", p.id);
         if p.id.is_empty()
@@ -203,6 +224,42 @@ pub fn check(partners: &[PartnerConfig]) -> Result<(), String> {
                 "{at}: api_token_sha256 must be 64 hexadecimal digits (sha256sum of the token)"
             ));
         }
+        for pin in &p.certificate_spki_sha256 {
+            if !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit())) {
+                return Err(format!(
+                    "{at}: certificate_spki_sha256 entries must be 64 hexadecimal digits \
+                     (SHA-256 of the certificate's DER SubjectPublicKeyInfo)"
+                ));
+            }
+            if !pins.insert(pin.to_ascii_lowercase()) {
+                return Err(format!(
+                    "{at}: certificate_spki_sha256 {pin} is pinned twice (by this or an \
+                     earlier partner)"
+                ));
+            }
+        }
+        for (key, value, seen) in [
+            ("certificate_subject", &p.certificate_subject, &mut subjects),
+            ("certificate_san", &p.certificate_san, &mut sans),
+        ] {
+            if let Some(v) = value {
+                if v.trim().is_empty() || v.len() > 1_024 || v.chars().any(char::is_control) {
+                    return Err(format!(
+                        "{at}: {key} must be 1 to 1024 characters without control characters"
+                    ));
+                }
+                if !seen.insert(v.as_str()) {
+                    return Err(format!("{at}: {key} {v:?} names an earlier partner too"));
+                }
+            }
+        }
+        if let Some(u) = &p.amqp_user_id
+            && (u.is_empty() || u.len() > 255 || u.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "{at}: amqp_user_id must be 1 to 255 characters without control characters"
+            ));
+        }
         let mut kinds = BTreeSet::new();
         for k in &p.subscribe {
             if !kinds.insert(format!("{k:?}")) {
@@ -239,6 +296,28 @@ pub fn by_token<'a>(
         }
     }
     found
+}
+
+/// The partner whose client certificate this is: by pinned SPKI, or, for a certificate
+/// whose chain a configured CA verified, by exact subject or by a DNS or URI SAN.
+pub fn by_certificate<'a>(
+    partners: &'a [PartnerConfig],
+    cert: &crate::tls::ClientCertificate,
+) -> Option<&'a PartnerConfig> {
+    let pinned = partners.iter().find(|p| {
+        p.certificate_spki_sha256
+            .iter()
+            .any(|pin| pin.eq_ignore_ascii_case(&cert.spki_sha256))
+    });
+    if pinned.is_some() || !cert.ca_verified {
+        return pinned;
+    }
+    partners.iter().find(|p| {
+        p.certificate_subject.as_deref() == Some(cert.subject.as_str())
+            || p.certificate_san
+                .as_deref()
+                .is_some_and(|san| cert.dns_sans.iter().chain(&cert.uri_sans).any(|s| s == san))
+    })
 }
 
 /// The kind's name in routing keys and the outbox.
@@ -290,6 +369,70 @@ mod tests {
                 "id = \"a\"\nauthority = \"KE\"\nformat = \"x\"\nsubscribe = [\"nope\"]\n"
             )
             .is_err()
+        );
+    }
+
+    fn by_cert(id: &str, extra: &str) -> PartnerConfig {
+        partner(&format!(
+            "id = \"{id}\"\nauthority = \"KE\"\nformat = \"wco-dm\"\n{extra}\n"
+        ))
+    }
+
+    #[test]
+    fn certificate_identities_are_checked_and_found() {
+        let pin = "ab".repeat(32);
+        let e = check(&[by_cert("a", "certificate_spki_sha256 = [\"abc\"]")]).unwrap_err();
+        assert!(e.contains("64 hexadecimal"), "{e}");
+        let pinned = by_cert("a", &format!("certificate_spki_sha256 = [\"{pin}\"]"));
+        let twice = by_cert(
+            "b",
+            &format!("certificate_spki_sha256 = [\"{}\"]", pin.to_uppercase()),
+        );
+        let e = check(&[pinned.clone(), twice]).unwrap_err();
+        assert!(
+            e.contains("partners[1]") && e.contains("pinned twice"),
+            "{e}"
+        );
+        let named = by_cert(
+            "c",
+            "certificate_subject = \"CN=c\"\ncertificate_san = \"c.example\"",
+        );
+        let e = check(&[
+            named.clone(),
+            by_cert("d", "certificate_subject = \"CN=c\""),
+        ])
+        .unwrap_err();
+        assert!(e.contains("names an earlier partner"), "{e}");
+        let e = check(&[by_cert("d", "amqp_user_id = \"\"")]).unwrap_err();
+        assert!(e.contains("amqp_user_id"), "{e}");
+        let partners = [pinned, named];
+        assert!(check(&partners).is_ok());
+
+        let cert =
+            |spki: &str, subject: &str, san: &str, ca_verified| crate::tls::ClientCertificate {
+                spki_sha256: spki.into(),
+                sha256: "00".repeat(32),
+                subject: subject.into(),
+                dns_sans: vec![san.into()],
+                uri_sans: vec![],
+                ca_verified,
+            };
+        let id = |c| by_certificate(&partners, &c).map(|p| p.id.clone());
+        assert_eq!(id(cert(&pin, "CN=x", "x", false)).as_deref(), Some("a"));
+        assert_eq!(
+            id(cert(&"cd".repeat(32), "CN=c", "x", true)).as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            id(cert(&"cd".repeat(32), "CN=x", "c.example", true)).as_deref(),
+            Some("c")
+        );
+        // A name counts only under a CA; an unknown certificate is nobody.
+        assert_eq!(id(cert(&"cd".repeat(32), "CN=c", "c.example", false)), None);
+        assert_eq!(id(cert(&"cd".repeat(32), "CN=x", "x", true)), None);
+        assert_eq!(
+            id(crate::tls::ClientCertificate::unreadable(b"?", true)),
+            None
         );
     }
 }

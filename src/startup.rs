@@ -33,6 +33,7 @@ pub struct Application {
     store: Store,
     tracking: Arc<Tracking>,
     tick_interval: u64,
+    tls: bool,
     offices: Offices,
     supervisor: Option<Supervisor>,
     dispatcher: Option<Dispatcher>,
@@ -215,6 +216,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Checked here too: settings built in code (not loaded) reach the dispatcher as is.
         settings.outbox.check(settings.amqp.confirm_timeout_ms)?;
+        settings.check_transport_security()?;
         let store = Store::connect(&settings.database_url, settings.database_max_connections)
             .await
             .context("cannot open the database")?;
@@ -271,6 +273,7 @@ impl Application {
             Some(url) => {
                 let (supervisor, broker) = Supervisor::new(
                     url.clone(),
+                    amqp::tls_config(&settings.amqp)?,
                     format!("ects-gateway {}:{port}", hostname()),
                     settings.amqp.clone(),
                     partners.clone(),
@@ -316,6 +319,14 @@ impl Application {
             offices: offices.clone(),
         });
         let http_limits = state.settings.http.clone();
+        let tls = match &http_limits.tls {
+            Some(t) => Some(Arc::new(crate::tls::ServerTls::new(
+                t,
+                &state.settings.partners,
+            )?)),
+            None => None,
+        };
+        let on_connect_tls = tls.clone();
         let server = HttpServer::new(move || {
             App::new()
                 // Last wrapped runs first: the logger opens the request span (and its id)
@@ -334,7 +345,15 @@ impl Application {
         .client_disconnect_timeout(std::time::Duration::from_millis(
             http_limits.client_disconnect_timeout_ms,
         ))
-        .listen(listener)?
+        .on_connect(move |connection, data| {
+            if let Some(tls) = &on_connect_tls {
+                crate::tls::on_connect(tls, connection, data);
+            }
+        });
+        let server = match &tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.config.clone())?,
+            None => server.listen(listener)?,
+        }
         .shutdown_timeout(10)
         .run();
         let (stop, _) = watch::channel(false);
@@ -344,6 +363,7 @@ impl Application {
             store,
             tracking,
             tick_interval,
+            tls: tls.is_some(),
             offices,
             supervisor,
             dispatcher,
@@ -383,7 +403,11 @@ impl Application {
     /// Serves until a shutdown signal (SIGINT, SIGTERM), then drains and closes the pool.
     /// The ticker runs beside the server; whichever ends first ends both.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        tracing::info!(port = self.port, "listening");
+        tracing::info!(
+            port = self.port,
+            scheme = if self.tls { "https" } else { "http" },
+            "listening"
+        );
         let handle = self.server.handle();
         let ticker = run_ticker(
             self.tracking.clone(),

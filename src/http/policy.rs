@@ -302,6 +302,16 @@ pub fn roles(rule: &RoutePolicy, public_metrics: bool) -> Option<&'static [Role]
 /// The principal of a request's credential: `Ok(None)` when it has none.
 async fn authenticate(state: &AppState, req: &ServiceRequest) -> Result<Option<Viewer>, ApiError> {
     let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
+        // Mutual TLS: a client certificate names a partner, or nobody (401, never anyone
+        // else); a bearer token, when both are presented, decides.
+        if let Some(cert) = req.conn_data::<crate::tls::ClientCertificate>() {
+            return match crate::partners::by_certificate(&state.settings.partners, cert) {
+                Some(p) => Ok(Some(Viewer::Partner(Box::new(p.clone())))),
+                None => Err(ApiError::Unauthorized(
+                    "the client certificate is not any partner's".into(),
+                )),
+            };
+        }
         return Ok(None);
     };
     let bad = || ApiError::Unauthorized("the bearer token is not valid".into());

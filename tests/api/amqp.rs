@@ -118,7 +118,7 @@ pub(crate) async fn spawn(
 }
 
 /// Until `/readyz` reports the broker linked.
-async fn wait_ready(app: &TestApp) {
+pub(crate) async fn wait_ready(app: &TestApp) {
     crate::helpers::eventually("the broker link (/readyz)", || async {
         let reply = app.get("/readyz").await;
         if reply.status == 200 && reply.json()["broker"] == "ok" {

@@ -377,3 +377,23 @@ async fn tokens_are_made_listed_and_revoked_against_a_running_gateway(
 }
 
 crate::on_both_backends!(tokens_are_made_listed_and_revoked_against_a_running_gateway);
+
+/// `serve` on a non-loopback address without TLS stops at once, saying what to configure;
+/// `--allow-plain-http` (`ECTS_ALLOW_PLAIN_HTTP`) is the explicit way round it.
+#[test]
+fn plain_http_off_loopback_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gateway_in(dir.path(), &["--listen", "0.0.0.0:0", "serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("0.0.0.0:0 is not a loopback address")
+            && stderr.contains("[http.tls]")
+            && stderr.contains("allow_plain_http"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before touching the database"
+    );
+}

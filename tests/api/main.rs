@@ -5,6 +5,7 @@ mod mapping;
 
 mod access;
 mod amqp;
+mod amqps;
 mod answers;
 mod assignments;
 mod bad_input;
@@ -27,5 +28,6 @@ mod retention;
 mod slow_clients;
 mod status;
 mod suite;
+mod tls;
 mod tracking;
 mod trips;
