@@ -63,6 +63,16 @@ async fn run<T: DeserializeOwned>(
     // A partner acts only on the trips it may see, and only as its own country.
     let viewer = Viewer::extract(req).await?;
     viewer.check(&state.store, &trip_id.to_string()).await?;
+    // Releases, handovers and cancellations are acts of customs, not of a single window.
+    if let Viewer::Partner(p) = &viewer
+        && p.sees == crate::partners::Sees::Filed
+    {
+        return Err(ApiError::Forbidden(format!(
+            "partner {} is a single window: it may not issue releases, handovers or \
+             cancellations",
+            p.id
+        )));
+    }
     let body = read_limited(req, payload, state.settings.max_body_bytes).await?;
     let command: T = decode_canonical(&state.schemas, kind, &body)?;
     if trip_of(&command) != trip_id {
@@ -77,6 +87,15 @@ async fn run<T: DeserializeOwned>(
         ])));
     }
     let (input, actor) = into_input(command);
+    if let Input::Release(r) = &input
+        && (ects_core::trip::code_is_hashed(&r.one_time_code)
+            || r.one_time_code.chars().count() > 32)
+    {
+        // A code in the form codes are kept in would be taken for one read back.
+        return Err(ApiError::Document(DocumentError::Invalid(vec![
+            Located::pointer("/one_time_code", "must have 4 to 32 characters, and not be a kept code's form"),
+        ])));
+    }
     let now = Utc::now();
     check_command_times(&input, now)?;
     if let Viewer::Partner(p) = &viewer {
