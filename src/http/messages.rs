@@ -43,6 +43,10 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer) -> Source<'a> {
             Viewer::Partner(p) => Some(&p.authority),
             Viewer::Operator => None,
         },
+        scope: match viewer {
+            Viewer::Partner(p) => Some(p),
+            Viewer::Operator => None,
+        },
     }
 }
 
