@@ -50,7 +50,11 @@ pub struct Source<'a> {
 
 impl Source<'_> {
     /// Whether the sender may see this trip.
-    async fn sees(&self, conn: &mut sqlx::AnyConnection, trip_id: &str) -> Result<bool, StoreError> {
+    async fn sees(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        trip_id: &str,
+    ) -> Result<bool, StoreError> {
         match self.scope {
             None => Ok(true),
             Some(p) => {
@@ -78,7 +82,10 @@ impl Source<'_> {
             .flatten()
             .filter_map(|t| t.as_str().map(str::to_owned))
             .collect();
-        if let Some(t) = value.pointer("/declaration/trip_id").and_then(|t| t.as_str()) {
+        if let Some(t) = value
+            .pointer("/declaration/trip_id")
+            .and_then(|t| t.as_str())
+        {
             trips.push(t.to_owned());
         }
         for trip in trips {

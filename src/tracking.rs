@@ -272,8 +272,7 @@ pub async fn verify_trail(
             let payload: String = r.try_get("payload")?;
             let redacted: Option<String> = r.try_get("redacted_payload_sha256")?;
             let expected = redacted.as_deref().unwrap_or(&entry.payload_sha256);
-            if bad_payload.is_none()
-                && ects_core::audit::sha256_hex(payload.as_bytes()) != expected
+            if bad_payload.is_none() && ects_core::audit::sha256_hex(payload.as_bytes()) != expected
             {
                 bad_payload = Some(entry.seq);
             }
@@ -315,7 +314,9 @@ pub async fn audit_trail(
         let mut value = serde_json::to_value(&entry).unwrap_or_default();
         value["payload"] =
             serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload.clone()));
-        if r.try_get::<Option<String>, _>("redacted_payload_sha256")?.is_some() {
+        if r.try_get::<Option<String>, _>("redacted_payload_sha256")?
+            .is_some()
+        {
             value["redacted"] = serde_json::Value::String(
                 "the one-time code in this payload was replaced by its hash (migration 0020); \
                  payload_sha256 is the hash of the payload as first written"

@@ -93,7 +93,10 @@ async fn run<T: DeserializeOwned>(
     {
         // A code in the form codes are kept in would be taken for one read back.
         return Err(ApiError::Document(DocumentError::Invalid(vec![
-            Located::pointer("/one_time_code", "must have 4 to 32 characters, and not be a kept code's form"),
+            Located::pointer(
+                "/one_time_code",
+                "must have 4 to 32 characters, and not be a kept code's form",
+            ),
         ])));
     }
     let now = Utc::now();

@@ -79,20 +79,21 @@ pub async fn convert_clear_codes(store: &Store) -> Result<Option<Converted>, Sto
     let mut counts = Converted::default();
     let like = "%one_time_code%";
 
-    let rows = sqlx::query(
-        "select trip_id, command_key, input from trip_commands where input like $1",
-    )
-    .bind(like)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows =
+        sqlx::query("select trip_id, command_key, input from trip_commands where input like $1")
+            .bind(like)
+            .fetch_all(&mut **tx)
+            .await?;
     for r in rows {
         if let Some(text) = converted(&r.try_get::<String, _>("input")?) {
-            sqlx::query("update trip_commands set input = $1 where trip_id = $2 and command_key = $3")
-                .bind(text)
-                .bind(r.try_get::<String, _>("trip_id")?)
-                .bind(r.try_get::<String, _>("command_key")?)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "update trip_commands set input = $1 where trip_id = $2 and command_key = $3",
+            )
+            .bind(text)
+            .bind(r.try_get::<String, _>("trip_id")?)
+            .bind(r.try_get::<String, _>("command_key")?)
+            .execute(&mut **tx)
+            .await?;
             counts.trip_commands += 1;
         }
     }
@@ -127,12 +128,11 @@ pub async fn convert_clear_codes(store: &Store) -> Result<Option<Converted>, Sto
         }
     }
 
-    let rows = sqlx::query(
-        "select trip_id, taken_at, engine from trip_checkpoints where engine like $1",
-    )
-    .bind(like)
-    .fetch_all(&mut **tx)
-    .await?;
+    let rows =
+        sqlx::query("select trip_id, taken_at, engine from trip_checkpoints where engine like $1")
+            .bind(like)
+            .fetch_all(&mut **tx)
+            .await?;
     for r in rows {
         if let Some(text) = converted(&r.try_get::<String, _>("engine")?) {
             sqlx::query(
@@ -196,7 +196,8 @@ mod tests {
         assert!(!out.contains("739201"), "{out}");
         assert!(out.contains(&ects_core::trip::code_hash("T", "R1", "739201")));
         assert_eq!(converted(&out), None);
-        let withheld = r#"{"release":{"release_id":"R1","trip_id":"T","one_time_code":"withheld"}}"#;
+        let withheld =
+            r#"{"release":{"release_id":"R1","trip_id":"T","one_time_code":"withheld"}}"#;
         assert_eq!(converted(withheld), None);
     }
 }
