@@ -126,8 +126,9 @@ async fn run<T: DeserializeOwned>(
     params(("id" = String, Path, description = "Trip id (UUID)")),
     request_body = ReleaseAuthorization,
     responses(
-        (status = 200, description = "Recorded (or already recorded); the unlock commands", body = CommandOutcome),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Recorded (or already recorded); the unlock commands, with the one-time code in clear: this answer is the only place it is shown (it is kept as its hash)", body = CommandOutcome),
+        (status = 403, description = "A single window, or a partner acting as another country's authority", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such trip, or one the caller may not see", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not the custodian, trip closed, id reused", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Place not approved, bad window or code", body = Problem, content_type = "application/problem+json"),
     )
@@ -161,7 +162,8 @@ pub async fn post_release(
     request_body = CustodyHandover,
     responses(
         (status = 200, description = "Recorded (or already recorded)", body = CommandOutcome),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A single window, or a partner acting as another country's authority", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such trip, or one the caller may not see", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not from the current custodian, trip closed, id reused", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
@@ -195,7 +197,8 @@ pub async fn post_handover(
     request_body = Cancellation,
     responses(
         (status = 200, body = CommandOutcome),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A single window, or a partner acting as another country's authority", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such trip, or one the caller may not see", body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
     )
 )]

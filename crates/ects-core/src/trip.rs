@@ -2195,7 +2195,6 @@ impl Effect {
 
 /// What changed between a trip as it was and as a replay rebuilt it: the effects a late
 /// event causes.
-
 pub fn reconcile(old: &Trip, new: &Trip, now: Timestamp) -> Vec<Effect> {
     let mut fx = Vec::new();
     if old.status.state != new.status.state {
@@ -2281,4 +2280,22 @@ pub fn reconcile(old: &Trip, new: &Trip, now: Timestamp) -> Vec<Effect> {
         .collect();
     fx.extend(notes);
     fx
+}
+
+#[cfg(test)]
+mod code_hash_tests {
+    use super::*;
+
+    #[test]
+    fn a_code_is_kept_as_its_hash_once() {
+        let h = code_hash("T", "R", "739201");
+        assert!(h.starts_with(CODE_HASH_PREFIX) && h.len() == CODE_HASH_PREFIX.len() + 64);
+        assert!(code_is_hashed(&h) && code_is_hashed(WITHHELD));
+        assert!(!code_is_hashed("739201") && !code_is_hashed("sha256:xyz"));
+        // Another trip, release or code: another hash; the parts cannot be shifted.
+        assert_ne!(h, code_hash("T", "R", "739202"));
+        assert_ne!(code_hash("T", "R1", "2"), code_hash("T", "R", "12"));
+        let kept = hashed(TripId(Uuid::nil()), "R", &h);
+        assert_eq!(kept, h, "a hash is not hashed again");
+    }
 }
