@@ -11,7 +11,9 @@ use crate::amqp::{Listener, amqp_url, connect, declaration, publish, suffix};
 use crate::helpers::{
     Backend, TestApp, fixture, log_lines_with, product_mappings_dir, spawn_app_with,
 };
-use crate::tracking::{DESTINATION_LON, SEAL_1, SEAL_2, Seq, post, register_geometry, road_lon, t};
+use crate::tracking::{
+    DEPARTURE_LON, DESTINATION_LON, SEAL_1, SEAL_2, Seq, post, register_geometry, road_lon, t,
+};
 use ects_gateway::partners::PartnerConfig;
 
 fn sha256(token: &str) -> String {
@@ -220,6 +222,49 @@ async fn a_partner_reaches_only_the_trips_it_may_see(backend: Backend) {
         app.count_where("alerts", &format!("trip_id = '{trip}'"))
             .await,
         0
+    );
+
+    // An event a partner sent for a device no trip holds yet is claimed only by a trip
+    // that partner may see: MX's stays unmatched when a GT trip takes the device, GT's
+    // joins it.
+    let (later, seals) = declaration(27);
+    let early = |seal: &(String, String), n: u64| {
+        json!({"device_id": seal.1, "seal_id": seal.0, "seq": n, "kind": "locked",
+               "time": "2026-03-14T08:10:00Z", "position": {"lat": 14.0, "lon": DEPARTURE_LON, "fix": "gps"}})
+        .to_string()
+    };
+    let from_mx = send(&app, mx, "POST", "/v1/seal-events", &early(&seals[0], 1)).await;
+    let from_gt = send(&app, gt, "POST", "/v1/seal-events", &early(&seals[1], 1)).await;
+    assert!(from_mx.text.contains("\"unmatched\":1"), "{}", from_mx.text);
+    assert!(from_gt.text.contains("\"unmatched\":1"), "{}", from_gt.text);
+    let later = send(
+        &app,
+        None,
+        "POST",
+        "/v1/messages/ects-json",
+        std::str::from_utf8(&later).unwrap(),
+    )
+    .await;
+    assert_eq!(later.status, 202, "{}", later.text);
+    let later: Value = serde_json::from_str(&later.text).unwrap();
+    let later = later["trips"][0].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.count_where(
+            "seal_events",
+            &format!("device_id = '{}' and trip_id is null", seals[0].1)
+        )
+        .await,
+        1,
+        "MX's event is not claimed by a trip MX may not see"
+    );
+    assert_eq!(
+        app.count_where(
+            "seal_events",
+            &format!("device_id = '{}' and trip_id = '{later}'", seals[1].1)
+        )
+        .await,
+        1,
+        "GT's event joins the GT trip"
     );
 
     // 4. A resent message's answer names only the caller's trips: the operator's events,
