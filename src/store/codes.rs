@@ -168,11 +168,16 @@ pub async fn convert_clear_codes(store: &Store) -> Result<Option<Converted>, Sto
         }
     }
 
-    sqlx::query("insert into data_conversions (name, done_at) values ($1, $2)")
-        .bind(CONVERSION)
-        .bind(super::ts(chrono::Utc::now()))
-        .execute(&mut **tx)
-        .await?;
+    // Two instances starting at once may both convert (the conversion is idempotent);
+    // the second record is then already there.
+    sqlx::query(
+        "insert into data_conversions (name, done_at) values ($1, $2)
+         on conflict (name) do nothing",
+    )
+    .bind(CONVERSION)
+    .bind(super::ts(chrono::Utc::now()))
+    .execute(&mut **tx)
+    .await?;
     tx.commit().await?;
     tracing::info!(
         trip_commands = counts.trip_commands,

@@ -1,3 +1,4 @@
+-- issue 15, item 6: one-time codes kept as hashes, and partners confined to their trips.
 -- one-time unlock codes are kept only as hashes (issue 15, item 6). the hash is sha-256,
 -- which sqlite's sql cannot compute, so the gateway converts stored clear codes itself,
 -- once, right after this migration (src/store/codes.rs), and records it here.
