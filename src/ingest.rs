@@ -1343,6 +1343,8 @@ impl Ingest {
         let mut per_trip_conflicts: BTreeMap<String, Vec<ConflictingEvent>> = BTreeMap::new();
         // Devices locked in this transaction (once each).
         let mut locked = BTreeSet::new();
+        // Whether the sender may see a trip, asked once per trip of the message.
+        let mut visible: BTreeMap<String, bool> = BTreeMap::new();
         for i in order {
             let event = &events[i];
             let pointer = match base {
@@ -1372,7 +1374,7 @@ impl Ingest {
                     None => store::trip_for_event(&mut tx, event).await?,
                 };
                 let hidden = match held_by {
-                    Some(t) => !message.source.sees(&mut tx, &t).await?,
+                    Some(t) => !sees_cached(&message.source, &mut tx, &mut visible, &t).await?,
                     None => false,
                 };
                 if hidden {
@@ -1404,7 +1406,7 @@ impl Ingest {
             }
             let mut trip_id = store::trip_for_event(&mut tx, event).await?;
             if let Some(t) = &trip_id
-                && !message.source.sees(&mut tx, t).await?
+                && !sees_cached(&message.source, &mut tx, &mut visible, t).await?
             {
                 // Never reaches a trip the sender may not see (a conflicting variant of an
                 // event stored without a trip stays without one).
@@ -1573,6 +1575,21 @@ impl Ingest {
         };
         Self::finish(tx, message, &response).await
     }
+}
+
+/// [`Source::sees`], remembered for the rest of the message.
+async fn sees_cached(
+    source: &Source<'_>,
+    tx: &mut Tx,
+    cache: &mut BTreeMap<String, bool>,
+    trip_id: &str,
+) -> Result<bool, StoreError> {
+    if let Some(seen) = cache.get(trip_id) {
+        return Ok(*seen);
+    }
+    let seen = source.sees(tx, trip_id).await?;
+    cache.insert(trip_id.to_owned(), seen);
+    Ok(seen)
 }
 
 /// The trip a stored event was applied to.
