@@ -41,6 +41,60 @@ pub struct Source<'a> {
     /// That partner's configured authority: it may amend or delete its authority's
     /// declarations, besides those it filed.
     pub authority: Option<&'a AuthorityCode>,
+    /// The partner whose sharing rules bound what the message may reach: it files only
+    /// under its own country, and its events, amendments and seal assignments reach only
+    /// trips it may see (the others are answered as if they did not exist). `None`: the
+    /// operator's side, which reaches every trip.
+    pub scope: Option<&'a crate::partners::PartnerConfig>,
+}
+
+impl Source<'_> {
+    /// Whether the sender may see this trip.
+    async fn sees(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        trip_id: &str,
+    ) -> Result<bool, StoreError> {
+        match self.scope {
+            None => Ok(true),
+            Some(p) => {
+                let parties = store::outbox::trip_parties(conn, trip_id).await?;
+                Ok(p.may_see(parties.iter().map(String::as_str)))
+            }
+        }
+    }
+
+    /// Whether the sender may see every trip a stored answer names: a resent message is
+    /// answered with the first answer only then.
+    async fn sees_answer(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        if self.scope.is_none() {
+            return Ok(true);
+        }
+        let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let mut trips: Vec<String> = value
+            .get("trips")
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        if let Some(t) = value
+            .pointer("/declaration/trip_id")
+            .and_then(|t| t.as_str())
+        {
+            trips.push(t.to_owned());
+        }
+        for trip in trips {
+            if !self.sees(conn, &trip).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -399,6 +453,22 @@ impl Ingest {
                 return Err(e.into());
             }
         };
+        if let (Inbound::Declaration(d), Some(p)) = (&decoded.inbound, source.scope)
+            && &d.issuing_authority.as_str()[..2] != p.country()
+        {
+            // Said before anything is looked up: the refusal is the same whether or not
+            // that authority has such a declaration.
+            let located = Located::pointer(
+                "/issuing_authority",
+                format!(
+                    "partner {} may not file for authority {}",
+                    p.id, d.issuing_authority
+                ),
+            );
+            self.record_rejected(&message, &serde_json::json!([located]).to_string())
+                .await?;
+            return Err(IngestError::Forbidden(located));
+        }
         if let Some(answer) = self.replay_identical(&message).await? {
             return Ok(answer);
         }
@@ -598,6 +668,11 @@ impl Ingest {
         else {
             return Ok(None);
         };
+        // The first answer names trips; another sender that may not see them has its
+        // message taken as its own (and answered as that is).
+        if !message.source.sees_answer(&mut conn, &body).await? {
+            return Ok(None);
+        }
         drop(conn);
         self.record_duplicate(message, status, &body).await?;
         Ok(Some(Answer {
@@ -703,6 +778,20 @@ impl Ingest {
         };
         let text = canonical(declaration);
         if let Some(existing) = existing {
+            if !message.source.sees(&mut tx, &existing.trip_id).await? {
+                // Registered under this authority by a filer whose trip the sender may not
+                // see: that the id is taken is all it learns (not the trip, not the
+                // content), whatever it sent.
+                tx.rollback().await?;
+                return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                    "/declaration_id",
+                    format!(
+                        "declaration {} of {} is already registered by another filer: file \
+                         under another declaration_id",
+                        declaration.declaration_id, declaration.issuing_authority
+                    ),
+                ))));
+            }
             if existing.canonical == text {
                 return self.replay_of(tx, message, &existing.message_id).await;
             }
@@ -792,10 +881,11 @@ impl Ingest {
         declaration: &TransitDeclaration,
         function: MessageFunction,
     ) -> Result<(store::TripRow, TripId), Attempt> {
-        let Some(existing) = store::find_declaration(tx, declaration).await? else {
-            // Not wrong in itself, only early (as for a seal assignment): a conflict with
-            // what is stored, which may clear.
-            return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+        // Not wrong in itself, only early (as for a seal assignment): a conflict with what
+        // is stored, which may clear. A declaration whose trip the sender may not see is
+        // answered alike.
+        let not_registered = || {
+            Attempt::Failed(IngestError::Conflict(Located::pointer(
                 "/declaration_id",
                 format!(
                     "declaration {} of {} is not yet registered: send the {} again once the \
@@ -804,8 +894,14 @@ impl Ingest {
                     declaration.issuing_authority,
                     function.as_str()
                 ),
-            ))));
+            )))
         };
+        let Some(existing) = store::find_declaration(tx, declaration).await? else {
+            return Err(not_registered());
+        };
+        if !message.source.sees(tx, &existing.trip_id).await? {
+            return Err(not_registered());
+        }
         let trip_id = TripId::parse(&existing.trip_id).map_err(|_| {
             Attempt::Failed(IngestError::Store(StoreError::Corrupt(format!(
                 "trip id {}",
@@ -1068,9 +1164,14 @@ impl Ingest {
         if let (Some(id), Some(authority)) =
             (&assignment.declaration_id, &assignment.issuing_authority)
         {
-            let Some(row) =
-                store::find_declaration_by(&mut tx, authority.as_str(), id.as_str()).await?
-            else {
+            let found =
+                store::find_declaration_by(&mut tx, authority.as_str(), id.as_str()).await?;
+            // One whose trip the sender may not see is answered as one not registered.
+            let found = match found {
+                Some(row) if message.source.sees(&mut tx, &row.trip_id).await? => Some(row),
+                _ => None,
+            };
+            let Some(row) = found else {
                 tx.rollback().await?;
                 return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
                     "/declaration_id",
@@ -1083,8 +1184,17 @@ impl Ingest {
             targets.insert(row.trip_id, assignment.equipment.clone());
         } else {
             for equipment in &assignment.equipment {
-                let trips =
+                let mut trips =
                     store::live_trips_with_equipment(&mut tx, equipment.id.as_str()).await?;
+                // Trips the sender may not see do not carry the container, as far as it
+                // is told.
+                let mut seen = Vec::with_capacity(trips.len());
+                for trip in trips {
+                    if message.source.sees(&mut tx, &trip).await? {
+                        seen.push(trip);
+                    }
+                }
+                trips = seen;
                 match trips.as_slice() {
                     [] => skipped.push(SkippedEquipment {
                         equipment_id: equipment.id.clone(),
@@ -1139,13 +1249,16 @@ impl Ingest {
                 .collect();
             for (e, seal) in sealed {
                 if let Some(other) = store::other_live_trip_with_seal(&mut tx, seal, &trip).await? {
+                    // The other trip is named only to a sender that may see it.
+                    let on = if message.source.sees(&mut tx, &other).await? {
+                        format!("live trip {other}")
+                    } else {
+                        "another live trip".to_owned()
+                    };
                     tx.rollback().await?;
                     return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
                         "/equipment",
-                        format!(
-                            "seal {} (container {}) is on live trip {other}",
-                            seal.id, e.id
-                        ),
+                        format!("seal {} (container {}) is on {on}", seal.id, e.id),
                     ))));
                 }
             }
@@ -1244,6 +1357,8 @@ impl Ingest {
         let mut per_trip_conflicts: BTreeMap<String, Vec<ConflictingEvent>> = BTreeMap::new();
         // Devices locked in this transaction (once each).
         let mut locked = BTreeSet::new();
+        // Whether the sender may see a trip, asked once per trip of the message.
+        let mut visible: BTreeMap<String, bool> = BTreeMap::new();
         for i in order {
             let event = &events[i];
             let pointer = match base {
@@ -1260,6 +1375,39 @@ impl Ingest {
             };
             let text = canonical(event);
             let found = store::find_event(&mut tx, &key, event).await?;
+            if let Some(partner) = message.source.scope {
+                if locked.insert(event.device_id.as_str()) {
+                    store::lock_device(&mut tx, self.store.backend(), event.device_id.as_str())
+                        .await?;
+                }
+                // A device held by a trip the partner may not see (or an event stored on
+                // such a trip) is, to this partner, a device no trip holds: its event is
+                // kept apart and answered as an unknown device's would be.
+                let held_by = match &found {
+                    Some(f) => event_trip(&mut tx, &f.event_key).await?,
+                    None => store::trip_for_event(&mut tx, event).await?,
+                };
+                let hidden = match held_by {
+                    Some(t) => !sees_cached(&message.source, &mut tx, &mut visible, &t).await?,
+                    None => false,
+                };
+                if hidden {
+                    withhold(
+                        &mut tx,
+                        message,
+                        partner,
+                        &key,
+                        event,
+                        &text,
+                        &pointer,
+                        &mut counts,
+                        &mut conflicts,
+                        &mut earlier_messages,
+                    )
+                    .await?;
+                    continue;
+                }
+            }
             if let Some(found) = &found
                 && found.canonical == text
             {
@@ -1270,7 +1418,14 @@ impl Ingest {
             if locked.insert(event.device_id.as_str()) {
                 store::lock_device(&mut tx, self.store.backend(), event.device_id.as_str()).await?;
             }
-            let trip_id = store::trip_for_event(&mut tx, event).await?;
+            let mut trip_id = store::trip_for_event(&mut tx, event).await?;
+            if let Some(t) = &trip_id
+                && !sees_cached(&message.source, &mut tx, &mut visible, t).await?
+            {
+                // Never reaches a trip the sender may not see (a conflicting variant of an
+                // event stored without a trip stays without one).
+                trip_id = None;
+            }
             if let Some(found) = found {
                 // Same identity, other content: one of the two is not genuine. Kept as
                 // evidence beside the stored one; the rest of the message goes on.
@@ -1356,19 +1511,35 @@ impl Ingest {
                 message.now,
             )
             .await?;
+            if let (None, Some(p)) = (&trip_id, message.source.scope) {
+                // Claimed later only by a trip this partner may see.
+                let parties = format!(",{},", p.visible_parties().join(","));
+                sqlx::query("update seal_events set sent_by_parties = $1 where event_key = $2")
+                    .bind(parties)
+                    .bind(&key)
+                    .execute(&mut **tx)
+                    .await?;
+            }
         }
 
         if counts.accepted + counts.unmatched + counts.conflicting == 0
             && earlier_messages.len() == 1
         {
             let original = earlier_messages.pop_first().unwrap_or_default();
-            let same_items: i64 =
-                sqlx::query("select count(*) as n from seal_events where message_id = $1")
-                    .bind(&original)
-                    .fetch_one(&mut **tx)
-                    .await?
-                    .try_get("n")?;
-            if usize::try_from(same_items).ok() == Some(events.len()) {
+            let same_items: i64 = sqlx::query(
+                "select (select count(*) from seal_events where message_id = $1)
+                      + (select count(*) from withheld_events where message_id = $1) as n",
+            )
+            .bind(&original)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("n")?;
+            // The first answer only if it names no trip this sender may not see.
+            let visible = match store::response_of_message(&mut tx, &original).await? {
+                Some((_, body)) => message.source.sees_answer(&mut tx, &body).await?,
+                None => true,
+            };
+            if visible && usize::try_from(same_items).ok() == Some(events.len()) {
                 // Undo this attempt's message row; the replay records its own.
                 tx.rollback().await?;
                 let tx = self.store.begin_write().await?;
@@ -1418,6 +1589,97 @@ impl Ingest {
         };
         Self::finish(tx, message, &response).await
     }
+}
+
+/// [`Source::sees`], remembered for the rest of the message.
+async fn sees_cached(
+    source: &Source<'_>,
+    tx: &mut Tx,
+    cache: &mut BTreeMap<String, bool>,
+    trip_id: &str,
+) -> Result<bool, StoreError> {
+    if let Some(seen) = cache.get(trip_id) {
+        return Ok(*seen);
+    }
+    let seen = source.sees(tx, trip_id).await?;
+    cache.insert(trip_id.to_owned(), seen);
+    Ok(seen)
+}
+
+/// The trip a stored event was applied to.
+async fn event_trip(tx: &mut Tx, event_key: &str) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query("select trip_id from seal_events where event_key = $1")
+        .bind(event_key)
+        .fetch_optional(&mut ***tx)
+        .await?;
+    Ok(row.and_then(|r| r.try_get::<Option<String>, _>("trip_id").ok().flatten()))
+}
+
+/// Keeps apart an event a partner sent for a device a trip it may not see holds, and
+/// counts it as the events of a device no trip holds are counted: unmatched the first
+/// time, a duplicate when sent again, conflicting when its key comes with other content.
+#[allow(clippy::too_many_arguments)]
+async fn withhold(
+    tx: &mut Tx,
+    message: &Message<'_>,
+    partner: &crate::partners::PartnerConfig,
+    key: &str,
+    event: &SealEvent,
+    text: &str,
+    pointer: &str,
+    counts: &mut EventCounts,
+    conflicts: &mut Vec<EventConflictNote>,
+    earlier_messages: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let sha = hex::encode(Sha256::digest(text.as_bytes()));
+    let rows = sqlx::query(
+        "select content_sha256, message_id from withheld_events
+         where partner_id = $1 and event_key = $2 order by received_at, message_id",
+    )
+    .bind(&partner.id)
+    .bind(key)
+    .fetch_all(&mut ***tx)
+    .await?;
+    let mut first = true;
+    for r in &rows {
+        if r.try_get::<String, _>("content_sha256")? == sha {
+            counts.duplicates += 1;
+            if first {
+                earlier_messages.insert(r.try_get("message_id")?);
+            }
+            return Ok(());
+        }
+        first = false;
+    }
+    sqlx::query(
+        "insert into withheld_events (partner_id, event_key, content_sha256, device_id,
+             canonical, message_id, received_at)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&partner.id)
+    .bind(key)
+    .bind(&sha)
+    .bind(event.device_id.as_str())
+    .bind(text)
+    .bind(&message.id)
+    .bind(store::ts(message.now))
+    .execute(&mut ***tx)
+    .await?;
+    if rows.is_empty() {
+        counts.unmatched += 1;
+    } else {
+        counts.conflicting += 1;
+        conflicts.push(EventConflictNote {
+            pointer: pointer.to_owned(),
+            conflicts_with: key.to_owned(),
+            detail: format!(
+                "seal event {key} (device {} seq {}) contradicts stored event {key}: kept as evidence, not applied; alert event_conflict",
+                event.device_id,
+                event.seq.map_or("-".into(), |s| s.to_string()),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The key a seal event is stored under: the sender's event id or the sequence number,

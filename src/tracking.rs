@@ -236,7 +236,8 @@ async fn audit_rows(
     limit: i64,
 ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
     Ok(sqlx::query(
-        "select seq, entry_time, actor, action, payload, payload_sha256, prev_hash, hash
+        "select seq, entry_time, actor, action, payload, payload_sha256, prev_hash, hash,
+                redacted_payload_sha256
          from audit_log where trip_id = $1 and seq > $2 order by seq limit $3",
     )
     .bind(trip_id.to_string())
@@ -262,14 +263,31 @@ pub async fn verify_trail(
         };
         after = last.try_get("seq")?;
         let mut entries = Vec::with_capacity(rows.len());
-        let mut payloads = Vec::with_capacity(rows.len());
+        // The first entry whose payload no longer hashes to what was recorded for it: the
+        // chained hash, or for a payload whose one-time code was replaced by its hash
+        // (migration 0020), the hash recorded then.
+        let mut bad_payload = None;
         for r in &rows {
-            entries.push(row_to_entry(r)?);
-            payloads.push(r.try_get::<String, _>("payload")?.into_bytes());
+            let entry = row_to_entry(r)?;
+            let payload: String = r.try_get("payload")?;
+            let redacted: Option<String> = r.try_get("redacted_payload_sha256")?;
+            let expected = redacted.as_deref().unwrap_or(&entry.payload_sha256);
+            if bad_payload.is_none() && ects_core::audit::sha256_hex(payload.as_bytes()) != expected
+            {
+                bad_payload = Some(entry.seq);
+            }
+            entries.push(entry);
         }
-        match ects_core::audit::verify_from(&entries, Some(&payloads), next_seq, &prev_hash) {
-            Ok(hash) => prev_hash = hash,
-            Err(e) => return Ok(Err(e.to_string())),
+        let chain = ects_core::audit::verify_from(&entries, None, next_seq, &prev_hash);
+        match (chain, bad_payload) {
+            (Err(e), Some(seq)) if seq < e.seq => {
+                return Ok(Err(format!("audit entry {seq}: its payload was changed")));
+            }
+            (Err(e), _) => return Ok(Err(e.to_string())),
+            (Ok(_), Some(seq)) => {
+                return Ok(Err(format!("audit entry {seq}: its payload was changed")));
+            }
+            (Ok(hash), None) => prev_hash = hash,
         }
         next_seq = next_seq.saturating_add(rows.len() as u64);
         if (rows.len() as i64) < VERIFY_CHUNK {
@@ -296,6 +314,15 @@ pub async fn audit_trail(
         let mut value = serde_json::to_value(&entry).unwrap_or_default();
         value["payload"] =
             serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload.clone()));
+        if r.try_get::<Option<String>, _>("redacted_payload_sha256")?
+            .is_some()
+        {
+            value["redacted"] = serde_json::Value::String(
+                "the one-time code in this payload was replaced by its hash (migration 0020); \
+                 payload_sha256 is the hash of the payload as first written"
+                    .into(),
+            );
+        }
         shown.push(value);
         last_seq = Some(entry.seq);
     }
@@ -354,7 +381,9 @@ async fn store_effects(
                 .bind(command.trip_id.to_string())
                 .bind(command.seal_id.as_str())
                 .bind(command.device_id.as_str())
-                .bind(serde_json::to_string(command).unwrap_or_default())
+                // The device channel keeps the code's hash: the clear code is only in
+                // the release's answer.
+                .bind(serde_json::to_string(&command.code_hashed()).unwrap_or_default())
                 .bind(ts(now))
                 .execute(&mut *conn)
                 .await?;
@@ -473,7 +502,7 @@ fn event_audit(input: &Input, suffix: &str) -> AuditItem {
             format!("input.seal_event{suffix}"),
             e,
         ),
-        other => AuditItem::new("engine", format!("input{suffix}"), other),
+        other => AuditItem::new("engine", format!("input{suffix}"), &*other.codes_hashed()),
     }
 }
 
@@ -742,7 +771,7 @@ impl Tracking {
         audit.extend(
             effects
                 .iter()
-                .map(|e| AuditItem::new("engine", effect_action(e), e)),
+                .map(|e| AuditItem::new("engine", effect_action(e), &*e.codes_hashed())),
         );
         append_audit(tx, trip.status.trip_id, audit, now).await?;
         Ok(effects)
@@ -912,7 +941,9 @@ impl Tracking {
             Input::SealAssignment(a) => ("seal_assignment", format!("seals:{}", a.reference)),
             Input::SealEvent(_) | Input::ConflictingEvent(_) => ("seal_event", String::new()),
         };
-        let text = serde_json::to_string(input).unwrap_or_default();
+        // Stored for replay with its one-time code hashed (a release sent again with the
+        // same code compares equal).
+        let text = serde_json::to_string(&*input.codes_hashed()).unwrap_or_default();
         // Devices before the trip row, in order, as the events path locks them: a message
         // routing their events waits for this one, or is seen by it.
         if let Input::SealAssignment(a) = input {
@@ -1028,11 +1059,15 @@ impl Tracking {
             return Err(CommandFailure::Store(StoreError::Contention));
         }
         store_effects(tx, &self.recipients, &effects, now).await?;
-        let mut audit = vec![AuditItem::new(actor, format!("input.{kind}"), input)];
+        let mut audit = vec![AuditItem::new(
+            actor,
+            format!("input.{kind}"),
+            &*input.codes_hashed(),
+        )];
         audit.extend(
             effects
                 .iter()
-                .map(|e| AuditItem::new("engine", effect_action(e), e)),
+                .map(|e| AuditItem::new("engine", effect_action(e), &*e.codes_hashed())),
         );
         append_audit(tx, trip_id, audit, now).await?;
         // New seals route their devices' events here from now on; events they sent
@@ -1255,7 +1290,7 @@ impl Tracking {
         store_effects(&mut tx, &self.recipients, &effects, now).await?;
         let audit = effects
             .iter()
-            .map(|e| AuditItem::new("engine", effect_action(e), e))
+            .map(|e| AuditItem::new("engine", effect_action(e), &*e.codes_hashed()))
             .collect();
         append_audit(&mut tx, rebuilt.status.trip_id, audit, now).await?;
         tx.commit().await?;
@@ -1308,7 +1343,7 @@ impl Tracking {
         let audit = effects
             .iter()
             // The gateway's clock raised these, not any input.
-            .map(|e| AuditItem::new("clock", effect_action(e), e))
+            .map(|e| AuditItem::new("clock", effect_action(e), &*e.codes_hashed()))
             .collect();
         append_audit(&mut tx, trip.status.trip_id, audit, now).await?;
         tx.commit().await?;
@@ -1550,7 +1585,7 @@ impl Tracking {
         audit.extend(
             effects
                 .iter()
-                .map(|e| AuditItem::new("engine", effect_action(e), e)),
+                .map(|e| AuditItem::new("engine", effect_action(e), &*e.codes_hashed())),
         );
         append_audit(tx, trip_id, audit, now).await?;
         Ok(Applied {

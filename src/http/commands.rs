@@ -63,6 +63,16 @@ async fn run<T: DeserializeOwned>(
     // A partner acts only on the trips it may see, and only as its own country.
     let viewer = Viewer::extract(req).await?;
     viewer.check(&state.store, &trip_id.to_string()).await?;
+    // Releases, handovers and cancellations are acts of customs, not of a single window.
+    if let Viewer::Partner(p) = &viewer
+        && p.sees == crate::partners::Sees::Filed
+    {
+        return Err(ApiError::Forbidden(format!(
+            "partner {} is a single window: it may not issue releases, handovers or \
+             cancellations",
+            p.id
+        )));
+    }
     let body = read_limited(req, payload, state.settings.max_body_bytes).await?;
     let command: T = decode_canonical(&state.schemas, kind, &body)?;
     if trip_of(&command) != trip_id {
@@ -77,6 +87,18 @@ async fn run<T: DeserializeOwned>(
         ])));
     }
     let (mut input, _typed) = into_input(command);
+    if let Input::Release(r) = &input
+        && (ects_core::trip::code_is_hashed(&r.one_time_code)
+            || r.one_time_code.chars().count() > 32)
+    {
+        // A code in the form codes are kept in would be taken for one read back.
+        return Err(ApiError::Document(DocumentError::Invalid(vec![
+            Located::pointer(
+                "/one_time_code",
+                "must have 4 to 32 characters, and not be a kept code's form",
+            ),
+        ])));
+    }
     let now = Utc::now();
     check_command_times(&input, now)?;
     // An officer or partner acts only as its own country's authority.
@@ -117,8 +139,9 @@ async fn run<T: DeserializeOwned>(
     params(("id" = String, Path, description = "Trip id (UUID)")),
     request_body = ReleaseAuthorization,
     responses(
-        (status = 200, description = "Recorded (or already recorded); the unlock commands", body = CommandOutcome),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Recorded (or already recorded); the unlock commands, with the one-time code in clear: this answer is the only place it is shown (it is kept as its hash)", body = CommandOutcome),
+        (status = 403, description = "A single window, or a partner acting as another country's authority", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such trip, or one the caller may not see", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not the custodian, trip closed, id reused", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Place not approved, bad window or code", body = Problem, content_type = "application/problem+json"),
     )
@@ -152,7 +175,8 @@ pub async fn post_release(
     request_body = CustodyHandover,
     responses(
         (status = 200, description = "Recorded (or already recorded)", body = CommandOutcome),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A single window, or a partner acting as another country's authority", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such trip, or one the caller may not see", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not from the current custodian, trip closed, id reused", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
@@ -186,7 +210,8 @@ pub async fn post_handover(
     request_body = Cancellation,
     responses(
         (status = 200, body = CommandOutcome),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A single window, or a partner acting as another country's authority", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such trip, or one the caller may not see", body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
     )
 )]

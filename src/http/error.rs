@@ -41,6 +41,9 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// Not allowed, said where the document asks for it.
+    #[error("{}", .0.detail)]
+    ForbiddenAt(Box<Located>),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -66,7 +69,7 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Document(d) => ApiError::Document(d),
             IngestError::Conflict(l) => ApiError::Conflict(Box::new(l)),
-            IngestError::Forbidden(l) => ApiError::Forbidden(l.detail),
+            IngestError::Forbidden(l) => ApiError::ForbiddenAt(Box::new(l)),
             IngestError::NotFound(l) => ApiError::NotFoundAt(Box::new(l)),
             IngestError::Store(s) => s.into(),
             IngestError::Pool(e) => ApiError::Internal(Box::new(e)),
@@ -82,7 +85,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::NotFound(_) | ApiError::NotFoundAt(_) => "not-found",
             ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Forbidden(_) | ApiError::ForbiddenAt(_) => "forbidden",
             ApiError::UnknownFormat { .. } => "unknown-format",
             ApiError::NotAcceptable { .. } => "not-acceptable",
             ApiError::TooLarge { .. } => "payload-too-large",
@@ -100,7 +103,7 @@ impl ApiError {
             ApiError::Conflict(_) => "Conflicts with what is already stored",
             ApiError::NotFound(_) | ApiError::NotFoundAt(_) => "Not found",
             ApiError::Unauthorized(_) => "Not authenticated",
-            ApiError::Forbidden(_) => "Not allowed",
+            ApiError::Forbidden(_) | ApiError::ForbiddenAt(_) => "Not allowed",
             ApiError::UnknownFormat { .. } => "Unknown format",
             ApiError::NotAcceptable { .. } => "Not available in that format",
             ApiError::TooLarge { .. } => "Request body too large",
@@ -123,6 +126,7 @@ impl ApiError {
                 list.clone(),
             ),
             ApiError::Conflict(l) | ApiError::NotFoundAt(l) => (l.to_string(), vec![(**l).clone()]),
+            ApiError::ForbiddenAt(l) => (l.detail.clone(), vec![(**l).clone()]),
             ApiError::UnknownFormat { format, known } => (
                 format!("no format {format:?}; known formats: {}", known.join(", ")),
                 vec![],
@@ -158,7 +162,7 @@ impl ResponseError for ApiError {
             ApiError::BadParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::ForbiddenAt(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -131,8 +131,16 @@ pub async fn put_corridor(
 #[get("/v1/corridors/{id}")]
 pub async fn get_corridor(
     state: web::Data<AppState>,
+    viewer: Viewer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    // A partner sees the corridors its trips name; another is answered as one that does
+    // not exist.
+    if let Some(parties) = viewer.parties()
+        && !state.store.corridor_seen(&path, &parties).await?
+    {
+        return Err(ApiError::NotFound(format!("corridor {}", path.as_str())));
+    }
     let row = state
         .store
         .corridor(&path)
@@ -153,13 +161,25 @@ pub async fn get_corridor(
 #[get("/v1/corridors")]
 pub async fn list_corridors(
     state: web::Data<AppState>,
+    viewer: Viewer,
     query: web::Query<GeoPageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, after) = page_of(&query)?;
-    let rows = state
-        .store
-        .corridors_page(after.as_deref(), limit.saturating_add(1))
-        .await?;
+    // A partner lists the corridors its trips name.
+    let rows = match viewer.parties() {
+        None => {
+            state
+                .store
+                .corridors_page(after.as_deref(), limit.saturating_add(1))
+                .await?
+        }
+        Some(parties) => {
+            state
+                .store
+                .corridors_page_seen(after.as_deref(), limit.saturating_add(1), &parties)
+                .await?
+        }
+    };
     let (corridors, next) = paged(rows, limit);
     Ok(HttpResponse::Ok().json(CorridorList { corridors, next }))
 }

@@ -44,6 +44,10 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer, actor: &'a str) -> So
             Viewer::Partner(p) => Some(&p.authority),
             Viewer::User(_) => None,
         },
+        scope: match viewer {
+            Viewer::Partner(p) => Some(p),
+            Viewer::User(_) => None,
+        },
     }
 }
 
@@ -90,7 +94,7 @@ async fn answer_with(
     responses(
         (status = 202, description = "Stored and applied; the trips it touched (an answer: the outbox message it answers)", body = IngestResponse),
         (status = 400, description = "Not well-formed", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "An amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A partner's declaration under another country's issuing authority; an amendment or deletion of a declaration the sender did not file and is not the issuing authority of", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown format", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Conflicts with a stored declaration (a conflicting seal event is kept as evidence and listed in the 202 answer instead)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),

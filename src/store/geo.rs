@@ -110,6 +110,51 @@ impl Store {
         features_page(self, sql, after, limit).await
     }
 
+    /// [`Store::corridors_page`] for a partner: only corridors that a trip with one of
+    /// these parties names (`parties`: a partner's visible parties, at most two).
+    pub async fn corridors_page_seen(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+        parties: &[String],
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let rows = sqlx::query(
+            "select c.corridor_id as id, c.feature from corridors c
+             where c.corridor_id > $1 and exists (
+                 select 1 from trips t join trip_parties p on p.trip_id = t.trip_id
+                 where t.corridor_id = c.corridor_id and (p.party = $3 or p.party = $4))
+             order by c.corridor_id limit $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .bind(parties.first().map(String::as_str).unwrap_or(""))
+        .bind(parties.get(1).map(String::as_str).unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("id")?,
+                    from_json("feature", &r.try_get::<String, _>("feature")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether a trip with one of these parties names the corridor.
+    pub async fn corridor_seen(&self, id: &str, parties: &[String]) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "select 1 from trips t join trip_parties p on p.trip_id = t.trip_id
+             where t.corridor_id = $1 and (p.party = $2 or p.party = $3) limit 1",
+        )
+        .bind(id)
+        .bind(parties.first().map(String::as_str).unwrap_or(""))
+        .bind(parties.get(1).map(String::as_str).unwrap_or(""))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// Stores or replaces a zone; `true` when it is new.
     pub async fn put_zone(
         &self,

@@ -1,6 +1,7 @@
 //! Storage behind sqlx's `Any` driver: SQLite (embedded default) or PostgreSQL, one set of
 //! portable SQL. Each backend has its own migrations, embedded in the binary.
 
+pub mod codes;
 mod geo;
 mod messages;
 mod offices;
@@ -207,6 +208,8 @@ impl Store {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&self.pool).await?;
+        // Stored clear one-time codes become hashes (migration 0020), once.
+        codes::convert_clear_codes(self).await?;
         Ok(())
     }
 

@@ -351,12 +351,17 @@ pub async fn claim_unmatched_for(
     let mut conflicts = Vec::new();
     for seal in seals {
         let rows = sqlx::query(
-            "select event_key, canonical from seal_events
-             where trip_id is null and event_time >= $1 and (seal_id = $2 or device_id = $3)",
+            // An event a partner sent is claimed only by a trip that partner may see.
+            "select e.event_key, e.canonical from seal_events e
+             where e.trip_id is null and e.event_time >= $1 and (e.seal_id = $2 or e.device_id = $3)
+               and (e.sent_by_parties is null or exists (
+                   select 1 from trip_parties tp where tp.trip_id = $4
+                      and e.sent_by_parties like '%,' || tp.party || ',%'))",
         )
         .bind(&since)
         .bind(seal.id.as_str())
         .bind(seal.device_id.as_ref().map(|d| d.as_str()))
+        .bind(trip_id)
         .fetch_all(&mut *conn)
         .await?;
         for row in rows {

@@ -751,10 +751,13 @@ pub(crate) mod message_types {
     /// delete it; an authority that amends does not become its filer.
     async fn only_the_filer_or_the_issuing_authority_changes_a_declaration(backend: Backend) {
         let Some(app) = crate::helpers::spawn_app_with(backend, product_mappings_dir(), |s| {
+            let mut window = partner("in-sw", "IN");
+            window.sees = ects_gateway::partners::Sees::Filed;
             s.partners = vec![
                 partner("in-cha", "IN-CHA"),
                 partner("np-customs", "NP"),
                 partner("in-customs", "IN"),
+                window,
             ];
         })
         .await
@@ -778,13 +781,25 @@ pub(crate) mod message_types {
             control: "000125",
             ..Be::default()
         };
-        // Another country's partner, and a caller without a token: refused, nothing changed.
+        // Another country's partner, and a caller without a token: refused, nothing changed;
+        // the other country is not told who filed it.
         for be in [&amendment, &deletion] {
             let (status, text) = post_be_as(&app, "np-customs", be).await;
             assert_eq!(status, 403, "{text}");
             assert!(
-                text.contains("partner np-customs may not") && text.contains("in-cha"),
+                text.contains("partner np-customs may not file for authority IN")
+                    && !text.contains("in-cha"),
                 "{text}"
+            );
+            // A single window of the same country that may not see the trip: told as of a
+            // declaration never registered (issue 15, item 6).
+            let (status, text) = post_be_as(&app, "in-sw", be).await;
+            let (_, unknown) = post_be_as(&app, "in-sw", &Be { job: "4999", ..*be }).await;
+            assert_eq!(status, 409, "{text}");
+            assert!(text.contains("not yet registered"), "{text}");
+            assert_eq!(
+                text.replace("4571", "<id>"),
+                unknown.replace("4999", "<id>")
             );
             let reply = post_be(&app, be).await;
             assert_eq!(reply.status, 403, "{}", reply.text);

@@ -10,6 +10,7 @@ mod answers;
 mod assignments;
 mod bad_input;
 mod cli;
+mod confinement;
 mod contract;
 mod declarations;
 mod decode_pool;

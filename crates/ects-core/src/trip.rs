@@ -1549,7 +1549,10 @@ impl Trip {
             .releases
             .iter()
             .find(|r| r.release_id == release.release_id);
-        if let Some(repeat) = repeated(earlier, release, "release_id") {
+        // Releases are kept with their code hashed: a release sent again with the same
+        // code is the same release.
+        let kept = release_code_hashed(release);
+        if let Some(repeat) = repeated(earlier, &kept, "release_id") {
             return repeat;
         }
         let s = &self.status;
@@ -1600,10 +1603,11 @@ impl Trip {
             ));
         }
         let code_len = release.one_time_code.chars().count();
-        if !(4..=32).contains(&code_len) {
+        // A stored release read back for a replay carries its code's hash.
+        if !(4..=32).contains(&code_len) && !code_is_hashed(&release.one_time_code) {
             return Err(refuse("one_time_code", "must have 4 to 32 characters"));
         }
-        self.releases.push(release.clone());
+        self.releases.push(kept);
         fx.push(Effect::ReleaseAccepted {
             release: release.clone(),
         });
@@ -2101,11 +2105,96 @@ impl Trip {
     }
 }
 
-/// What changed between a trip as it was and as a replay rebuilt it: the effects a late
-/// event causes.
 /// What a notification says in place of a release's one-time code.
 pub const WITHHELD: &str = "withheld";
 
+/// Where a one-time unlock code is kept, it is kept as its hash: `sha256:` and 64 hex
+/// digits over the trip, the release and the code (length-prefixed, domain-separated).
+/// The clear code lives only in the release's answer to the officer who issued it.
+pub const CODE_HASH_PREFIX: &str = "sha256:";
+
+/// The hash a one-time code is kept as.
+pub fn code_hash(trip_id: &str, release_id: &str, code: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in ["ects-one-time-code-v1", trip_id, release_id, code] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(CODE_HASH_PREFIX.len() + 64);
+    out.push_str(CODE_HASH_PREFIX);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Whether a code is already a hash (or withheld): a stored input read back for a replay.
+pub fn code_is_hashed(code: &str) -> bool {
+    code == WITHHELD
+        || (code.len() == CODE_HASH_PREFIX.len() + 64
+            && code.starts_with(CODE_HASH_PREFIX)
+            && code[CODE_HASH_PREFIX.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+fn hashed(trip_id: TripId, release_id: &str, code: &str) -> String {
+    if code_is_hashed(code) {
+        code.to_owned()
+    } else {
+        code_hash(&trip_id.to_string(), release_id, code)
+    }
+}
+
+impl SealCommand {
+    /// This command as it is stored and audited: its code replaced by the code's hash.
+    pub fn code_hashed(&self) -> Self {
+        Self {
+            one_time_code: hashed(self.trip_id, &self.release_id, &self.one_time_code),
+            ..self.clone()
+        }
+    }
+}
+
+/// A release as it is stored and audited: its code replaced by the code's hash.
+pub fn release_code_hashed(release: &ReleaseAuthorization) -> ReleaseAuthorization {
+    ReleaseAuthorization {
+        one_time_code: hashed(release.trip_id, &release.release_id, &release.one_time_code),
+        ..release.clone()
+    }
+}
+
+impl Input {
+    /// This input as it is stored for replay and audited: no one-time code in clear.
+    pub fn codes_hashed(&self) -> std::borrow::Cow<'_, Input> {
+        match self {
+            Input::Release(r) => std::borrow::Cow::Owned(Input::Release(release_code_hashed(r))),
+            other => std::borrow::Cow::Borrowed(other),
+        }
+    }
+}
+
+impl Effect {
+    /// This effect as it is stored and audited: no one-time code in clear.
+    pub fn codes_hashed(&self) -> std::borrow::Cow<'_, Effect> {
+        match self {
+            Effect::SealCommand { command } => std::borrow::Cow::Owned(Effect::SealCommand {
+                command: command.code_hashed(),
+            }),
+            Effect::ReleaseAccepted { release } => {
+                std::borrow::Cow::Owned(Effect::ReleaseAccepted {
+                    release: release_code_hashed(release),
+                })
+            }
+            other => std::borrow::Cow::Borrowed(other),
+        }
+    }
+}
+
+/// What changed between a trip as it was and as a replay rebuilt it: the effects a late
+/// event causes.
 pub fn reconcile(old: &Trip, new: &Trip, now: Timestamp) -> Vec<Effect> {
     let mut fx = Vec::new();
     if old.status.state != new.status.state {
@@ -2191,4 +2280,22 @@ pub fn reconcile(old: &Trip, new: &Trip, now: Timestamp) -> Vec<Effect> {
         .collect();
     fx.extend(notes);
     fx
+}
+
+#[cfg(test)]
+mod code_hash_tests {
+    use super::*;
+
+    #[test]
+    fn a_code_is_kept_as_its_hash_once() {
+        let h = code_hash("T", "R", "739201");
+        assert!(h.starts_with(CODE_HASH_PREFIX) && h.len() == CODE_HASH_PREFIX.len() + 64);
+        assert!(code_is_hashed(&h) && code_is_hashed(WITHHELD));
+        assert!(!code_is_hashed("739201") && !code_is_hashed("sha256:xyz"));
+        // Another trip, release or code: another hash; the parts cannot be shifted.
+        assert_ne!(h, code_hash("T", "R", "739202"));
+        assert_ne!(code_hash("T", "R1", "2"), code_hash("T", "R", "12"));
+        let kept = hashed(TripId(Uuid::nil()), "R", &h);
+        assert_eq!(kept, h, "a hash is not hashed again");
+    }
 }
