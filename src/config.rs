@@ -58,6 +58,43 @@ pub struct Settings {
     pub offices: OfficesSettings,
     /// How long the raw bodies of rejected messages are kept.
     pub retention: RetentionSettings,
+    /// How commands are judged in time.
+    pub tracking: TrackingSettings,
+}
+
+/// `[tracking]`: commands in time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingSettings {
+    /// How far a command's `issued_at` (a handover's or cancellation's `time`, a release's
+    /// `issued_at`) may be from the gateway's clock either way, and how far before it a
+    /// release's `valid_from` may start, in seconds (`COMMAND_SKEW_S`; default 900).
+    pub command_skew_s: u64,
+}
+
+impl TrackingSettings {
+    pub const COMMAND_SKEW_S: std::ops::RangeInclusive<u64> = 10..=3_600;
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if Self::COMMAND_SKEW_S.contains(&self.command_skew_s) {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "tracking.command_skew_s = {} is outside {}..={}",
+                self.command_skew_s,
+                Self::COMMAND_SKEW_S.start(),
+                Self::COMMAND_SKEW_S.end()
+            )))
+        }
+    }
+}
+
+impl Default for TrackingSettings {
+    fn default() -> Self {
+        Self {
+            command_skew_s: 900,
+        }
+    }
 }
 
 /// `[retention]`: how long the raw body of a message the gateway refused is kept. The
@@ -306,6 +343,7 @@ impl Default for Settings {
             partners: Vec::new(),
             offices: OfficesSettings::default(),
             retention: RetentionSettings::default(),
+            tracking: TrackingSettings::default(),
         }
     }
 }
@@ -406,6 +444,7 @@ impl Settings {
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.tracking.check()?;
         let url = self.database_url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres:")

@@ -337,6 +337,11 @@ async fn store_effects(
             | Effect::AlertCleared { alert } => {
                 store::upsert_alert(&mut *conn, alert, now).await?;
             }
+            // A tamper alert is never withdrawn (rebuilds keep it: `keep_tamper_alerts`);
+            // should one ever come here, it is kept and said.
+            Effect::AlertWithdrawn { alert } if alert.kind.is_tamper() => {
+                tracing::error!(alert_id = %alert.alert_id, "a tamper alert was to be withdrawn: kept");
+            }
             Effect::AlertWithdrawn { alert } => {
                 sqlx::query("update alerts set withdrawn_at = $1 where alert_id = $2")
                     .bind(ts(now))
@@ -710,6 +715,7 @@ impl Tracking {
             };
             clear_rebuild_marker(tx, trip_id).await?;
             trip = rebuilt;
+            trip.keep_tamper_alerts(&before);
             for e in events {
                 audit.push(event_audit(e, ".late"));
             }
@@ -809,17 +815,21 @@ impl Tracking {
                 conflict_id: row.try_get("conflict_id")?,
             }));
         }
-        for row in
-            sqlx::query("select input from trip_commands where trip_id = $1 and command_time > $2")
-                .bind(&trip_id)
-                .bind(&after)
-                .fetch_all(&mut *conn)
-                .await?
+        for row in sqlx::query(
+            "select input, received_at from trip_commands where trip_id = $1 and command_time > $2",
+        )
+        .bind(&trip_id)
+        .bind(&after)
+        .fetch_all(&mut *conn)
+        .await?
         {
-            inputs.push(
-                serde_json::from_str(&row.try_get::<String, _>("input")?)
-                    .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?,
-            );
+            let mut input: Input = serde_json::from_str(&row.try_get::<String, _>("input")?)
+                .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?;
+            // A release covers openings from when it was received, in a replay as live.
+            if let Input::Release(r) = &mut input {
+                r.received_at = Some(store::parse_ts(&row.try_get::<String, _>("received_at")?)?);
+            }
+            inputs.push(input);
         }
         if let Some(base) = base {
             return Ok(guarded(&trip_id, "replay", || {
@@ -912,7 +922,17 @@ impl Tracking {
             Input::SealAssignment(a) => ("seal_assignment", format!("seals:{}", a.reference)),
             Input::SealEvent(_) | Input::ConflictingEvent(_) => ("seal_event", String::new()),
         };
-        let text = serde_json::to_string(input).unwrap_or_default();
+        // Stored as sent (a release's `received_at` is the row's own column); applied with
+        // the time it was received.
+        let mut received = input.clone();
+        if let Input::Release(r) = &mut received {
+            r.received_at = None;
+        }
+        let text = serde_json::to_string(&received).unwrap_or_default();
+        if let Input::Release(r) = &mut received {
+            r.received_at = Some(now);
+        }
+        let input = &received;
         // Devices before the trip row, in order, as the events path locks them: a message
         // routing their events waits for this one, or is seen by it.
         if let Input::SealAssignment(a) = input {
@@ -1003,6 +1023,8 @@ impl Tracking {
                 ),
                 _ => false,
             });
+            let mut rebuilt = rebuilt;
+            rebuilt.keep_tamper_alerts(&before);
             effects.extend(reconcile(&before, &rebuilt, now));
             trip = rebuilt;
         }
@@ -1109,6 +1131,70 @@ impl Tracking {
         Ok(trip.status)
     }
 
+    /// Marks a tamper alert of a trip justified, after the fact: the alert stays (closed,
+    /// with the reason and the actor), the act is in the trip's audit chain, and partners
+    /// told of alerts are told of it. `Refused` for an alert that is not a tamper one or is
+    /// justified already; `NoTrip` when the trip does not exist.
+    pub async fn justify(
+        &self,
+        trip_id: TripId,
+        alert_id: ects_core::AlertId,
+        reason: String,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<ects_core::Alert, CommandFailure> {
+        for attempt in 1..=5 {
+            let mut tx = self.store.begin_write().await?;
+            let Some((mut trip, version)) =
+                store::load_trip(&mut tx, self.store.backend(), &trip_id.to_string()).await?
+            else {
+                tx.rollback().await?;
+                return Err(CommandFailure::NoTrip(trip_id));
+            };
+            let justification = ects_core::Justification {
+                reason: reason.clone(),
+                by: actor.clone(),
+                at: now,
+            };
+            let effects = match trip.justify(alert_id, justification) {
+                Ok(fx) => fx,
+                Err(e) => {
+                    tx.rollback().await?;
+                    return Err(CommandFailure::Refused(e));
+                }
+            };
+            let geo = self.geography(&mut tx).await?;
+            if !store::update_trip(&mut tx, &trip, version, trip.next_due(&geo, &self.rules)).await?
+            {
+                tx.rollback().await?;
+                tracing::debug!(attempt, "trip changed meanwhile, justifying again");
+                continue;
+            }
+            store_effects(&mut tx, &self.recipients, &effects, now).await?;
+            let mut audit = vec![AuditItem::new(
+                actor.clone(),
+                "input.alert_justified",
+                &serde_json::json!({"alert_id": alert_id, "reason": reason}),
+            )];
+            audit.extend(
+                effects
+                    .iter()
+                    .map(|e| AuditItem::new("engine", effect_action(e), e)),
+            );
+            append_audit(&mut tx, trip_id, audit, now).await?;
+            tx.commit().await?;
+            let alert = effects
+                .into_iter()
+                .find_map(|e| match e {
+                    Effect::AlertUpdated { alert } => Some(alert),
+                    _ => None,
+                })
+                .ok_or_else(|| StoreError::Corrupt("justification without its alert".into()))?;
+            return Ok(alert);
+        }
+        Err(CommandFailure::Store(StoreError::Contention))
+    }
+
     /// The clock for every live trip: raises gaps, overdue trips and long stops on time.
     /// Returns how many trips changed.
     pub async fn tick_all(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
@@ -1190,6 +1276,8 @@ impl Tracking {
             }
             Err(e) => return Err(e),
         };
+        let mut rebuilt = rebuilt;
+        rebuilt.keep_tamper_alerts(&before);
         let effects = reconcile(&before, &rebuilt, now);
         if !store::update_trip(
             &mut tx,
@@ -1457,7 +1545,7 @@ impl Tracking {
         let claimed = store::claim_unmatched_events(tx, declaration, &id).await?;
         // Every input again, on the new version (no checkpoint holds: they were taken on
         // the old one).
-        let Some(rebuilt) = self
+        let Some(mut rebuilt) = self
             .rebuild(tx, &trip, DateTime::<Utc>::UNIX_EPOCH, &geo, now)
             .await?
         else {
@@ -1465,6 +1553,7 @@ impl Tracking {
                 "the engine failed replaying trip {id} on the amended declaration"
             ))));
         };
+        rebuilt.keep_tamper_alerts(&trip);
         let effects = reconcile(&trip, &rebuilt, now);
         // Alerts are never withdrawn by an amendment (the caller's transaction is rolled
         // back on this refusal).

@@ -76,9 +76,13 @@ async fn run<T: DeserializeOwned>(
             ),
         ])));
     }
-    let (input, actor) = into_input(command);
+    let (mut input, actor) = into_input(command);
+    // When it was received is the gateway's to say (the schema refuses the field too).
+    if let Input::Release(r) = &mut input {
+        r.received_at = None;
+    }
     let now = Utc::now();
-    check_command_times(&input, now)?;
+    check_command_times(&input, now, state.settings.tracking.command_skew_s)?;
     if let Viewer::Partner(p) = &viewer {
         let acting = match &input {
             Input::Release(r) => r.authority.as_str(),

@@ -226,6 +226,7 @@ impl Scenario {
             valid_until: Self::at(until_min),
             one_time_code: "739201".into(),
             issued_at: Self::at(from_min - 1.0),
+            received_at: None,
         }
     }
 
