@@ -744,6 +744,9 @@ impl Tracking {
         if !store::update_trip(tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
             return Err(StoreError::Contention);
         }
+        if !trip.track.released_after_cancel.is_empty() {
+            release_watched_seals(tx, &trip, now).await?;
+        }
         store_effects(tx, &self.recipients, &effects, now).await?;
         audit.extend(
             effects
@@ -1071,6 +1074,7 @@ impl Tracking {
         if !gained.is_empty() {
             let seals: Vec<&ects_core::Seal> = gained.iter().flat_map(|e| e.seals.iter()).collect();
             store::add_trip_seals(tx, trip_id, &gained).await?;
+            store::release_from_cancelled(tx, &seals, &trip_id.to_string(), now).await?;
             // From the assignment's time on: an event before it finds no seal in a replay,
             // which applies the assignment at its time.
             let since = input.time();
@@ -1354,6 +1358,26 @@ impl Tracking {
     }
 }
 
+/// A cancelled trip's seals opened under a release stop routing their events to it.
+async fn release_watched_seals(
+    conn: &mut AnyConnection,
+    trip: &Trip,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for seal in &trip.track.released_after_cancel {
+        sqlx::query(
+            "update trip_seals set released_at = $1
+             where trip_id = $2 and seal_id = $3 and released_at is null",
+        )
+        .bind(ts(now))
+        .bind(trip.status.trip_id.to_string())
+        .bind(seal)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// When the engine failed on this trip's live inputs (stored already), the earliest of
 /// them: the trip must be rebuilt from its stored inputs before anything else is applied.
 async fn rebuild_marker(
@@ -1526,11 +1550,13 @@ impl Tracking {
                 ),
             }));
         }
+        // One device, one live trip (the same check as a declaration's, saying nothing of
+        // the trip that holds it).
         for seal in declaration.seals() {
-            if let Some(other) = store::other_live_trip_with_seal(tx, seal, &id).await? {
+            if store::held_by_another_live_trip(tx, seal, &id).await? {
                 return Err(CommandFailure::Conflict {
                     field: "equipment",
-                    reason: format!("seal {} is on live trip {other}", seal.id),
+                    reason: store::held_elsewhere(seal),
                 });
             }
         }
@@ -1575,6 +1601,8 @@ impl Tracking {
             return Err(CommandFailure::Store(StoreError::Contention));
         }
         store::set_trip_routing(tx, &rebuilt.status).await?;
+        let seals: Vec<&ects_core::Seal> = declaration.seals().collect();
+        store::release_from_cancelled(tx, &seals, &id, now).await?;
         store_effects(tx, &self.recipients, &effects, now).await?;
         let mut audit = vec![AuditItem::new(
             actor,

@@ -323,6 +323,10 @@ pub struct Track {
     /// cap of raisings in the window was reached).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub held: BTreeMap<String, Timestamp>,
+    /// Seals of a cancelled trip opened under a release (at an approved place, in its
+    /// window): no longer watched for this trip.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub released_after_cancel: std::collections::BTreeSet<String>,
 }
 
 /// How recurring alerts are held together (from [`Rules`]): see [`Trip::raise`].
@@ -1119,7 +1123,13 @@ impl Trip {
                         SealState::Unlocked
                     };
                 }
-                if let Err(why) = self.release_covering(geo, event.time, point) {
+                let covered = self.release_covering(geo, event.time, point).map(|_| ());
+                if covered.is_ok() {
+                    self.track
+                        .released_after_cancel
+                        .insert(seal_id.to_string());
+                }
+                if let Err(why) = covered {
                     self.raise(
                         fx,
                         AlertKind::SealOpened,
