@@ -9,6 +9,7 @@ mod assignments;
 mod bad_input;
 mod cli;
 mod contract;
+mod custody;
 mod declarations;
 mod decode_pool;
 mod events;
