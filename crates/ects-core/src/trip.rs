@@ -1176,6 +1176,34 @@ impl Trip {
     /// rebuilt trip with the trip as it stood before the rebuild.
     pub fn keep_tamper_alerts(&mut self, before: &Trip) {
         for old in before.alerts.iter().filter(|a| a.kind.is_tamper()) {
+            if !self.alerts.iter().any(|a| a.alert_id == old.alert_id) {
+                // The replay saw the same incident from an earlier event (a late one): its
+                // alert has another id. It keeps the id it was told under (updated with
+                // the earlier time and evidence), never a withdrawal and a new raise.
+                let same_incident = self.alerts.iter().position(|a| {
+                    a.kind == old.kind
+                        && a.seal_id == old.seal_id
+                        && !before.alerts.iter().any(|b| b.alert_id == a.alert_id)
+                        && a.evidence.iter().any(|e| old.evidence.contains(e))
+                });
+                match same_incident {
+                    Some(i) => {
+                        let renamed = self.alerts[i].alert_id.to_string();
+                        self.alerts[i].alert_id = old.alert_id;
+                        let kept = old.alert_id.to_string();
+                        if let Some(n) = self.track.reopened.remove(&renamed) {
+                            self.track.reopened.insert(kept.clone(), n);
+                        }
+                        if let Some(t) = self.track.held.remove(&renamed) {
+                            self.track.held.insert(kept, t);
+                        }
+                    }
+                    None => {
+                        self.alerts.push(old.clone());
+                        continue;
+                    }
+                }
+            }
             match self.alerts.iter_mut().find(|a| a.alert_id == old.alert_id) {
                 None => self.alerts.push(old.clone()),
                 Some(new) => {
