@@ -1168,7 +1168,8 @@ impl Tracking {
                 }
             };
             let geo = self.geography(&mut tx).await?;
-            if !store::update_trip(&mut tx, &trip, version, trip.next_due(&geo, &self.rules)).await?
+            if !store::update_trip(&mut tx, &trip, version, trip.next_due(&geo, &self.rules))
+                .await?
             {
                 tx.rollback().await?;
                 tracing::debug!(attempt, "trip changed meanwhile, justifying again");

@@ -403,7 +403,10 @@ pub fn check_command_times(
 
 fn input_is_command(input: &ects_core::trip::Input) -> bool {
     use ects_core::trip::Input;
-    matches!(input, Input::Release(_) | Input::Handover(_) | Input::Cancel(_))
+    matches!(
+        input,
+        Input::Release(_) | Input::Handover(_) | Input::Cancel(_)
+    )
 }
 
 /// Rules across fields that the schema does not state. The declaration is first put in

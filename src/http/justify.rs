@@ -57,7 +57,11 @@ pub async fn post_justify(
     let not_found = || ApiError::NotFound(format!("alert {}", path.as_str()));
     let alert_id = AlertId::parse(path.as_str()).map_err(|e| ApiError::BadParameter {
         name: "id",
-        detail: format!("{:?} is not an alert id (a UUID): {}", path.as_str(), e.reason),
+        detail: format!(
+            "{:?} is not an alert id (a UUID): {}",
+            path.as_str(),
+            e.reason
+        ),
     })?;
     let viewer = Viewer::extract(&req).await?;
     let body = read_limited(&req, payload, state.settings.max_body_bytes).await?;
@@ -76,19 +80,20 @@ pub async fn post_justify(
     if request.reason.trim().is_empty() || chars > MAX_REASON_CHARS {
         return Err(invalid(
             "/reason",
-            format!("a reason has 1 to {MAX_REASON_CHARS} characters, not only blanks ({chars} given)"),
+            format!(
+                "a reason has 1 to {MAX_REASON_CHARS} characters, not only blanks ({chars} given)"
+            ),
         ));
     }
-    let trip: Option<String> = sqlx::query(
-        "select trip_id from alerts where alert_id = $1 and withdrawn_at is null",
-    )
-    .bind(alert_id.to_string())
-    .fetch_optional(state.store.pool())
-    .await
-    .map_err(crate::store::StoreError::from)?
-    .map(|r| r.try_get("trip_id"))
-    .transpose()
-    .map_err(crate::store::StoreError::from)?;
+    let trip: Option<String> =
+        sqlx::query("select trip_id from alerts where alert_id = $1 and withdrawn_at is null")
+            .bind(alert_id.to_string())
+            .fetch_optional(state.store.pool())
+            .await
+            .map_err(crate::store::StoreError::from)?
+            .map(|r| r.try_get("trip_id"))
+            .transpose()
+            .map_err(crate::store::StoreError::from)?;
     let Some(trip) = trip else {
         return Err(not_found());
     };
@@ -96,10 +101,15 @@ pub async fn post_justify(
     if !viewer.sees(&state.store, &trip).await? {
         return Err(not_found());
     }
-    let trip_id = TripId::parse(&trip)
-        .map_err(|_| ApiError::from(crate::store::StoreError::Corrupt(format!("trip id {trip}"))))?;
+    let trip_id = TripId::parse(&trip).map_err(|_| {
+        ApiError::from(crate::store::StoreError::Corrupt(format!("trip id {trip}")))
+    })?;
     if let Viewer::Partner(p) = &viewer {
-        let status = state.store.trip_status(trip_id).await?.ok_or_else(not_found)?;
+        let status = state
+            .store
+            .trip_status(trip_id)
+            .await?
+            .ok_or_else(not_found)?;
         if !status.custodian.as_str().starts_with(p.country()) {
             return Err(ApiError::Forbidden(format!(
                 "partner {} may justify alerts only on trips in its country's custody",
@@ -117,7 +127,9 @@ pub async fn post_justify(
         .await
         .map_err(|f| match f {
             CommandFailure::NoTrip(_) => not_found(),
-            CommandFailure::Refused(e) => ApiError::Conflict(Box::new(Located::pointer("", e.reason))),
+            CommandFailure::Refused(e) => {
+                ApiError::Conflict(Box::new(Located::pointer("", e.reason)))
+            }
             other => other.into(),
         })?;
     Ok(HttpResponse::Ok().json(alert))

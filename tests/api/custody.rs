@@ -5,9 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Backend, Reply, TestApp, fixture_json, product_mappings_dir, spawn_app_with,
-};
+use crate::helpers::{Backend, Reply, TestApp, fixture_json, product_mappings_dir, spawn_app_with};
 use crate::on_both_backends;
 use crate::tracking::{DESTINATION_LON, SEAL_1, SEAL_2, Seq, post, rolling};
 
@@ -65,7 +63,12 @@ fn shape(reply: &Reply) -> (u16, Vec<String>, Value, Value) {
     let body = reply.json();
     let mut keys: Vec<String> = body.as_object().unwrap().keys().cloned().collect();
     keys.sort();
-    (reply.status, keys, body["type"].clone(), body["title"].clone())
+    (
+        reply.status,
+        keys,
+        body["type"].clone(),
+        body["title"].clone(),
+    )
 }
 
 /// What the answer to a refused message must not contain: anything of the trip that
@@ -99,9 +102,7 @@ async fn events_of(app: &TestApp, trip: &str) -> usize {
 }
 
 async fn alerts(app: &TestApp, trip: &str, query: &str) -> Vec<Value> {
-    let reply = app
-        .get(&format!("/v1/alerts?trip={trip}&{query}"))
-        .await;
+    let reply = app.get(&format!("/v1/alerts?trip={trip}&{query}")).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     reply.json()["alerts"].as_array().unwrap().clone()
 }
@@ -135,7 +136,13 @@ async fn a_declaration_naming_a_device_of_another_live_trip_is_refused_naming_no
         assert_eq!(reply.pointers(), vec![pointer], "{}", reply.text);
         assert!(reply.text.contains("another live trip"), "{}", reply.text);
         assert_reveals_nothing_of(&reply, &held, &["GT-2026-T-000123", "MSKU1234565"]);
-        assert_eq!(shape(&reply), shape(&nothing), "{} / {}", reply.text, nothing.text);
+        assert_eq!(
+            shape(&reply),
+            shape(&nothing),
+            "{} / {}",
+            reply.text,
+            nothing.text
+        );
     }
     assert_eq!(app.count("trips").await, 1);
 
@@ -149,7 +156,10 @@ async fn a_declaration_naming_a_device_of_another_live_trip_is_refused_naming_no
     // Cancelled, the trip lets its devices go: the declaration is taken, and the
     // device's events go to the new trip.
     let reply = app
-        .post(&format!("/v1/trips/{held}/cancel"), cancel_now(&held).to_string())
+        .post(
+            &format!("/v1/trips/{held}/cancel"),
+            cancel_now(&held).to_string(),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let reply = app
@@ -263,7 +273,11 @@ async fn a_device_is_free_again_once_its_trip_is_released(app: TestApp) {
     )
     .await;
     assert_eq!(app.trip(&trip).await["state"], "released");
-    assert!(alerts(&app, &trip, "status=open&kind=seal_opened").await.is_empty());
+    assert!(
+        alerts(&app, &trip, "status=open&kind=seal_opened")
+            .await
+            .is_empty()
+    );
     let reply = app.post_message(taken.to_string()).await;
     assert_eq!(reply.status, 202, "{}", reply.text);
 }
@@ -271,15 +285,32 @@ async fn a_device_is_free_again_once_its_trip_is_released(app: TestApp) {
 async fn a_cancelled_trips_seals_are_still_watched_and_its_tamper_alert_stays(app: TestApp) {
     let mut seq = Seq(0);
     let trip = rolling(&app, &mut seq).await;
-    post(&app, vec![seq.event(SEAL_1, 5, "rope_cut", crate::tracking::road_lon(5), 0.0)]).await;
-    assert_eq!(alerts(&app, &trip, "status=open&kind=seal_tamper").await.len(), 1);
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 5, "rope_cut", crate::tracking::road_lon(5), 0.0)],
+    )
+    .await;
+    assert_eq!(
+        alerts(&app, &trip, "status=open&kind=seal_tamper")
+            .await
+            .len(),
+        1
+    );
     let reply = app
-        .post(&format!("/v1/trips/{trip}/cancel"), cancel_now(&trip).to_string())
+        .post(
+            &format!("/v1/trips/{trip}/cancel"),
+            cancel_now(&trip).to_string(),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.json()["trip"]["state"], "cancelled");
     // Cancelling does not close the tamper alert.
-    assert_eq!(alerts(&app, &trip, "status=open&kind=seal_tamper").await.len(), 1);
+    assert_eq!(
+        alerts(&app, &trip, "status=open&kind=seal_tamper")
+            .await
+            .len(),
+        1
+    );
 
     // The other seal opens after the cancellation: still this trip's, an alert.
     let reply = app
@@ -294,7 +325,10 @@ async fn a_cancelled_trips_seals_are_still_watched_and_its_tamper_alert_stays(ap
         opened[0]["detail"].as_str().unwrap().contains("cancelled"),
         "{opened:?}"
     );
-    assert_eq!(app.count_where("alerts", "withdrawn_at is not null").await, 0);
+    assert_eq!(
+        app.count_where("alerts", "withdrawn_at is not null").await,
+        0
+    );
 
     // Reassigned to a new trip, the seal's events go there.
     let reply = app
@@ -306,7 +340,12 @@ async fn a_cancelled_trips_seals_are_still_watched_and_its_tamper_alert_stays(ap
         .post_events(json!([event_now(("ES00990021", SEAL_2.1), 301, "opened", 0)]).to_string())
         .await;
     assert_eq!(reply.json()["trips"], json!([taker]), "{}", reply.text);
-    assert_eq!(alerts(&app, &trip, "status=all&kind=seal_opened").await.len(), 1);
+    assert_eq!(
+        alerts(&app, &trip, "status=all&kind=seal_opened")
+            .await
+            .len(),
+        1
+    );
 }
 
 /// Openings at the release place a few minutes before the release reached the gateway,
@@ -330,7 +369,12 @@ async fn a_release_never_withdraws_an_opening_it_came_after_and_a_replay_neither
         ],
     )
     .await;
-    assert_eq!(alerts(&app, &trip, "status=open&kind=seal_opened").await.len(), 2);
+    assert_eq!(
+        alerts(&app, &trip, "status=open&kind=seal_opened")
+            .await
+            .len(),
+        2
+    );
     // Dated ten minutes back (inside the skew), its window covering the openings.
     let mut backdated = release_now(&trip, "REL-LATE", "GT", "SVSAL");
     backdated["issued_at"] = json!(at(-600));
@@ -339,12 +383,32 @@ async fn a_release_never_withdraws_an_opening_it_came_after_and_a_replay_neither
         .post(&format!("/v1/trips/{trip}/release"), backdated.to_string())
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(alerts(&app, &trip, "status=open&kind=seal_opened").await.len(), 2);
-    assert_eq!(app.count_where("alerts", "withdrawn_at is not null").await, 0);
+    assert_eq!(
+        alerts(&app, &trip, "status=open&kind=seal_opened")
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        app.count_where("alerts", "withdrawn_at is not null").await,
+        0
+    );
     // A late event before everything makes the trip replay: the alerts stay.
-    post(&app, vec![seq.event(SEAL_1, 50, "position", crate::tracking::road_lon(50), 0.0)]).await;
-    assert_eq!(alerts(&app, &trip, "status=open&kind=seal_opened").await.len(), 2);
-    assert_eq!(app.count_where("alerts", "withdrawn_at is not null").await, 0);
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 50, "position", crate::tracking::road_lon(50), 0.0)],
+    )
+    .await;
+    assert_eq!(
+        alerts(&app, &trip, "status=open&kind=seal_opened")
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(
+        app.count_where("alerts", "withdrawn_at is not null").await,
+        0
+    );
     let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
     assert!(
         !audit["entries"]
@@ -360,13 +424,21 @@ async fn a_release_never_withdraws_an_opening_it_came_after_and_a_replay_neither
         .await;
     assert_eq!(reply.status, 202, "{}", reply.text);
     let open = alerts(&app, &trip, "status=open&kind=seal_opened").await;
-    assert_eq!(open.len(), 2, "no new alert for the covered opening: {open:?}");
+    assert_eq!(
+        open.len(),
+        2,
+        "no new alert for the covered opening: {open:?}"
+    );
 }
 
 async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     let mut seq = Seq(0);
     let trip = rolling(&app, &mut seq).await;
-    post(&app, vec![seq.event(SEAL_1, 10, "opened", crate::tracking::road_lon(10), 0.0)]).await;
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 10, "opened", crate::tracking::road_lon(10), 0.0)],
+    )
+    .await;
     let open = alerts(&app, &trip, "status=open&kind=seal_opened").await;
     assert_eq!(open.len(), 1);
     let id = open[0]["alert_id"].as_str().unwrap().to_owned();
@@ -385,7 +457,10 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     }
     let unknown = "01a1fdea-56ce-7428-ace2-433c7aa63ea3";
     let reply = app
-        .post(&format!("/v1/alerts/{unknown}/justify"), json!({"reason": "x"}).to_string())
+        .post(
+            &format!("/v1/alerts/{unknown}/justify"),
+            json!({"reason": "x"}).to_string(),
+        )
         .await;
     assert_eq!(reply.status, 404, "{}", reply.text);
 
@@ -397,13 +472,22 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     assert_eq!(alert["justified"]["by"], "operator");
     assert!(!alert["cleared_at"].is_null());
     // Kept, closed, listed, never withdrawn.
-    assert!(alerts(&app, &trip, "status=open&kind=seal_opened").await.is_empty());
+    assert!(
+        alerts(&app, &trip, "status=open&kind=seal_opened")
+            .await
+            .is_empty()
+    );
     let all = alerts(&app, &trip, "status=all&kind=seal_opened").await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["justified"]["reason"], reason);
-    assert_eq!(app.count_where("alerts", "withdrawn_at is not null").await, 0);
+    assert_eq!(
+        app.count_where("alerts", "withdrawn_at is not null").await,
+        0
+    );
     // Once only.
-    let reply = app.post(&path, json!({"reason": "again"}).to_string()).await;
+    let reply = app
+        .post(&path, json!({"reason": "again"}).to_string())
+        .await;
     assert_eq!(reply.status, 409, "{}", reply.text);
     // In the audit chain, with its actor; the chain verifies.
     let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
@@ -419,21 +503,25 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     assert_eq!(entry["payload"]["reason"], reason);
     assert_eq!(entry["payload"]["alert_id"], id.as_str());
     // A replay (a late event) keeps the justification.
-    post(&app, vec![seq.event(SEAL_1, 4, "position", crate::tracking::road_lon(4), 0.0)]).await;
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 4, "position", crate::tracking::road_lon(4), 0.0)],
+    )
+    .await;
     let all = alerts(&app, &trip, "status=all&kind=seal_opened").await;
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["justified"]["reason"], reason);
     assert!(!all[0]["cleared_at"].is_null());
     // Only tamper alerts are justified.
-    app.tracking
-        .tick_all(Utc::now())
-        .await
-        .expect("a tick");
+    app.tracking.tick_all(Utc::now()).await.expect("a tick");
     let overdue = alerts(&app, &trip, "status=open&kind=overdue").await;
     assert_eq!(overdue.len(), 1, "{overdue:?}");
     let reply = app
         .post(
-            &format!("/v1/alerts/{}/justify", overdue[0]["alert_id"].as_str().unwrap()),
+            &format!(
+                "/v1/alerts/{}/justify",
+                overdue[0]["alert_id"].as_str().unwrap()
+            ),
             json!({"reason": "late"}).to_string(),
         )
         .await;
@@ -458,7 +546,10 @@ async fn historical_declarations_and_late_events_are_still_taken(app: TestApp) {
     assert_eq!(reply.status, 202, "{}", reply.text);
     assert_eq!(reply.json()["trips"], json!([trip]));
     app.tracking.tick_all(Utc::now()).await.expect("a tick");
-    assert_eq!(alerts(&app, &trip, "status=open&kind=overdue").await.len(), 1);
+    assert_eq!(
+        alerts(&app, &trip, "status=open&kind=overdue").await.len(),
+        1
+    );
 }
 
 async fn two_declarations_racing_for_one_device_one_wins(app: TestApp) {
@@ -523,7 +614,10 @@ async fn commands_outside_the_skew_are_refused_both_ways(backend: Backend) {
     assert_eq!(app.count("trip_commands").await, 0);
     // Inside the skew either way: taken.
     let reply = app
-        .post(&format!("/v1/trips/{trip}/handover"), handover(at(-30)).to_string())
+        .post(
+            &format!("/v1/trips/{trip}/handover"),
+            handover(at(-30)).to_string(),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let mut r = release_now(&trip, "REL-OK", "SV", "DEPOT");
@@ -535,7 +629,13 @@ async fn commands_outside_the_skew_are_refused_both_ways(backend: Backend) {
     assert_eq!(reply.status, 200, "{}", reply.text);
     // The setting's range.
     let mut settings = ects_gateway::config::Settings::default();
-    for (skew, ok) in [(9, false), (10, true), (900, true), (3600, true), (3601, false)] {
+    for (skew, ok) in [
+        (9, false),
+        (10, true),
+        (900, true),
+        (3600, true),
+        (3601, false),
+    ] {
         settings.tracking.command_skew_s = skew;
         assert_eq!(settings.check().is_ok(), ok, "command_skew_s = {skew}");
     }
@@ -564,9 +664,19 @@ async fn refusals_over_amqp_reveal_nothing(backend: Backend) {
     .to_string();
     let mut other = decoy("GT-2026-T-AMQP02", ("ES00990053", Some("869000000000053")));
     other["equipment"][0]["id"] = json!("MSKU9000053");
-    publish(&channel, &queue, other.to_string().as_bytes(), Some("other")).await;
+    publish(
+        &channel,
+        &queue,
+        other.to_string().as_bytes(),
+        Some("other"),
+    )
+    .await;
     crate::helpers::eventually("the other declaration", || async {
-        if app.count("trips").await == 2 { Ok(()) } else { Err("waiting".to_owned()) }
+        if app.count("trips").await == 2 {
+            Ok(())
+        } else {
+            Err("waiting".to_owned())
+        }
     })
     .await;
     let nothing = json!({"reference": "NOTHING", "declaration_id": "GT-2026-T-999999",
@@ -577,7 +687,8 @@ async fn refusals_over_amqp_reveal_nothing(backend: Backend) {
     publish(&channel, &queue, decoy_body.as_bytes(), Some("decoy")).await;
     publish(&channel, &queue, assignment.as_bytes(), Some("take")).await;
     publish(&channel, &queue, nothing.as_bytes(), Some("nothing")).await;
-    dlq.until("three dead letters", |seen| seen.len() >= 3).await;
+    dlq.until("three dead letters", |seen| seen.len() >= 3)
+        .await;
     let by_id = |m: &str| {
         dlq.seen
             .iter()

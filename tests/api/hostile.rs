@@ -539,7 +539,11 @@ async fn a_release_scheduled_more_than_a_week_ahead_is_refused(app: TestApp) {
         .await;
     assert_eq!(reply.status, 422, "{}", reply.text);
     assert_eq!(reply.pointers(), vec!["/valid_from"], "{}", reply.text);
-    assert!(reply.text.contains("ahead of the gateway"), "{}", reply.text);
+    assert!(
+        reply.text.contains("ahead of the gateway"),
+        "{}",
+        reply.text
+    );
     assert_eq!(app.count("trip_commands").await, 0);
     let reply = app
         .post(

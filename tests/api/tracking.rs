@@ -497,7 +497,12 @@ async fn a_release_entered_after_the_opening_it_covers_is_applied_in_time_order(
         .post(&format!("/v1/trips/{trip}/release"), late.to_string())
         .await;
     assert_eq!(reply.status, 422, "{}", reply.text);
-    assert_eq!(reply.pointers(), vec!["/issued_at", "/valid_from"], "{}", reply.text);
+    assert_eq!(
+        reply.pointers(),
+        vec!["/issued_at", "/valid_from"],
+        "{}",
+        reply.text
+    );
     // Given now, its window open since minute 100: the openings it came after stay.
     late["issued_at"] = Utc::now().to_rfc3339().into();
     late["valid_from"] = Utc::now().to_rfc3339().into();

@@ -1125,9 +1125,7 @@ impl Trip {
                 }
                 let covered = self.release_covering(geo, event.time, point).map(|_| ());
                 if covered.is_ok() {
-                    self.track
-                        .released_after_cancel
-                        .insert(seal_id.to_string());
+                    self.track.released_after_cancel.insert(seal_id.to_string());
                 }
                 if let Err(why) = covered {
                     self.raise(
