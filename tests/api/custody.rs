@@ -710,6 +710,48 @@ async fn refusals_over_amqp_reveal_nothing(backend: Backend) {
     assert_eq!(app.count("trips").await, 2);
 }
 
+/// Partners that take alerts are told of a justification: an `alert` notification whose
+/// alert carries it, under its own notification id.
+async fn a_justification_is_notified(backend: Backend) {
+    let partner: ects_gateway::partners::PartnerConfig = toml::from_str(
+        "id = \"gt-alerts\"\nauthority = \"GT\"\nformat = \"ects-json\"\n\
+         subscribe = [\"alert\"]\nhttp_push = \"http://127.0.0.1:9/alerts\"\n",
+    )
+    .unwrap();
+    let Some(app) = spawn_app_with(backend, product_mappings_dir(), |s| {
+        s.partners = vec![partner];
+        s.outbox.poll_ms = 60_000;
+    })
+    .await
+    else {
+        return;
+    };
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    post(
+        &app,
+        vec![seq.event(SEAL_1, 10, "opened", crate::tracking::road_lon(10), 0.0)],
+    )
+    .await;
+    let open = alerts(&app, &trip, "status=open&kind=seal_opened").await;
+    let id = open[0]["alert_id"].as_str().unwrap().to_owned();
+    let told = "kind = 'alert' and canonical like '%\"justified\"%'";
+    assert_eq!(app.count_where("outbox", told).await, 0);
+    let reply = app
+        .post(
+            &format!("/v1/alerts/{id}/justify"),
+            json!({"reason": "customs inspection"}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(app.count_where("outbox", told).await, 1);
+    assert_eq!(
+        app.count_where("outbox", "canonical like '%customs inspection%'")
+            .await,
+        1
+    );
+}
+
 mod with_settings {
     macro_rules! both {
         ($($name:ident),* $(,)?) => {
@@ -732,6 +774,7 @@ mod with_settings {
     both!(
         commands_outside_the_skew_are_refused_both_ways,
         an_amendment_taking_a_held_seal_is_refused_naming_nothing,
+        a_justification_is_notified,
         refusals_over_amqp_reveal_nothing,
     );
 }
