@@ -750,6 +750,20 @@ async fn a_justification_is_notified(backend: Backend) {
             .await,
         1
     );
+    // What partners get validates against the gateway's own schema, and so does the
+    // alert the justification answered.
+    use sqlx::Row;
+    let canonical: String = sqlx::query(
+        "select canonical from outbox where kind = 'alert' and canonical like '%\"justified\"%'",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap()
+    .get("canonical");
+    let note: Value = serde_json::from_str(&canonical).unwrap();
+    assert_eq!(note["alert"]["justified"]["reason"], "customs inspection");
+    crate::helpers::assert_valid(ects_gateway::schemas::Canonical::StatusNotification, &note);
+    crate::helpers::assert_valid(ects_gateway::schemas::Canonical::Alert, &reply.json());
 }
 
 mod with_settings {
