@@ -60,6 +60,8 @@ pub struct Settings {
     pub retention: RetentionSettings,
     /// API tokens: where their key and the first admin token are kept.
     pub auth: AuthSettings,
+    /// How commands are judged in time.
+    pub tracking: TrackingSettings,
 }
 
 /// `[auth]`: the API tokens' server key and the embedded default's first admin token.
@@ -88,6 +90,41 @@ impl AuthSettings {
                 .parent()
                 .map_or_else(|| PathBuf::from("admin-token"), |d| d.join("admin-token"))
         })
+    }
+}
+
+/// `[tracking]`: commands in time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingSettings {
+    /// How far a command's `issued_at` (a handover's or cancellation's `time`, a release's
+    /// `issued_at`) may be from the gateway's clock either way, and how far before it a
+    /// release's `valid_from` may start, in seconds (`COMMAND_SKEW_S`; default 900).
+    pub command_skew_s: u64,
+}
+
+impl TrackingSettings {
+    pub const COMMAND_SKEW_S: std::ops::RangeInclusive<u64> = 10..=3_600;
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if Self::COMMAND_SKEW_S.contains(&self.command_skew_s) {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "tracking.command_skew_s = {} is outside {}..={}",
+                self.command_skew_s,
+                Self::COMMAND_SKEW_S.start(),
+                Self::COMMAND_SKEW_S.end()
+            )))
+        }
+    }
+}
+
+impl Default for TrackingSettings {
+    fn default() -> Self {
+        Self {
+            command_skew_s: 900,
+        }
     }
 }
 
@@ -359,6 +396,7 @@ impl Default for Settings {
             offices: OfficesSettings::default(),
             retention: RetentionSettings::default(),
             auth: AuthSettings::default(),
+            tracking: TrackingSettings::default(),
         }
     }
 }
@@ -473,6 +511,7 @@ impl Settings {
     }
 
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.tracking.check()?;
         let url = self.database_url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres:")

@@ -248,6 +248,23 @@ pub enum IngestError {
     Pool(#[from] crate::decode::DecodeFailed),
 }
 
+/// Each seal of a declaration with where the document names it.
+fn seal_pointers(d: &TransitDeclaration) -> Vec<(String, &ects_core::Seal)> {
+    let placed = d.equipment.iter().enumerate().flat_map(|(e, equipment)| {
+        equipment
+            .seals
+            .iter()
+            .enumerate()
+            .map(move |(s, seal)| (format!("/equipment/{e}/seals/{s}"), seal))
+    });
+    let loose = d
+        .seals
+        .iter()
+        .enumerate()
+        .map(|(s, seal)| (format!("/seals/{s}"), seal));
+    placed.chain(loose).collect()
+}
+
 /// A declaration opens a trip only if it names something sealed: a seal, or a container
 /// whose seals a seal assignment (an e-seal record, a manifest) will tie to it later.
 fn trackable(decoded: Decoded) -> Result<Decoded, DocumentError> {
@@ -759,6 +776,10 @@ impl Ingest {
         declaration: &TransitDeclaration,
     ) -> Result<Answer, Attempt> {
         let mut tx = self.store.begin_write().await?;
+        // The seals and devices first, in order: a declaration naming one that another
+        // declaration (or a message routing its events) is taking waits for it, and then
+        // sees it. Held until commit.
+        store::lock_seal_devices(&mut tx, self.store.backend(), declaration.seals()).await?;
         let existing = store::find_declaration(&mut tx, declaration).await?;
         // A document without a date (an unregistered SAD) is dated when first received.
         let mut dated;
@@ -810,6 +831,17 @@ impl Ingest {
                 ),
             ))));
         }
+        // One device, one live trip: a seal or device another live trip holds is refused,
+        // saying nothing of that trip.
+        for (pointer, seal) in seal_pointers(declaration) {
+            if store::held_by_another_live_trip(&mut tx, seal, "").await? {
+                tx.rollback().await?;
+                return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
+                    pointer,
+                    store::held_elsewhere(seal),
+                ))));
+            }
+        }
         let trip_id = TripId(Uuid::now_v7());
         let trip = Trip::declare(trip_id, declaration, message.now);
         let mut record = message.record(Outcome::Accepted);
@@ -841,10 +873,12 @@ impl Ingest {
             message.now,
         )
         .await?;
+        // A cancelled trip still watching one of these seals lets it go to this one.
+        let seals: Vec<&ects_core::Seal> = declaration.seals().collect();
+        store::release_from_cancelled(&mut tx, &seals, &trip_id.to_string(), message.now).await?;
         // Seals often report before their declaration reaches us: those events were kept
-        // as unmatched and now join the trip. The devices are locked first (in order), so
-        // a message routing their events waits for this declaration, or is seen by it.
-        store::lock_seal_devices(&mut tx, self.store.backend(), declaration.seals()).await?;
+        // as unmatched and now join the trip (the devices were locked first, so a message
+        // routing their events waited for this declaration, or is seen by it).
         let early =
             store::claim_unmatched_events(&mut tx, declaration, &trip_id.to_string()).await?;
         if !early.is_empty() {
@@ -1238,6 +1272,14 @@ impl Ingest {
             trips: Vec::new(),
             skipped,
         };
+        // The seals' locks first (in order, all targets at once): a declaration or another
+        // assignment naming one of them is checked after this one, or before it.
+        store::lock_seal_devices(
+            &mut tx,
+            self.store.backend(),
+            targets.values().flatten().flat_map(|e| e.seals.iter()),
+        )
+        .await?;
         for (trip, equipment) in targets {
             // A seal or device another live trip holds would not report here: its events
             // route to that trip.
@@ -1248,17 +1290,11 @@ impl Ingest {
                 .flat_map(|e| e.seals.iter().map(move |s| (e, s)))
                 .collect();
             for (e, seal) in sealed {
-                if let Some(other) = store::other_live_trip_with_seal(&mut tx, seal, &trip).await? {
-                    // The other trip is named only to a sender that may see it.
-                    let on = if message.source.sees(&mut tx, &other).await? {
-                        format!("live trip {other}")
-                    } else {
-                        "another live trip".to_owned()
-                    };
+                if store::held_by_another_live_trip(&mut tx, seal, &trip).await? {
                     tx.rollback().await?;
                     return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
                         "/equipment",
-                        format!("seal {} (container {}) is on {on}", seal.id, e.id),
+                        format!("{} (container {})", store::held_elsewhere(seal), e.id),
                     ))));
                 }
             }

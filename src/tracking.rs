@@ -364,6 +364,11 @@ async fn store_effects(
             | Effect::AlertCleared { alert } => {
                 store::upsert_alert(&mut *conn, alert, now).await?;
             }
+            // A tamper alert is never withdrawn (rebuilds keep it: `keep_tamper_alerts`);
+            // should one ever come here, it is kept and said.
+            Effect::AlertWithdrawn { alert } if alert.kind.is_tamper() => {
+                tracing::error!(alert_id = %alert.alert_id, "a tamper alert was to be withdrawn: kept");
+            }
             Effect::AlertWithdrawn { alert } => {
                 sqlx::query("update alerts set withdrawn_at = $1 where alert_id = $2")
                     .bind(ts(now))
@@ -739,6 +744,7 @@ impl Tracking {
             };
             clear_rebuild_marker(tx, trip_id).await?;
             trip = rebuilt;
+            trip.keep_tamper_alerts(&before);
             for e in events {
                 audit.push(event_audit(e, ".late"));
             }
@@ -766,6 +772,9 @@ impl Tracking {
         };
         if !store::update_trip(tx, &trip, version, trip.next_due(&geo, &self.rules)).await? {
             return Err(StoreError::Contention);
+        }
+        if !trip.track.released_after_cancel.is_empty() {
+            release_watched_seals(tx, &trip, now).await?;
         }
         store_effects(tx, &self.recipients, &effects, now).await?;
         audit.extend(
@@ -838,17 +847,21 @@ impl Tracking {
                 conflict_id: row.try_get("conflict_id")?,
             }));
         }
-        for row in
-            sqlx::query("select input from trip_commands where trip_id = $1 and command_time > $2")
-                .bind(&trip_id)
-                .bind(&after)
-                .fetch_all(&mut *conn)
-                .await?
+        for row in sqlx::query(
+            "select input, received_at from trip_commands where trip_id = $1 and command_time > $2",
+        )
+        .bind(&trip_id)
+        .bind(&after)
+        .fetch_all(&mut *conn)
+        .await?
         {
-            inputs.push(
-                serde_json::from_str(&row.try_get::<String, _>("input")?)
-                    .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?,
-            );
+            let mut input: Input = serde_json::from_str(&row.try_get::<String, _>("input")?)
+                .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?;
+            // A release covers openings from when it was received, in a replay as live.
+            if let Input::Release(r) = &mut input {
+                r.received_at = Some(store::parse_ts(&row.try_get::<String, _>("received_at")?)?);
+            }
+            inputs.push(input);
         }
         if let Some(base) = base {
             return Ok(guarded(&trip_id, "replay", || {
@@ -942,8 +955,17 @@ impl Tracking {
             Input::SealEvent(_) | Input::ConflictingEvent(_) => ("seal_event", String::new()),
         };
         // Stored for replay with its one-time code hashed (a release sent again with the
-        // same code compares equal).
-        let text = serde_json::to_string(&*input.codes_hashed()).unwrap_or_default();
+        // same code compares equal), as sent (a release's `received_at` is the row's own
+        // column); applied with the time it was received.
+        let mut received = input.clone();
+        if let Input::Release(r) = &mut received {
+            r.received_at = None;
+        }
+        let text = serde_json::to_string(&*received.codes_hashed()).unwrap_or_default();
+        if let Input::Release(r) = &mut received {
+            r.received_at = Some(now);
+        }
+        let input = &received;
         // Devices before the trip row, in order, as the events path locks them: a message
         // routing their events waits for this one, or is seen by it.
         if let Input::SealAssignment(a) = input {
@@ -1034,6 +1056,8 @@ impl Tracking {
                 ),
                 _ => false,
             });
+            let mut rebuilt = rebuilt;
+            rebuilt.keep_tamper_alerts(&before);
             effects.extend(reconcile(&before, &rebuilt, now));
             trip = rebuilt;
         }
@@ -1084,6 +1108,7 @@ impl Tracking {
         if !gained.is_empty() {
             let seals: Vec<&ects_core::Seal> = gained.iter().flat_map(|e| e.seals.iter()).collect();
             store::add_trip_seals(tx, trip_id, &gained).await?;
+            store::release_from_cancelled(tx, &seals, &trip_id.to_string(), now).await?;
             // From the assignment's time on: an event before it finds no seal in a replay,
             // which applies the assignment at its time.
             let since = input.time();
@@ -1193,6 +1218,71 @@ impl Tracking {
         Ok(Some(trip_id))
     }
 
+    /// Marks a tamper alert of a trip justified, after the fact: the alert stays (closed,
+    /// with the reason and the actor), the act is in the trip's audit chain, and partners
+    /// told of alerts are told of it. `Refused` for an alert that is not a tamper one or is
+    /// justified already; `NoTrip` when the trip does not exist.
+    pub async fn justify(
+        &self,
+        trip_id: TripId,
+        alert_id: ects_core::AlertId,
+        reason: String,
+        actor: String,
+        now: DateTime<Utc>,
+    ) -> Result<ects_core::Alert, CommandFailure> {
+        for attempt in 1..=5 {
+            let mut tx = self.store.begin_write().await?;
+            let Some((mut trip, version)) =
+                store::load_trip(&mut tx, self.store.backend(), &trip_id.to_string()).await?
+            else {
+                tx.rollback().await?;
+                return Err(CommandFailure::NoTrip(trip_id));
+            };
+            let justification = ects_core::Justification {
+                reason: reason.clone(),
+                by: actor.clone(),
+                at: now,
+            };
+            let effects = match trip.justify(alert_id, justification) {
+                Ok(fx) => fx,
+                Err(e) => {
+                    tx.rollback().await?;
+                    return Err(CommandFailure::Refused(e));
+                }
+            };
+            let geo = self.geography(&mut tx).await?;
+            if !store::update_trip(&mut tx, &trip, version, trip.next_due(&geo, &self.rules))
+                .await?
+            {
+                tx.rollback().await?;
+                tracing::debug!(attempt, "trip changed meanwhile, justifying again");
+                continue;
+            }
+            store_effects(&mut tx, &self.recipients, &effects, now).await?;
+            let mut audit = vec![AuditItem::new(
+                actor.clone(),
+                "input.alert_justified",
+                &serde_json::json!({"alert_id": alert_id, "reason": reason}),
+            )];
+            audit.extend(
+                effects
+                    .iter()
+                    .map(|e| AuditItem::new("engine", effect_action(e), e)),
+            );
+            append_audit(&mut tx, trip_id, audit, now).await?;
+            tx.commit().await?;
+            let alert = effects
+                .into_iter()
+                .find_map(|e| match e {
+                    Effect::AlertUpdated { alert } => Some(alert),
+                    _ => None,
+                })
+                .ok_or_else(|| StoreError::Corrupt("justification without its alert".into()))?;
+            return Ok(alert);
+        }
+        Err(CommandFailure::Store(StoreError::Contention))
+    }
+
     /// The clock for every live trip: raises gaps, overdue trips and long stops on time.
     /// Returns how many trips changed.
     pub async fn tick_all(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
@@ -1274,6 +1364,8 @@ impl Tracking {
             }
             Err(e) => return Err(e),
         };
+        let mut rebuilt = rebuilt;
+        rebuilt.keep_tamper_alerts(&before);
         let effects = reconcile(&before, &rebuilt, now);
         if !store::update_trip(
             &mut tx,
@@ -1349,6 +1441,26 @@ impl Tracking {
         tx.commit().await?;
         Ok(true)
     }
+}
+
+/// A cancelled trip's seals opened under a release stop routing their events to it.
+async fn release_watched_seals(
+    conn: &mut AnyConnection,
+    trip: &Trip,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for seal in &trip.track.released_after_cancel {
+        sqlx::query(
+            "update trip_seals set released_at = $1
+             where trip_id = $2 and seal_id = $3 and released_at is null",
+        )
+        .bind(ts(now))
+        .bind(trip.status.trip_id.to_string())
+        .bind(seal)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// When the engine failed on this trip's live inputs (stored already), the earliest of
@@ -1523,11 +1635,13 @@ impl Tracking {
                 ),
             }));
         }
+        // One device, one live trip (the same check as a declaration's, saying nothing of
+        // the trip that holds it).
         for seal in declaration.seals() {
-            if let Some(other) = store::other_live_trip_with_seal(tx, seal, &id).await? {
+            if store::held_by_another_live_trip(tx, seal, &id).await? {
                 return Err(CommandFailure::Conflict {
                     field: "equipment",
-                    reason: format!("seal {} is on live trip {other}", seal.id),
+                    reason: store::held_elsewhere(seal),
                 });
             }
         }
@@ -1542,7 +1656,7 @@ impl Tracking {
         let claimed = store::claim_unmatched_events(tx, declaration, &id).await?;
         // Every input again, on the new version (no checkpoint holds: they were taken on
         // the old one).
-        let Some(rebuilt) = self
+        let Some(mut rebuilt) = self
             .rebuild(tx, &trip, DateTime::<Utc>::UNIX_EPOCH, &geo, now)
             .await?
         else {
@@ -1550,6 +1664,7 @@ impl Tracking {
                 "the engine failed replaying trip {id} on the amended declaration"
             ))));
         };
+        rebuilt.keep_tamper_alerts(&trip);
         let effects = reconcile(&trip, &rebuilt, now);
         // Alerts are never withdrawn by an amendment (the caller's transaction is rolled
         // back on this refusal).
@@ -1571,6 +1686,8 @@ impl Tracking {
             return Err(CommandFailure::Store(StoreError::Contention));
         }
         store::set_trip_routing(tx, &rebuilt.status).await?;
+        let seals: Vec<&ects_core::Seal> = declaration.seals().collect();
+        store::release_from_cancelled(tx, &seals, &id, now).await?;
         store_effects(tx, &self.recipients, &effects, now).await?;
         let mut audit = vec![AuditItem::new(
             actor,

@@ -341,33 +341,57 @@ pub fn check_event_times(
     }
 }
 
-/// A command's times must be plausible too: a release, handover or cancellation dated
-/// ahead of our clock would take its place after events that have not happened yet (and
-/// could hold the trip's state until real time caught up). The same skew as events;
-/// `valid_until` is a window's end, bounded by `valid_from` (at most 72 hours later).
+/// A command's times must lie within the gateway's clock ± `skew_s` (`[tracking]
+/// command_skew_s`): a release's `issued_at` and `valid_from`, a handover's or
+/// cancellation's `time`. Dated back, a command would take its place before events already
+/// judged and rewrite them in a replay; dated ahead, it would hold the trip's state until
+/// real time caught up. `valid_until` is a window's end, bounded by `valid_from` (at most
+/// 72 hours later). A seal assignment (a message, which may be historical) is bounded
+/// ahead only, by the events' skew.
 pub fn check_command_times(
     input: &ects_core::trip::Input,
     now: DateTime<Utc>,
+    skew_s: u64,
 ) -> Result<(), DocumentError> {
     use ects_core::trip::Input;
-    let latest = now + chrono::Duration::minutes(MAX_CLOCK_AHEAD_MIN);
-    // Each time with its pointer and the latest it may be (`None`: a window's end).
-    type Dated<'a> = (&'a str, DateTime<Utc>, Option<DateTime<Utc>>);
+    let skew = chrono::Duration::seconds(i64::try_from(skew_s).unwrap_or(i64::MAX / 1_000));
+    let (earliest, latest) = (now - skew, now + skew);
+    let event_latest = now + chrono::Duration::minutes(MAX_CLOCK_AHEAD_MIN);
+    // Each time with its pointer and the bounds it must keep (`None`: none that side).
+    type Dated<'a> = (
+        &'a str,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+    );
     let times: Vec<Dated> = match input {
         Input::Release(r) => vec![
-            ("/issued_at", r.issued_at, Some(latest)),
-            ("/valid_from", r.valid_from, Some(latest)),
-            ("/valid_until", r.valid_until, None),
+            ("/issued_at", r.issued_at, Some(earliest), Some(latest)),
+            ("/valid_from", r.valid_from, Some(earliest), Some(latest)),
+            ("/valid_until", r.valid_until, None, None),
         ],
-        Input::Handover(h) => vec![("/time", h.time, Some(latest))],
-        Input::Cancel(c) => vec![("/time", c.time, Some(latest))],
-        Input::SealAssignment(a) => vec![("/assigned_at", a.assigned_at, Some(latest))],
+        Input::Handover(h) => vec![("/time", h.time, Some(earliest), Some(latest))],
+        Input::Cancel(c) => vec![("/time", c.time, Some(earliest), Some(latest))],
+        Input::SealAssignment(a) => vec![("/assigned_at", a.assigned_at, None, Some(event_latest))],
         _ => Vec::new(),
     };
     let problems: Vec<Located> = times
         .into_iter()
-        .filter_map(|(pointer, t, latest)| {
-            time_problem(t, latest).map(|p| Located::pointer(pointer, p))
+        .filter_map(|(pointer, t, earliest, latest)| {
+            let problem = match (earliest, latest) {
+                (Some(e), _) if t < e => Some(format!(
+                    "{} is more than {skew_s} seconds behind the gateway's clock (a command \
+                     is dated when it is given: [tracking] command_skew_s)",
+                    t.to_rfc3339()
+                )),
+                (_, Some(l)) if t > l && input_is_command(input) => Some(format!(
+                    "{} is more than {skew_s} seconds ahead of the gateway's clock (a command \
+                     is dated when it is given: [tracking] command_skew_s)",
+                    t.to_rfc3339()
+                )),
+                (_, l) => time_problem(t, l),
+            };
+            problem.map(|p| Located::pointer(pointer, p))
         })
         .collect();
     if problems.is_empty() {
@@ -375,6 +399,14 @@ pub fn check_command_times(
     } else {
         Err(DocumentError::Invalid(problems))
     }
+}
+
+fn input_is_command(input: &ects_core::trip::Input) -> bool {
+    use ects_core::trip::Input;
+    matches!(
+        input,
+        Input::Release(_) | Input::Handover(_) | Input::Cancel(_)
+    )
 }
 
 /// Rules across fields that the schema does not state. The declaration is first put in

@@ -87,6 +87,10 @@ async fn run<T: DeserializeOwned>(
         ])));
     }
     let (mut input, _typed) = into_input(command);
+    // When it was received is the gateway's to say (the schema refuses the field too).
+    if let Input::Release(r) = &mut input {
+        r.received_at = None;
+    }
     if let Input::Release(r) = &input
         && (ects_core::trip::code_is_hashed(&r.one_time_code)
             || r.one_time_code.chars().count() > 32)
@@ -100,7 +104,7 @@ async fn run<T: DeserializeOwned>(
         ])));
     }
     let now = Utc::now();
-    check_command_times(&input, now)?;
+    check_command_times(&input, now, state.settings.tracking.command_skew_s)?;
     // An officer or partner acts only as its own country's authority.
     let acting = match &input {
         Input::Release(r) => r.authority.as_str(),

@@ -5,6 +5,7 @@ mod body;
 mod commands;
 pub mod error;
 mod geo;
+mod justify;
 mod messages;
 mod offices;
 mod ops;
@@ -74,6 +75,7 @@ pub struct AppState {
         commands::post_cancel,
         commands::get_audit,
         commands::put_rules,
+        justify::post_justify,
         geo::put_corridor,
         geo::get_corridor,
         geo::list_corridors,
@@ -133,6 +135,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(commands::post_cancel)
     .service(commands::get_audit)
     .service(commands::put_rules)
+    .service(justify::post_justify)
     .service(geo::list_corridors)
     .service(geo::put_corridor)
     .service(geo::get_corridor)

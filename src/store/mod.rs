@@ -27,9 +27,9 @@ pub use offices::{ImportCounts, RegistryChange};
 pub use trips::{AlertFilter, StoredConflict, StoredEvent, TripRow};
 pub(crate) use trips::{
     add_trip_seals, claim_unmatched_events, claim_unmatched_for, find_declaration,
-    find_declaration_by, find_event, insert_declared_trip, insert_event, live_trips_with_equipment,
-    load_trip, lock_device, lock_seal_devices, other_live_trip_with_seal, trip_for_event,
-    update_trip, upsert_alert,
+    find_declaration_by, find_event, held_by_another_live_trip, held_elsewhere,
+    insert_declared_trip, insert_event, live_trips_with_equipment, load_trip, lock_device,
+    lock_seal_devices, release_from_cancelled, trip_for_event, update_trip, upsert_alert,
 };
 pub(crate) use trips::{
     conflict_kept, conflict_variants, count_dropped_conflict, insert_event_conflict,

@@ -150,14 +150,18 @@ pub async fn add_trip_seals(
     Ok(())
 }
 
-/// Another live trip (not released or cancelled) that carries this seal or device.
-pub async fn other_live_trip_with_seal(
+/// Whether another live trip (not released or cancelled) holds this seal or its device.
+/// The one check of "one device, one live trip", for declarations, amendments and seal
+/// assignments alike: the caller holds the seals' locks ([`lock_seal_devices`]), so two
+/// writers naming one device are checked one after the other. Its answer says only
+/// yes or no: which trip holds it is not the caller's to know.
+pub async fn held_by_another_live_trip(
     conn: &mut AnyConnection,
     seal: &Seal,
     except_trip: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<bool, StoreError> {
     let row = sqlx::query(
-        "select t.trip_id from trip_seals s join trips t on t.trip_id = s.trip_id
+        "select 1 as held from trip_seals s join trips t on t.trip_id = s.trip_id
          where (s.seal_id = $1 or s.device_id = $2) and s.trip_id <> $3
            and t.state not in ('released', 'cancelled')
          limit 1",
@@ -167,7 +171,44 @@ pub async fn other_live_trip_with_seal(
     .bind(except_trip)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| r.try_get("trip_id")).transpose()?)
+    Ok(row.is_some())
+}
+
+/// What a refusal says of a seal another live trip holds: the seal and device the sender
+/// named, nothing of the trip that holds them (its id, declaration or authority).
+pub fn held_elsewhere(seal: &Seal) -> String {
+    let what = match &seal.device_id {
+        Some(device) => format!("seal {} or its device {device}", seal.id),
+        None => format!("seal {}", seal.id),
+    };
+    format!(
+        "{what} is held by another live trip: a seal or device serves one live trip at a \
+         time, until that trip is released or cancelled"
+    )
+}
+
+/// A trip takes these seals: a cancelled trip still watching one of them (or its device)
+/// lets it go, so that its events go to the new trip.
+pub async fn release_from_cancelled(
+    conn: &mut AnyConnection,
+    seals: &[&Seal],
+    taker: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for seal in seals {
+        sqlx::query(
+            "update trip_seals set released_at = $1
+             where (seal_id = $2 or device_id = $3) and trip_id <> $4 and released_at is null
+               and trip_id in (select trip_id from trips where state = 'cancelled')",
+        )
+        .bind(ts(now))
+        .bind(seal.id.as_str())
+        .bind(seal.device_id.as_ref().map(|d| d.as_str()))
+        .bind(taker)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The trips not yet arrived, released or cancelled that carry a container, newest first.
@@ -263,8 +304,13 @@ pub fn lock_seal_devices<'a, 'c>(
 ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c {
     // The devices are collected before the future starts, so that it holds no iterator
     // (whose closures would keep it from being Send for every lifetime).
+    // Devices by their id (as the events path locks them), seals by theirs: a seal
+    // without a device is held alike.
     let mut devices: Vec<String> = seals
-        .filter_map(|s| s.device_id.as_ref().map(|d| d.as_str().to_owned()))
+        .flat_map(|s| {
+            std::iter::once(format!("seal:{}", s.id.as_str()))
+                .chain(s.device_id.as_ref().map(|d| d.as_str().to_owned()))
+        })
         .collect();
     devices.sort_unstable();
     devices.dedup();
@@ -276,7 +322,9 @@ pub fn lock_seal_devices<'a, 'c>(
     }
 }
 
-/// The live trip that carries this seal (by seal id) or device, newest first.
+/// The live trip that carries this seal (by seal id) or device, newest first; else a
+/// cancelled trip whose seals are still watched (not yet released at an approved place nor
+/// taken by another trip).
 pub async fn trip_for_event(
     conn: &mut AnyConnection,
     event: &SealEvent,
@@ -284,8 +332,10 @@ pub async fn trip_for_event(
     let row = sqlx::query(
         "select t.trip_id from trip_seals s join trips t on t.trip_id = s.trip_id
          where (s.seal_id = $1 or s.device_id = $2)
-           and t.state not in ('released', 'cancelled')
-         order by t.created_at desc limit 1",
+           and (t.state not in ('released', 'cancelled')
+                or (t.state = 'cancelled' and s.released_at is null))
+         order by case when t.state = 'cancelled' then 1 else 0 end, t.created_at desc
+         limit 1",
     )
     .bind(event.seal_id.as_ref().map(|s| s.as_str()))
     .bind(event.device_id.as_str())

@@ -117,6 +117,7 @@ fn the_other_canonical_messages_serialise_to_their_schemas() {
         valid_until: t("2026-03-15T10:00:00Z"),
         one_time_code: "739201".into(),
         issued_at: t("2026-03-15T07:55:00Z"),
+        received_at: None,
     };
     let handover = CustodyHandover {
         handover_id: "HO-1".into(),
@@ -140,6 +141,7 @@ fn the_other_canonical_messages_serialise_to_their_schemas() {
         evidence: vec!["e1".into()],
         seal_id: Some(SealId::parse("ES00781234").unwrap()),
         detail: None,
+        justified: None,
     };
     let notification = StatusNotification {
         notification_id: "N-1".into(),

@@ -226,7 +226,8 @@ async fn commands_dated_ahead_of_the_clock_are_refused_with_their_pointer(app: T
     let mut seq = Seq(0);
     let trip = rolling(&app, &mut seq).await;
     let ahead = (chrono::Utc::now() + chrono::Duration::minutes(20)).to_rfc3339();
-    let past = t(60).to_rfc3339();
+    // The other time of each release is now (a command is dated when it is given).
+    let past = chrono::Utc::now().to_rfc3339();
     let release = |issued: &str, from: &str| {
         json!({"release_id": "REL-F", "trip_id": trip, "authority": "GT",
                "officer": {"id": "GT-OF-1"}, "place": "DEPOT",
@@ -516,32 +517,38 @@ async fn a_flapping_battery_raises_one_alert(app: TestApp) {
     assert_eq!(app.count_where("alerts", "kind = 'low_battery'").await, 1);
 }
 
-/// A release's `valid_from` is at most 7 days after its `issued_at`.
+/// A release's `valid_from` lies within now ± `[tracking] command_skew_s`, as its
+/// `issued_at` does: it is not scheduled a week ahead (nor, in the engine, more than 7 days
+/// after its `issued_at`).
 async fn a_release_scheduled_more_than_a_week_ahead_is_refused(app: TestApp) {
     let mut seq = Seq(0);
     let trip = rolling(&app, &mut seq).await;
-    let release = |id: &str, issued: chrono::DateTime<chrono::Utc>| {
+    let now = chrono::Utc::now();
+    let release = |id: &str, from: chrono::DateTime<chrono::Utc>| {
         json!({"release_id": id, "trip_id": trip, "authority": "GT",
                "officer": {"id": "GT-OF-1"}, "place": "DEPOT",
-               "valid_from": t(60 * 24 * 8).to_rfc3339(),
-               "valid_until": t(60 * 24 * 8 + 60).to_rfc3339(),
-               "one_time_code": "739201", "issued_at": issued.to_rfc3339()})
+               "valid_from": from.to_rfc3339(),
+               "valid_until": (from + chrono::Duration::hours(1)).to_rfc3339(),
+               "one_time_code": "739201", "issued_at": now.to_rfc3339()})
     };
-    let late = t(60 * 24) - chrono::Duration::seconds(1);
     let reply = app
         .command(
             &format!("/v1/trips/{trip}/release"),
-            release("REL-FAR", late).to_string(),
+            release("REL-FAR", now + chrono::Duration::days(8)).to_string(),
         )
         .await;
     assert_eq!(reply.status, 422, "{}", reply.text);
     assert_eq!(reply.pointers(), vec!["/valid_from"], "{}", reply.text);
-    assert!(reply.text.contains("7 days"), "{}", reply.text);
+    assert!(
+        reply.text.contains("ahead of the gateway"),
+        "{}",
+        reply.text
+    );
     assert_eq!(app.count("trip_commands").await, 0);
     let reply = app
         .command(
             &format!("/v1/trips/{trip}/release"),
-            release("REL-WEEK", t(60 * 24)).to_string(),
+            release("REL-NOW", now).to_string(),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);

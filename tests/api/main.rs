@@ -12,6 +12,7 @@ mod bad_input;
 mod cli;
 mod confinement;
 mod contract;
+mod custody;
 mod declarations;
 mod decode_pool;
 mod events;

@@ -229,6 +229,9 @@ async fn a_trip_status_reads_in_every_format_as_its_partners_were_told(backend: 
             serde_json::to_vec(&{
                 let mut d = crate::helpers::fixture_json("ects-json/declaration-gt-sv.json");
                 d["declaration_id"] = "GT-2026-T-000124".into();
+                // Seals of its own: one device serves one live trip at a time.
+                d["equipment"] = serde_json::json!([{"id": "MSKU9000124", "seals": [
+                    {"id": "ES00990124", "kind": "electronic", "device_id": "869000000000124"}]}]);
                 d
             })
             .unwrap(),

@@ -570,6 +570,32 @@ pub struct Alert {
     pub seal_id: Option<SealId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A supervisor's account of a tamper alert after the fact (`POST
+    /// /v1/alerts/{id}/justify`): the alert stays, marked, never withdrawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justified: Option<Justification>,
+}
+
+/// Why an alert raised for a seal opening (or other tampering) was lawful after all, who
+/// said so and when. Recorded as its own act, in the audit chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Justification {
+    /// 1 to 2000 characters.
+    pub reason: String,
+    /// The principal that justified it, as the audit chain names it.
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+impl AlertKind {
+    /// Alerts that record a seal opened or tampered with: no later input withdraws or
+    /// clears them silently; only their own justification (or their condition ending, as
+    /// the engine says) settles them.
+    pub fn is_tamper(self) -> bool {
+        matches!(self, Self::SealOpened | Self::SealTamper)
+    }
 }
 
 impl Alert {
@@ -608,6 +634,11 @@ pub struct ReleaseAuthorization {
     /// Sent to the seal with the unlock command; single use.
     pub one_time_code: String,
     pub issued_at: DateTime<Utc>,
+    /// When the gateway received it (set by the gateway, never by the sender; not part of
+    /// the canonical document): a release covers only openings from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(read_only))]
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

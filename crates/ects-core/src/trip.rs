@@ -323,6 +323,10 @@ pub struct Track {
     /// cap of raisings in the window was reached).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub held: BTreeMap<String, Timestamp>,
+    /// Seals of a cancelled trip opened under a release (at an approved place, in its
+    /// window): no longer watched for this trip.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub released_after_cancel: std::collections::BTreeSet<String>,
 }
 
 /// How recurring alerts are held together (from [`Rules`]): see [`Trip::raise`].
@@ -876,6 +880,7 @@ impl Trip {
                 // The unlock code is for the seals, not for the partners told of it.
                 release: Some(ReleaseAuthorization {
                     one_time_code: WITHHELD.into(),
+                    received_at: None,
                     ..release.clone()
                 }),
                 ..base(
@@ -903,6 +908,10 @@ impl Trip {
         rules: &Rules,
         fx: &mut Vec<Effect>,
     ) {
+        if self.status.state == TripState::Cancelled {
+            self.on_event_cancelled(event, geo, fx);
+            return;
+        }
         if self.status.state.is_final() {
             return;
         }
@@ -1077,6 +1086,208 @@ impl Trip {
                 fx,
             );
         }
+    }
+
+    /// A seal event for a cancelled trip: its seals are still watched (until released at
+    /// an approved place or taken by another trip, which then gets their events). An
+    /// opening no release covers, or a tampering, is an alert; the rest changes nothing.
+    fn on_event_cancelled(&mut self, event: &SealEvent, geo: &Geography, fx: &mut Vec<Effect>) {
+        let Some((e, s)) = self.find_seal(event) else {
+            return;
+        };
+        let evidence = evidence_of(event);
+        let seal_id = self.status.equipment[e].seals[s].id.clone();
+        let newest = {
+            let seal = &mut self.status.equipment[e].seals[s];
+            let newest = seal.last_event_at.is_none_or(|t| event.time >= t);
+            if newest {
+                seal.last_event_at = Some(event.time);
+            }
+            newest
+        };
+        if self.track.watermark.is_none_or(|w| event.time > w) {
+            self.track.watermark = Some(event.time);
+        }
+        let point = event
+            .position
+            .filter(|p| p.is_valid_fix())
+            .map(|p| p.point())
+            .or_else(|| self.track.last_fix.as_ref().map(Fix::point));
+        match event.kind {
+            SealEventKind::Unlocked | SealEventKind::Opened => {
+                if newest {
+                    self.status.equipment[e].seals[s].state = if event.kind == SealEventKind::Opened
+                    {
+                        SealState::Opened
+                    } else {
+                        SealState::Unlocked
+                    };
+                }
+                let covered = self.release_covering(geo, event.time, point).map(|_| ());
+                if covered.is_ok() {
+                    self.track.released_after_cancel.insert(seal_id.to_string());
+                }
+                if let Err(why) = covered {
+                    self.raise(
+                        fx,
+                        AlertKind::SealOpened,
+                        Severity::High,
+                        Some(&seal_id),
+                        &evidence,
+                        event.time,
+                        point,
+                        format!(
+                            "seal {seal_id} reported {} after the trip was cancelled: {why}",
+                            event.kind.as_str()
+                        ),
+                    );
+                }
+            }
+            SealEventKind::Locked if newest => {
+                self.status.equipment[e].seals[s].state = SealState::Locked;
+            }
+            kind if kind.is_tamper() => {
+                if newest {
+                    self.status.equipment[e].seals[s].state = SealState::Tampered;
+                }
+                self.raise(
+                    fx,
+                    AlertKind::SealTamper,
+                    Severity::Critical,
+                    Some(&seal_id),
+                    &evidence,
+                    event.time,
+                    point,
+                    format!(
+                        "seal {seal_id} reported {} after the trip was cancelled",
+                        kind.as_str()
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Keeps what a rebuild must not take away: a tamper alert the trip had (raised for an
+    /// opening or tampering, and told) stays, as it was, if the replay did not raise it
+    /// again, and stays open if it was; a justification stays with its alert. Called on the
+    /// rebuilt trip with the trip as it stood before the rebuild.
+    pub fn keep_tamper_alerts(&mut self, before: &Trip) {
+        for old in before.alerts.iter().filter(|a| a.kind.is_tamper()) {
+            if !self.alerts.iter().any(|a| a.alert_id == old.alert_id) {
+                // The replay saw the same incident from an earlier event (a late one): its
+                // alert has another id. It keeps the id it was told under (updated with
+                // the earlier time and evidence), never a withdrawal and a new raise.
+                let same_incident = self.alerts.iter().position(|a| {
+                    a.kind == old.kind
+                        && a.seal_id == old.seal_id
+                        && !before.alerts.iter().any(|b| b.alert_id == a.alert_id)
+                        && a.evidence.iter().any(|e| old.evidence.contains(e))
+                });
+                match same_incident {
+                    Some(i) => {
+                        let renamed = self.alerts[i].alert_id.to_string();
+                        self.alerts[i].alert_id = old.alert_id;
+                        let kept = old.alert_id.to_string();
+                        if let Some(n) = self.track.reopened.remove(&renamed) {
+                            self.track.reopened.insert(kept.clone(), n);
+                        }
+                        if let Some(t) = self.track.held.remove(&renamed) {
+                            self.track.held.insert(kept, t);
+                        }
+                    }
+                    None => {
+                        self.alerts.push(old.clone());
+                        continue;
+                    }
+                }
+            }
+            match self.alerts.iter_mut().find(|a| a.alert_id == old.alert_id) {
+                None => self.alerts.push(old.clone()),
+                Some(new) => {
+                    if old.justified.is_some() {
+                        new.justified = old.justified.clone();
+                        new.cleared_at = old.cleared_at;
+                    } else if old.cleared_at.is_none() {
+                        new.cleared_at = None;
+                    }
+                    for e in &old.evidence {
+                        if new.evidence.len() < MAX_EVIDENCE && !new.evidence.contains(e) {
+                            new.evidence.push(e.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.refresh_open_alerts();
+    }
+
+    fn refresh_open_alerts(&mut self) {
+        self.status.open_alerts = self
+            .alerts
+            .iter()
+            .filter(|a| a.cleared_at.is_none())
+            .map(Alert::as_ref)
+            .collect();
+    }
+
+    /// Marks a tamper alert justified (and closes it if open): the alert stays, with the
+    /// reason and who gave it; partners that were told of alerts are told of this too
+    /// (an `alert` notification `alert/{id}/justified`).
+    pub fn justify(
+        &mut self,
+        alert_id: crate::AlertId,
+        justification: crate::Justification,
+    ) -> Result<Vec<Effect>, CommandError> {
+        let at = justification.at;
+        let Some(alert) = self.alerts.iter_mut().find(|a| a.alert_id == alert_id) else {
+            return Err(refuse("alert_id", "no such alert on this trip"));
+        };
+        if !alert.kind.is_tamper() {
+            return Err(refuse(
+                "alert_id",
+                format!(
+                    "a {} alert is not justified: only seal_opened and seal_tamper alerts are",
+                    alert.kind.as_str()
+                ),
+            ));
+        }
+        if alert.justified.is_some() {
+            return Err(refuse("alert_id", "the alert is justified already"));
+        }
+        if alert.cleared_at.is_none() {
+            alert.cleared_at = Some(at);
+        }
+        alert.justified = Some(justification);
+        let alert = alert.clone();
+        self.track.held.remove(&alert.alert_id.to_string());
+        self.refresh_open_alerts();
+        self.status.updated_at = at;
+        let note = StatusNotification {
+            notification_id: Uuid::new_v5(
+                &self.status.trip_id.0,
+                format!("alert/{}/justified", alert.alert_id).as_bytes(),
+            )
+            .to_string(),
+            kind: NotificationKind::Alert,
+            trip_id: self.status.trip_id,
+            declaration_id: self.status.declaration_id.clone(),
+            issuing_authority: self.status.issuing_authority.clone(),
+            state: self.status.state,
+            time: at,
+            previous_state: None,
+            alert: Some(alert.clone()),
+            release: None,
+            handover: None,
+            position: alert.position,
+            late: false,
+        };
+        Ok(vec![
+            Effect::AlertUpdated { alert },
+            Effect::Notify {
+                notification: Box::new(note),
+            },
+        ])
     }
 
     /// A conflicting event: `event_conflict` on its seal, and its alarm if it carries one;
@@ -1515,6 +1726,18 @@ impl Trip {
         if in_window.is_empty() {
             return Err("outside the window of every release authorization".into());
         }
+        // A release covers what happens once it is given, never an opening that had
+        // already happened when it reached the gateway (that one is justified, as its own
+        // act, or stays an alert), whatever its dates say.
+        let in_window: Vec<_> = in_window
+            .into_iter()
+            .filter(|r| time >= r.received_at.unwrap_or(r.issued_at))
+            .collect();
+        if in_window.is_empty() {
+            return Err(
+                "before the release authorization of that window reached the gateway".into(),
+            );
+        }
         let Some(p) = point else {
             return Err("no position to prove the seal is at the release place".into());
         };
@@ -1544,7 +1767,15 @@ impl Trip {
         geo: &Geography,
         fx: &mut Vec<Effect>,
     ) -> Result<(), CommandError> {
-        self.check_target(release.trip_id, "release")?;
+        // A cancelled trip's seals are still watched until they are released at an
+        // approved place: a release is still taken then.
+        if self.status.state == TripState::Cancelled {
+            if release.trip_id != self.status.trip_id {
+                return Err(refuse("trip_id", "the release names another trip"));
+            }
+        } else {
+            self.check_target(release.trip_id, "release")?;
+        }
         let earlier = self
             .releases
             .iter()
@@ -1842,7 +2073,9 @@ impl Trip {
         let open: Vec<(AlertKind, Option<SealId>)> = self
             .alerts
             .iter()
-            .filter(|a| a.cleared_at.is_none())
+            // An opening or tampering stays on record, open: cancelling the trip does not
+            // make it go away (it is justified, as its own act, or stays).
+            .filter(|a| a.cleared_at.is_none() && !a.kind.is_tamper())
             .map(|a| (a.kind, a.seal_id.clone()))
             .collect();
         for (kind, seal) in open {
@@ -2041,7 +2274,8 @@ impl Trip {
                     cleared <= at
                         && after(cleared, self.debounce.hold_s).is_some_and(|until| at <= until)
                 });
-            if soon || window_full {
+            // A justified alert is closed for good: a new opening is an alert of its own.
+            if (soon || window_full) && self.alerts[i].justified.is_none() {
                 self.count_raising(kind, seal_id, at);
                 let count = self
                     .track
@@ -2099,6 +2333,7 @@ impl Trip {
             evidence: vec![evidence.to_owned()],
             seal_id: seal_id.cloned(),
             detail: Some(detail),
+            justified: None,
         };
         self.alerts.push(alert.clone());
         fx.push(Effect::AlertRaised { alert });

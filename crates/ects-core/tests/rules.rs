@@ -226,6 +226,7 @@ impl Scenario {
             valid_until: Self::at(until_min),
             one_time_code: "739201".into(),
             issued_at: Self::at(from_min - 1.0),
+            received_at: None,
         }
     }
 
@@ -676,7 +677,7 @@ fn release_authorizations_are_checked() {
 }
 
 #[test]
-fn cancellation_ends_the_trip_and_closes_its_alerts() {
+fn cancellation_ends_the_trip_and_keeps_its_tamper_alert() {
     let mut s = Scenario::armed_and_rolling();
     s.event_at(5.0, "rope_cut", None, None);
     let cancel = |authority: &str| Cancellation {
@@ -699,7 +700,9 @@ fn cancellation_ends_the_trip_and_closes_its_alerts() {
         .input(Input::Cancel(cancel("GT")), Scenario::at(6.0))
         .unwrap();
     assert_eq!(states(&fx), vec![TripState::Cancelled]);
-    assert!(s.trip.status.open_alerts.is_empty());
+    // The rope cut stays on record, open: a cancellation never closes a tamper alert.
+    let open: Vec<AlertKind> = s.trip.status.open_alerts.iter().map(|a| a.kind).collect();
+    assert_eq!(open, vec![AlertKind::SealTamper]);
 }
 
 #[test]
@@ -1513,4 +1516,97 @@ fn debounced_alerts_are_the_same_live_and_replayed() {
         assert!(live_told.contains(&id), "live: {alert:?}");
         assert!(replayed_told.contains(&id), "replayed: {alert:?}");
     }
+}
+
+#[test]
+fn a_release_covers_only_openings_after_it_was_received() {
+    // Opened at the depot at minute 200, inside the window; the release reached the
+    // gateway at minute 210: the opening stays an alert, in a replay too.
+    let mut s = Scenario::armed_and_rolling();
+    s.event_at(200.0, "unlocked", Some((LAT, -89.5)), None);
+    assert_eq!(s.open(AlertKind::SealOpened).len(), 1);
+    let mut release = s.release("DEPOT", 0.0, 600.0);
+    release.received_at = Some(Scenario::at(210.0));
+    s.input(Input::Release(release.clone()), Scenario::at(210.0))
+        .unwrap();
+    assert_eq!(s.open(AlertKind::SealOpened).len(), 1);
+    let replayed = Trip::replay(
+        s.trip.status.trip_id,
+        &declaration(),
+        t0(),
+        &Default::default(),
+        &[Input::Release(release)],
+        &s.geo,
+        &s.rules,
+        Scenario::at(220.0),
+    );
+    // The replay has no event, so no alert: what it lacks, the rebuild keeps.
+    let mut rebuilt = replayed;
+    rebuilt.keep_tamper_alerts(&s.trip);
+    assert_eq!(
+        rebuilt
+            .alerts
+            .iter()
+            .filter(|a| a.kind == AlertKind::SealOpened && a.cleared_at.is_none())
+            .count(),
+        1
+    );
+    assert!(
+        ects_core::trip::reconcile(&s.trip, &rebuilt, Scenario::at(220.0))
+            .iter()
+            .all(|e| !matches!(e, Effect::AlertWithdrawn { alert } if alert.kind.is_tamper()))
+    );
+    // An opening after it was received is covered.
+    let mut s = Scenario::armed_and_rolling();
+    let mut release = s.release("DEPOT", 0.0, 600.0);
+    release.received_at = Some(Scenario::at(190.0));
+    s.input(Input::Release(release), Scenario::at(190.0))
+        .unwrap();
+    s.event_at(200.0, "unlocked", Some((LAT, -89.5)), None);
+    assert!(s.all(AlertKind::SealOpened).is_empty());
+    assert_eq!(s.trip.status.state, TripState::Released);
+}
+
+#[test]
+fn a_cancellation_keeps_the_tamper_alert_and_the_seals_watched() {
+    let mut s = Scenario::armed_and_rolling();
+    s.event_at(5.0, "rope_cut", Some(Scenario::road(5.0, 0.0)), None);
+    let cancel: ects_core::Cancellation = serde_json::from_value(json!({
+        "trip_id": s.trip.status.trip_id, "authority": "GT", "officer": {"id": "GT-1"},
+        "time": Scenario::at(10.0).to_rfc3339(), "reason": "x"}))
+    .unwrap();
+    s.input(Input::Cancel(cancel), Scenario::at(10.0)).unwrap();
+    assert_eq!(s.trip.status.state, TripState::Cancelled);
+    assert_eq!(s.open(AlertKind::SealTamper).len(), 1);
+    s.event_at(20.0, "opened", Some(Scenario::road(20.0, 0.0)), None);
+    assert_eq!(s.open(AlertKind::SealOpened).len(), 1);
+    // Justified: closed, kept, marked; a second time refused; not a gap alert.
+    let id = s.open(AlertKind::SealOpened)[0].alert_id;
+    let fx = s
+        .trip
+        .justify(
+            id,
+            ects_core::Justification {
+                reason: "inspection".into(),
+                by: "officer:GT/1".into(),
+                at: Scenario::at(30.0),
+            },
+        )
+        .unwrap();
+    assert!(matches!(fx[0], Effect::AlertUpdated { .. }));
+    assert!(s.open(AlertKind::SealOpened).is_empty());
+    assert_eq!(
+        s.all(AlertKind::SealOpened)[0]
+            .justified
+            .as_ref()
+            .unwrap()
+            .reason,
+        "inspection"
+    );
+    let again = ects_core::Justification {
+        reason: "again".into(),
+        by: "x".into(),
+        at: Scenario::at(31.0),
+    };
+    assert!(s.trip.justify(id, again).is_err());
 }
