@@ -523,7 +523,63 @@ async fn an_operator_acknowledges_an_alert_in_the_audit_chain(app: TestApp) {
     assert_eq!(reply.pointers(), vec!["/comment"]);
 }
 
+/// A single window sees what it filed (by reference), another one nothing; a transporter
+/// sees the trips of its carrier id, without their events or alerts.
+async fn single_windows_and_transporters_see_their_own(app: TestApp) {
+    let window = app.token(Role::SingleWindow, "a").await;
+    let other_window = app.token(Role::SingleWindow, "b").await;
+    let filed = app
+        .post_as(
+            &window,
+            "/v1/messages/ects-json",
+            crate::helpers::fixture("ects-json/declaration-gt-sv.json"),
+        )
+        .await;
+    assert_eq!(filed.status, 202, "{}", filed.text);
+    let trip = filed.json()["trips"][0]
+        .as_str()
+        .expect("a trip")
+        .to_owned();
+    let by_reference = "/v1/trips?reference=GT-2026-T-000123";
+    let get = |token: String, path: String| {
+        let app = &app;
+        async move {
+            app.send(
+                app.anonymous
+                    .get(format!("{}{path}", app.address))
+                    .bearer_auth(token),
+            )
+            .await
+        }
+    };
+    let mine = get(window.clone(), by_reference.into()).await.json();
+    assert_eq!(mine["trips"].as_array().map(Vec::len), Some(1), "{mine}");
+    let theirs = get(other_window.clone(), by_reference.into()).await.json();
+    assert_eq!(theirs["trips"], serde_json::json!([]), "{theirs}");
+    assert_eq!(
+        get(other_window, format!("/v1/trips/{trip}")).await.status,
+        404
+    );
+
+    let carrier = app.token(Role::Transporter, "GT-TR-0042").await;
+    assert_eq!(
+        get(carrier.clone(), format!("/v1/trips/{trip}"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(carrier, format!("/v1/trips/{trip}/events"))
+            .await
+            .status,
+        403
+    );
+    let stranger = app.token(Role::Transporter, "XX-TR-1").await;
+    assert_eq!(get(stranger, format!("/v1/trips/{trip}")).await.status, 404);
+}
+
 crate::on_both_backends!(
     the_audit_trail_names_each_principal,
+    single_windows_and_transporters_see_their_own,
     an_operator_acknowledges_an_alert_in_the_audit_chain
 );
