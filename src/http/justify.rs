@@ -104,23 +104,22 @@ pub async fn post_justify(
     let trip_id = TripId::parse(&trip).map_err(|_| {
         ApiError::from(crate::store::StoreError::Corrupt(format!("trip id {trip}")))
     })?;
-    if let Viewer::Partner(p) = &viewer {
-        let status = state
-            .store
-            .trip_status(trip_id)
-            .await?
-            .ok_or_else(not_found)?;
-        if !status.custodian.as_str().starts_with(p.country()) {
-            return Err(ApiError::Forbidden(format!(
-                "partner {} may justify alerts only on trips in its country's custody",
-                p.id
-            )));
-        }
+    // An act of the custodian authority: its officers (or its partner system), never a
+    // single window.
+    let status = state
+        .store
+        .trip_status(trip_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let single_window =
+        matches!(&viewer, Viewer::Partner(p) if p.sees == crate::partners::Sees::Filed);
+    if single_window || !viewer.may_act_as(status.custodian.as_str()) {
+        return Err(ApiError::Forbidden(format!(
+            "{} may justify alerts only on trips in its own authority's custody",
+            viewer.actor()
+        )));
     }
-    let actor = match &viewer {
-        Viewer::Operator => "operator".to_owned(),
-        Viewer::Partner(p) => format!("partner:{}", p.id),
-    };
+    let actor = viewer.actor();
     let alert = state
         .tracking
         .justify(trip_id, alert_id, request.reason, actor, Utc::now())

@@ -151,6 +151,12 @@ pub const ROUTES: &[RoutePolicy] = &[
     },
     RoutePolicy {
         method: "POST",
+        path: "/v1/alerts/{id}/justify",
+        access: Access::Roles(COMMAND),
+        scope: SCOPE_CUSTODIAN,
+    },
+    RoutePolicy {
+        method: "POST",
         path: "/v1/trips/{id}/release",
         access: Access::Roles(COMMAND),
         scope: SCOPE_CUSTODIAN,

@@ -60,6 +60,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ),
     ("GET", "/v1/alerts", "admin operator officer partner"),
     ("POST", "/v1/alerts/{id}/acknowledge", "admin operator"),
+    ("POST", "/v1/alerts/{id}/justify", "officer partner"),
     ("POST", "/v1/trips/{id}/release", "officer partner"),
     ("POST", "/v1/trips/{id}/handover", "officer partner"),
     ("POST", "/v1/trips/{id}/cancel", "officer partner"),

@@ -645,6 +645,14 @@ async fn clear_copies(app: &TestApp, code: &str) -> Vec<(String, i64)> {
     found
 }
 
+/// An opening at the release depot, a second from now.
+fn opened_now(seal: (&str, &str), seq: u64) -> Value {
+    json!({"device_id": seal.1, "seal_id": seal.0, "seq": seq, "kind": "unlocked",
+           "time": (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339(),
+           "battery_pct": 90,
+           "position": {"lat": crate::tracking::LAT, "lon": -89.5, "fix": "gps", "speed_kmh": 0.0}})
+}
+
 async fn the_unlock_code_is_in_the_release_answer_and_nowhere_else(backend: Backend) {
     let Some(app) = spawn_app_with(backend, product_mappings_dir(), |s| {
         // Takes release notifications: the outbox rows are checked for the code too.
@@ -715,8 +723,9 @@ async fn the_unlock_code_is_in_the_release_answer_and_nowhere_else(backend: Back
     post(
         &app,
         vec![
-            seq.event(SEAL_1, 110, "unlocked", -89.5, 0.0),
-            seq.event(SEAL_2, 110, "unlocked", -89.5, 0.0),
+            // Opened after the release was received (a release covers only later openings).
+            opened_now(SEAL_1, 900),
+            opened_now(SEAL_2, 900),
             seq.event(SEAL_1, 4, "position", road_lon(4), 0.0),
         ],
     )

@@ -156,7 +156,7 @@ async fn a_declaration_naming_a_device_of_another_live_trip_is_refused_naming_no
     // Cancelled, the trip lets its devices go: the declaration is taken, and the
     // device's events go to the new trip.
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{held}/cancel"),
             cancel_now(&held).to_string(),
         )
@@ -258,7 +258,7 @@ async fn a_device_is_free_again_once_its_trip_is_released(app: TestApp) {
     let taken = decoy("GT-2026-T-NEXT01", ("ES00990011", Some(SEAL_1.1)));
     assert_eq!(app.post_message(taken.to_string()).await.status, 409);
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/release"),
             release_now(&trip, "REL-1", "GT", "SVSAL").to_string(),
         )
@@ -297,7 +297,7 @@ async fn a_cancelled_trips_seals_are_still_watched_and_its_tamper_alert_stays(ap
         1
     );
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/cancel"),
             cancel_now(&trip).to_string(),
         )
@@ -380,7 +380,7 @@ async fn a_release_never_withdraws_an_opening_it_came_after_and_a_replay_neither
     backdated["issued_at"] = json!(at(-600));
     backdated["valid_from"] = json!(at(-600));
     let reply = app
-        .post(&format!("/v1/trips/{trip}/release"), backdated.to_string())
+        .command(&format!("/v1/trips/{trip}/release"), backdated.to_string())
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(
@@ -451,13 +451,13 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
         json!({"reason": "x".repeat(2001)}),
         json!({"reason": "ok", "extra": 1}),
     ] {
-        let reply = app.post(&path, body.to_string()).await;
+        let reply = app.command(&path, body.to_string()).await;
         assert_eq!(reply.status, 422, "{}", reply.text);
         assert_eq!(reply.pointers(), vec!["/reason"], "{}", reply.text);
     }
     let unknown = "01a1fdea-56ce-7428-ace2-433c7aa63ea3";
     let reply = app
-        .post(
+        .command(
             &format!("/v1/alerts/{unknown}/justify"),
             json!({"reason": "x"}).to_string(),
         )
@@ -465,7 +465,7 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     assert_eq!(reply.status, 404, "{}", reply.text);
 
     let reason = "Opened by the GT inspection team at km 9 under order 2026/117";
-    let reply = app.post(&path, json!({"reason": reason}).to_string()).await;
+    let reply = app.command(&path, json!({"reason": reason}).to_string()).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let alert = reply.json();
     assert_eq!(alert["justified"]["reason"], reason);
@@ -486,7 +486,7 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     );
     // Once only.
     let reply = app
-        .post(&path, json!({"reason": "again"}).to_string())
+        .command(&path, json!({"reason": "again"}).to_string())
         .await;
     assert_eq!(reply.status, 409, "{}", reply.text);
     // In the audit chain, with its actor; the chain verifies.
@@ -517,7 +517,7 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     let overdue = alerts(&app, &trip, "status=open&kind=overdue").await;
     assert_eq!(overdue.len(), 1, "{overdue:?}");
     let reply = app
-        .post(
+        .command(
             &format!(
                 "/v1/alerts/{}/justify",
                 overdue[0]["alert_id"].as_str().unwrap()
@@ -611,7 +611,7 @@ async fn commands_outside_the_skew_are_refused_both_ways(backend: Backend) {
     }
     for (path, body, pointer, word) in cases {
         let reply = app
-            .post(&format!("/v1/trips/{trip}/{path}"), body.to_string())
+            .command(&format!("/v1/trips/{trip}/{path}"), body.to_string())
             .await;
         assert_eq!(reply.status, 422, "{path} {body}: {}", reply.text);
         assert_eq!(reply.pointers(), vec![pointer], "{}", reply.text);
@@ -624,7 +624,7 @@ async fn commands_outside_the_skew_are_refused_both_ways(backend: Backend) {
     assert_eq!(app.count("trip_commands").await, 0);
     // Inside the skew either way: taken.
     let reply = app
-        .post(
+        .command(
             &format!("/v1/trips/{trip}/handover"),
             handover(at(-30)).to_string(),
         )
@@ -634,7 +634,7 @@ async fn commands_outside_the_skew_are_refused_both_ways(backend: Backend) {
     r["issued_at"] = json!(at(30));
     r["valid_from"] = json!(at(-30));
     let reply = app
-        .post(&format!("/v1/trips/{trip}/release"), r.to_string())
+        .command(&format!("/v1/trips/{trip}/release"), r.to_string())
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     // The setting's range.
@@ -748,7 +748,7 @@ async fn a_justification_is_notified(backend: Backend) {
     let told = "kind = 'alert' and canonical like '%\"justified\"%'";
     assert_eq!(app.count_where("outbox", told).await, 0);
     let reply = app
-        .post(
+        .command(
             &format!("/v1/alerts/{id}/justify"),
             json!({"reason": "customs inspection"}).to_string(),
         )

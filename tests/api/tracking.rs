@@ -507,7 +507,7 @@ async fn a_release_entered_after_the_opening_it_covers_is_applied_in_time_order(
     late["issued_at"] = Utc::now().to_rfc3339().into();
     late["valid_from"] = Utc::now().to_rfc3339().into();
     let reply = app
-        .post(&format!("/v1/trips/{trip}/release"), late.to_string())
+        .command(&format!("/v1/trips/{trip}/release"), late.to_string())
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(open_alerts(&app, &trip, "seal_opened").await.len(), 2);
