@@ -372,6 +372,7 @@ impl Consumer {
             message_id: Some(&transport_id),
             partner: Some(&partner.id),
             authority: Some(&partner.authority),
+            platform: None,
         };
         // A partner's answer to what the outbox sent it (an ICEGATE ACK, a WCO DMS
         // notification) comes on the same queue as its filings.

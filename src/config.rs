@@ -58,6 +58,8 @@ pub struct Settings {
     pub offices: OfficesSettings,
     /// How long the raw bodies of rejected messages are kept.
     pub retention: RetentionSettings,
+    /// Device authentication: policy, per platform, and the key file of HMAC secrets.
+    pub devices: crate::devices::DevicesSettings,
 }
 
 /// `[retention]`: how long the raw body of a message the gateway refused is kept. The
@@ -306,6 +308,7 @@ impl Default for Settings {
             partners: Vec::new(),
             offices: OfficesSettings::default(),
             retention: RetentionSettings::default(),
+            devices: Default::default(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
-use ects_core::trip::{ConflictingEvent, Effect, Input, Trip};
+use ects_core::trip::{ConflictingEvent, Effect, Input, RefusedEvent, Trip};
 use ects_core::{
     AuthorityCode, DeclarationId, EquipmentId, SealAssignment, SealEvent, TransitDeclaration,
     TripId,
@@ -20,6 +20,7 @@ use uuid::Uuid;
 use actix_web::web::Bytes;
 
 use crate::answers::AnswerFormat;
+use crate::devices::Verdict;
 use crate::formats::{Decoded, Format, Formats, Inbound, MessageFunction};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
@@ -41,6 +42,9 @@ pub struct Source<'a> {
     /// That partner's configured authority: it may amend or delete its authority's
     /// declarations, besides those it filed.
     pub authority: Option<&'a AuthorityCode>,
+    /// The device platform that posted it (a device-platform principal's name): it may
+    /// post events only for devices registered to it, and each is marked as its.
+    pub platform: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -69,6 +73,20 @@ pub struct EventCounts {
     /// Stored as evidence only: each contradicts a stored event (listed in `conflicts`).
     #[serde(default)]
     pub conflicting: usize,
+    /// Refused by device authentication: kept as evidence, not applied (listed in
+    /// `refused`).
+    #[serde(default)]
+    pub refused: usize,
+}
+
+/// An event of the message refused by device authentication. It is kept as evidence with
+/// the reason and raises `device_auth_failure` on the trip its device serves; the rest of
+/// the message is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventRefusalNote {
+    /// The event's place in the message.
+    pub pointer: String,
+    pub reason: String,
 }
 
 /// An event of the message that contradicts a stored one (same `event_id`, or same device
@@ -99,6 +117,9 @@ pub struct IngestResponse {
     /// Events that contradict stored ones: kept as evidence, not applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<EventConflictNote>,
+    /// Events refused by device authentication: kept as evidence, not applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<EventRefusalNote>,
 }
 
 /// The answer to a partner's answer (HTTP 202): what it was taken as, and the outbox
@@ -226,6 +247,7 @@ pub struct Ingest {
     store: Store,
     tracking: Arc<Tracking>,
     decode: crate::decode::DecodePool,
+    devices: Arc<crate::devices::DeviceAuth>,
 }
 
 struct Message<'a> {
@@ -273,7 +295,14 @@ impl Ingest {
             store,
             tracking,
             decode,
+            devices: Arc::new(crate::devices::DeviceAuth::new(Default::default())),
         }
+    }
+
+    /// Device authentication as configured (the default: `optional`).
+    pub fn with_device_auth(mut self, devices: crate::devices::DeviceAuth) -> Self {
+        self.devices = Arc::new(devices);
+        self
     }
 
     /// The bounded pool documents are decoded on.
@@ -764,6 +793,7 @@ impl Ingest {
             events: None,
             assignment: None,
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -918,6 +948,7 @@ impl Ingest {
             events: None,
             assignment: None,
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -1010,6 +1041,7 @@ impl Ingest {
             events: None,
             assignment: None,
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -1201,6 +1233,7 @@ impl Ingest {
             events: None,
             assignment: Some(outcome),
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -1228,6 +1261,8 @@ impl Ingest {
         let mut earlier_messages = BTreeSet::new();
         let mut conflicts: Vec<EventConflictNote> = Vec::new();
         let mut per_trip_conflicts: BTreeMap<String, Vec<ConflictingEvent>> = BTreeMap::new();
+        let mut refused: Vec<EventRefusalNote> = Vec::new();
+        let mut per_trip_refused: BTreeMap<String, Vec<RefusedEvent>> = BTreeMap::new();
         // Devices locked in this transaction (once each).
         let mut locked = BTreeSet::new();
         for i in order {
@@ -1257,6 +1292,66 @@ impl Ingest {
                 store::lock_device(&mut tx, self.store.backend(), event.device_id.as_str()).await?;
             }
             let trip_id = store::trip_for_event(&mut tx, event).await?;
+            // Device authentication: a refused event is kept as evidence and raises
+            // device_auth_failure; it is never applied, nor does it take its seq.
+            let verdict = self
+                .devices
+                .judge(&mut tx, event, message.source.platform, message.now)
+                .await?;
+            let replay = match (&verdict, &found) {
+                (Verdict::Taken { signed: true, .. }, Some(found))
+                    if found
+                        .authenticated
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("key:")) =>
+                {
+                    Some(format!(
+                        "replay: device {} seq {} was taken already by signed event {}",
+                        event.device_id,
+                        event.seq.map_or("-".into(), |s| s.to_string()),
+                        found.event_key
+                    ))
+                }
+                _ => None,
+            };
+            let reason = match (&verdict, replay) {
+                (_, Some(replay)) => Some(replay),
+                (Verdict::Refused(why), None) => Some(why.clone()),
+                (Verdict::Taken { .. }, None) => None,
+            };
+            if let Some(reason) = reason {
+                let refusal_id = hex::encode(Sha256::digest(
+                    format!("{key}\u{0}{text}\u{0}{reason}").as_bytes(),
+                ));
+                let stored = store::devices::insert_refusal(
+                    &mut tx,
+                    &refusal_id,
+                    event,
+                    &reason,
+                    &text,
+                    trip_id.as_deref(),
+                    &message.id,
+                    message.now,
+                )
+                .await?;
+                counts.refused += 1;
+                refused.push(EventRefusalNote {
+                    pointer: pointer.clone(),
+                    reason: reason.clone(),
+                });
+                if stored && let Some(id) = trip_id {
+                    per_trip_refused.entry(id).or_default().push(RefusedEvent {
+                        event: event.clone(),
+                        reason,
+                        refusal_id,
+                    });
+                }
+                continue;
+            }
+            let authenticated = match verdict {
+                Verdict::Taken { mark, .. } => mark,
+                Verdict::Refused(_) => String::new(),
+            };
             if let Some(found) = found {
                 // Same identity, other content: one of the two is not genuine. Kept as
                 // evidence beside the stored one; the rest of the message goes on.
@@ -1340,11 +1435,12 @@ impl Ingest {
                 trip_id.as_deref(),
                 &message.id,
                 message.now,
+                &authenticated,
             )
             .await?;
         }
 
-        if counts.accepted + counts.unmatched + counts.conflicting == 0
+        if counts.accepted + counts.unmatched + counts.conflicting + counts.refused == 0
             && earlier_messages.len() == 1
         {
             let original = earlier_messages.pop_first().unwrap_or_default();
@@ -1365,6 +1461,7 @@ impl Ingest {
         let trips: BTreeSet<String> = per_trip
             .keys()
             .chain(per_trip_conflicts.keys())
+            .chain(per_trip_refused.keys())
             .cloned()
             .collect();
         for trip_id in &trips {
@@ -1380,6 +1477,13 @@ impl Ingest {
                     .into_iter()
                     .flatten()
                     .map(Input::ConflictingEvent),
+            );
+            inputs.extend(
+                per_trip_refused
+                    .remove(trip_id)
+                    .into_iter()
+                    .flatten()
+                    .map(Input::RefusedEvent),
             );
             let effects = self
                 .tracking
@@ -1401,6 +1505,7 @@ impl Ingest {
             events: Some(counts),
             assignment: None,
             conflicts,
+            refused,
         };
         Self::finish(tx, message, &response).await
     }

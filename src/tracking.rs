@@ -10,7 +10,7 @@ use ects_core::audit::AuditEntry;
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
 use ects_core::trip::{
-    CommandError, ConflictingEvent, Effect, Input, Rules, RulesOverride, Trip, reconcile,
+    CommandError, ConflictingEvent, Effect, Input, RefusedEvent, Rules, RulesOverride, Trip, reconcile,
 };
 use ects_core::{
     CorridorId, SealEvent, StatusNotification, TransitDeclaration, TripId, TripStatus, ZoneId,
@@ -473,6 +473,11 @@ fn event_audit(input: &Input, suffix: &str) -> AuditItem {
             format!("input.seal_event{suffix}"),
             e,
         ),
+        Input::RefusedEvent(r) => AuditItem::new(
+            format!("device:{}", r.event.device_id),
+            format!("input.seal_event.refused{suffix}"),
+            r,
+        ),
         other => AuditItem::new("engine", format!("input{suffix}"), other),
     }
 }
@@ -809,6 +814,23 @@ impl Tracking {
                 conflict_id: row.try_get("conflict_id")?,
             }));
         }
+        for row in sqlx::query(
+            "select canonical, reason, refusal_id from seal_event_refusals
+             where trip_id = $1 and event_time > $2",
+        )
+        .bind(&trip_id)
+        .bind(&after)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| StoreError::Corrupt(format!("refused event of trip {trip_id}: {e}")))?;
+            inputs.push(Input::RefusedEvent(RefusedEvent {
+                event,
+                reason: row.try_get("reason")?,
+                refusal_id: row.try_get("refusal_id")?,
+            }));
+        }
         for row in
             sqlx::query("select input from trip_commands where trip_id = $1 and command_time > $2")
                 .bind(&trip_id)
@@ -910,7 +932,9 @@ impl Tracking {
             Input::Handover(h) => ("handover", h.handover_id.clone()),
             Input::Cancel(_) => ("cancel", "cancel".to_owned()),
             Input::SealAssignment(a) => ("seal_assignment", format!("seals:{}", a.reference)),
-            Input::SealEvent(_) | Input::ConflictingEvent(_) => ("seal_event", String::new()),
+            Input::SealEvent(_) | Input::ConflictingEvent(_) | Input::RefusedEvent(_) => {
+                ("seal_event", String::new())
+            }
         };
         let text = serde_json::to_string(input).unwrap_or_default();
         // Devices before the trip row, in order, as the events path locks them: a message

@@ -43,6 +43,8 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer) -> Source<'a> {
             Viewer::Partner(p) => Some(&p.authority),
             Viewer::Operator => None,
         },
+        // The device platform principal (helper A's) is wired here at merge.
+        platform: None,
     }
 }
 

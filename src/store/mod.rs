@@ -1,6 +1,7 @@
 //! Storage behind sqlx's `Any` driver: SQLite (embedded default) or PostgreSQL, one set of
 //! portable SQL. Each backend has its own migrations, embedded in the binary.
 
+pub mod devices;
 mod geo;
 mod messages;
 mod offices;

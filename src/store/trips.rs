@@ -427,6 +427,9 @@ pub struct FoundEvent {
     pub canonical: String,
     pub message_id: String,
     pub event_key: String,
+    /// How it was authenticated (`key:<id>`, `platform:<name>`, `none`; null before
+    /// device authentication existed).
+    pub authenticated: Option<String>,
 }
 
 /// An event already stored under the same identity or the same device and sequence.
@@ -436,7 +439,7 @@ pub async fn find_event(
     event: &SealEvent,
 ) -> Result<Option<FoundEvent>, StoreError> {
     let row = sqlx::query(
-        "select canonical, message_id, event_key from seal_events
+        "select canonical, message_id, event_key, authenticated from seal_events
          where event_key = $1 or (device_id = $2 and seq = $3) limit 1",
     )
     .bind(key)
@@ -449,6 +452,7 @@ pub async fn find_event(
             canonical: r.try_get("canonical")?,
             message_id: r.try_get("message_id")?,
             event_key: r.try_get("event_key")?,
+            authenticated: r.try_get("authenticated")?,
         })
     })
     .transpose()
@@ -531,6 +535,7 @@ pub async fn count_dropped_conflict(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn insert_event(
     conn: &mut AnyConnection,
     key: &str,
@@ -539,11 +544,12 @@ pub async fn insert_event(
     trip_id: Option<&str>,
     message_id: &str,
     now: DateTime<Utc>,
+    authenticated: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "insert into seal_events (event_key, device_id, seq, seal_id, kind, event_time, trip_id,
-             message_id, canonical, received_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             message_id, canonical, received_at, authenticated)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(key)
     .bind(event.device_id.as_str())
@@ -555,6 +561,7 @@ pub async fn insert_event(
     .bind(message_id)
     .bind(canonical)
     .bind(ts(now))
+    .bind(authenticated)
     .execute(conn)
     .await?;
     Ok(())
