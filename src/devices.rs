@@ -305,6 +305,19 @@ pub fn platform_may_post(
     }
 }
 
+/// A device platform's name: 1 to 64 of `A-Z a-z 0-9 - _ . :`.
+pub fn check_platform_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err("a platform name is 1 to 64 characters of A-Z a-z 0-9 - _ . :".into())
+    }
+}
+
 /// The judgement of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -439,6 +452,175 @@ impl DeviceAuth {
             Ok(Err(format!("bad signature by key {key_id}")))
         }
     }
+}
+
+/// A key to register: an Ed25519 public key (base64) or an HMAC secret.
+pub enum KeyMaterial {
+    Ed25519Public(String),
+    HmacSecret(secrecy::SecretBox<Vec<u8>>),
+}
+
+impl std::fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ed25519Public(k) => write!(f, "Ed25519Public({k})"),
+            Self::HmacSecret(_) => f.write_str("HmacSecret(..)"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct NewKey {
+    pub device_id: ects_core::DeviceId,
+    /// Default: for Ed25519 the first 16 hex digits of the public key's SHA-256, for
+    /// HMAC 16 random hex digits.
+    pub key_id: Option<ects_core::KeyId>,
+    pub material: KeyMaterial,
+    /// Default: now.
+    pub valid_from: Option<DateTime<Utc>>,
+    pub valid_until: Option<DateTime<Utc>>,
+    pub created_by: String,
+}
+
+/// A key as shown (API and CLI): never a secret.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct KeyInfo {
+    pub device_id: String,
+    pub key_id: String,
+    pub algorithm: Algorithm,
+    /// The Ed25519 public key (base64); absent for an HMAC key, whose secret is never shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// `valid`, `not_yet_valid`, `expired` or `revoked`, as of the answer.
+    pub state: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+impl KeyInfo {
+    pub fn of(key: &StoredKey, now: DateTime<Utc>) -> Self {
+        let algorithm = Algorithm::parse(&key.algorithm).unwrap_or(Algorithm::Ed25519);
+        let state = if key.revoked_at.is_some_and(|r| r <= now) {
+            "revoked"
+        } else if now < key.valid_from {
+            "not_yet_valid"
+        } else if key.valid_until.is_some_and(|u| u <= now) {
+            "expired"
+        } else {
+            "valid"
+        };
+        Self {
+            device_id: key.device_id.clone(),
+            key_id: key.key_id.clone(),
+            algorithm,
+            public_key: (algorithm == Algorithm::Ed25519).then(|| key.key_material.clone()),
+            valid_from: key.valid_from,
+            valid_until: key.valid_until,
+            revoked_at: key.revoked_at,
+            state,
+            created_at: key.created_at,
+            created_by: key.created_by.clone(),
+        }
+    }
+}
+
+/// Why a key was not registered: the field and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum AddKeyError {
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("key {0} of this device is registered already with other key material (or revoked): a key id names one key for good; rotate under a new key id")]
+    Conflict(String),
+    #[error(transparent)]
+    SecretKey(#[from] SecretKeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Registers a key (the device with it, if new), or sets the validity window of the same
+/// key registered already.
+pub async fn add_key(
+    store: &crate::store::Store,
+    settings: &DevicesSettings,
+    new: NewKey,
+    now: DateTime<Utc>,
+) -> Result<(crate::store::devices::PutKey, KeyInfo), AddKeyError> {
+    use secrecy::ExposeSecret;
+    let invalid = |field, reason: String| AddKeyError::Invalid { field, reason };
+    let valid_from = new.valid_from.unwrap_or(now);
+    if let Some(until) = new.valid_until
+        && until <= valid_from
+    {
+        return Err(invalid(
+            "valid_until",
+            "must be after valid_from".to_owned(),
+        ));
+    }
+    let device = new.device_id.as_str().to_owned();
+    let (algorithm, key_id, material, secret) = match &new.material {
+        KeyMaterial::Ed25519Public(text) => {
+            let key = parse_ed25519_public(text).map_err(|e| invalid("public_key", e))?;
+            let key_id = match &new.key_id {
+                Some(k) => k.as_str().to_owned(),
+                None => {
+                    use sha2::Digest;
+                    hex::encode(&sha2::Sha256::digest(key)[..8])
+                }
+            };
+            (Algorithm::Ed25519, key_id, B64.encode(key), None)
+        }
+        KeyMaterial::HmacSecret(secret) => {
+            let secret = secret.expose_secret();
+            check_hmac_secret(secret).map_err(|e| invalid("secret", e))?;
+            let key_id = match &new.key_id {
+                Some(k) => k.as_str().to_owned(),
+                None => {
+                    let mut bytes = [0u8; 8];
+                    SystemRandom::new()
+                        .fill(&mut bytes)
+                        .map_err(|_| SecretKeyError::Random)?;
+                    hex::encode(bytes)
+                }
+            };
+            let sealer = SecretKey::load(&settings.secret_key_file, true)?;
+            let sealed = sealer.seal(&device, &key_id, secret)?;
+            (Algorithm::HmacSha256, key_id, sealed, Some((sealer, secret.clone())))
+        }
+    };
+    let stored = StoredKey {
+        device_id: device.clone(),
+        key_id: key_id.clone(),
+        algorithm: algorithm.as_str().to_owned(),
+        key_material: material.clone(),
+        valid_from,
+        valid_until: new.valid_until,
+        revoked_at: None,
+        created_at: now,
+        created_by: new.created_by.clone(),
+    };
+    let outcome = crate::store::devices::put_key(store, &stored, |old| match &secret {
+        None => old.key_material == material,
+        Some((sealer, secret)) => sealer
+            .open(&old.device_id, &old.key_id, &old.key_material)
+            // Compared as digests: the time taken says nothing of the secret.
+            .is_ok_and(|s| {
+                use sha2::Digest;
+                sha2::Sha256::digest(&s) == sha2::Sha256::digest(secret)
+            }),
+    })
+    .await?;
+    if outcome == crate::store::devices::PutKey::Conflict {
+        return Err(AddKeyError::Conflict(key_id));
+    }
+    let shown = crate::store::devices::keys_of(&mut *store.pool().acquire().await.map_err(StoreError::from)?, &device)
+        .await?
+        .into_iter()
+        .find(|k| k.key_id == key_id)
+        .unwrap_or(stored);
+    Ok((outcome, KeyInfo::of(&shown, now)))
 }
 
 /// The test vector in `schemas/device-signature-test-vector.json`.
