@@ -11,6 +11,7 @@ mod cli;
 mod contract;
 mod declarations;
 mod decode_pool;
+mod devices;
 mod events;
 mod geometry;
 mod hostile;
