@@ -1,7 +1,7 @@
 //! Declarations, trips, the seals that route events to them, seal events and alerts.
 
 use chrono::{DateTime, Utc};
-use ects_core::trip::{ConflictingEvent, Trip};
+use ects_core::trip::{ConflictingEvent, RefusedEvent, Trip};
 use ects_core::{
     Alert, Equipment, Seal, SealEvent, TransitDeclaration, TripId, TripState, TripStatus,
 };
@@ -318,11 +318,14 @@ pub struct Claimed {
     pub events: Vec<SealEvent>,
     /// The conflicting variants kept of those events: they move with them.
     pub conflicts: Vec<ConflictingEvent>,
+    /// The events of these devices device authentication refused while no trip carried
+    /// them: they raise `device_auth_failure` on the trip now.
+    pub refusals: Vec<RefusedEvent>,
 }
 
 impl Claimed {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.conflicts.is_empty()
+        self.events.is_empty() && self.conflicts.is_empty() && self.refusals.is_empty()
     }
 
     /// Everything claimed, as inputs for the trip.
@@ -333,6 +336,7 @@ impl Claimed {
             .cloned()
             .map(Input::SealEvent)
             .chain(self.conflicts.iter().cloned().map(Input::ConflictingEvent))
+            .chain(self.refusals.iter().cloned().map(Input::RefusedEvent))
             .collect()
     }
 }
@@ -349,7 +353,34 @@ pub async fn claim_unmatched_for(
     let since = ts(since);
     let mut claimed = Vec::new();
     let mut conflicts = Vec::new();
+    let mut refusals = Vec::new();
     for seal in seals {
+        if let Some(device) = &seal.device_id {
+            for r in sqlx::query(
+                "select refusal_id, reason, canonical from seal_event_refusals
+                 where trip_id is null and event_time >= $1 and device_id = $2",
+            )
+            .bind(&since)
+            .bind(device.as_str())
+            .fetch_all(&mut *conn)
+            .await?
+            {
+                let refusal_id: String = r.try_get("refusal_id")?;
+                sqlx::query(
+                    "update seal_event_refusals set trip_id = $1
+                     where refusal_id = $2 and trip_id is null",
+                )
+                .bind(trip_id)
+                .bind(&refusal_id)
+                .execute(&mut *conn)
+                .await?;
+                refusals.push(RefusedEvent {
+                    event: from_json("refused event", &r.try_get::<String, _>("canonical")?)?,
+                    reason: r.try_get("reason")?,
+                    refusal_id,
+                });
+            }
+        }
         let rows = sqlx::query(
             "select event_key, canonical from seal_events
              where trip_id is null and event_time >= $1 and (seal_id = $2 or device_id = $3)",
@@ -402,6 +433,7 @@ pub async fn claim_unmatched_for(
     Ok(Claimed {
         events: claimed,
         conflicts,
+        refusals,
     })
 }
 
@@ -599,6 +631,11 @@ pub struct StoredEvent {
     pub event: serde_json::Value,
     pub received_at: String,
     pub message_id: String,
+    /// How the event was authenticated: `key:<key id>`, `platform:<name>` (a device
+    /// platform posted it; both, comma-separated), or `none`; absent for events stored
+    /// before device authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<String>,
     /// Conflicting variants kept of this event (listed by `GET /v1/trips/{id}/conflicts`);
     /// absent when none.
     #[serde(skip_serializing_if = "is_zero")]
@@ -730,7 +767,7 @@ impl Store {
     ) -> Result<Vec<(StoredEvent, (String, i64, String))>, StoreError> {
         let rows = sqlx::query(
             "select canonical, received_at, message_id, event_time, coalesce(seq, -1) as seq_key,
-                 event_key, conflicts_dropped,
+                 event_key, conflicts_dropped, authenticated,
                  (select count(*) from seal_event_conflicts c
                   where c.conflicts_with = seal_events.event_key) as conflicts
              from seal_events
@@ -759,6 +796,7 @@ impl Store {
                         event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
                         received_at: r.try_get("received_at")?,
                         message_id: r.try_get("message_id")?,
+                        authenticated: r.try_get("authenticated")?,
                         conflicts: r.try_get("conflicts")?,
                         conflicts_dropped: r.try_get("conflicts_dropped")?,
                     },

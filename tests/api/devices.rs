@@ -19,6 +19,7 @@ on_both_backends!(
     hmac_keys_sign_and_their_secret_is_never_shown_or_stored_in_clear,
     a_platform_posts_only_for_its_registered_devices,
     key_requests_are_checked,
+    a_refusal_before_the_declaration_alerts_its_trip,
 );
 
 const DEVICE: &str = "860000000000001";
@@ -88,6 +89,9 @@ async fn a_good_signature_is_applied_and_marked(app: TestApp) {
     let trip = app.trip(&trip_id).await;
     assert_eq!(trip["equipment"][0]["seals"][0]["state"], "locked");
     assert!(alerts(&app, &trip_id, "device_auth_failure").await.is_empty());
+    let history = app.get(&format!("/v1/trips/{trip_id}/events")).await.json();
+    assert_eq!(history["events"][0]["authenticated"], "key:k1", "{history}");
+    assert_eq!(history["events"][0]["key_id"], "k1", "{history}");
     // An unsigned event of a device without a key, under the default (optional): taken,
     // marked unauthenticated.
     let other = json!({"device_id": "860000000000017", "seq": 1, "kind": "locked",
@@ -518,4 +522,15 @@ async fn a_key_added_by_the_cli_is_picked_up_without_a_restart() {
     assert!(revoke.status.success());
     let body = post(&app, ed(event(3, 2, "locked"), "cli1", &SEED)).await;
     assert_eq!(body["events"]["refused"], 1, "{body}");
+}
+
+async fn a_refusal_before_the_declaration_alerts_its_trip(app: TestApp) {
+    put_ed_key(&app, "k1", &SEED, "2026-01-01T00:00:00Z", None).await;
+    let body = post(&app, ed(event(1, 0, "opened"), "k1", &OTHER_SEED)).await;
+    assert_eq!(body["events"]["refused"], 1, "{body}");
+    assert_eq!(app.count_where("seal_event_refusals", "trip_id is null").await, 1);
+    let trip_id = app.declare_gt_sv().await;
+    assert_eq!(app.count_where("seal_event_refusals", "trip_id is null").await, 0);
+    assert_eq!(alerts(&app, &trip_id, "device_auth_failure").await.len(), 1);
+    assert!(alerts(&app, &trip_id, "seal_opened").await.is_empty());
 }
