@@ -534,3 +534,46 @@ async fn a_refusal_before_the_declaration_alerts_its_trip(app: TestApp) {
     assert_eq!(alerts(&app, &trip_id, "device_auth_failure").await.len(), 1);
     assert!(alerts(&app, &trip_id, "seal_opened").await.is_empty());
 }
+
+/// Over AMQP a refused event is kept and alerted, and the rest of its batch goes on (the
+/// message is acknowledged, not dead-lettered).
+#[tokio::test]
+async fn over_amqp_a_refused_event_is_kept_and_the_batch_goes_on() {
+    use crate::amqp::{amqp_url, connect, partner, publish, spawn, suffix};
+    let Some(url) = amqp_url() else {
+        return;
+    };
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let id = format!("dev-{}", suffix());
+        let queue = format!("ects.test.in.{id}");
+        let partners = vec![partner(&format!(
+            "id = \"{id}\"\nauthority = \"GT\"\nformat = \"ects-json\"\namqp_in = \"{queue}\"\n"
+        ))];
+        let Some(app) = spawn(backend, &url, partners).await else {
+            continue;
+        };
+        let trip_id = app.declare_gt_sv().await;
+        put_ed_key(&app, "k1", &SEED, "2026-01-01T00:00:00Z", None).await;
+        let (_conn, channel) = connect(&url).await;
+        let batch = json!([
+            ed(event(1, 0, "locked"), "k1", &SEED),
+            ed(event(2, 1, "opened"), "k1", &OTHER_SEED),
+            ed(event(3, 2, "position"), "k1", &SEED),
+        ]);
+        publish(&channel, &queue, batch.to_string().as_bytes(), Some(&suffix())).await;
+        crate::helpers::eventually("the batch applied", || async {
+            let events = app.count("seal_events").await;
+            let refused = app.count("seal_event_refusals").await;
+            if events == 2 && refused == 1 {
+                Ok(())
+            } else {
+                Err(format!("{events} event(s), {refused} refusal(s)"))
+            }
+        })
+        .await;
+        assert_eq!(alerts(&app, &trip_id, "device_auth_failure").await.len(), 1);
+        assert!(alerts(&app, &trip_id, "seal_opened").await.is_empty());
+        assert_eq!(app.count_where("messages", "outcome = 'rejected'").await, 0);
+        app.stopper.stop().await;
+    }
+}
