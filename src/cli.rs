@@ -100,7 +100,11 @@ pub enum KeyCommand {
         #[arg(long)]
         device: String,
         /// The Ed25519 public key, base64 (32 bytes).
-        #[arg(long, conflicts_with = "hmac_secret_file", required_unless_present = "hmac_secret_file")]
+        #[arg(
+            long,
+            conflicts_with = "hmac_secret_file",
+            required_unless_present = "hmac_secret_file"
+        )]
         ed25519_public: Option<String>,
         /// A file holding the HMAC-SHA256 secret in base64 (16 to 64 bytes); stored sealed
         /// under `[devices] secret_key_file`, never shown again.
@@ -353,7 +357,8 @@ async fn device(command: DeviceCommand, settings: &Settings) -> anyhow::Result<i
     let store = Store::connect(&settings.database_url, 1).await?;
     store.migrate().await?;
     let now = chrono::Utc::now();
-    let device_id = |text: &str| DeviceId::parse(text).map_err(|e| anyhow::anyhow!("--device: {e}"));
+    let device_id =
+        |text: &str| DeviceId::parse(text).map_err(|e| anyhow::anyhow!("--device: {e}"));
     let result = match command {
         DeviceCommand::Register { device, platform } => {
             let device = device_id(&device)?;
@@ -382,7 +387,10 @@ async fn device(command: DeviceCommand, settings: &Settings) -> anyhow::Result<i
                     let bytes = base64::engine::general_purpose::STANDARD
                         .decode(text.trim())
                         .map_err(|_| {
-                            anyhow::anyhow!("{}: not base64 (RFC 4648, with padding)", file.display())
+                            anyhow::anyhow!(
+                                "{}: not base64 (RFC 4648, with padding)",
+                                file.display()
+                            )
                         })?;
                     KeyMaterial::HmacSecret(secrecy::SecretBox::new(Box::new(bytes)))
                 }
@@ -442,7 +450,9 @@ async fn device(command: DeviceCommand, settings: &Settings) -> anyhow::Result<i
                         info.algorithm.as_str(),
                         info.state,
                         crate::store::ts(info.valid_from),
-                        info.valid_until.map(crate::store::ts).unwrap_or_else(|| "-".into()),
+                        info.valid_until
+                            .map(crate::store::ts)
+                            .unwrap_or_else(|| "-".into()),
                         info.revoked_at
                             .map(|r| format!(" revoked {}", crate::store::ts(r)))
                             .unwrap_or_default()
@@ -492,7 +502,11 @@ fn read_small(path: &std::path::Path) -> anyhow::Result<String> {
         .take(1025)
         .read_to_string(&mut text)
         .with_context(|| format!("cannot read {} as text", path.display()))?;
-    anyhow::ensure!(text.len() <= 1024, "{} is larger than 1 KiB", path.display());
+    anyhow::ensure!(
+        text.len() <= 1024,
+        "{} is larger than 1 KiB",
+        path.display()
+    );
     Ok(text)
 }
 

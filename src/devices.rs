@@ -193,7 +193,12 @@ impl SecretKey {
     }
 
     /// base64(nonce || ciphertext || tag), bound to the device and key id.
-    pub fn seal(&self, device_id: &str, key_id: &str, secret: &[u8]) -> Result<String, SecretKeyError> {
+    pub fn seal(
+        &self,
+        device_id: &str,
+        key_id: &str,
+        secret: &[u8],
+    ) -> Result<String, SecretKeyError> {
         let mut nonce = [0u8; aead::NONCE_LEN];
         SystemRandom::new()
             .fill(&mut nonce)
@@ -212,13 +217,19 @@ impl SecretKey {
         Ok(B64.encode(out))
     }
 
-    pub fn open(&self, device_id: &str, key_id: &str, sealed: &str) -> Result<Vec<u8>, SecretKeyError> {
+    pub fn open(
+        &self,
+        device_id: &str,
+        key_id: &str,
+        sealed: &str,
+    ) -> Result<Vec<u8>, SecretKeyError> {
         let bytes = B64.decode(sealed).map_err(|_| SecretKeyError::Open)?;
         if bytes.len() < aead::NONCE_LEN {
             return Err(SecretKeyError::Open);
         }
         let (nonce, data) = bytes.split_at(aead::NONCE_LEN);
-        let nonce = aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| SecretKeyError::Open)?;
+        let nonce =
+            aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| SecretKeyError::Open)?;
         let mut data = data.to_vec();
         let aad = format!("{device_id}\u{0}{key_id}");
         let plain = self
@@ -248,30 +259,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Whether `signature` (base64) is the key's signature of `message`.
-pub fn verify(
-    algorithm: Algorithm,
-    key: &[u8],
-    message: &[u8],
-    signature: &str,
-) -> bool {
+pub fn verify(algorithm: Algorithm, key: &[u8], message: &[u8], signature: &str) -> bool {
     let Ok(signature) = B64.decode(signature) else {
         return false;
     };
     match algorithm {
-        Algorithm::Ed25519 => ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
-            .verify(message, &signature)
-            .is_ok(),
-        // ring compares the tag in constant time.
-        Algorithm::HmacSha256 => {
-            ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), message, &signature)
+        Algorithm::Ed25519 => {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+                .verify(message, &signature)
                 .is_ok()
         }
+        // ring compares the tag in constant time.
+        Algorithm::HmacSha256 => ring::hmac::verify(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
+            message,
+            &signature,
+        )
+        .is_ok(),
     }
 }
 
 /// Signs with an HMAC secret: base64 of the tag (for tests and vendors' tools).
 pub fn hmac_sign(secret: &[u8], message: &[u8]) -> String {
-    B64.encode(ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret), message))
+    B64.encode(ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+        message,
+    ))
 }
 
 /// Signs with an Ed25519 private key given by its 32-byte seed.
@@ -379,9 +392,7 @@ impl DeviceAuth {
                 "device {device} has a key: its events must be signed (key_id and signature)"
             )));
         }
-        let policy = self
-            .settings
-            .policy_for(platform.or(registered.as_deref()));
+        let policy = self.settings.policy_for(platform.or(registered.as_deref()));
         if policy == Policy::Required {
             return Ok(Verdict::Refused(
                 "unsigned event: device_auth is required".to_owned(),
@@ -403,7 +414,7 @@ impl DeviceAuth {
         let (Some(key_id), Some(signature), Some(_)) = (&event.key_id, &event.signature, event.seq)
         else {
             return Ok(Err(
-                "a signed event needs key_id, signature and seq".to_owned(),
+                "a signed event needs key_id, signature and seq".to_owned()
             ));
         };
         let key_id = key_id.as_str();
@@ -446,7 +457,12 @@ impl DeviceAuth {
                 .and_then(|k| k.open(&key.device_id, &key.key_id, &key.key_material))
                 .map_err(|e| StoreError::Corrupt(format!("device key {key_id}: {e}")))?,
         };
-        if verify(algorithm, &material, &event.signed_bytes(), signature.as_str()) {
+        if verify(
+            algorithm,
+            &material,
+            &event.signed_bytes(),
+            signature.as_str(),
+        ) {
             Ok(Ok(key_id.to_owned()))
         } else {
             Ok(Err(format!("bad signature by key {key_id}")))
@@ -532,7 +548,9 @@ impl KeyInfo {
 pub enum AddKeyError {
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
-    #[error("key {0} of this device is registered already with other key material (or revoked): a key id names one key for good; rotate under a new key id")]
+    #[error(
+        "key {0} of this device is registered already with other key material (or revoked): a key id names one key for good; rotate under a new key id"
+    )]
     Conflict(String),
     #[error(transparent)]
     SecretKey(#[from] SecretKeyError),
@@ -587,7 +605,12 @@ pub async fn add_key(
             };
             let sealer = SecretKey::load(&settings.secret_key_file, true)?;
             let sealed = sealer.seal(&device, &key_id, secret)?;
-            (Algorithm::HmacSha256, key_id, sealed, Some((sealer, secret.clone())))
+            (
+                Algorithm::HmacSha256,
+                key_id,
+                sealed,
+                Some((sealer, secret.clone())),
+            )
         }
     };
     let stored = StoredKey {
@@ -615,11 +638,14 @@ pub async fn add_key(
     if outcome == crate::store::devices::PutKey::Conflict {
         return Err(AddKeyError::Conflict(key_id));
     }
-    let shown = crate::store::devices::keys_of(&mut *store.pool().acquire().await.map_err(StoreError::from)?, &device)
-        .await?
-        .into_iter()
-        .find(|k| k.key_id == key_id)
-        .unwrap_or(stored);
+    let shown = crate::store::devices::keys_of(
+        &mut *store.pool().acquire().await.map_err(StoreError::from)?,
+        &device,
+    )
+    .await?
+    .into_iter()
+    .find(|k| k.key_id == key_id)
+    .unwrap_or(stored);
     Ok((outcome, KeyInfo::of(&shown, now)))
 }
 
@@ -658,7 +684,8 @@ mod tests {
         // HMAC-SHA256.
         let secret = hex::decode(v["hmac_sha256"]["secret_hex"].as_str().unwrap()).unwrap();
         let mut hmac_event = event.clone();
-        hmac_event.key_id = Some(ects_core::KeyId::parse(v["hmac_sha256"]["key_id"].as_str().unwrap()).unwrap());
+        hmac_event.key_id =
+            Some(ects_core::KeyId::parse(v["hmac_sha256"]["key_id"].as_str().unwrap()).unwrap());
         let hmac_bytes = hmac_event.signed_bytes();
         assert_eq!(
             String::from_utf8(hmac_bytes.clone()).unwrap(),
@@ -680,7 +707,10 @@ mod tests {
         assert_eq!(key.open("D1", "k1", &sealed).unwrap(), b"0123456789abcdef");
         assert!(key.open("D1", "k2", &sealed).is_err());
         let again = SecretKey::load(&path, false).unwrap();
-        assert_eq!(again.open("D1", "k1", &sealed).unwrap(), b"0123456789abcdef");
+        assert_eq!(
+            again.open("D1", "k1", &sealed).unwrap(),
+            b"0123456789abcdef"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -708,7 +738,8 @@ mod tests {
                 device_auth: Some(Policy::Required),
             },
         );
-        s.platforms.insert("plain".into(), PlatformSettings::default());
+        s.platforms
+            .insert("plain".into(), PlatformSettings::default());
         assert_eq!(s.policy_for(None), Policy::Optional);
         assert_eq!(s.policy_for(Some("strict")), Policy::Required);
         assert_eq!(s.policy_for(Some("plain")), Policy::Optional);

@@ -10,7 +10,8 @@ use ects_core::audit::AuditEntry;
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
 use ects_core::trip::{
-    CommandError, ConflictingEvent, Effect, Input, RefusedEvent, Rules, RulesOverride, Trip, reconcile,
+    CommandError, ConflictingEvent, Effect, Input, RefusedEvent, Rules, RulesOverride, Trip,
+    reconcile,
 };
 use ects_core::{
     CorridorId, SealEvent, StatusNotification, TransitDeclaration, TripId, TripStatus, ZoneId,
@@ -824,7 +825,9 @@ impl Tracking {
         .await?
         {
             let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
-                .map_err(|e| StoreError::Corrupt(format!("refused event of trip {trip_id}: {e}")))?;
+                .map_err(|e| {
+                    StoreError::Corrupt(format!("refused event of trip {trip_id}: {e}"))
+                })?;
             inputs.push(Input::RefusedEvent(RefusedEvent {
                 event,
                 reason: row.try_get("reason")?,

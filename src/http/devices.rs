@@ -50,7 +50,11 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
                 .collect::<Vec<_>>()
                 .join("/")
         );
-        let pointer = if pointer == "/" { String::new() } else { pointer };
+        let pointer = if pointer == "/" {
+            String::new()
+        } else {
+            pointer
+        };
         invalid(&pointer, e.inner().to_string())
     })
 }
@@ -137,22 +141,18 @@ pub async fn put_key(
         valid_until: request.valid_until,
         created_by: viewer.actor(),
     };
-    let (outcome, info) = crate::devices::add_key(
-        &state.store,
-        &state.settings.devices,
-        new,
-        Utc::now(),
-    )
-    .await
-    .map_err(|e| match e {
-        AddKeyError::Invalid { field, reason } => invalid(&format!("/{field}"), reason),
-        AddKeyError::Conflict(k) => ApiError::Conflict(Box::new(Located::pointer(
-            "",
-            AddKeyError::Conflict(k).to_string(),
-        ))),
-        AddKeyError::Store(s) => s.into(),
-        AddKeyError::SecretKey(s) => ApiError::Internal(Box::new(s)),
-    })?;
+    let (outcome, info) =
+        crate::devices::add_key(&state.store, &state.settings.devices, new, Utc::now())
+            .await
+            .map_err(|e| match e {
+                AddKeyError::Invalid { field, reason } => invalid(&format!("/{field}"), reason),
+                AddKeyError::Conflict(k) => ApiError::Conflict(Box::new(Located::pointer(
+                    "",
+                    AddKeyError::Conflict(k).to_string(),
+                ))),
+                AddKeyError::Store(s) => s.into(),
+                AddKeyError::SecretKey(s) => ApiError::Internal(Box::new(s)),
+            })?;
     tracing::info!(device = %info.device_id, key_id = %info.key_id, ?outcome, "device key put");
     let mut response = if outcome == PutKey::Created {
         HttpResponse::Created()
@@ -252,7 +252,9 @@ pub async fn revoke_key(
         crate::store::devices::revoke_key(&state.store, device.as_str(), key_id.as_str(), now)
             .await?;
     if done.is_none() {
-        return Err(ApiError::NotFound(format!("key {key_id} of device {device}")));
+        return Err(ApiError::NotFound(format!(
+            "key {key_id} of device {device}"
+        )));
     }
     let mut conn = state
         .store

@@ -40,7 +40,6 @@ fn key_of(row: &sqlx::any::AnyRow) -> Result<StoredKey, StoreError> {
     })
 }
 
-
 /// Every key of a device, revoked and expired ones too (a device that ever had a key must
 /// sign from then on).
 pub async fn keys_of(
@@ -197,13 +196,12 @@ pub async fn revoke_key(
     now: DateTime<Utc>,
 ) -> Result<Option<bool>, StoreError> {
     let mut tx = store.begin_write().await?;
-    let found = sqlx::query(
-        "select revoked_at from device_keys where device_id = $1 and key_id = $2",
-    )
-    .bind(device_id)
-    .bind(key_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let found =
+        sqlx::query("select revoked_at from device_keys where device_id = $1 and key_id = $2")
+            .bind(device_id)
+            .bind(key_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     let Some(row) = found else {
         tx.rollback().await?;
         return Ok(None);
@@ -327,12 +325,16 @@ pub async fn authentication_of(
     device_id: &str,
     seq: i64,
 ) -> Result<Option<String>, StoreError> {
-    Ok(sqlx::query(
-        "select authenticated from seal_events where device_id = $1 and seq = $2",
+    Ok(
+        sqlx::query("select authenticated from seal_events where device_id = $1 and seq = $2")
+            .bind(device_id)
+            .bind(seq)
+            .fetch_optional(store.pool())
+            .await?
+            .and_then(|r| {
+                r.try_get::<Option<String>, _>("authenticated")
+                    .ok()
+                    .flatten()
+            }),
     )
-    .bind(device_id)
-    .bind(seq)
-    .fetch_optional(store.pool())
-    .await?
-    .and_then(|r| r.try_get::<Option<String>, _>("authenticated").ok().flatten()))
 }

@@ -6,7 +6,7 @@ use ects_core::SealEvent;
 use ects_gateway::devices::{Policy, ed25519_public, ed25519_sign, hmac_sign};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, spawn_app_with, mappings_dir};
+use crate::helpers::{Backend, TestApp, mappings_dir, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -83,12 +83,17 @@ async fn a_good_signature_is_applied_and_marked(app: TestApp) {
     assert_eq!(body["events"]["accepted"], 1, "{body}");
     assert_eq!(body["events"]["refused"], 0, "{body}");
     assert_eq!(
-        app.count_where("seal_events", "authenticated = 'key:k1'").await,
+        app.count_where("seal_events", "authenticated = 'key:k1'")
+            .await,
         1
     );
     let trip = app.trip(&trip_id).await;
     assert_eq!(trip["equipment"][0]["seals"][0]["state"], "locked");
-    assert!(alerts(&app, &trip_id, "device_auth_failure").await.is_empty());
+    assert!(
+        alerts(&app, &trip_id, "device_auth_failure")
+            .await
+            .is_empty()
+    );
     let history = app.get(&format!("/v1/trips/{trip_id}/events")).await.json();
     assert_eq!(history["events"][0]["authenticated"], "key:k1", "{history}");
     assert_eq!(history["events"][0]["key_id"], "k1", "{history}");
@@ -99,7 +104,8 @@ async fn a_good_signature_is_applied_and_marked(app: TestApp) {
     let body = post(&app, other).await;
     assert_eq!(body["events"]["accepted"], 1, "{body}");
     assert_eq!(
-        app.count_where("seal_events", "authenticated = 'none'").await,
+        app.count_where("seal_events", "authenticated = 'none'")
+            .await,
         1
     );
 }
@@ -131,7 +137,12 @@ async fn a_bad_signature_is_refused_alerted_and_kept(app: TestApp) {
     assert_eq!(app.count("seal_event_refusals").await, 1);
     let raised = alerts(&app, &trip_id, "device_auth_failure").await;
     assert_eq!(raised.len(), 1, "{raised:?}");
-    assert!(raised[0]["evidence"][0].as_str().unwrap().starts_with("refused:"));
+    assert!(
+        raised[0]["evidence"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("refused:")
+    );
     let kept = app
         .get(&format!("/v1/devices/{DEVICE}/refused-events"))
         .await
@@ -207,7 +218,14 @@ async fn a_replayed_signed_seq_is_refused_and_an_identical_resend_is_a_duplicate
 async fn a_rotated_key_works_until_its_end_and_the_new_one_after(app: TestApp) {
     let trip_id = app.declare_gt_sv().await;
     // The old key until 10:30, the new one from 10:00: both valid in between.
-    put_ed_key(&app, "old", &SEED, "2026-01-01T00:00:00Z", Some("2026-03-14T10:30:00Z")).await;
+    put_ed_key(
+        &app,
+        "old",
+        &SEED,
+        "2026-01-01T00:00:00Z",
+        Some("2026-03-14T10:30:00Z"),
+    )
+    .await;
     put_ed_key(&app, "new", &OTHER_SEED, "2026-03-14T10:00:00Z", None).await;
     let body = post(
         &app,
@@ -330,13 +348,16 @@ async fn hmac_keys_sign_and_their_secret_is_never_shown_or_stored_in_clear(app: 
     assert!(!stored.contains(std::str::from_utf8(HMAC_SECRET).unwrap()));
 
     let good = sign_with(event(1, 0, "locked"), "h1", |b| hmac_sign(HMAC_SECRET, b));
-    let bad = sign_with(event(2, 1, "opened"), "h1", |b| hmac_sign(b"another secret of 16+", b));
+    let bad = sign_with(event(2, 1, "opened"), "h1", |b| {
+        hmac_sign(b"another secret of 16+", b)
+    });
     let body = post(&app, json!([good, bad])).await;
     assert_eq!(body["events"]["accepted"], 1, "{body}");
     assert_eq!(body["events"]["refused"], 1, "{body}");
     assert_eq!(body["refused"][0]["pointer"], "/1", "{body}");
     assert_eq!(
-        app.count_where("seal_events", "authenticated = 'key:h1'").await,
+        app.count_where("seal_events", "authenticated = 'key:h1'")
+            .await,
         1
     );
     assert_eq!(alerts(&app, &trip_id, "device_auth_failure").await.len(), 1);
@@ -346,7 +367,10 @@ async fn hmac_keys_sign_and_their_secret_is_never_shown_or_stored_in_clear(app: 
 /// comes with the roles work).
 async fn a_platform_posts_only_for_its_registered_devices(app: TestApp) {
     let put = app
-        .put(&format!("/v1/devices/{DEVICE}"), &json!({"platform": "acme"}))
+        .put(
+            &format!("/v1/devices/{DEVICE}"),
+            &json!({"platform": "acme"}),
+        )
         .await;
     assert_eq!(put.status, 200, "{}", put.text);
     let auth = ects_gateway::devices::DeviceAuth::new(Default::default());
@@ -357,20 +381,30 @@ async fn a_platform_posts_only_for_its_registered_devices(app: TestApp) {
     theirs.device_id = ects_core::DeviceId::parse("860000000000017").unwrap();
     use ects_gateway::devices::Verdict;
     assert_eq!(
-        auth.judge(&mut conn, &mine, Some("acme"), now).await.unwrap(),
+        auth.judge(&mut conn, &mine, Some("acme"), now)
+            .await
+            .unwrap(),
         Verdict::Taken {
             mark: "platform:acme".into(),
             signed: false
         }
     );
-    let refused = auth.judge(&mut conn, &theirs, Some("acme"), now).await.unwrap();
+    let refused = auth
+        .judge(&mut conn, &theirs, Some("acme"), now)
+        .await
+        .unwrap();
     let Verdict::Refused(why) = refused else {
         panic!("{refused:?}")
     };
-    assert!(why.contains("not registered to device platform acme"), "{why}");
+    assert!(
+        why.contains("not registered to device platform acme"),
+        "{why}"
+    );
     // Another platform may not post for acme's device; no platform: no restriction here.
     assert!(matches!(
-        auth.judge(&mut conn, &mine, Some("other"), now).await.unwrap(),
+        auth.judge(&mut conn, &mine, Some("other"), now)
+            .await
+            .unwrap(),
         Verdict::Refused(_)
     ));
     assert!(matches!(
@@ -387,7 +421,10 @@ async fn a_platform_posts_only_for_its_registered_devices(app: TestApp) {
     );
     let strict = ects_gateway::devices::DeviceAuth::new(settings);
     assert!(matches!(
-        strict.judge(&mut conn, &mine, Some("acme"), now).await.unwrap(),
+        strict
+            .judge(&mut conn, &mine, Some("acme"), now)
+            .await
+            .unwrap(),
         Verdict::Refused(_)
     ));
     assert!(matches!(
@@ -403,10 +440,19 @@ async fn a_platform_posts_only_for_its_registered_devices(app: TestApp) {
 async fn key_requests_are_checked(app: TestApp) {
     let path = format!("/v1/devices/{DEVICE}/keys/k1");
     for (body, pointer) in [
-        (json!({"algorithm": "ed25519", "public_key": "AAAA"}), "/public_key"),
+        (
+            json!({"algorithm": "ed25519", "public_key": "AAAA"}),
+            "/public_key",
+        ),
         (json!({"algorithm": "ed25519"}), "/public_key"),
-        (json!({"algorithm": "rsa", "public_key": "AAAA"}), "/algorithm"),
-        (json!({"algorithm": "hmac-sha256", "secret": "AAAA"}), "/secret"),
+        (
+            json!({"algorithm": "rsa", "public_key": "AAAA"}),
+            "/algorithm",
+        ),
+        (
+            json!({"algorithm": "hmac-sha256", "secret": "AAAA"}),
+            "/secret",
+        ),
         (
             json!({"algorithm": "ed25519", "public_key": ed25519_public(&SEED).unwrap(),
                    "valid_from": "2026-03-14T10:00:00Z", "valid_until": "2026-03-14T09:00:00Z"}),
@@ -491,7 +537,11 @@ async fn a_key_added_by_the_cli_is_picked_up_without_a_restart() {
         .env_remove("ECTS_CONFIG")
         .output()
         .expect("the binary runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("key cli1 of device"));
     let body = post(&app, event(1, 0, "locked")).await;
     assert_eq!(body["events"]["refused"], 1, "{body}");
@@ -503,7 +553,10 @@ async fn a_key_added_by_the_cli_is_picked_up_without_a_restart() {
         .output()
         .expect("the binary runs");
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(text.contains("cli1") && text.contains("ed25519") && text.contains("valid"), "{text}");
+    assert!(
+        text.contains("cli1") && text.contains("ed25519") && text.contains("valid"),
+        "{text}"
+    );
     let revoke = std::process::Command::new(env!("CARGO_BIN_EXE_ects-gateway"))
         .args([
             "--database-url",
@@ -528,9 +581,17 @@ async fn a_refusal_before_the_declaration_alerts_its_trip(app: TestApp) {
     put_ed_key(&app, "k1", &SEED, "2026-01-01T00:00:00Z", None).await;
     let body = post(&app, ed(event(1, 0, "opened"), "k1", &OTHER_SEED)).await;
     assert_eq!(body["events"]["refused"], 1, "{body}");
-    assert_eq!(app.count_where("seal_event_refusals", "trip_id is null").await, 1);
+    assert_eq!(
+        app.count_where("seal_event_refusals", "trip_id is null")
+            .await,
+        1
+    );
     let trip_id = app.declare_gt_sv().await;
-    assert_eq!(app.count_where("seal_event_refusals", "trip_id is null").await, 0);
+    assert_eq!(
+        app.count_where("seal_event_refusals", "trip_id is null")
+            .await,
+        0
+    );
     assert_eq!(alerts(&app, &trip_id, "device_auth_failure").await.len(), 1);
     assert!(alerts(&app, &trip_id, "seal_opened").await.is_empty());
 }
@@ -560,7 +621,13 @@ async fn over_amqp_a_refused_event_is_kept_and_the_batch_goes_on() {
             ed(event(2, 1, "opened"), "k1", &OTHER_SEED),
             ed(event(3, 2, "position"), "k1", &SEED),
         ]);
-        publish(&channel, &queue, batch.to_string().as_bytes(), Some(&suffix())).await;
+        publish(
+            &channel,
+            &queue,
+            batch.to_string().as_bytes(),
+            Some(&suffix()),
+        )
+        .await;
         crate::helpers::eventually("the batch applied", || async {
             let events = app.count("seal_events").await;
             let refused = app.count("seal_event_refusals").await;

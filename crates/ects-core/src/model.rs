@@ -4,9 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{EventSignature, KeyId, 
+use crate::ids::{
     AlertId, AuthorityCode, CorridorId, CountryCode, DeclarationId, DeviceId, EquipmentId, EventId,
-    OfficeCode, SealId, TripId, ZoneId,
+    EventSignature, KeyId, OfficeCode, SealId, TripId, ZoneId,
 };
 
 /// Time as exchanged: RFC 3339, normalised to UTC.
