@@ -331,6 +331,22 @@ pub async fn refused_events(
     viewer.operator_only("read refused device events")?;
     let device = device_of(&path)?;
     let limit = limit_of(query.limit)?;
-    let events = crate::store::devices::refusals_of(&state.store, device.as_str(), limit).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events })))
+    let after = match &query.after {
+        Some(c) => Some(crate::cursor::decode(c, 2).map_err(|e| bad("after", e))?),
+        None => None,
+    };
+    let mut events = crate::store::devices::refusals_of(
+        &state.store,
+        device.as_str(),
+        after.as_ref().map(|a| (a[0].as_str(), a[1].as_str())),
+        limit + 1,
+    )
+    .await?;
+    let more = events.len() as i64 > limit;
+    events.truncate(limit as usize);
+    let next = more
+        .then(|| events.last())
+        .flatten()
+        .map(|r| crate::cursor::encode(&[r.received_at.clone(), r.refusal_id.clone()]));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events, "next": next })))
 }

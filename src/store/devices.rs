@@ -289,18 +289,26 @@ pub struct StoredRefusal {
     pub event: serde_json::Value,
 }
 
-/// The refused events of a device, oldest first (at most `limit`).
+/// The refused events of a device, oldest first (at most `limit`), after the cursor's
+/// (received_at, refusal_id).
 pub async fn refusals_of(
     store: &Store,
     device_id: &str,
+    after: Option<(&str, &str)>,
     limit: i64,
 ) -> Result<Vec<StoredRefusal>, StoreError> {
+    let (after_at, after_id) = after.unwrap_or(("", ""));
     sqlx::query(
         "select refusal_id, device_id, reason, trip_id, message_id, received_at, canonical
-         from seal_event_refusals where device_id = $1 order by received_at, refusal_id limit $2",
+         from seal_event_refusals
+         where device_id = $1
+           and (received_at > $3 or (received_at = $3 and refusal_id > $4))
+         order by received_at, refusal_id limit $2",
     )
     .bind(device_id)
     .bind(limit)
+    .bind(after_at)
+    .bind(after_id)
     .fetch_all(store.pool())
     .await?
     .iter()

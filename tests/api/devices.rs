@@ -209,6 +209,25 @@ async fn a_replayed_signed_seq_is_refused_and_an_identical_resend_is_a_duplicate
     assert_eq!(app.count("seal_events").await, 1);
     assert_eq!(app.count("seal_event_refusals").await, 2);
     assert_eq!(alerts(&app, &trip_id, "device_auth_failure").await.len(), 1);
+    // The evidence, a page at a time.
+    let page = app
+        .get(&format!("/v1/devices/{DEVICE}/refused-events?limit=1"))
+        .await
+        .json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 1, "{page}");
+    let next = page["next"].as_str().unwrap();
+    let rest = app
+        .get(&format!(
+            "/v1/devices/{DEVICE}/refused-events?limit=1&after={next}"
+        ))
+        .await
+        .json();
+    assert_eq!(rest["events"].as_array().unwrap().len(), 1, "{rest}");
+    assert_ne!(
+        rest["events"][0]["refusal_id"],
+        page["events"][0]["refusal_id"]
+    );
+    assert!(rest["next"].is_null(), "{rest}");
     // A late signed event with an earlier seq is taken (any order, any age).
     let late = ed(event(3, 0, "position"), "k1", &SEED);
     let body = post(&app, late).await;
