@@ -411,7 +411,12 @@ async fn device(command: DeviceCommand, settings: &Settings) -> anyhow::Result<i
                 .await
                 .map_err(|e| match e {
                     crate::devices::AddKeyError::Invalid { field, reason } => {
-                        anyhow::anyhow!("--{}: {reason}", field.replace('_', "-"))
+                        let flag = match field {
+                            "public_key" => "ed25519-public",
+                            "secret" => "hmac-secret-file",
+                            other => &other.replace('_', "-"),
+                        };
+                        anyhow::anyhow!("--{flag}: {reason}")
                     }
                     other => other.into(),
                 })?;
