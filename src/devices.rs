@@ -341,15 +341,51 @@ pub enum Verdict {
     Refused(String),
 }
 
+/// What judging a device's events needs to know of it, read once per message.
+#[derive(Debug, Clone)]
+pub struct DeviceFacts {
+    /// The platform it is registered to.
+    pub registered: Option<String>,
+    /// All its keys, revoked and expired ones too.
+    pub keys: Vec<StoredKey>,
+}
+
+impl DeviceFacts {
+    pub async fn load(conn: &mut AnyConnection, device_id: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            registered: device_platform(&mut *conn, device_id).await?.flatten(),
+            keys: keys_of(&mut *conn, device_id).await?,
+        })
+    }
+}
+
 /// Device authentication as configured.
 #[derive(Debug, Clone)]
 pub struct DeviceAuth {
     settings: DevicesSettings,
+    /// The sealing key, once read (the CLI may create its file while the gateway runs).
+    secret_key: Arc<std::sync::Mutex<Option<SecretKey>>>,
 }
 
 impl DeviceAuth {
     pub fn new(settings: DevicesSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            secret_key: Default::default(),
+        }
+    }
+
+    fn secret_key(&self) -> Result<SecretKey, SecretKeyError> {
+        let mut held = self
+            .secret_key
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(key) = held.as_ref() {
+            return Ok(key.clone());
+        }
+        let key = SecretKey::load(&self.settings.secret_key_file, false)?;
+        *held = Some(key.clone());
+        Ok(key)
     }
 
     pub fn settings(&self) -> &DevicesSettings {
@@ -366,16 +402,28 @@ impl DeviceAuth {
         platform: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Verdict, StoreError> {
+        let facts = DeviceFacts::load(conn, event.device_id.as_str()).await?;
+        self.judge_with(&facts, event, platform, now)
+    }
+
+    /// Judges one event against its device's facts as read in this transaction (one read
+    /// per device and message, not per event).
+    pub fn judge_with(
+        &self,
+        facts: &DeviceFacts,
+        event: &SealEvent,
+        platform: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Verdict, StoreError> {
         let device = event.device_id.as_str();
-        let registered = device_platform(&mut *conn, device).await?;
-        let registered = registered.flatten();
+        let registered = &facts.registered;
         if let Err(why) = platform_may_post(platform, device, registered.as_deref()) {
             return Ok(Verdict::Refused(why));
         }
         let via = platform.map(|p| format!("platform:{p}"));
-        let keys = keys_of(&mut *conn, device).await?;
+        let keys = &facts.keys;
         if event.key_id.is_some() || event.signature.is_some() {
-            let verdict = self.judge_signed(event, &keys, now)?;
+            let verdict = self.judge_signed(event, keys, now)?;
             return Ok(match verdict {
                 Ok(key_id) => Verdict::Taken {
                     mark: match via {
@@ -453,7 +501,8 @@ impl DeviceAuth {
             Algorithm::Ed25519 => parse_ed25519_public(&key.key_material)
                 .map(|k| k.to_vec())
                 .map_err(|e| StoreError::Corrupt(format!("device key {key_id}: {e}")))?,
-            Algorithm::HmacSha256 => SecretKey::load(&self.settings.secret_key_file, false)
+            Algorithm::HmacSha256 => self
+                .secret_key()
                 .and_then(|k| k.open(&key.device_id, &key.key_id, &key.key_material))
                 .map_err(|e| StoreError::Corrupt(format!("device key {key_id}: {e}")))?,
         };
@@ -569,6 +618,19 @@ pub async fn add_key(
     use secrecy::ExposeSecret;
     let invalid = |field, reason: String| AddKeyError::Invalid { field, reason };
     let valid_from = new.valid_from.unwrap_or(now);
+    let in_range = |t: DateTime<Utc>| (2000..=2199).contains(&chrono::Datelike::year(&t));
+    if !in_range(valid_from) {
+        return Err(invalid(
+            "valid_from",
+            "must lie in the years 2000 to 2199".into(),
+        ));
+    }
+    if new.valid_until.is_some_and(|u| !in_range(u)) {
+        return Err(invalid(
+            "valid_until",
+            "must lie in the years 2000 to 2199".into(),
+        ));
+    }
     if let Some(until) = new.valid_until
         && until <= valid_from
     {

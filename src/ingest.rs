@@ -1263,6 +1263,8 @@ impl Ingest {
         let mut per_trip_conflicts: BTreeMap<String, Vec<ConflictingEvent>> = BTreeMap::new();
         let mut refused: Vec<EventRefusalNote> = Vec::new();
         let mut per_trip_refused: BTreeMap<String, Vec<RefusedEvent>> = BTreeMap::new();
+        // Each device's keys and platform, read once (the device is locked meanwhile).
+        let mut device_facts: BTreeMap<String, crate::devices::DeviceFacts> = BTreeMap::new();
         // Devices locked in this transaction (once each).
         let mut locked = BTreeSet::new();
         for i in order {
@@ -1294,10 +1296,15 @@ impl Ingest {
             let trip_id = store::trip_for_event(&mut tx, event).await?;
             // Device authentication: a refused event is kept as evidence and raises
             // device_auth_failure; it is never applied, nor does it take its seq.
-            let verdict = self
-                .devices
-                .judge(&mut tx, event, message.source.platform, message.now)
-                .await?;
+            let facts = match device_facts.entry(event.device_id.as_str().to_owned()) {
+                std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::btree_map::Entry::Vacant(new) => new.insert(
+                    crate::devices::DeviceFacts::load(&mut tx, event.device_id.as_str()).await?,
+                ),
+            };
+            let verdict =
+                self.devices
+                    .judge_with(facts, event, message.source.platform, message.now)?;
             let replay = match (&verdict, &found) {
                 (Verdict::Taken { signed: true, .. }, Some(found))
                     if found

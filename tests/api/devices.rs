@@ -478,6 +478,11 @@ async fn key_requests_are_checked(app: TestApp) {
             "/valid_until",
         ),
         (
+            json!({"algorithm": "ed25519", "public_key": ed25519_public(&SEED).unwrap(),
+                   "valid_from": "1900-01-01T00:00:00Z"}),
+            "/valid_from",
+        ),
+        (
             json!({"algorithm": "ed25519", "public_key": ed25519_public(&SEED).unwrap(), "extra": 1}),
             "",
         ),
