@@ -458,6 +458,7 @@ impl Consumer {
             partner: Some(&partner.id),
             authority: Some(&partner.authority),
             scope: Some(partner),
+            platform: None,
         };
         // A partner's answer to what the outbox sent it (an ICEGATE ACK, a WCO DMS
         // notification) comes on the same queue as its filings.

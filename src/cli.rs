@@ -74,6 +74,11 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Devices: their keys and their platform (a running gateway sees changes at once).
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +107,65 @@ pub enum TokenCommand {
     List,
     /// Revoke a token by name, at once.
     Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// A device's keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Registers a device to a device platform: events a device-platform principal of that
+    /// name posts are taken for it (and for the platform's other devices only).
+    Register {
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        platform: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Registers a key: Ed25519 public key (preferred) or HMAC-SHA256 secret. From then
+    /// on the device's unsigned events are refused.
+    Add {
+        #[arg(long)]
+        device: String,
+        /// The Ed25519 public key, base64 (32 bytes).
+        #[arg(
+            long,
+            conflicts_with = "hmac_secret_file",
+            required_unless_present = "hmac_secret_file"
+        )]
+        ed25519_public: Option<String>,
+        /// A file holding the HMAC-SHA256 secret in base64 (16 to 64 bytes); stored sealed
+        /// under `[devices] secret_key_file`, never shown again.
+        #[arg(long)]
+        hmac_secret_file: Option<PathBuf>,
+        /// Default: derived from the public key (Ed25519), random (HMAC).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// RFC 3339; default now.
+        #[arg(long)]
+        valid_from: Option<chrono::DateTime<chrono::Utc>>,
+        /// RFC 3339; default none (valid until revoked).
+        #[arg(long)]
+        valid_until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Lists keys (never a secret): device, key id, algorithm, state, validity.
+    List {
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Revokes a key from now on.
+    Revoke {
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        key_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,6 +346,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Token { command } => token(command, &settings).await,
+        Command::Device { command } => device(command, &settings).await,
         Command::Mapping {
             command: MappingCommand::Test { dir, format },
         } => {
@@ -320,6 +385,171 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<i32> {
             Ok(if failed == 0 { 0 } else { 1 })
         }
     }
+}
+
+async fn device(command: DeviceCommand, settings: &Settings) -> anyhow::Result<i32> {
+    use crate::devices::{KeyInfo, KeyMaterial, NewKey};
+    use base64::Engine as _;
+    use ects_core::{DeviceId, KeyId};
+    let store = Store::connect(&settings.database_url, 1).await?;
+    store.migrate().await?;
+    let now = chrono::Utc::now();
+    let device_id =
+        |text: &str| DeviceId::parse(text).map_err(|e| anyhow::anyhow!("--device: {e}"));
+    let result = match command {
+        DeviceCommand::Register { device, platform } => {
+            let device = device_id(&device)?;
+            crate::devices::check_platform_name(&platform)
+                .map_err(|e| anyhow::anyhow!("--platform: {e}"))?;
+            crate::store::devices::register_device(&store, device.as_str(), Some(&platform), now)
+                .await?;
+            println!("device {device} registered to platform {platform}");
+            Ok(0)
+        }
+        DeviceCommand::Key {
+            command:
+                KeyCommand::Add {
+                    device,
+                    ed25519_public,
+                    hmac_secret_file,
+                    key_id,
+                    valid_from,
+                    valid_until,
+                },
+        } => {
+            let material = match (ed25519_public, hmac_secret_file) {
+                (Some(key), None) => KeyMaterial::Ed25519Public(key),
+                (None, Some(file)) => {
+                    let text = read_small(&file)?;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(text.trim())
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "{}: not base64 (RFC 4648, with padding)",
+                                file.display()
+                            )
+                        })?;
+                    KeyMaterial::HmacSecret(secrecy::SecretBox::new(Box::new(bytes)))
+                }
+                _ => anyhow::bail!("give --ed25519-public or --hmac-secret-file"),
+            };
+            let new = NewKey {
+                device_id: device_id(&device)?,
+                key_id: key_id
+                    .map(KeyId::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--key-id: {e}"))?,
+                material,
+                valid_from,
+                valid_until,
+                created_by: "cli".into(),
+            };
+            let (outcome, info) = crate::devices::add_key(&store, &settings.devices, new, now)
+                .await
+                .map_err(|e| match e {
+                    crate::devices::AddKeyError::Invalid { field, reason } => {
+                        let flag = match field {
+                            "public_key" => "ed25519-public",
+                            "secret" => "hmac-secret-file",
+                            other => &other.replace('_', "-"),
+                        };
+                        anyhow::anyhow!("--{flag}: {reason}")
+                    }
+                    other => other.into(),
+                })?;
+            let what = match outcome {
+                crate::store::devices::PutKey::Created => "added",
+                _ => "updated",
+            };
+            println!(
+                "key {} of device {} {what} ({}, {})",
+                info.key_id,
+                info.device_id,
+                info.algorithm.as_str(),
+                info.state
+            );
+            Ok(0)
+        }
+        DeviceCommand::Key {
+            command: KeyCommand::List { device },
+        } => {
+            let device = device.as_deref().map(device_id).transpose()?;
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let page = crate::store::devices::list_keys(
+                    &store,
+                    device.as_ref().map(|d| d.as_str()),
+                    after.as_ref().map(|(d, k)| (d.as_str(), k.as_str())),
+                    500,
+                )
+                .await?;
+                for k in &page {
+                    let info = KeyInfo::of(k, now);
+                    println!(
+                        "{:<20} {:<20} {:<12} {:<14} {} .. {}{}",
+                        info.device_id,
+                        info.key_id,
+                        info.algorithm.as_str(),
+                        info.state,
+                        crate::store::ts(info.valid_from),
+                        info.valid_until
+                            .map(crate::store::ts)
+                            .unwrap_or_else(|| "-".into()),
+                        info.revoked_at
+                            .map(|r| format!(" revoked {}", crate::store::ts(r)))
+                            .unwrap_or_default()
+                    );
+                }
+                match page.last() {
+                    Some(k) if page.len() == 500 => {
+                        after = Some((k.device_id.clone(), k.key_id.clone()))
+                    }
+                    _ => break,
+                }
+            }
+            Ok(0)
+        }
+        DeviceCommand::Key {
+            command: KeyCommand::Revoke { device, key_id },
+        } => {
+            let device = device_id(&device)?;
+            let key_id = KeyId::parse(key_id).map_err(|e| anyhow::anyhow!("--key-id: {e}"))?;
+            match crate::store::devices::revoke_key(&store, device.as_str(), key_id.as_str(), now)
+                .await?
+            {
+                Some(true) => {
+                    println!("key {key_id} of device {device} revoked");
+                    Ok(0)
+                }
+                Some(false) => {
+                    println!("key {key_id} of device {device} was revoked already");
+                    Ok(0)
+                }
+                None => {
+                    eprintln!("device {device} has no key {key_id}");
+                    Ok(1)
+                }
+            }
+        }
+    };
+    store.close().await;
+    result
+}
+
+/// A small file (a secret): at most 1 KiB.
+fn read_small(path: &std::path::Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .take(1025)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {} as text", path.display()))?;
+    anyhow::ensure!(
+        text.len() <= 1024,
+        "{} is larger than 1 KiB",
+        path.display()
+    );
+    Ok(text)
 }
 
 /// How many unmapped parts are listed without `--unmapped`.

@@ -62,6 +62,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// How commands are judged in time.
     pub tracking: TrackingSettings,
+    /// Device authentication: policy, per platform, and the key file of HMAC secrets.
+    pub devices: crate::devices::DevicesSettings,
 }
 
 /// `[auth]`: the API tokens' server key and the embedded default's first admin token.
@@ -397,6 +399,7 @@ impl Default for Settings {
             retention: RetentionSettings::default(),
             auth: AuthSettings::default(),
             tracking: TrackingSettings::default(),
+            devices: Default::default(),
         }
     }
 }

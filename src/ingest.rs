@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
-use ects_core::trip::{ConflictingEvent, Effect, Input, Trip};
+use ects_core::trip::{ConflictingEvent, Effect, Input, RefusedEvent, Trip};
 use ects_core::{
     AuthorityCode, DeclarationId, EquipmentId, SealAssignment, SealEvent, TransitDeclaration,
     TripId,
@@ -20,6 +20,7 @@ use uuid::Uuid;
 use actix_web::web::Bytes;
 
 use crate::answers::AnswerFormat;
+use crate::devices::Verdict;
 use crate::formats::{Decoded, Format, Formats, Inbound, MessageFunction};
 use crate::problem::{DocumentError, Located};
 use crate::store::{self, MessageRecord, Outcome, Store, StoreError, Tx};
@@ -46,6 +47,9 @@ pub struct Source<'a> {
     /// trips it may see (the others are answered as if they did not exist). `None`: the
     /// operator's side, which reaches every trip.
     pub scope: Option<&'a crate::partners::PartnerConfig>,
+    /// The device platform that posted it (a device-platform principal's name): it may
+    /// post events only for devices registered to it, and each is marked as its.
+    pub platform: Option<&'a str>,
 }
 
 impl Source<'_> {
@@ -123,6 +127,20 @@ pub struct EventCounts {
     /// Stored as evidence only: each contradicts a stored event (listed in `conflicts`).
     #[serde(default)]
     pub conflicting: usize,
+    /// Refused by device authentication: kept as evidence, not applied (listed in
+    /// `refused`).
+    #[serde(default)]
+    pub refused: usize,
+}
+
+/// An event of the message refused by device authentication. It is kept as evidence with
+/// the reason and raises `device_auth_failure` on the trip its device serves; the rest of
+/// the message is applied.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventRefusalNote {
+    /// The event's place in the message.
+    pub pointer: String,
+    pub reason: String,
 }
 
 /// An event of the message that contradicts a stored one (same `event_id`, or same device
@@ -153,6 +171,9 @@ pub struct IngestResponse {
     /// Events that contradict stored ones: kept as evidence, not applied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<EventConflictNote>,
+    /// Events refused by device authentication: kept as evidence, not applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<EventRefusalNote>,
 }
 
 impl Source<'_> {
@@ -311,6 +332,7 @@ pub struct Ingest {
     store: Store,
     tracking: Arc<Tracking>,
     decode: crate::decode::DecodePool,
+    devices: Arc<crate::devices::DeviceAuth>,
 }
 
 struct Message<'a> {
@@ -358,7 +380,14 @@ impl Ingest {
             store,
             tracking,
             decode,
+            devices: Arc::new(crate::devices::DeviceAuth::new(Default::default())),
         }
+    }
+
+    /// Device authentication as configured (the default: `optional`).
+    pub fn with_device_auth(mut self, devices: crate::devices::DeviceAuth) -> Self {
+        self.devices = Arc::new(devices);
+        self
     }
 
     /// The bounded pool documents are decoded on.
@@ -901,6 +930,7 @@ impl Ingest {
             events: None,
             assignment: None,
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -1062,6 +1092,7 @@ impl Ingest {
             events: None,
             assignment: None,
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -1154,6 +1185,7 @@ impl Ingest {
             events: None,
             assignment: None,
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -1364,6 +1396,7 @@ impl Ingest {
             events: None,
             assignment: Some(outcome),
             conflicts: Vec::new(),
+            refused: Vec::new(),
         };
         Self::finish(tx, message, &response).await
     }
@@ -1391,6 +1424,10 @@ impl Ingest {
         let mut earlier_messages = BTreeSet::new();
         let mut conflicts: Vec<EventConflictNote> = Vec::new();
         let mut per_trip_conflicts: BTreeMap<String, Vec<ConflictingEvent>> = BTreeMap::new();
+        let mut refused: Vec<EventRefusalNote> = Vec::new();
+        let mut per_trip_refused: BTreeMap<String, Vec<RefusedEvent>> = BTreeMap::new();
+        // Each device's keys and platform, read once (the device is locked meanwhile).
+        let mut device_facts: BTreeMap<String, crate::devices::DeviceFacts> = BTreeMap::new();
         // Devices locked in this transaction (once each).
         let mut locked = BTreeSet::new();
         // Whether the sender may see a trip, asked once per trip of the message.
@@ -1462,6 +1499,71 @@ impl Ingest {
                 // event stored without a trip stays without one).
                 trip_id = None;
             }
+            // Device authentication: a refused event is kept as evidence and raises
+            // device_auth_failure; it is never applied, nor does it take its seq.
+            let facts = match device_facts.entry(event.device_id.as_str().to_owned()) {
+                std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::btree_map::Entry::Vacant(new) => new.insert(
+                    crate::devices::DeviceFacts::load(&mut tx, event.device_id.as_str()).await?,
+                ),
+            };
+            let verdict =
+                self.devices
+                    .judge_with(facts, event, message.source.platform, message.now)?;
+            let replay = match (&verdict, &found) {
+                (Verdict::Taken { signed: true, .. }, Some(found))
+                    if found
+                        .authenticated
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("key:")) =>
+                {
+                    Some(format!(
+                        "replay: device {} seq {} was taken already by signed event {}",
+                        event.device_id,
+                        event.seq.map_or("-".into(), |s| s.to_string()),
+                        found.event_key
+                    ))
+                }
+                _ => None,
+            };
+            let reason = match (&verdict, replay) {
+                (_, Some(replay)) => Some(replay),
+                (Verdict::Refused(why), None) => Some(why.clone()),
+                (Verdict::Taken { .. }, None) => None,
+            };
+            if let Some(reason) = reason {
+                let refusal_id = hex::encode(Sha256::digest(
+                    format!("{key}\u{0}{text}\u{0}{reason}").as_bytes(),
+                ));
+                let stored = store::devices::insert_refusal(
+                    &mut tx,
+                    &refusal_id,
+                    event,
+                    &reason,
+                    &text,
+                    trip_id.as_deref(),
+                    &message.id,
+                    message.now,
+                )
+                .await?;
+                counts.refused += 1;
+                refused.push(EventRefusalNote {
+                    pointer: pointer.clone(),
+                    reason: reason.clone(),
+                });
+                if stored && let Some(id) = trip_id {
+                    per_trip_refused.entry(id).or_default().push(RefusedEvent {
+                        event: event.clone(),
+                        reason,
+                        refusal_id,
+                    });
+                }
+                continue;
+            }
+            let authenticated = match verdict {
+                Verdict::Taken { mark, .. } => mark,
+                Verdict::Refused(_) => String::new(),
+            };
             if let Some(found) = found {
                 // Same identity, other content: one of the two is not genuine. Kept as
                 // evidence beside the stored one; the rest of the message goes on.
@@ -1545,6 +1647,7 @@ impl Ingest {
                 trip_id.as_deref(),
                 &message.id,
                 message.now,
+                &authenticated,
             )
             .await?;
             if let (None, Some(p)) = (&trip_id, message.source.scope) {
@@ -1558,7 +1661,7 @@ impl Ingest {
             }
         }
 
-        if counts.accepted + counts.unmatched + counts.conflicting == 0
+        if counts.accepted + counts.unmatched + counts.conflicting + counts.refused == 0
             && earlier_messages.len() == 1
         {
             let original = earlier_messages.pop_first().unwrap_or_default();
@@ -1586,6 +1689,7 @@ impl Ingest {
         let trips: BTreeSet<String> = per_trip
             .keys()
             .chain(per_trip_conflicts.keys())
+            .chain(per_trip_refused.keys())
             .cloned()
             .collect();
         for trip_id in &trips {
@@ -1601,6 +1705,13 @@ impl Ingest {
                     .into_iter()
                     .flatten()
                     .map(Input::ConflictingEvent),
+            );
+            inputs.extend(
+                per_trip_refused
+                    .remove(trip_id)
+                    .into_iter()
+                    .flatten()
+                    .map(Input::RefusedEvent),
             );
             let effects = self
                 .tracking
@@ -1622,6 +1733,7 @@ impl Ingest {
             events: Some(counts),
             assignment: None,
             conflicts,
+            refused,
         };
         Self::finish(tx, message, &response).await
     }

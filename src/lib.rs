@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod cursor;
 pub mod decode;
+pub mod devices;
 pub mod formats;
 pub mod http;
 pub mod ingest;

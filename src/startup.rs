@@ -268,7 +268,8 @@ impl Application {
             store.clone(),
             tracking.clone(),
             crate::decode::DecodePool::new(settings.http.decode_workers),
-        );
+        )
+        .with_device_auth(crate::devices::DeviceAuth::new(settings.devices.clone()));
         let (supervisor, broker) = match &settings.amqp_url {
             Some(url) => {
                 let (supervisor, broker) = Supervisor::new(

@@ -10,7 +10,8 @@ use ects_core::audit::AuditEntry;
 use ects_core::geo::{Corridor, Zone};
 use ects_core::spatial::Geography;
 use ects_core::trip::{
-    CommandError, ConflictingEvent, Effect, Input, Rules, RulesOverride, Trip, reconcile,
+    CommandError, ConflictingEvent, Effect, Input, RefusedEvent, Rules, RulesOverride, Trip,
+    reconcile,
 };
 use ects_core::{
     CorridorId, SealEvent, StatusNotification, TransitDeclaration, TripId, TripStatus, ZoneId,
@@ -507,6 +508,11 @@ fn event_audit(input: &Input, suffix: &str) -> AuditItem {
             format!("input.seal_event{suffix}"),
             e,
         ),
+        Input::RefusedEvent(r) => AuditItem::new(
+            format!("device:{}", r.event.device_id),
+            format!("input.seal_event.refused{suffix}"),
+            r,
+        ),
         other => AuditItem::new("engine", format!("input{suffix}"), &*other.codes_hashed()),
     }
 }
@@ -848,12 +854,32 @@ impl Tracking {
             }));
         }
         for row in sqlx::query(
-            "select input, received_at from trip_commands where trip_id = $1 and command_time > $2",
+            "select canonical, reason, refusal_id from seal_event_refusals
+             where trip_id = $1 and event_time > $2",
         )
         .bind(&trip_id)
         .bind(&after)
         .fetch_all(&mut *conn)
         .await?
+        {
+            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| {
+                    StoreError::Corrupt(format!("refused event of trip {trip_id}: {e}"))
+                })?;
+            inputs.push(Input::RefusedEvent(RefusedEvent {
+                event,
+                reason: row.try_get("reason")?,
+                refusal_id: row.try_get("refusal_id")?,
+            }));
+        }
+        for row in
+            sqlx::query(
+                "select input, received_at from trip_commands where trip_id = $1 and command_time > $2",
+            )
+                .bind(&trip_id)
+                .bind(&after)
+                .fetch_all(&mut *conn)
+                .await?
         {
             let mut input: Input = serde_json::from_str(&row.try_get::<String, _>("input")?)
                 .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?;
@@ -952,7 +978,9 @@ impl Tracking {
             Input::Handover(h) => ("handover", h.handover_id.clone()),
             Input::Cancel(_) => ("cancel", "cancel".to_owned()),
             Input::SealAssignment(a) => ("seal_assignment", format!("seals:{}", a.reference)),
-            Input::SealEvent(_) | Input::ConflictingEvent(_) => ("seal_event", String::new()),
+            Input::SealEvent(_) | Input::ConflictingEvent(_) | Input::RefusedEvent(_) => {
+                ("seal_event", String::new())
+            }
         };
         // Stored for replay with its one-time code hashed (a release sent again with the
         // same code compares equal), as sent (a release's `received_at` is the row's own

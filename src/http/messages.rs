@@ -48,6 +48,8 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer, actor: &'a str) -> So
             Viewer::Partner(p) => Some(p),
             Viewer::User(_) => None,
         },
+        // A device platform posts only for its registered devices, each event marked as its.
+        platform: viewer.device_platform(),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod body;
 mod commands;
+mod devices;
 pub mod error;
 mod geo;
 mod justify;
@@ -89,6 +90,11 @@ pub struct AppState {
         offices::get_office,
         offices::put_office,
         offices::import_offices,
+        devices::put_key,
+        devices::list_keys,
+        devices::revoke_key,
+        devices::put_device,
+        devices::refused_events,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -149,6 +155,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(offices::list_registry_changes)
     .service(offices::get_office)
     .service(offices::put_office)
+    .service(devices::put_key)
+    .service(devices::list_keys)
+    .service(devices::revoke_key)
+    .service(devices::put_device)
+    .service(devices::refused_events)
     .service(ops::healthz)
     .service(ops::readyz)
     .service(ops::metrics)

@@ -150,6 +150,36 @@ pub const ROUTES: &[RoutePolicy] = &[
         scope: "every trip's alerts",
     },
     RoutePolicy {
+        method: "PUT",
+        path: "/v1/devices/{device}/keys/{key_id}",
+        access: Access::Roles(ADMIN),
+        scope: "every device",
+    },
+    RoutePolicy {
+        method: "GET",
+        path: "/v1/devices/{device}/keys",
+        access: Access::Roles(ADMIN),
+        scope: "every device; never a secret",
+    },
+    RoutePolicy {
+        method: "DELETE",
+        path: "/v1/devices/{device}/keys/{key_id}",
+        access: Access::Roles(ADMIN),
+        scope: "every device",
+    },
+    RoutePolicy {
+        method: "PUT",
+        path: "/v1/devices/{device}",
+        access: Access::Roles(ADMIN),
+        scope: "every device",
+    },
+    RoutePolicy {
+        method: "GET",
+        path: "/v1/devices/{device}/refused-events",
+        access: Access::Roles(&[Admin, Operator]),
+        scope: "every device's refused events",
+    },
+    RoutePolicy {
         method: "POST",
         path: "/v1/alerts/{id}/justify",
         access: Access::Roles(COMMAND),

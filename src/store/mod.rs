@@ -2,6 +2,7 @@
 //! portable SQL. Each backend has its own migrations, embedded in the binary.
 
 pub mod codes;
+pub mod devices;
 mod geo;
 mod messages;
 mod offices;

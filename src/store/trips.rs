@@ -1,7 +1,7 @@
 //! Declarations, trips, the seals that route events to them, seal events and alerts.
 
 use chrono::{DateTime, Utc};
-use ects_core::trip::{ConflictingEvent, Trip};
+use ects_core::trip::{ConflictingEvent, RefusedEvent, Trip};
 use ects_core::{
     Alert, Equipment, Seal, SealEvent, TransitDeclaration, TripId, TripState, TripStatus,
 };
@@ -368,11 +368,14 @@ pub struct Claimed {
     pub events: Vec<SealEvent>,
     /// The conflicting variants kept of those events: they move with them.
     pub conflicts: Vec<ConflictingEvent>,
+    /// The events of these devices device authentication refused while no trip carried
+    /// them: they raise `device_auth_failure` on the trip now.
+    pub refusals: Vec<RefusedEvent>,
 }
 
 impl Claimed {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.conflicts.is_empty()
+        self.events.is_empty() && self.conflicts.is_empty() && self.refusals.is_empty()
     }
 
     /// Everything claimed, as inputs for the trip.
@@ -383,6 +386,7 @@ impl Claimed {
             .cloned()
             .map(Input::SealEvent)
             .chain(self.conflicts.iter().cloned().map(Input::ConflictingEvent))
+            .chain(self.refusals.iter().cloned().map(Input::RefusedEvent))
             .collect()
     }
 }
@@ -399,7 +403,34 @@ pub async fn claim_unmatched_for(
     let since = ts(since);
     let mut claimed = Vec::new();
     let mut conflicts = Vec::new();
+    let mut refusals = Vec::new();
     for seal in seals {
+        if let Some(device) = &seal.device_id {
+            for r in sqlx::query(
+                "select refusal_id, reason, canonical from seal_event_refusals
+                 where trip_id is null and event_time >= $1 and device_id = $2",
+            )
+            .bind(&since)
+            .bind(device.as_str())
+            .fetch_all(&mut *conn)
+            .await?
+            {
+                let refusal_id: String = r.try_get("refusal_id")?;
+                sqlx::query(
+                    "update seal_event_refusals set trip_id = $1
+                     where refusal_id = $2 and trip_id is null",
+                )
+                .bind(trip_id)
+                .bind(&refusal_id)
+                .execute(&mut *conn)
+                .await?;
+                refusals.push(RefusedEvent {
+                    event: from_json("refused event", &r.try_get::<String, _>("canonical")?)?,
+                    reason: r.try_get("reason")?,
+                    refusal_id,
+                });
+            }
+        }
         let rows = sqlx::query(
             // An event a partner sent is claimed only by a trip that partner may see.
             "select e.event_key, e.canonical from seal_events e
@@ -457,6 +488,7 @@ pub async fn claim_unmatched_for(
     Ok(Claimed {
         events: claimed,
         conflicts,
+        refusals,
     })
 }
 
@@ -482,6 +514,9 @@ pub struct FoundEvent {
     pub canonical: String,
     pub message_id: String,
     pub event_key: String,
+    /// How it was authenticated (`key:<id>`, `platform:<name>`, `none`; null before
+    /// device authentication existed).
+    pub authenticated: Option<String>,
 }
 
 /// An event already stored under the same identity or the same device and sequence.
@@ -491,7 +526,7 @@ pub async fn find_event(
     event: &SealEvent,
 ) -> Result<Option<FoundEvent>, StoreError> {
     let row = sqlx::query(
-        "select canonical, message_id, event_key from seal_events
+        "select canonical, message_id, event_key, authenticated from seal_events
          where event_key = $1 or (device_id = $2 and seq = $3) limit 1",
     )
     .bind(key)
@@ -504,6 +539,7 @@ pub async fn find_event(
             canonical: r.try_get("canonical")?,
             message_id: r.try_get("message_id")?,
             event_key: r.try_get("event_key")?,
+            authenticated: r.try_get("authenticated")?,
         })
     })
     .transpose()
@@ -586,6 +622,7 @@ pub async fn count_dropped_conflict(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn insert_event(
     conn: &mut AnyConnection,
     key: &str,
@@ -594,11 +631,12 @@ pub async fn insert_event(
     trip_id: Option<&str>,
     message_id: &str,
     now: DateTime<Utc>,
+    authenticated: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "insert into seal_events (event_key, device_id, seq, seal_id, kind, event_time, trip_id,
-             message_id, canonical, received_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             message_id, canonical, received_at, authenticated)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(key)
     .bind(event.device_id.as_str())
@@ -610,6 +648,7 @@ pub async fn insert_event(
     .bind(message_id)
     .bind(canonical)
     .bind(ts(now))
+    .bind(authenticated)
     .execute(conn)
     .await?;
     Ok(())
@@ -647,6 +686,11 @@ pub struct StoredEvent {
     pub event: serde_json::Value,
     pub received_at: String,
     pub message_id: String,
+    /// How the event was authenticated: `key:<key id>`, `platform:<name>` (a device
+    /// platform posted it; both, comma-separated), or `none`; absent for events stored
+    /// before device authentication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authenticated: Option<String>,
     /// Conflicting variants kept of this event (listed by `GET /v1/trips/{id}/conflicts`);
     /// absent when none.
     #[serde(skip_serializing_if = "is_zero")]
@@ -778,7 +822,7 @@ impl Store {
     ) -> Result<Vec<(StoredEvent, (String, i64, String))>, StoreError> {
         let rows = sqlx::query(
             "select canonical, received_at, message_id, event_time, coalesce(seq, -1) as seq_key,
-                 event_key, conflicts_dropped,
+                 event_key, conflicts_dropped, authenticated,
                  (select count(*) from seal_event_conflicts c
                   where c.conflicts_with = seal_events.event_key) as conflicts
              from seal_events
@@ -807,6 +851,7 @@ impl Store {
                         event: from_json("seal event", &r.try_get::<String, _>("canonical")?)?,
                         received_at: r.try_get("received_at")?,
                         message_id: r.try_get("message_id")?,
+                        authenticated: r.try_get("authenticated")?,
                         conflicts: r.try_get("conflicts")?,
                         conflicts_dropped: r.try_get("conflicts_dropped")?,
                     },

@@ -61,6 +61,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/alerts", "admin operator officer partner"),
     ("POST", "/v1/alerts/{id}/acknowledge", "admin operator"),
     ("POST", "/v1/alerts/{id}/justify", "officer partner"),
+    ("PUT", "/v1/devices/{device}/keys/{key_id}", "admin"),
+    ("GET", "/v1/devices/{device}/keys", "admin"),
+    ("DELETE", "/v1/devices/{device}/keys/{key_id}", "admin"),
+    ("PUT", "/v1/devices/{device}", "admin"),
+    ("GET", "/v1/devices/{device}/refused-events", "admin operator"),
     ("POST", "/v1/trips/{id}/release", "officer partner"),
     ("POST", "/v1/trips/{id}/handover", "officer partner"),
     ("POST", "/v1/trips/{id}/cancel", "officer partner"),
@@ -165,6 +170,8 @@ fn concrete(path: &str, trip: &str) -> String {
         .replace("{format}", "ects-json")
         .replace("{seq}", "999999")
         .replace("{code}", "GTPQZ")
+        .replace("{device}", "860000000000001")
+        .replace("{key_id}", "k-access")
 }
 
 /// One request; bodies are `{}`, which no mutating route accepts, so nothing changes.
@@ -174,6 +181,7 @@ async fn call(app: &TestApp, method: &str, path: &str, token: Option<&str>) -> (
         "GET" => app.anonymous.get(url),
         "POST" => app.anonymous.post(url).body("{}"),
         "PUT" => app.anonymous.put(url).body("{}"),
+        "DELETE" => app.anonymous.delete(url),
         other => panic!("no method {other} in the matrix"),
     }
     .header("content-type", "application/json");

@@ -78,6 +78,8 @@ async fn events_arm_the_trip_and_move_it(app: TestApp) {
         let obj = e.as_object_mut().unwrap();
         assert!(obj.remove("received_at").is_some());
         assert!(obj.remove("message_id").is_some());
+        // Unsigned, from a device without a key, under the default policy (optional).
+        assert_eq!(obj.remove("authenticated"), Some(json!("none")));
         assert_valid(Canonical::SealEvent, &e);
     }
 }

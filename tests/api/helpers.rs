@@ -188,9 +188,18 @@ pub fn test_settings(mappings: std::path::PathBuf) -> Settings {
         // Tests drive the clock themselves through `TestApp::tracking`.
         tick_interval_s: 0,
         mappings_dir: mappings,
+        // HMAC device secrets are sealed with a key file: one per test process, never
+        // the repository's data/.
+        devices: ects_gateway::devices::DevicesSettings {
+            secret_key_file: DEVICE_KEY_DIR.path().join("device-secrets.key"),
+            ..Default::default()
+        },
         ..Settings::default()
     }
 }
+
+static DEVICE_KEY_DIR: LazyLock<tempfile::TempDir> =
+    LazyLock::new(|| tempfile::tempdir().expect("a temporary directory"));
 
 /// An application with settings adjusted (partners, broker) on a fresh database.
 pub async fn spawn_app_with(

@@ -15,6 +15,7 @@ mod contract;
 mod custody;
 mod declarations;
 mod decode_pool;
+mod devices;
 mod events;
 mod geometry;
 mod hostile;

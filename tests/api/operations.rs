@@ -70,6 +70,11 @@ async fn openapi_lists_every_route(app: TestApp) {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/devices/{device}/keys/{key_id}", "put"),
+        ("/v1/devices/{device}/keys/{key_id}", "delete"),
+        ("/v1/devices/{device}/keys", "get"),
+        ("/v1/devices/{device}", "put"),
+        ("/v1/devices/{device}/refused-events", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -133,6 +133,8 @@ fn event(trip: usize, seq: u64, minutes: i64, point: LatLon, kind: SealEventKind
         ),
         battery_pct: Some(80),
         raw: None,
+        key_id: None,
+        signature: None,
     }
 }
 

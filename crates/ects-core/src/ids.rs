@@ -131,6 +131,15 @@ text_id!(
     DeviceId, "device id", 1, 64, token_char
 );
 text_id!(
+    /// A device key's id, as a signed seal event names it in `key_id`.
+    KeyId, "key id", 1, 64, token_char
+);
+text_id!(
+    /// A seal event's signature: standard base64 (RFC 4648, with padding) of an Ed25519
+    /// signature (64 bytes) or an HMAC-SHA256 tag (32 bytes).
+    EventSignature, "signature", 4, 128, |c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')
+);
+text_id!(
     /// A container number (ISO 6346) or other transport equipment id.
     EquipmentId, "equipment id", 1, 35, token_char
 );

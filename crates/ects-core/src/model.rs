@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{
     AlertId, AuthorityCode, CorridorId, CountryCode, DeclarationId, DeviceId, EquipmentId, EventId,
-    OfficeCode, SealId, TripId, ZoneId,
+    EventSignature, KeyId, OfficeCode, SealId, TripId, ZoneId,
 };
 
 /// Time as exchanged: RFC 3339, normalised to UTC.
@@ -247,6 +247,17 @@ pub enum FixKind {
     LastKnown,
 }
 
+impl FixKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gps => "gps",
+            Self::Lbs => "lbs",
+            Self::Wifi => "wifi",
+            Self::LastKnown => "last_known",
+        }
+    }
+}
+
 /// A position fix reported by a seal.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -412,9 +423,73 @@ pub struct SealEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub raw: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The device key that signed the event (see [`SealEvent::signed_bytes`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+    /// Base64 of the signature over [`SealEvent::signed_bytes`] by the key `key_id` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<EventSignature>,
 }
 
 impl SealEvent {
+    /// The exact bytes a device signs (format `ects-seal-event/1`): UTF-8 lines, each
+    /// ending in `\n`, in this fixed order, a field the event lacks written empty:
+    ///
+    /// ```text
+    /// ects-seal-event/1
+    /// device_id=<device_id>
+    /// seq=<seq, decimal>
+    /// event_id=<event_id>
+    /// seal_id=<seal_id>
+    /// time=<RFC 3339 in UTC with `Z`; fraction of a second only if not zero, as 3, 6 or 9 digits>
+    /// kind=<kind>
+    /// lat=<7 decimals>
+    /// lon=<7 decimals>
+    /// speed_kmh=<1 decimal>
+    /// heading=<integer>
+    /// fix=<fix>
+    /// battery_pct=<integer>
+    /// key_id=<key_id>
+    /// ```
+    ///
+    /// Numbers are written from the event as received (`{:.7}` rounds like C's `%.7f`),
+    /// so a proxy that re-encodes the JSON does not break the signature. `raw` (vendor
+    /// codes) and `accuracy_m` are not signed.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        use std::fmt::Write;
+        fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+            v.map(|v| v.to_string()).unwrap_or_default()
+        }
+        let p = self.position.as_ref();
+        let mut out = String::from("ects-seal-event/1\n");
+        let lines: [(&str, String); 13] = [
+            ("device_id", self.device_id.as_str().to_owned()),
+            ("seq", opt(self.seq)),
+            ("event_id", opt(self.event_id.as_ref().map(EventId::as_str))),
+            ("seal_id", opt(self.seal_id.as_ref().map(SealId::as_str))),
+            (
+                "time",
+                self.time
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            ),
+            ("kind", self.kind.as_str().to_owned()),
+            ("lat", opt(p.map(|p| format!("{:.7}", p.lat)))),
+            ("lon", opt(p.map(|p| format!("{:.7}", p.lon)))),
+            (
+                "speed_kmh",
+                opt(p.and_then(|p| p.speed_kmh).map(|s| format!("{s:.1}"))),
+            ),
+            ("heading", opt(p.and_then(|p| p.heading))),
+            ("fix", opt(p.and_then(|p| p.fix).map(FixKind::as_str))),
+            ("battery_pct", opt(self.battery_pct)),
+            ("key_id", opt(self.key_id.as_ref().map(KeyId::as_str))),
+        ];
+        for (name, value) in lines {
+            let _ = writeln!(out, "{name}={value}");
+        }
+        out.into_bytes()
+    }
+
     /// The identity used for de-duplication: the sender's `event_id`, else `device_id:seq`.
     /// `None` when the event carries neither (the schema refuses such an event).
     pub fn identity(&self) -> Option<String> {
@@ -516,6 +591,10 @@ pub enum AlertKind {
     /// An event contradicts a stored one (same identity, or same device and seq, other
     /// content): one of the two is not genuine. The later one is kept as evidence.
     EventConflict,
+    /// A seal event failed device authentication (unsigned from a device with a key, a
+    /// bad signature, an unknown or revoked key, a replayed seq, a device its platform
+    /// does not hold): kept as evidence, never applied.
+    DeviceAuthFailure,
 }
 
 impl AlertKind {
@@ -530,6 +609,7 @@ impl AlertKind {
             Self::Overdue => "overdue",
             Self::PositionJump => "position_jump",
             Self::EventConflict => "event_conflict",
+            Self::DeviceAuthFailure => "device_auth_failure",
         }
     }
 }

@@ -424,6 +424,26 @@ pub enum Input {
     /// an opening) is raised as well: a genuine alarm must not be silenced by a forged event
     /// that took its sequence number first.
     ConflictingEvent(ConflictingEvent),
+    /// A seal event that failed device authentication: kept as evidence, never applied;
+    /// it raises `device_auth_failure` and nothing else (its alarm is not believed).
+    RefusedEvent(RefusedEvent),
+}
+
+/// A seal event refused by device authentication, with the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefusedEvent {
+    pub event: SealEvent,
+    pub reason: String,
+    /// Its id as evidence (a hash of its content and reason).
+    pub refusal_id: String,
+}
+
+impl RefusedEvent {
+    /// How the refused event is named in alert evidence.
+    pub fn evidence(&self) -> String {
+        let short: String = self.refusal_id.chars().take(16).collect();
+        format!("refused:{short}")
+    }
 }
 
 /// A seal event that contradicts a stored one.
@@ -454,6 +474,7 @@ impl Input {
             Input::Cancel(c) => c.time,
             Input::SealAssignment(a) => a.assigned_at,
             Input::ConflictingEvent(c) => c.event.time,
+            Input::RefusedEvent(r) => r.event.time,
         }
     }
 
@@ -468,6 +489,7 @@ impl Input {
             Input::Cancel(c) => (c.time, 3, String::new()),
             Input::SealEvent(e) => (e.time, 4, event_order(e)),
             Input::ConflictingEvent(c) => (c.event.time, 5, c.conflict_id.clone()),
+            Input::RefusedEvent(r) => (r.event.time, 6, r.refusal_id.clone()),
         }
     }
 }
@@ -774,6 +796,7 @@ impl Trip {
             Input::Cancel(cancel) => self.on_cancel(cancel, &mut fx)?,
             Input::SealAssignment(assignment) => self.on_assignment(assignment, &mut fx)?,
             Input::ConflictingEvent(conflict) => self.on_conflict(conflict, geo, &mut fx),
+            Input::RefusedEvent(refused) => self.on_refused(refused, &mut fx),
         }
         self.finish(fx, now)
     }
@@ -1288,6 +1311,35 @@ impl Trip {
                 notification: Box::new(note),
             },
         ])
+    }
+
+    /// An event refused by device authentication: `device_auth_failure` on the seal its
+    /// device (or seal id) names, or on the trip; nothing else of it is believed.
+    fn on_refused(&mut self, refused: &RefusedEvent, fx: &mut Vec<Effect>) {
+        if self.status.state.is_final() {
+            return;
+        }
+        let event = &refused.event;
+        let seal_id = self
+            .find_seal(event)
+            .map(|(e, s)| self.status.equipment[e].seals[s].id.clone());
+        let point = self.track.last_fix.as_ref().map(Fix::point);
+        self.raise(
+            fx,
+            AlertKind::DeviceAuthFailure,
+            Severity::High,
+            seal_id.as_ref(),
+            &refused.evidence(),
+            event.time,
+            point,
+            format!(
+                "device {} sent {} ({}) that failed authentication: {}; kept as evidence, not applied",
+                event.device_id,
+                event.kind.as_str(),
+                evidence_of(event),
+                refused.reason
+            ),
+        );
     }
 
     /// A conflicting event: `event_conflict` on its seal, and its alarm if it carries one;
