@@ -324,7 +324,7 @@ pub async fn put_device(
 #[get("/v1/devices/{device}/refused-events")]
 pub async fn refused_events(
     state: web::Data<AppState>,
-    viewer: Viewer,
+    _viewer: Viewer,
     path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
