@@ -872,14 +872,13 @@ impl Tracking {
                 refusal_id: row.try_get("refusal_id")?,
             }));
         }
-        for row in
-            sqlx::query(
-                "select input, received_at from trip_commands where trip_id = $1 and command_time > $2",
-            )
-                .bind(&trip_id)
-                .bind(&after)
-                .fetch_all(&mut *conn)
-                .await?
+        for row in sqlx::query(
+            "select input, received_at from trip_commands where trip_id = $1 and command_time > $2",
+        )
+        .bind(&trip_id)
+        .bind(&after)
+        .fetch_all(&mut *conn)
+        .await?
         {
             let mut input: Input = serde_json::from_str(&row.try_get::<String, _>("input")?)
                 .map_err(|e| StoreError::Corrupt(format!("command of trip {trip_id}: {e}")))?;

@@ -65,7 +65,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/devices/{device}/keys", "admin"),
     ("DELETE", "/v1/devices/{device}/keys/{key_id}", "admin"),
     ("PUT", "/v1/devices/{device}", "admin"),
-    ("GET", "/v1/devices/{device}/refused-events", "admin operator"),
+    (
+        "GET",
+        "/v1/devices/{device}/refused-events",
+        "admin operator",
+    ),
     ("POST", "/v1/trips/{id}/release", "officer partner"),
     ("POST", "/v1/trips/{id}/handover", "officer partner"),
     ("POST", "/v1/trips/{id}/cancel", "officer partner"),

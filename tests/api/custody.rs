@@ -465,11 +465,21 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
     assert_eq!(reply.status, 404, "{}", reply.text);
 
     let reason = "Opened by the GT inspection team at km 9 under order 2026/117";
-    let reply = app.command(&path, json!({"reason": reason}).to_string()).await;
+    let reply = app
+        .command(&path, json!({"reason": reason}).to_string())
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let alert = reply.json();
     assert_eq!(alert["justified"]["reason"], reason);
-    assert_eq!(alert["justified"]["by"], "operator");
+    // The officer as authenticated (a GT officer's token: GT is the custodian).
+    let by = alert["justified"]["by"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        by.starts_with("user:") && by.ends_with("/officer/GT"),
+        "{by}"
+    );
     assert!(!alert["cleared_at"].is_null());
     // Kept, closed, listed, never withdrawn.
     assert!(
@@ -499,7 +509,7 @@ async fn a_tamper_alert_is_justified_as_an_act_of_its_own(app: TestApp) {
         .find(|e| e["action"] == "input.alert_justified")
         .expect("the justification in the audit chain")
         .clone();
-    assert_eq!(entry["actor"], "operator");
+    assert_eq!(entry["actor"], by.as_str());
     assert_eq!(entry["payload"]["reason"], reason);
     assert_eq!(entry["payload"]["alert_id"], id.as_str());
     // A replay (a late event) keeps the justification.
