@@ -450,6 +450,7 @@ impl Consumer {
             .content_type()
             .as_ref()
             .map(|c| c.as_str().to_owned());
+        let scope = crate::ingest::Scope::of_partner(partner);
         let source = Source {
             transport: "amqp",
             sender: &partner.id,
@@ -457,7 +458,7 @@ impl Consumer {
             message_id: Some(&transport_id),
             partner: Some(&partner.id),
             authority: Some(&partner.authority),
-            scope: Some(partner),
+            scope: Some(&scope),
             platform: None,
         };
         // A partner's answer to what the outbox sent it (an ICEGATE ACK, a WCO DMS

@@ -46,10 +46,45 @@ pub struct Source<'a> {
     /// under its own country, and its events, amendments and seal assignments reach only
     /// trips it may see (the others are answered as if they did not exist). `None`: the
     /// operator's side, which reaches every trip.
-    pub scope: Option<&'a crate::partners::PartnerConfig>,
+    pub scope: Option<&'a Scope>,
     /// The device platform that posted it (a device-platform principal's name): it may
     /// post events only for devices registered to it, and each is marked as its.
     pub platform: Option<&'a str>,
+}
+
+/// What a confined sender may reach: a partner (its sharing rules), or a single window's
+/// token (what it filed).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The partner id, or the single window's filer id (`token:<name>`).
+    pub id: String,
+    /// The country it may file declarations for; `None`: not bound to one.
+    pub country: Option<String>,
+    /// The trip parties it sees.
+    pub parties: Vec<String>,
+}
+
+impl Scope {
+    pub fn of_partner(p: &crate::partners::PartnerConfig) -> Self {
+        Self {
+            id: p.id.clone(),
+            country: Some(p.country().to_owned()),
+            parties: p.visible_parties(),
+        }
+    }
+
+    /// Whether it sees a trip with these parties.
+    pub fn may_see<'a>(&self, mut parties: impl Iterator<Item = &'a str>) -> bool {
+        parties.any(|p| self.parties.iter().any(|q| q == p))
+    }
+
+    fn country(&self) -> Option<&str> {
+        self.country.as_deref()
+    }
+
+    fn visible_parties(&self) -> &[String] {
+        &self.parties
+    }
 }
 
 impl Source<'_> {
@@ -499,8 +534,20 @@ impl Ingest {
                 return Err(e.into());
             }
         };
+        if source.platform.is_some() && !matches!(decoded.inbound, Inbound::SealEvents { .. }) {
+            // A device platform posts its devices' events, nothing else.
+            let located = Located::pointer(
+                "",
+                "a device platform may post seal events only, not declarations or seal \
+                 assignments",
+            );
+            self.record_rejected(&message, &serde_json::json!([located]).to_string())
+                .await?;
+            return Err(IngestError::Forbidden(located));
+        }
         if let (Inbound::Declaration(d), Some(p)) = (&decoded.inbound, source.scope)
-            && &d.issuing_authority.as_str()[..2] != p.country()
+            && let Some(country) = p.country()
+            && d.issuing_authority.as_str().get(..2) != Some(country)
         {
             // Said before anything is looked up: the refusal is the same whether or not
             // that authority has such a declaration.
@@ -1770,7 +1817,7 @@ async fn event_trip(tx: &mut Tx, event_key: &str) -> Result<Option<String>, Stor
 async fn withhold(
     tx: &mut Tx,
     message: &Message<'_>,
-    partner: &crate::partners::PartnerConfig,
+    partner: &Scope,
     key: &str,
     event: &SealEvent,
     text: &str,

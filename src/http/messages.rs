@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::viewer::Viewer;
 use crate::answers::AnswerFormat;
 use crate::formats::{Decoded, Format, FormatInfo, Inbound};
-use crate::ingest::{Answer, IngestResponse, Source};
+use crate::ingest::{Answer, IngestResponse, Scope, Source};
 use crate::problem::{DocumentError, Located, Problem};
 use actix_web::FromRequest;
 use actix_web::web::Bytes;
@@ -30,7 +30,12 @@ fn answer(a: Answer) -> HttpResponse {
 /// The sender is the partner whose credential came with the request, else the principal
 /// as the audit trail names it (`user:<token name>/<role>`). A single window's filings
 /// are recorded as its own (`filer:token:<name>`).
-fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer, actor: &'a str) -> Source<'a> {
+fn source_of<'a>(
+    req: &'a HttpRequest,
+    viewer: &'a Viewer,
+    actor: &'a str,
+    scope: &'a Option<Scope>,
+) -> Source<'a> {
     Source {
         transport: "http",
         sender: viewer.partner_id().unwrap_or(actor),
@@ -44,12 +49,23 @@ fn source_of<'a>(req: &'a HttpRequest, viewer: &'a Viewer, actor: &'a str) -> So
             Viewer::Partner(p) => Some(&p.authority),
             Viewer::User(_) => None,
         },
-        scope: match viewer {
-            Viewer::Partner(p) => Some(p),
-            Viewer::User(_) => None,
-        },
+        scope: scope.as_ref(),
         // A device platform posts only for its registered devices, each event marked as its.
         platform: viewer.device_platform(),
+    }
+}
+
+/// What the sender may reach: a partner by its sharing rules, a single window what it
+/// filed; `None` for the rest (admin; a device platform is bound by its devices).
+fn scope_of(viewer: &Viewer) -> Option<Scope> {
+    match viewer {
+        Viewer::Partner(p) => Some(Scope::of_partner(p)),
+        Viewer::User(u) if u.role == crate::auth::Role::SingleWindow => Some(Scope {
+            id: viewer.filer_id().unwrap_or_default().to_owned(),
+            country: u.authority.as_ref().map(|a| a.chars().take(2).collect()),
+            parties: viewer.parties().unwrap_or_default(),
+        }),
+        Viewer::User(_) => None,
     }
 }
 
@@ -61,10 +77,16 @@ async fn ingest_with(
 ) -> Result<HttpResponse, ApiError> {
     let viewer = Viewer::extract(req).await?;
     let actor = viewer.actor();
+    let scope = scope_of(&viewer);
     let format_id = format.id().to_owned();
     let result = state
         .ingest
-        .ingest(format, body, source_of(req, &viewer, &actor), Utc::now())
+        .ingest(
+            format,
+            body,
+            source_of(req, &viewer, &actor, &scope),
+            Utc::now(),
+        )
         .await;
     state.metrics.message_in(&format_id, &result);
     Ok(answer(result?))
@@ -79,9 +101,15 @@ async fn answer_with(
 ) -> Result<HttpResponse, ApiError> {
     let viewer = Viewer::extract(req).await?;
     let actor = viewer.actor();
+    let scope = scope_of(&viewer);
     let result = state
         .ingest
-        .answer(format, body, source_of(req, &viewer, &actor), Utc::now())
+        .answer(
+            format,
+            body,
+            source_of(req, &viewer, &actor, &scope),
+            Utc::now(),
+        )
         .await;
     state.metrics.message_in(format.id(), &result);
     Ok(answer(result?))
@@ -164,13 +192,14 @@ pub async fn post_message_detect(
     }
     let viewer = Viewer::extract(&req).await?;
     let actor = viewer.actor();
+    let scope = scope_of(&viewer);
     // Detection and decoding in one job on the decode pool, off the async workers.
     let (format_id, result) = state
         .ingest
         .ingest_detected(
             &state.formats,
             body,
-            source_of(&req, &viewer, &actor),
+            source_of(&req, &viewer, &actor, &scope),
             Utc::now(),
         )
         .await;

@@ -34,3 +34,4 @@ mod suite;
 mod tls;
 mod tracking;
 mod trips;
+mod trust;
