@@ -80,6 +80,10 @@ pub struct PartnerConfig {
     /// as its own. The token itself is never in the configuration.
     #[serde(default)]
     pub api_token_sha256: Option<String>,
+    /// Not configuration: on a request, the SHA-256 of the client certificate this partner
+    /// presented, so the audit trail names it (`partner:<id>/cert:<sha256>`).
+    #[serde(skip)]
+    pub presented_certificate: Option<String>,
     /// SHA-256 (hex) of the SubjectPublicKeyInfo of client certificates that are this
     /// partner's on the HTTP listener (pins): accepted under a configured CA or, pinned,
     /// self-signed. Several allow a key rollover.

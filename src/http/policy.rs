@@ -342,7 +342,11 @@ async fn authenticate(state: &AppState, req: &ServiceRequest) -> Result<Option<V
         // else); a bearer token, when both are presented, decides.
         if let Some(cert) = req.conn_data::<crate::tls::ClientCertificate>() {
             return match crate::partners::by_certificate(&state.settings.partners, cert) {
-                Some(p) => Ok(Some(Viewer::Partner(Box::new(p.clone())))),
+                Some(p) => {
+                    let mut partner = p.clone();
+                    partner.presented_certificate = Some(cert.sha256.clone());
+                    Ok(Some(Viewer::Partner(Box::new(partner))))
+                }
                 None => Err(ApiError::Unauthorized(
                     "the client certificate is not any partner's".into(),
                 )),

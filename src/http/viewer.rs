@@ -126,10 +126,14 @@ impl Viewer {
     }
 
     /// Who acted, as the audit trail and the registry's record of changes name it:
-    /// `user:<token name>/<role>[/<authority or party>]`, or `partner:<id>`.
+    /// `user:<token name>/<role>[/<authority or party>]`, or `partner:<id>` (with
+    /// `/cert:<sha256>` when it presented a client certificate).
     pub fn actor(&self) -> String {
         match self {
-            Viewer::Partner(p) => format!("partner:{}", p.id),
+            Viewer::Partner(p) => match &p.presented_certificate {
+                Some(sha256) => format!("partner:{}/cert:{sha256}", p.id),
+                None => format!("partner:{}", p.id),
+            },
             Viewer::User(u) => match u.authority.as_deref().or(u.party.as_deref()) {
                 Some(x) => format!("user:{}/{}/{x}", u.name, u.role),
                 None => format!("user:{}/{}", u.name, u.role),

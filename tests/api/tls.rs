@@ -76,6 +76,8 @@ pub(crate) struct Leaf {
     pub(crate) cert_pem: String,
     pub(crate) key_pem: String,
     pub(crate) spki_sha256: String,
+    /// SHA-256 of the whole DER certificate.
+    pub(crate) cert_sha256: String,
 }
 
 impl Leaf {
@@ -85,6 +87,7 @@ impl Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             spki_sha256: hex::encode(Sha256::digest(key.subject_public_key_info())),
+            cert_sha256: hex::encode(Sha256::digest(cert.der())),
         }
     }
 
@@ -235,7 +238,14 @@ async fn partners_are_named_by_their_certificates(backend: Backend) {
         .client_ca
         .leaf("sv-customs", &["sv.customs.example"], true);
     let wrong_ca = Ca::new("Not our CA").leaf("sv-customs", &["sv.customs.example"], false);
+    let gt = pki
+        .client_ca
+        .leaf("gt-customs", &["gt.customs.example"], false);
     let partners = vec![
+        partner(
+            "id = \"gt-customs\"\nauthority = \"GT\"\nformat = \"ects-json\"\n\
+             certificate_san = \"gt.customs.example\"\n",
+        ),
         // Named under the CA, by SAN.
         partner(
             "id = \"sv-customs\"\nauthority = \"SV\"\nformat = \"ects-json\"\n\
@@ -348,6 +358,38 @@ async fn partners_are_named_by_their_certificates(backend: Backend) {
     }
     // The listener still serves after the refusals.
     assert_eq!(trip_ids(&as_sv, &url, None).await.0, 200);
+
+    // GT's system, by its certificate, cancels the trip in GT's custody: the audit trail
+    // names the partner and the certificate it presented.
+    let as_gt = pki.client(Some(&gt));
+    let cancel = serde_json::json!({"trip_id": gt_sv, "authority": "GT",
+        "officer": {"id": "GT-OF-9"}, "time": chrono::Utc::now().to_rfc3339(),
+        "reason": "withdrawn by the declarant"});
+    let reply = as_gt
+        .post(format!("{url}/v1/trips/{gt_sv}/cancel"))
+        .header("content-type", "application/json")
+        .body(cancel.to_string())
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(reply.status(), 200, "{:?}", reply.text().await);
+    let audit: Value = as_gt
+        .get(format!("{url}/v1/trips/{gt_sv}/audit"))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    let cancelled = audit["entries"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["action"] == "input.cancel"))
+        .unwrap_or_else(|| panic!("no cancellation in {audit:#}"))
+        .clone();
+    assert_eq!(
+        cancelled["actor"],
+        format!("partner:gt-customs/cert:{}", gt.cert_sha256)
+    );
 }
 
 async fn required_client_auth_refuses_a_connection_without_certificate(backend: Backend) {
