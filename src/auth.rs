@@ -224,8 +224,8 @@ pub fn parse_expiry(text: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<U
 }
 
 impl NewToken {
-    /// Checks the combination: an officer needs an authority, a shipper or transporter a
-    /// party; the others take neither.
+    /// Checks the combination: an officer needs an authority (a single window may have
+    /// one), a shipper or transporter a party; the others take neither.
     pub fn check(&self) -> Result<(), TokenError> {
         check_name(&self.name)?;
         if self.role == Role::Partner {
@@ -239,10 +239,11 @@ impl NewToken {
                     "an officer token needs --authority (KE, KE-KRA)".into(),
                 ));
             }
-            (Some(a), Role::Officer) => check_authority(a)?,
+            // A single window may be bound to its country: it files only for it.
+            (Some(a), Role::Officer | Role::SingleWindow) => check_authority(a)?,
             (Some(_), role) => {
                 return Err(TokenError::Invalid(format!(
-                    "--authority is for officer tokens, not {role}"
+                    "--authority is for officer and single-window tokens, not {role}"
                 )));
             }
             (None, _) => {}

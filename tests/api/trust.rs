@@ -118,6 +118,42 @@ async fn a_single_window_token_reaches_only_what_it_filed(app: TestApp) {
     let b = app.post_as(&sw, "/v1/messages", unknown.to_string()).await;
     assert_eq!(a.status, b.status, "{} / {}", a.text, b.text);
     assert_ne!(a.status / 100, 2, "{}", a.text);
+
+    // A single window bound to GT (`token create --role single-window --authority GT`)
+    // files for GT, not for KE.
+    let gt_sw = make_token(
+        &app.tokens,
+        "gt-window-1",
+        Role::SingleWindow,
+        Some("GT"),
+        None,
+    )
+    .await;
+    let reply = app
+        .post_as(
+            &gt_sw,
+            "/v1/messages/ects-json",
+            fixture("ects-json/declaration-ke-ug.json"),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    assert_eq!(
+        reply.pointers(),
+        vec!["/issuing_authority"],
+        "{}",
+        reply.text
+    );
+    let mine = app
+        .post_as(
+            &gt_sw,
+            "/v1/messages/ects-json",
+            fixture("ects-json/declaration-gt-sv.json").to_vec(),
+        )
+        .await;
+    // The GT declaration exists already (filed by the admin): the single window may not
+    // see that trip, so it is told only that the id is taken.
+    assert_eq!(mine.status, 409, "{}", mine.text);
+    assert!(!mine.text.contains(&other), "{}", mine.text);
 }
 
 crate::on_both_backends!(
