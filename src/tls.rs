@@ -66,6 +66,56 @@ pub struct ClientCertificate {
     pub ca_verified: bool,
 }
 
+/// The subject as RFC 4514 text in certificate order (`CN=ke-kra, O=KRA, C=KE`), each
+/// value escaped: a CN of `sv-customs, O=DGA, C=SV` is `CN=sv-customs\, O\=DGA\, C\=SV`,
+/// never the three attributes it imitates. A value that is not a string reads `#`
+/// (matching no configured subject).
+fn subject_text(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    name.iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let key = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                        .map_or_else(|_| attr.attr_type().to_id_string(), str::to_owned);
+                    let value = attr.as_str().map_or_else(|_| "#".to_owned(), escape_value);
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// RFC 4514 section 2.4: `, + " \ < > ; =` escaped, and a leading `#` or space and a
+/// trailing space; control characters as `\XX`.
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' | ' ' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' ' if i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 impl ClientCertificate {
     /// Reads a DER certificate; `None` when it does not parse (rustls accepted it, so only
     /// a pinned certificate x509-parser cannot read would get here).
@@ -87,7 +137,7 @@ impl ClientCertificate {
         Some(Self {
             spki_sha256: hex::encode(Sha256::digest(cert.public_key().raw)),
             sha256: hex::encode(Sha256::digest(der)),
-            subject: cert.subject().to_string(),
+            subject: subject_text(cert.subject()),
             dns_sans,
             uri_sans,
             ca_verified,
@@ -339,6 +389,11 @@ mod tests {
         );
         assert_eq!(read.sha256, hex::encode(Sha256::digest(cert.der())));
         assert_eq!(read.subject, "CN=ke-kra, C=KE");
+        assert_eq!(
+            escape_value("sv-customs, O=DGA, C=SV"),
+            "sv-customs\\, O\\=DGA\\, C\\=SV"
+        );
+        assert_eq!(escape_value(" #a "), "\\ #a\\ ");
         assert_eq!(read.dns_sans, ["ke-kra.example"]);
         assert_eq!(read.uri_sans, ["urn:ects:partner:ke-kra"]);
         assert!(read.ca_verified);

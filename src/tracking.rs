@@ -297,6 +297,28 @@ pub async fn verify_trail(
     }
 }
 
+/// Replaces every `one_time_code` in a payload by `"withheld"`; whether it found one.
+fn withhold_codes(value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut found = false;
+            for (key, v) in map.iter_mut() {
+                if key == "one_time_code" {
+                    *v = serde_json::Value::String("withheld".into());
+                    found = true;
+                } else {
+                    found |= withhold_codes(v);
+                }
+            }
+            found
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |found, v| withhold_codes(v) || found),
+        _ => false,
+    }
+}
+
 /// A page of a trip's audit chain: up to `limit` entries after sequence `after_seq`.
 pub async fn audit_trail(
     store: &Store,
@@ -313,8 +335,15 @@ pub async fn audit_trail(
         let entry = row_to_entry(r)?;
         let payload: String = r.try_get("payload")?;
         let mut value = serde_json::to_value(&entry).unwrap_or_default();
-        value["payload"] =
+        let mut shown_payload: serde_json::Value =
             serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload.clone()));
+        // Even hashed, a short one-time code is found again by trying every code against
+        // its hash (the trip and release ids are beside it): the audit API never shows it.
+        if withhold_codes(&mut shown_payload) {
+            // The payload shown is not the one hashed (`payload_sha256`).
+            value["payload_withheld"] = serde_json::Value::Bool(true);
+        }
+        value["payload"] = shown_payload;
         if r.try_get::<Option<String>, _>("redacted_payload_sha256")?
             .is_some()
         {

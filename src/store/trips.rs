@@ -331,7 +331,7 @@ pub async fn trip_for_event(
 ) -> Result<Option<String>, StoreError> {
     let row = sqlx::query(
         "select t.trip_id from trip_seals s join trips t on t.trip_id = s.trip_id
-         where (s.seal_id = $1 or s.device_id = $2)
+         where (s.device_id = $2 or (s.seal_id = $1 and s.device_id is null))
            and (t.state not in ('released', 'cancelled')
                 or (t.state = 'cancelled' and s.released_at is null))
          order by case when t.state = 'cancelled' then 1 else 0 end, t.created_at desc
@@ -431,20 +431,31 @@ pub async fn claim_unmatched_for(
                 });
             }
         }
-        let rows = sqlx::query(
-            // An event a partner sent is claimed only by a trip that partner may see.
-            "select e.event_key, e.canonical from seal_events e
-             where e.trip_id is null and e.event_time >= $1 and (e.seal_id = $2 or e.device_id = $3)
+        // A seal with a device takes only that device's events (an event naming the seal
+        // from another device is not the seal's); a seal without one, events naming it.
+        const BY_DEVICE: &str = "select e.event_key, e.canonical from seal_events e
+             where e.trip_id is null and e.event_time >= $1 and e.device_id = $2
                and (e.sent_by_parties is null or exists (
-                   select 1 from trip_parties tp where tp.trip_id = $4
-                      and e.sent_by_parties like '%,' || tp.party || ',%'))",
-        )
-        .bind(&since)
-        .bind(seal.id.as_str())
-        .bind(seal.device_id.as_ref().map(|d| d.as_str()))
-        .bind(trip_id)
-        .fetch_all(&mut *conn)
-        .await?;
+                   select 1 from trip_parties tp where tp.trip_id = $3
+                      and e.sent_by_parties like '%,' || tp.party || ',%'))";
+        const BY_SEAL: &str = "select e.event_key, e.canonical from seal_events e
+             where e.trip_id is null and e.event_time >= $1 and e.seal_id = $2
+               and (e.sent_by_parties is null or exists (
+                   select 1 from trip_parties tp where tp.trip_id = $3
+                      and e.sent_by_parties like '%,' || tp.party || ',%'))";
+        // A seal with a device takes only that device's events (an event naming the seal
+        // from another device is not the seal's); a seal without one, events naming it.
+        // An event a partner sent is claimed only by a trip that partner may see.
+        let (sql, key) = match &seal.device_id {
+            Some(device) => (BY_DEVICE, device.as_str()),
+            None => (BY_SEAL, seal.id.as_str()),
+        };
+        let rows = sqlx::query(sql)
+            .bind(&since)
+            .bind(key)
+            .bind(trip_id)
+            .fetch_all(&mut *conn)
+            .await?;
         for row in rows {
             let key: String = row.try_get("event_key")?;
             sqlx::query(

@@ -395,10 +395,18 @@ async fn partners_are_named_by_their_certificates(backend: Backend) {
 async fn required_client_auth_refuses_a_connection_without_certificate(backend: Backend) {
     let pki = Pki::new();
     let sv = pki.client_ca.leaf("sv-customs", &[], false);
-    let partners = vec![partner(
-        "id = \"sv-customs\"\nauthority = \"SV\"\nformat = \"ects-json\"\n\
-         certificate_subject = \"CN=sv-customs\"\n",
-    )];
+    // One attribute whose value imitates three: not the partner whose subject it mimics.
+    let spoof = pki.client_ca.leaf("mx-customs, O=SAT, C=MX", &[], false);
+    let partners = vec![
+        partner(
+            "id = \"sv-customs\"\nauthority = \"SV\"\nformat = \"ects-json\"\n\
+             certificate_subject = \"CN=sv-customs\"\n",
+        ),
+        partner(
+            "id = \"mx-customs\"\nauthority = \"MX\"\nformat = \"ects-json\"\n\
+             certificate_subject = \"CN=mx-customs, O=SAT, C=MX\"\n",
+        ),
+    ];
     let tls = pki.settings(ClientAuth::Required);
     let Some(app) = spawn_app_with(backend, product_mappings_dir(), |s| {
         s.partners = partners;
@@ -425,6 +433,7 @@ async fn required_client_auth_refuses_a_connection_without_certificate(backend: 
         trip_ids(&pki.client(Some(&sv)), &url, None).await,
         (200, vec![])
     );
+    assert_eq!(trip_ids(&pki.client(Some(&spoof)), &url, None).await.0, 401);
 }
 
 mod partners_are_named_by_their_certificates {

@@ -751,11 +751,14 @@ impl Trip {
                 .enumerate()
                 .find_map(|(e, equipment)| equipment.seals.iter().position(test).map(|s| (e, s)))
         };
-        event
-            .seal_id
-            .as_ref()
-            .and_then(|id| position(&|seal| &seal.id == id))
-            .or_else(|| position(&|seal| seal.device_id.as_ref() == Some(&event.device_id)))
+        // A seal with a device is that device's: an event of another device naming it is
+        // not the seal's (it would let any device speak for any seal).
+        position(&|seal| seal.device_id.as_ref() == Some(&event.device_id)).or_else(|| {
+            event
+                .seal_id
+                .as_ref()
+                .and_then(|id| position(&|seal| &seal.id == id && seal.device_id.is_none()))
+        })
     }
 
     /// The thresholds in force: the defaults, laid over by the trip's corridor, laid over
