@@ -62,6 +62,8 @@ pub struct Scope {
     pub country: Option<String>,
     /// The trip parties it sees.
     pub parties: Vec<String>,
+    /// Whether it may post seal events (a partner's feed may; a single window may not).
+    pub posts_events: bool,
 }
 
 impl Scope {
@@ -70,6 +72,7 @@ impl Scope {
             id: p.id.clone(),
             country: Some(p.country().to_owned()),
             parties: p.visible_parties(),
+            posts_events: true,
         }
     }
 
@@ -541,6 +544,16 @@ impl Ingest {
                 "a device platform may post seal events only, not declarations or seal \
                  assignments",
             );
+            self.record_rejected(&message, &serde_json::json!([located]).to_string())
+                .await?;
+            return Err(IngestError::Forbidden(located));
+        }
+        if let (Inbound::SealEvents { .. }, Some(p)) = (&decoded.inbound, source.scope)
+            && !p.posts_events
+        {
+            // A single window files declarations and seal assignments; a seal's events are
+            // the device's (or its platform's, or a customs partner's feed).
+            let located = Located::pointer("", "a single window may not post seal events");
             self.record_rejected(&message, &serde_json::json!([located]).to_string())
                 .await?;
             return Err(IngestError::Forbidden(located));
@@ -1578,6 +1591,16 @@ impl Ingest {
                 (Verdict::Refused(why), None) => Some(why.clone()),
                 (Verdict::Taken { .. }, None) => None,
             };
+            // An event its poster may not speak for (a device platform posting another's
+            // device) is the poster's act, not the device's: kept, but on no trip, raising
+            // nothing there and naming no trip in the answer.
+            let foreign = crate::devices::platform_may_post(
+                message.source.platform,
+                event.device_id.as_str(),
+                facts.registered.as_deref(),
+            )
+            .is_err();
+            let trip_id = if foreign { None } else { trip_id };
             if let Some(reason) = reason {
                 let refusal_id = hex::encode(Sha256::digest(
                     format!("{key}\u{0}{text}\u{0}{reason}").as_bytes(),

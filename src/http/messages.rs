@@ -64,6 +64,7 @@ fn scope_of(viewer: &Viewer) -> Option<Scope> {
             id: viewer.filer_id().unwrap_or_default().to_owned(),
             country: u.authority.as_ref().map(|a| a.chars().take(2).collect()),
             parties: viewer.parties().unwrap_or_default(),
+            posts_events: false,
         }),
         Viewer::User(_) => None,
     }

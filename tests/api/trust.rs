@@ -50,6 +50,20 @@ async fn a_device_platform_posts_only_its_devices_events(app: TestApp) {
     assert_eq!(ours[0]["device_id"], SEAL_1.1);
     assert_eq!(ours[0]["authenticated"], "platform:acme-feed", "{events}");
 
+    // Another device alone: refused and kept, but on no trip: no alert there, no trip named.
+    let alerts_before = app.count("alerts").await;
+    let reply = app
+        .post_as(
+            &platform,
+            "/v1/seal-events",
+            json!([event(SEAL_2, 7002)]).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(reply.json()["events"]["refused"], 1, "{}", reply.text);
+    assert!(!reply.text.contains(&trip), "{}", reply.text);
+    assert_eq!(app.count("alerts").await, alerts_before);
+
     // A declaration from a device platform: 403, and nothing filed.
     let trips_before = app.count("trips").await;
     let reply = app
@@ -93,6 +107,15 @@ async fn a_single_window_token_reaches_only_what_it_filed(app: TestApp) {
         "{}",
         reply.text
     );
+    // Nor through /v1/messages.
+    let reply = app
+        .post_as(
+            &sw,
+            "/v1/messages/ects-json",
+            json!([event(SEAL_1, 7102)]).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
     let after = app.get(&format!("/v1/trips/{other}/events")).await.json();
     assert_eq!(before["events"], after["events"]);
     // A seal assignment to that trip's declaration: as for a declaration not registered.
