@@ -118,6 +118,35 @@ async fn run<T: DeserializeOwned>(
             viewer.actor()
         )));
     }
+    // Custody passes only to an authority that is party to the trip (its issuing
+    // authority, offices or itinerary): another could neither see it nor act on it.
+    if let Input::Handover(h) = &input {
+        let to = h
+            .to_authority
+            .as_str()
+            .get(..2)
+            .unwrap_or_default()
+            .to_owned();
+        let mut conn = state
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        let parties = crate::store::outbox::trip_parties(&mut conn, &trip_id.to_string()).await?;
+        if !parties.iter().any(|p| *p == to) {
+            return Err(ApiError::Document(DocumentError::Invalid(vec![
+                Located::pointer(
+                    "/to_authority",
+                    format!(
+                        "{} is not party to this trip (its issuing authority, offices or \
+                         itinerary): custody cannot pass to it",
+                        h.to_authority
+                    ),
+                ),
+            ])));
+        }
+    }
     // The officer is the one authenticated, not the one typed: an officer token's name
     // replaces the body's officer id (a partner's system names its own officers).
     if let Viewer::User(u) = &viewer {

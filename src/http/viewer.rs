@@ -157,11 +157,11 @@ impl Viewer {
     /// officer or a partner, for its own country.
     pub fn may_act_as(&self, authority: &str) -> bool {
         let own = match self {
-            Viewer::Partner(p) => Some(p.country()),
-            Viewer::User(u) if u.role == Role::Officer => u.country(),
+            Viewer::Partner(p) => Some(p.authority.as_str()),
+            Viewer::User(u) if u.role == Role::Officer => u.authority.as_deref(),
             Viewer::User(_) => None,
         };
-        own.is_some_and(|c| authority.get(..2) == Some(c))
+        own.is_some_and(|own| same_authority(own, authority))
     }
 
     /// Whether this viewer may see the trip.
@@ -180,6 +180,20 @@ impl Viewer {
             Err(ApiError::NotFound(format!("trip {trip_id}")))
         }
     }
+}
+
+/// Whether an officer (or partner) of `own` acts for `authority`: the same authority, or
+/// a country and one of its agencies (`KE` for `KE-KRA`, `KE-KRA` where the custodian is
+/// `KE`); two agencies of one country (`KE-KPA`, `KE-KRA`) are not the same.
+fn same_authority(own: &str, authority: &str) -> bool {
+    let country = |a: &str| a.get(..2).map(str::to_owned);
+    if own == authority {
+        return true;
+    }
+    if country(own) != country(authority) || country(own).is_none() {
+        return false;
+    }
+    own.len() == 2 || authority.len() == 2
 }
 
 impl FromRequest for Viewer {

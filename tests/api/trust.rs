@@ -183,3 +183,40 @@ crate::on_both_backends!(
     a_device_platform_posts_only_its_devices_events,
     a_single_window_token_reaches_only_what_it_filed
 );
+
+/// Two agencies of one country are not one authority; custody passes only to a party.
+async fn agencies_and_handovers_stay_within_the_trips_authorities(app: TestApp) {
+    let reply = app
+        .post_message(fixture("ects-json/declaration-ke-ug.json"))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let trip = reply.json()["trips"][0].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now().to_rfc3339();
+    let cancel = json!({"trip_id": trip, "authority": "KE-KRA", "officer": {"id": "x"},
+                        "time": now, "reason": "withdrawn"});
+    let kpa = app.token(Role::Officer, "KE-KPA").await;
+    let reply = app
+        .post_as(
+            &kpa,
+            &format!("/v1/trips/{trip}/cancel"),
+            cancel.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    let kra = app.token(Role::Officer, "KE-KRA").await;
+    let handover = json!({"handover_id": "HO-MX", "trip_id": trip, "from_authority": "KE-KRA",
+                          "to_authority": "MX", "officer": {"id": "x"}, "time": now,
+                          "seal_check": "intact"});
+    let reply = app
+        .post_as(
+            &kra,
+            &format!("/v1/trips/{trip}/handover"),
+            handover.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.pointers(), vec!["/to_authority"], "{}", reply.text);
+    assert_eq!(app.trip(&trip).await["custodian"], "KE-KRA");
+}
+
+crate::on_both_backends!(agencies_and_handovers_stay_within_the_trips_authorities);
