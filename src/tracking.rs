@@ -110,9 +110,12 @@ async fn load_geography(
         Some(v) => sqlx::query(AT).bind(kind).bind(v),
     };
     let mut corridors = Vec::new();
-    for row in rows("corridor", "select corridor_id as id, feature from corridors")
-        .fetch_all(&mut *conn)
-        .await?
+    for row in rows(
+        "corridor",
+        "select corridor_id as id, feature from corridors",
+    )
+    .fetch_all(&mut *conn)
+    .await?
     {
         let id: String = row.try_get("id")?;
         let feature: serde_json::Value =
@@ -161,11 +164,12 @@ async fn trip_rules_version(
     trip_id: &str,
     version: i64,
 ) -> Result<Option<RulesOverride>, StoreError> {
-    let row = sqlx::query("select rules from trip_rules_versions where trip_id = $1 and version = $2")
-        .bind(trip_id)
-        .bind(version)
-        .fetch_optional(conn)
-        .await?;
+    let row =
+        sqlx::query("select rules from trip_rules_versions where trip_id = $1 and version = $2")
+            .bind(trip_id)
+            .bind(version)
+            .fetch_optional(conn)
+            .await?;
     row.map(|r| {
         serde_json::from_str(&r.try_get::<String, _>("rules")?)
             .map_err(|e| StoreError::Corrupt(format!("rules of trip {trip_id}: {e}")))
@@ -897,11 +901,9 @@ impl Tracking {
         let (after, base): (String, Option<Trip>) = match checkpoint {
             Some(row) => {
                 let engine: String = row.try_get("engine")?;
-                let mut base: Trip = serde_json::from_str(&engine).map_err(|e| {
+                let base: Trip = serde_json::from_str(&engine).map_err(|e| {
                     StoreError::Corrupt(format!("checkpoint of trip {trip_id}: {e}"))
                 })?;
-                // Thresholds set since the checkpoint apply from here on.
-                base.rules = trip.rules.clone();
                 (row.try_get("taken_at")?, Some(base))
             }
             None => (String::new(), None),

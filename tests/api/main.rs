@@ -33,6 +33,6 @@ mod status;
 mod suite;
 mod tls;
 mod tracking;
-mod versions;
 mod trips;
 mod trust;
+mod versions;
