@@ -29,17 +29,49 @@ use crate::store::{self, Store, StoreError, Tx, ts};
 #[derive(Debug)]
 pub struct GeographyCache {
     current: RwLock<(i64, Arc<Geography>)>,
+    /// Past versions a replay judged inputs with, newest first, at most [`PAST_KEPT`].
+    past: std::sync::Mutex<std::collections::VecDeque<(i64, Arc<Geography>)>>,
 }
+
+/// Past geographies kept in memory: a replay walks its inputs in time order, so their
+/// versions mostly rise and a few suffice.
+const PAST_KEPT: usize = 4;
 
 impl Default for GeographyCache {
     fn default() -> Self {
         Self {
             current: RwLock::new((-1, Arc::new(Geography::default()))),
+            past: Default::default(),
         }
     }
 }
 
 impl GeographyCache {
+    /// The geography at a geometry version, from the history (cached, a few versions).
+    pub async fn at(
+        &self,
+        conn: &mut AnyConnection,
+        version: i64,
+    ) -> Result<Arc<Geography>, StoreError> {
+        {
+            let guard = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if guard.0 == version {
+                return Ok(guard.1.clone());
+            }
+        }
+        {
+            let past = self.past.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, g)) = past.iter().find(|(v, _)| *v == version) {
+                return Ok(g.clone());
+            }
+        }
+        let geography = Arc::new(load_geography(conn, Some(version)).await?);
+        let mut past = self.past.lock().unwrap_or_else(|p| p.into_inner());
+        past.push_front((version, geography.clone()));
+        past.truncate(PAST_KEPT);
+        Ok(geography)
+    }
+
     pub async fn get(&self, conn: &mut AnyConnection) -> Result<Arc<Geography>, StoreError> {
         let version: i64 = sqlx::query("select version from geometry_version where id = 1")
             .fetch_one(&mut *conn)
@@ -51,7 +83,7 @@ impl GeographyCache {
                 return Ok(guard.1.clone());
             }
         }
-        let geography = Arc::new(load_geography(conn).await?);
+        let geography = Arc::new(load_geography(conn, None).await?);
         let mut guard = self.current.write().unwrap_or_else(|p| p.into_inner());
         *guard = (version, geography.clone());
         tracing::info!(
@@ -64,13 +96,28 @@ impl GeographyCache {
     }
 }
 
-async fn load_geography(conn: &mut AnyConnection) -> Result<Geography, StoreError> {
+/// Corridors and zones as they are (`version` `None`), or as they were at a geometry
+/// version (from their history).
+async fn load_geography(
+    conn: &mut AnyConnection,
+    version: Option<i64>,
+) -> Result<Geography, StoreError> {
+    const AT: &str = "select h.feature_id as id, h.feature from geometry_history h
+         where h.kind = $1 and h.version = (select max(o.version) from geometry_history o
+             where o.kind = h.kind and o.feature_id = h.feature_id and o.version <= $2)";
+    let rows = |kind: &'static str, now: &'static str| match version {
+        None => sqlx::query(now),
+        Some(v) => sqlx::query(AT).bind(kind).bind(v),
+    };
     let mut corridors = Vec::new();
-    for row in sqlx::query("select corridor_id, feature from corridors")
-        .fetch_all(&mut *conn)
-        .await?
+    for row in rows(
+        "corridor",
+        "select corridor_id as id, feature from corridors",
+    )
+    .fetch_all(&mut *conn)
+    .await?
     {
-        let id: String = row.try_get("corridor_id")?;
+        let id: String = row.try_get("id")?;
         let feature: serde_json::Value =
             serde_json::from_str(&row.try_get::<String, _>("feature")?)
                 .map_err(|e| StoreError::Corrupt(format!("corridor {id}: {e}")))?;
@@ -87,11 +134,11 @@ async fn load_geography(conn: &mut AnyConnection) -> Result<Geography, StoreErro
         }
     }
     let mut zones = Vec::new();
-    for row in sqlx::query("select zone_id, feature from zones")
+    for row in rows("zone", "select zone_id as id, feature from zones")
         .fetch_all(&mut *conn)
         .await?
     {
-        let id: String = row.try_get("zone_id")?;
+        let id: String = row.try_get("id")?;
         let feature: serde_json::Value =
             serde_json::from_str(&row.try_get::<String, _>("feature")?)
                 .map_err(|e| StoreError::Corrupt(format!("zone {id}: {e}")))?;
@@ -106,11 +153,50 @@ async fn load_geography(conn: &mut AnyConnection) -> Result<Geography, StoreErro
     Ok(Geography::new(corridors, zones))
 }
 
-/// Marks corridors or zones as changed, inside the transaction that changes them.
-pub async fn bump_geometry_version(conn: &mut AnyConnection) -> Result<(), StoreError> {
+/// The geometry and rules versions an input was received under (`None`: stored before
+/// they were kept, judged with today's).
+type Judged = (Option<i64>, Option<i64>);
+
+/// A trip's own thresholds at a rules version; `None` when not kept (version 0 of a trip
+/// whose rules never changed: its rules now).
+async fn trip_rules_version(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+    version: i64,
+) -> Result<Option<RulesOverride>, StoreError> {
+    let row =
+        sqlx::query("select rules from trip_rules_versions where trip_id = $1 and version = $2")
+            .bind(trip_id)
+            .bind(version)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|r| {
+        serde_json::from_str(&r.try_get::<String, _>("rules")?)
+            .map_err(|e| StoreError::Corrupt(format!("rules of trip {trip_id}: {e}")))
+    })
+    .transpose()
+}
+
+/// Marks a corridor or zone as changed, inside the transaction that writes it, and keeps
+/// the feature at the new version (a replay judges an input with the geometry of then).
+pub async fn bump_geometry_version(
+    conn: &mut AnyConnection,
+    kind: &str,
+    id: &str,
+    feature: &str,
+) -> Result<(), StoreError> {
     sqlx::query("update geometry_version set version = version + 1 where id = 1")
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
+    sqlx::query(
+        "insert into geometry_history (kind, feature_id, version, feature)
+         values ($1, $2, (select version from geometry_version where id = 1), $3)",
+    )
+    .bind(kind)
+    .bind(id)
+    .bind(feature)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -844,29 +930,23 @@ impl Tracking {
         let (after, base): (String, Option<Trip>) = match checkpoint {
             Some(row) => {
                 let engine: String = row.try_get("engine")?;
-                let mut base: Trip = serde_json::from_str(&engine).map_err(|e| {
+                let base: Trip = serde_json::from_str(&engine).map_err(|e| {
                     StoreError::Corrupt(format!("checkpoint of trip {trip_id}: {e}"))
                 })?;
-                // Thresholds set since the checkpoint apply from here on.
-                base.rules = trip.rules.clone();
                 (row.try_get("taken_at")?, Some(base))
             }
             None => (String::new(), None),
         };
-        let mut inputs = Vec::new();
-        for row in
-            sqlx::query("select canonical from seal_events where trip_id = $1 and event_time > $2")
-                .bind(&trip_id)
-                .bind(&after)
-                .fetch_all(&mut *conn)
-                .await?
-        {
-            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
-                .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
-            inputs.push(Input::SealEvent(event));
-        }
+        // Each input with the geometry and rules versions it was received under.
+        let mut inputs: Vec<(Input, Judged)> = Vec::new();
+        let judged = |row: &sqlx::any::AnyRow| -> Result<Judged, StoreError> {
+            Ok((
+                row.try_get("geometry_version")?,
+                row.try_get("rules_version")?,
+            ))
+        };
         for row in sqlx::query(
-            "select canonical, conflicts_with, conflict_id from seal_event_conflicts
+            "select canonical, geometry_version, rules_version from seal_events
              where trip_id = $1 and event_time > $2",
         )
         .bind(&trip_id)
@@ -876,15 +956,29 @@ impl Tracking {
         {
             let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
                 .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
-            inputs.push(Input::ConflictingEvent(ConflictingEvent {
+            inputs.push((Input::SealEvent(event), judged(&row)?));
+        }
+        for row in sqlx::query(
+            "select canonical, conflicts_with, conflict_id, geometry_version, rules_version
+             from seal_event_conflicts where trip_id = $1 and event_time > $2",
+        )
+        .bind(&trip_id)
+        .bind(&after)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let event: SealEvent = serde_json::from_str(&row.try_get::<String, _>("canonical")?)
+                .map_err(|e| StoreError::Corrupt(format!("seal event of trip {trip_id}: {e}")))?;
+            let input = Input::ConflictingEvent(ConflictingEvent {
                 event,
                 conflicts_with: row.try_get("conflicts_with")?,
                 conflict_id: row.try_get("conflict_id")?,
-            }));
+            });
+            inputs.push((input, judged(&row)?));
         }
         for row in sqlx::query(
-            "select canonical, reason, refusal_id from seal_event_refusals
-             where trip_id = $1 and event_time > $2",
+            "select canonical, reason, refusal_id, geometry_version, rules_version
+             from seal_event_refusals where trip_id = $1 and event_time > $2",
         )
         .bind(&trip_id)
         .bind(&after)
@@ -895,14 +989,16 @@ impl Tracking {
                 .map_err(|e| {
                     StoreError::Corrupt(format!("refused event of trip {trip_id}: {e}"))
                 })?;
-            inputs.push(Input::RefusedEvent(RefusedEvent {
+            let input = Input::RefusedEvent(RefusedEvent {
                 event,
                 reason: row.try_get("reason")?,
                 refusal_id: row.try_get("refusal_id")?,
-            }));
+            });
+            inputs.push((input, judged(&row)?));
         }
         for row in sqlx::query(
-            "select input, received_at from trip_commands where trip_id = $1 and command_time > $2",
+            "select input, received_at, geometry_version, rules_version from trip_commands
+             where trip_id = $1 and command_time > $2",
         )
         .bind(&trip_id)
         .bind(&after)
@@ -915,32 +1011,68 @@ impl Tracking {
             if let Input::Release(r) = &mut input {
                 r.received_at = Some(store::parse_ts(&row.try_get::<String, _>("received_at")?)?);
             }
-            inputs.push(input);
+            inputs.push((input, judged(&row)?));
         }
-        if let Some(base) = base {
-            return Ok(guarded(&trip_id, "replay", || {
-                Trip::resume(base, &inputs, geo, &self.rules, now)
-            }));
-        }
-        let declaration: TransitDeclaration = {
-            let row = sqlx::query("select canonical from declarations where trip_id = $1")
-                .bind(&trip_id)
-                .fetch_one(&mut *conn)
-                .await?;
-            serde_json::from_str(&row.try_get::<String, _>("canonical")?)
-                .map_err(|e| StoreError::Corrupt(format!("declaration of trip {trip_id}: {e}")))?
+        let mut rebuilt = match base {
+            Some(base) => base,
+            None => {
+                let declaration: TransitDeclaration = {
+                    let row = sqlx::query("select canonical from declarations where trip_id = $1")
+                        .bind(&trip_id)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    serde_json::from_str(&row.try_get::<String, _>("canonical")?).map_err(|e| {
+                        StoreError::Corrupt(format!("declaration of trip {trip_id}: {e}"))
+                    })?
+                };
+                let Some(declared) = guarded(&trip_id, "replay", || {
+                    Trip::declare(trip.status.trip_id, &declaration, trip.status.created_at)
+                }) else {
+                    return Ok(None);
+                };
+                declared
+            }
         };
+        // In event-time order (as `Trip::replay`), each run of inputs received under the same
+        // versions judged with those; the closing tick with today's.
+        inputs.sort_by_cached_key(|(i, _)| i.sort_key());
+        let mut rules_at: Vec<(i64, RulesOverride)> = Vec::new();
+        for run in inputs.chunk_by(|a, b| a.1 == b.1) {
+            let (geometry_version, rules_version) = run[0].1;
+            let loaded;
+            let run_geo: &Geography = match geometry_version {
+                Some(v) => {
+                    loaded = self.geography.at(conn, v).await?;
+                    &loaded
+                }
+                None => geo,
+            };
+            let run_rules = match rules_version {
+                None => trip.rules.clone(),
+                Some(v) => match rules_at.iter().find(|(n, _)| *n == v) {
+                    Some((_, r)) => r.clone(),
+                    None => {
+                        let r = trip_rules_version(conn, &trip_id, v).await?;
+                        let r = r.unwrap_or_else(|| trip.rules.clone());
+                        rules_at.push((v, r.clone()));
+                        r
+                    }
+                },
+            };
+            let applied = guarded(&trip_id, "replay", || {
+                rebuilt.rules = run_rules;
+                for (input, _) in run {
+                    let _ = rebuilt.apply(input, run_geo, &self.rules, now);
+                }
+            });
+            if applied.is_none() {
+                return Ok(None);
+            }
+        }
+        rebuilt.rules = trip.rules.clone();
         Ok(guarded(&trip_id, "replay", || {
-            Trip::replay(
-                trip.status.trip_id,
-                &declaration,
-                trip.status.created_at,
-                &trip.rules,
-                &inputs,
-                geo,
-                &self.rules,
-                now,
-            )
+            rebuilt.tick(geo, &self.rules, now);
+            rebuilt
         }))
     }
 
@@ -1077,8 +1209,10 @@ impl Tracking {
         })?
         .map_err(CommandFailure::Refused)?;
         sqlx::query(
-            "insert into trip_commands (trip_id, command_key, kind, command_time, input, received_at)
-             values ($1, $2, $3, $4, $5, $6)",
+            "insert into trip_commands (trip_id, command_key, kind, command_time, input, received_at,
+                 geometry_version, rules_version)
+             values ($1, $2, $3, $4, $5, $6, (select version from geometry_version where id = 1),
+                 (select coalesce(max(version), 0) from trip_rules_versions where trip_id = $1))",
         )
         .bind(trip_id.to_string())
         .bind(&key)
@@ -1208,6 +1342,33 @@ impl Tracking {
         if trip.rules == rules {
             tx.rollback().await?;
             return Ok(trip.status);
+        }
+        // Versioned: inputs received from now on are judged with these, those before with
+        // the ones they were received under (version 0: the trip's before its first change).
+        let id = trip_id.to_string();
+        let last: i64 = sqlx::query(
+            "select coalesce(max(version), -1) as n from trip_rules_versions where trip_id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+        let mut versions = vec![(last + 1, &rules)];
+        if last < 0 {
+            versions.insert(0, (0, &trip.rules));
+            versions[1].0 = 1;
+        }
+        for (n, r) in versions {
+            sqlx::query(
+                "insert into trip_rules_versions (trip_id, version, rules, set_at)
+                 values ($1, $2, $3, $4)",
+            )
+            .bind(&id)
+            .bind(n)
+            .bind(serde_json::to_string(r).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            .bind(ts(now))
+            .execute(&mut **tx)
+            .await?;
         }
         trip.rules = rules.clone();
         let geo = self.geography(&mut tx).await?;

@@ -256,8 +256,9 @@ pub async fn insert_refusal(
     let seq = event.seq.and_then(|s| i64::try_from(s).ok());
     let done = sqlx::query(
         "insert into seal_event_refusals (refusal_id, device_id, seq, key_id, event_time, reason,
-             trip_id, message_id, canonical, received_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             trip_id, message_id, canonical, received_at, geometry_version, rules_version)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (select version from geometry_version where id = 1),
+             (select coalesce(max(version), 0) from trip_rules_versions where trip_id = $7))
          on conflict (refusal_id) do nothing",
     )
     .bind(refusal_id)

@@ -87,8 +87,8 @@ impl Store {
         .bind(&now)
         .execute(&mut **tx)
         .await?;
-        crate::tracking::bump_geometry_version(&mut tx).await?;
         let (id, entry) = (corridor.id.as_str(), feature.to_string());
+        crate::tracking::bump_geometry_version(&mut tx, "corridor", id, &entry).await?;
         record_change(&mut tx, actor, "corridor", id, !existed, &entry, &now).await?;
         tx.commit().await?;
         Ok(!existed)
@@ -185,8 +185,8 @@ impl Store {
         .bind(&now)
         .execute(&mut **tx)
         .await?;
-        crate::tracking::bump_geometry_version(&mut tx).await?;
         let (id, entry) = (zone.id.as_str(), feature.to_string());
+        crate::tracking::bump_geometry_version(&mut tx, "zone", id, &entry).await?;
         record_change(&mut tx, actor, "zone", id, created, &entry, &now).await?;
         tx.commit().await?;
         Ok(created)

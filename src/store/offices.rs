@@ -166,8 +166,8 @@ async fn upsert(
         .bind(now)
         .execute(&mut ***tx)
         .await?;
-        crate::tracking::bump_geometry_version(tx).await?;
         let feature = feature.to_string();
+        crate::tracking::bump_geometry_version(tx, "zone", zone.id.as_str(), &feature).await?;
         record_change(tx, actor, "zone", zone.id.as_str(), new_zone, &feature, now).await?;
     }
     Ok(!existed)

@@ -572,8 +572,10 @@ pub async fn insert_event_conflict(
 ) -> Result<bool, StoreError> {
     let done = sqlx::query(
         "insert into seal_event_conflicts (conflict_id, event_key, conflicts_with, device_id,
-             seq, event_time, trip_id, message_id, canonical, received_at)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             seq, event_time, trip_id, message_id, canonical, received_at, geometry_version,
+             rules_version)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, (select version from geometry_version where id = 1),
+             (select coalesce(max(version), 0) from trip_rules_versions where trip_id = $7))
          on conflict (conflict_id) do nothing",
     )
     .bind(conflict_id)
@@ -646,8 +648,9 @@ pub async fn insert_event(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "insert into seal_events (event_key, device_id, seq, seal_id, kind, event_time, trip_id,
-             message_id, canonical, received_at, authenticated)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             message_id, canonical, received_at, authenticated, geometry_version, rules_version)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, (select version from geometry_version where id = 1),
+             (select coalesce(max(version), 0) from trip_rules_versions where trip_id = $7))",
     )
     .bind(key)
     .bind(event.device_id.as_str())

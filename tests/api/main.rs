@@ -35,3 +35,4 @@ mod tls;
 mod tracking;
 mod trips;
 mod trust;
+mod versions;

@@ -1,0 +1,92 @@
+//! Thresholds and geometry are versioned: an input is judged, live and in every replay,
+//! with the corridor and the trip's rules in force when it was received.
+
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+use crate::on_both_backends;
+use crate::tracking::{DEPARTURE_LON, DESTINATION_LON, LAT, SEAL_1, Seq, post, road_lon, rolling};
+
+on_both_backends!(
+    a_redrawn_corridor_does_not_rewrite_a_past_deviation,
+    changed_thresholds_raise_nothing_on_past_events,
+);
+
+async fn deviations(app: &TestApp, trip: &str) -> Vec<Value> {
+    let reply = app
+        .get(&format!("/v1/alerts?trip={trip}&kind=route_deviation"))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    reply.json()["alerts"].as_array().unwrap().clone()
+}
+
+/// The trip's corridor along latitude 14°, `width_m` wide.
+async fn draw_corridor(app: &TestApp, width_m: u32) {
+    let line: Vec<Value> = (0..=100)
+        .map(|i| {
+            json!([
+                DEPARTURE_LON + (DESTINATION_LON - DEPARTURE_LON) * f64::from(i) / 100.0,
+                LAT
+            ])
+        })
+        .collect();
+    let corridor = json!({"type": "Feature", "properties": {"width_m": width_m},
+                          "geometry": {"type": "LineString", "coordinates": line}});
+    let reply = app.put("/v1/corridors/CA-PQZ-SAL", &corridor).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// Fixes 2.5 km off the line at these minutes.
+fn off_road(seq: &mut Seq, minutes: std::ops::RangeInclusive<i64>) -> Vec<Value> {
+    minutes
+        .map(|m| seq.event(SEAL_1, m, "position", road_lon(m), 2500.0))
+        .collect()
+}
+
+async fn a_redrawn_corridor_does_not_rewrite_a_past_deviation(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    // 2.5 km off a corridor 2 km wide: a deviation.
+    post(&app, off_road(&mut seq, 5..=8)).await;
+    let judged = deviations(&app, &trip).await;
+    assert_eq!(judged.len(), 1, "{judged:?}");
+    assert!(judged[0]["cleared_at"].is_null());
+    // Redrawn 8 km wide, those fixes would be inside it. A late fix replays the trip: the
+    // fixes received under the 2 km corridor are still judged with it.
+    draw_corridor(&app, 8000).await;
+    let late = seq.event(SEAL_1, 1, "position", road_lon(1), 0.0);
+    post(&app, vec![late]).await;
+    assert_eq!(deviations(&app, &trip).await, judged);
+    // New fixes, as far off, are judged with the new corridor: inside, they clear it.
+    post(&app, off_road(&mut seq, 10..=14)).await;
+    let now = deviations(&app, &trip).await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0]["alert_id"], judged[0]["alert_id"]);
+    assert!(!now[0]["cleared_at"].is_null(), "{now:?}");
+}
+
+async fn changed_thresholds_raise_nothing_on_past_events(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    let rules = format!("/v1/trips/{trip}/rules");
+    // Two hours off the corridor before it counts: four minutes off are no deviation.
+    let reply = app.put(&rules, &json!({"deviation_min_s": 7200})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    post(&app, off_road(&mut seq, 5..=8)).await;
+    assert_eq!(deviations(&app, &trip).await, Vec::<Value>::new());
+    // A minute is enough from now on; a late fix replays the trip, and the fixes received
+    // under the two hours raise nothing after the fact.
+    let reply = app.put(&rules, &json!({"deviation_min_s": 60})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let late = seq.event(SEAL_1, 1, "position", road_lon(1), 0.0);
+    post(&app, vec![late]).await;
+    assert_eq!(deviations(&app, &trip).await, Vec::<Value>::new());
+    // A new fix off the corridor is judged with the minute.
+    post(&app, off_road(&mut seq, 10..=10)).await;
+    let raised = deviations(&app, &trip).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(
+        raised[0]["raised_at"],
+        crate::tracking::t(10).to_rfc3339().replace("+00:00", "Z")
+    );
+}
