@@ -398,9 +398,13 @@ fn withhold_codes(value: &mut serde_json::Value) -> bool {
             }
             found
         }
-        serde_json::Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |found, v| withhold_codes(v) || found),
+        serde_json::Value::Array(items) => {
+            let mut found = false;
+            for v in items {
+                found |= withhold_codes(v);
+            }
+            found
+        }
         _ => false,
     }
 }

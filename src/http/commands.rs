@@ -134,7 +134,7 @@ async fn run<T: DeserializeOwned>(
             .await
             .map_err(crate::store::StoreError::from)?;
         let parties = crate::store::outbox::trip_parties(&mut conn, &trip_id.to_string()).await?;
-        if !parties.iter().any(|p| *p == to) {
+        if !parties.contains(&to) {
             return Err(ApiError::Document(DocumentError::Invalid(vec![
                 Located::pointer(
                     "/to_authority",
