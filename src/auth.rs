@@ -172,7 +172,15 @@ pub fn check_authority(authority: &str) -> Result<(), TokenError> {
     let country_ok = authority
         .get(..2)
         .is_some_and(|c| c.chars().all(|c| c.is_ascii_uppercase()));
-    if country_ok && ects_core::AuthorityCode::parse(authority).is_ok() {
+    // Two letters alone, or followed by '-' and a non-empty agency (not `KE-`, not `KEA`).
+    let agency_ok = match authority.get(2..) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('-').is_some_and(|a| {
+            !a.is_empty() && a.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        }),
+        None => false,
+    };
+    if country_ok && agency_ok && ects_core::AuthorityCode::parse(authority).is_ok() {
         Ok(())
     } else {
         Err(TokenError::Invalid(format!(
@@ -609,6 +617,8 @@ mod tests {
         assert!(check_authority("GT").is_ok());
         assert!(check_authority("ke").is_err());
         assert!(check_authority("1E").is_err());
+        assert!(check_authority("KE-").is_err());
+        assert!(check_authority("KEA").is_err());
         assert!(check_authority("aé").is_err());
         assert!(check_authority("é").is_err());
         let now = Utc::now();

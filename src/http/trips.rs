@@ -199,11 +199,15 @@ pub async fn get_trip(
     let id = trip_id(&path)?;
     viewer.check(&state.store, &id.to_string()).await?;
     let format = wanted_format(query.format.as_deref(), &req, &state.formats)?;
-    let status = state
+    let mut status = state
         .store
         .trip_status(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("trip {id}")))?;
+    if !viewer.sees_alerts() {
+        // Status without alert evidence: a trader's side is not told what was detected.
+        status.open_alerts.clear();
+    }
     if format == crate::status::CANONICAL {
         return Ok(HttpResponse::Ok()
             .insert_header((actix_web::http::header::VARY, "Accept"))
@@ -265,6 +269,12 @@ pub async fn list_trips(
             (rows.into_iter().map(|(t, _)| t).collect(), next)
         }
     };
+    let mut trips = trips;
+    if !viewer.sees_alerts() {
+        for t in &mut trips {
+            t.open_alerts.clear();
+        }
+    }
     Ok(HttpResponse::Ok().json(TripList { trips, next }))
 }
 

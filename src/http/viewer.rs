@@ -164,6 +164,16 @@ impl Viewer {
         own.is_some_and(|own| same_authority(own, authority))
     }
 
+    /// Whether trip statuses shown to it carry their open alerts: not for a shipper,
+    /// transporter or single window (status without alert evidence).
+    pub fn sees_alerts(&self) -> bool {
+        !matches!(
+            self,
+            Viewer::User(u)
+                if matches!(u.role, Role::Shipper | Role::Transporter | Role::SingleWindow)
+        )
+    }
+
     /// Whether this viewer may see the trip.
     pub async fn sees(&self, store: &Store, trip_id: &str) -> Result<bool, StoreError> {
         match self.parties() {

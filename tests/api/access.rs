@@ -582,10 +582,37 @@ async fn single_windows_and_transporters_see_their_own(app: TestApp) {
         200
     );
     assert_eq!(
-        get(carrier, format!("/v1/trips/{trip}/events"))
+        get(carrier.clone(), format!("/v1/trips/{trip}/events"))
             .await
             .status,
         403
+    );
+    // A cut rope: the operator side sees the alert; the carrier's status carries none
+    // (status without alert evidence), nor does the single window's.
+    let cut = serde_json::json!({"device_id": "860000000000001", "seq": 9100,
+        "time": chrono::Utc::now().to_rfc3339(), "kind": "rope_cut",
+        "position": {"lat": 13.95, "lon": -90.40}});
+    assert_eq!(app.post_events(cut.to_string()).await.status, 202);
+    let admin_view = app.trip(&trip).await;
+    assert!(
+        admin_view["open_alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["kind"] == "seal_tamper")),
+        "{admin_view}"
+    );
+    let carrier_view = get(carrier.clone(), format!("/v1/trips/{trip}"))
+        .await
+        .json();
+    assert_eq!(
+        carrier_view["open_alerts"],
+        serde_json::json!([]),
+        "{carrier_view}"
+    );
+    let window_view = get(window.clone(), by_reference.into()).await.json();
+    assert_eq!(
+        window_view["trips"][0]["open_alerts"],
+        serde_json::json!([]),
+        "{window_view}"
     );
     let stranger = app.token(Role::Transporter, "XX-TR-1").await;
     assert_eq!(get(stranger, format!("/v1/trips/{trip}")).await.status, 404);
