@@ -176,7 +176,9 @@ pub fn check_authority(authority: &str) -> Result<(), TokenError> {
     let agency_ok = match authority.get(2..) {
         Some("") => true,
         Some(rest) => rest.strip_prefix('-').is_some_and(|a| {
-            !a.is_empty() && a.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
         }),
         None => false,
     };

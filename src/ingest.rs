@@ -1471,6 +1471,34 @@ impl Ingest {
         let mut record = message.record(Outcome::Accepted);
         record.parsed = Some(canonical(&events));
         store::insert_message(&mut tx, &record).await?;
+        // What a signature does not cover is not believed of a signed event: a relay could
+        // set `accuracy_m` (which decides whether a fix is precise enough for the rules) or
+        // `raw` on a genuine event. Dropped before anything is judged (the message as
+        // received is kept above).
+        let unsigned_parts =
+            |e: &SealEvent| e.raw.is_some() || e.position.is_some_and(|p| p.accuracy_m.is_some());
+        let stripped: Vec<SealEvent>;
+        let events: &[SealEvent] = if events
+            .iter()
+            .any(|e| e.signature.is_some() && unsigned_parts(e))
+        {
+            stripped = events
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    if e.signature.is_some() {
+                        e.raw = None;
+                        if let Some(p) = e.position.as_mut() {
+                            p.accuracy_m = None;
+                        }
+                    }
+                    e
+                })
+                .collect();
+            &stripped
+        } else {
+            events
+        };
 
         // Applied in event-time order; the sort is stable, so equal times keep their order.
         let mut order: Vec<usize> = (0..events.len()).collect();

@@ -97,6 +97,21 @@ async fn a_good_signature_is_applied_and_marked(app: TestApp) {
     let history = app.get(&format!("/v1/trips/{trip_id}/events")).await.json();
     assert_eq!(history["events"][0]["authenticated"], "key:k1", "{history}");
     assert_eq!(history["events"][0]["key_id"], "k1", "{history}");
+    // What the signature does not cover is dropped from a signed event: an accuracy set
+    // by a relay never decides whether the fix counts.
+    let mut relayed = ed(event(2, 1, "position"), "k1", &SEED);
+    relayed["position"]["accuracy_m"] = json!(99999.0);
+    relayed["raw"] = json!({"note": "added on the way"});
+    let body = post(&app, relayed).await;
+    assert_eq!(body["events"]["accepted"], 1, "{body}");
+    let history = app.get(&format!("/v1/trips/{trip_id}/events")).await.json();
+    let second = history["events"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["seq"] == 2))
+        .cloned()
+        .unwrap_or_default();
+    assert!(second["position"]["accuracy_m"].is_null(), "{second}");
+    assert!(second["raw"].is_null(), "{second}");
     // An unsigned event of a device without a key, under the default (optional): taken,
     // marked unauthenticated.
     let other = json!({"device_id": "860000000000017", "seq": 1, "kind": "locked",
@@ -188,10 +203,9 @@ async fn a_replayed_signed_seq_is_refused_and_an_identical_resend_is_a_duplicate
     let again = app.post_events(first.to_string()).await;
     assert_eq!(again.status, 202);
     assert_eq!(again.json(), body);
-    // The same signed seq with other content (raw is not signed, so the signature still
-    // verifies): a replay, refused and kept.
-    let mut replayed = first.clone();
-    replayed["raw"] = json!({"note": "resent by someone else"});
+    // The same seq signed again over other content: a replay, refused and kept. (The
+    // unsigned `raw` beside a signed event is dropped, so changing it makes a duplicate.)
+    let replayed = ed(event(5, 3, "position"), "k1", &SEED);
     let body = post(&app, json!([event(6, 1, "position"), replayed])).await;
     // The unsigned event beside it is refused too: the device has a key.
     assert_eq!(body["events"]["refused"], 2, "{body}");
