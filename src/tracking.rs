@@ -622,8 +622,12 @@ fn event_audit(input: &Input, suffix: &str) -> AuditItem {
             format!("input.seal_event.conflicting{suffix}"),
             c,
         ),
+        // A signed event is the device's by its key; an unsigned one only claims to be.
         Input::SealEvent(e) => AuditItem::new(
-            format!("device:{}", e.device_id),
+            match &e.key_id {
+                Some(key) if e.signature.is_some() => format!("device:{}/key:{key}", e.device_id),
+                _ => format!("device:{}/unsigned", e.device_id),
+            },
             format!("input.seal_event{suffix}"),
             e,
         ),

@@ -97,6 +97,14 @@ async fn a_good_signature_is_applied_and_marked(app: TestApp) {
     let history = app.get(&format!("/v1/trips/{trip_id}/events")).await.json();
     assert_eq!(history["events"][0]["authenticated"], "key:k1", "{history}");
     assert_eq!(history["events"][0]["key_id"], "k1", "{history}");
+    // The audit trail names the device by its key.
+    let audit = app.get(&format!("/v1/trips/{trip_id}/audit")).await.json();
+    assert!(
+        audit["entries"].as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["actor"] == format!("device:{DEVICE}/key:k1"))),
+        "{audit}"
+    );
     // What the signature does not cover is dropped from a signed event: an accuracy set
     // by a relay never decides whether the fix counts.
     let mut relayed = ed(event(2, 1, "position"), "k1", &SEED);
