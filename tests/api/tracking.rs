@@ -285,7 +285,7 @@ async fn release_and_handover_commands_are_checked(app: TestApp) {
     let reply = app
         .command(
             &format!("/v1/trips/{trip}/handover"),
-            handover(&trip, "HO-1", "SV", "HN", 30).to_string(),
+            handover(&trip, "HO-1", "SV", "GT", 30).to_string(),
         )
         .await;
     assert_eq!(reply.status, 409);
