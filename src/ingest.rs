@@ -923,7 +923,14 @@ impl Ingest {
         // One device, one live trip: a seal or device another live trip holds is refused,
         // saying nothing of that trip.
         for (pointer, seal) in seal_pointers(declaration) {
-            if store::held_by_another_live_trip(&mut tx, seal, "").await? {
+            if store::held_by_another_live_trip(
+                &mut tx,
+                seal,
+                "",
+                declaration.issuing_authority.as_str().get(..2),
+            )
+            .await?
+            {
                 tx.rollback().await?;
                 return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
                     pointer,
@@ -1382,7 +1389,7 @@ impl Ingest {
                 .flat_map(|e| e.seals.iter().map(move |s| (e, s)))
                 .collect();
             for (e, seal) in sealed {
-                if store::held_by_another_live_trip(&mut tx, seal, &trip).await? {
+                if store::held_by_another_live_trip(&mut tx, seal, &trip, None).await? {
                     tx.rollback().await?;
                     return Err(Attempt::Failed(IngestError::Conflict(Located::pointer(
                         "/equipment",

@@ -1863,7 +1863,7 @@ impl Tracking {
         // One device, one live trip (the same check as a declaration's, saying nothing of
         // the trip that holds it).
         for seal in declaration.seals() {
-            if store::held_by_another_live_trip(tx, seal, &id).await? {
+            if store::held_by_another_live_trip(tx, seal, &id, None).await? {
                 return Err(CommandFailure::Conflict {
                     field: "equipment",
                     reason: store::held_elsewhere(seal),

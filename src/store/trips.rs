@@ -159,16 +159,35 @@ pub async fn held_by_another_live_trip(
     conn: &mut AnyConnection,
     seal: &Seal,
     except_trip: &str,
+    taker_country: Option<&str>,
 ) -> Result<bool, StoreError> {
+    // A cancelled trip still watching the seal lets it go only to a trip of the same
+    // country's customs (a re-declaration), not to anyone's decoy declaration.
+    let taker_country = match taker_country {
+        Some(c) => c.to_owned(),
+        None => sqlx::query("select issuing_authority from trips where trip_id = $1")
+            .bind(except_trip)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<String, _>("issuing_authority"))
+            .transpose()?
+            .unwrap_or_default()
+            .chars()
+            .take(2)
+            .collect(),
+    };
     let row = sqlx::query(
         "select 1 as held from trip_seals s join trips t on t.trip_id = s.trip_id
          where (s.seal_id = $1 or s.device_id = $2) and s.trip_id <> $3
-           and t.state not in ('released', 'cancelled')
+           and (t.state not in ('released', 'cancelled')
+                or (t.state = 'cancelled' and s.released_at is null
+                    and substr(t.issuing_authority, 1, 2) <> $4))
          limit 1",
     )
     .bind(seal.id.as_str())
     .bind(seal.device_id.as_ref().map(|d| d.as_str()))
     .bind(except_trip)
+    .bind(taker_country)
     .fetch_optional(conn)
     .await?;
     Ok(row.is_some())

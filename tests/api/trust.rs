@@ -220,3 +220,30 @@ async fn agencies_and_handovers_stay_within_the_trips_authorities(app: TestApp) 
 }
 
 crate::on_both_backends!(agencies_and_handovers_stay_within_the_trips_authorities);
+
+/// A cancelled trip's seals are still watched; another country's declaration may not take
+/// them (a decoy would capture the seal's events), a re-declaration by the same country's
+/// customs may.
+async fn a_cancelled_trips_seals_go_only_to_its_own_countrys_next_trip(app: TestApp) {
+    let trip = app.declare_gt_sv().await;
+    let cancel = json!({"trip_id": trip, "authority": "GT", "officer": {"id": "x"},
+                        "time": chrono::Utc::now().to_rfc3339(), "reason": "withdrawn"});
+    let reply = app
+        .command(&format!("/v1/trips/{trip}/cancel"), cancel.to_string())
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let mut decoy: Value =
+        serde_json::from_slice(&fixture("ects-json/declaration-gt-sv.json")).expect("the fixture");
+    decoy["declaration_id"] = json!("HN-DECOY-1");
+    decoy["issuing_authority"] = json!("HN");
+    let reply = app.post_message(decoy.to_string()).await;
+    assert_eq!(reply.status, 409, "{}", reply.text);
+    assert!(!reply.text.contains(&trip), "{}", reply.text);
+    let mut again = decoy.clone();
+    again["declaration_id"] = json!("GT-2026-T-000124");
+    again["issuing_authority"] = json!("GT");
+    let reply = app.post_message(again.to_string()).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+}
+
+crate::on_both_backends!(a_cancelled_trips_seals_go_only_to_its_own_countrys_next_trip);
