@@ -121,9 +121,36 @@ pub fn parse_ed25519_public(text: &str) -> Result<[u8; 32], String> {
     let bytes = B64
         .decode(text.trim())
         .map_err(|_| "not base64 (RFC 4648, with padding)".to_owned())?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("an Ed25519 public key is 32 bytes, not {}", bytes.len()))
+    let key = <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("an Ed25519 public key is 32 bytes, not {}", bytes.len()))?;
+    // Points of small order (and their non-canonical encodings): a signature can be made
+    // for them without any private key (R the identity, S zero).
+    if SMALL_ORDER_POINTS
+        .iter()
+        .any(|weak| hex::encode(key) == *weak)
+    {
+        return Err("a point of small order, not a usable Ed25519 public key".into());
+    }
+    Ok(key)
 }
+
+/// The encodings of Ed25519's points of small order (as libsodium's blocklist has them).
+const SMALL_ORDER_POINTS: [&str; 14] = [
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000080",
+    "0100000000000000000000000000000000000000000000000000000000000080",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+];
 
 /// An HMAC secret's bytes, checked for length.
 pub fn check_hmac_secret(secret: &[u8]) -> Result<(), String> {
@@ -717,6 +744,16 @@ mod tests {
     use super::*;
 
     const VECTOR: &str = include_str!("../schemas/device-signature-test-vector.json");
+
+    #[test]
+    fn small_order_public_keys_are_refused() {
+        for weak in SMALL_ORDER_POINTS {
+            let b64 = B64.encode(hex::decode(weak).unwrap());
+            assert!(parse_ed25519_public(&b64).is_err(), "{weak}");
+        }
+        let good = ed25519_public(&[7; 32]).unwrap();
+        assert!(parse_ed25519_public(&good).is_ok());
+    }
 
     #[test]
     fn the_published_test_vector_holds() {
