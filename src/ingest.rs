@@ -980,7 +980,13 @@ impl Ingest {
         if !early.is_empty() {
             // Their conflicting variants come with them, as evidence on this trip.
             self.tracking
-                .apply_inputs(&mut tx, &trip_id.to_string(), &early.inputs(), message.now)
+                .apply_inputs(
+                    &mut tx,
+                    &trip_id.to_string(),
+                    &early.inputs(),
+                    message.now,
+                    None,
+                )
                 .await?;
         }
         let response = IngestResponse {
@@ -1820,7 +1826,13 @@ impl Ingest {
             );
             let effects = self
                 .tracking
-                .apply_inputs(&mut tx, trip_id, &inputs, message.now)
+                .apply_inputs(
+                    &mut tx,
+                    trip_id,
+                    &inputs,
+                    message.now,
+                    Some(&message.source.actor()),
+                )
                 .await?;
             counts.alerts_raised += effects
                 .iter()

@@ -615,24 +615,29 @@ fn guarded<T>(trip_id: &str, what: &str, work: impl FnOnce() -> T) -> Option<T> 
 
 /// The audit entry of a seal event (or a conflicting one) taken in; `suffix` `.late` for
 /// one that came after later ones.
-fn event_audit(input: &Input, suffix: &str) -> AuditItem {
+fn event_audit(input: &Input, suffix: &str, poster: Option<&str>) -> AuditItem {
+    // A signed event is the device's by its key; an unsigned one is its poster's (a user,
+    // partner or device platform), the device id only claimed in it.
+    let unsigned = |device: &str| match poster {
+        Some(p) => p.to_owned(),
+        None => format!("device:{device}/unsigned"),
+    };
     match input {
         Input::ConflictingEvent(c) => AuditItem::new(
-            format!("device:{}", c.event.device_id),
+            unsigned(c.event.device_id.as_str()),
             format!("input.seal_event.conflicting{suffix}"),
             c,
         ),
-        // A signed event is the device's by its key; an unsigned one only claims to be.
         Input::SealEvent(e) => AuditItem::new(
             match &e.key_id {
                 Some(key) if e.signature.is_some() => format!("device:{}/key:{key}", e.device_id),
-                _ => format!("device:{}/unsigned", e.device_id),
+                _ => unsigned(e.device_id.as_str()),
             },
             format!("input.seal_event{suffix}"),
             e,
         ),
         Input::RefusedEvent(r) => AuditItem::new(
-            format!("device:{}", r.event.device_id),
+            unsigned(r.event.device_id.as_str()),
             format!("input.seal_event.refused{suffix}"),
             r,
         ),
@@ -822,16 +827,18 @@ impl Tracking {
             .iter()
             .map(|e| Input::SealEvent((*e).clone()))
             .collect();
-        self.apply_inputs(tx, trip_id, &inputs, now).await
+        self.apply_inputs(tx, trip_id, &inputs, now, None).await
     }
 
     /// [`Tracking::apply_events`] for seal events and conflicting events (stored already).
+    /// `poster`: who posted them (the audit actor of an unsigned event), when known.
     pub async fn apply_inputs(
         &self,
         tx: &mut Tx,
         trip_id: &str,
         events: &[Input],
         now: DateTime<Utc>,
+        poster: Option<&str>,
     ) -> Result<Vec<Effect>, StoreError> {
         let geo = self.geography(tx).await?;
         let Some((mut trip, version)) = store::load_trip(tx, self.store.backend(), trip_id).await?
@@ -875,12 +882,12 @@ impl Tracking {
             trip = rebuilt;
             trip.keep_tamper_alerts(&before);
             for e in events {
-                audit.push(event_audit(e, ".late"));
+                audit.push(event_audit(e, ".late", poster));
             }
             reconcile(&before, &trip, now)
         } else {
             for e in events {
-                audit.push(event_audit(e, ""));
+                audit.push(event_audit(e, "", poster));
             }
             let mut effects = Vec::new();
             let applied = guarded(trip_id, "seal events", || {
@@ -1314,7 +1321,7 @@ impl Tracking {
             events_claimed = early.events.len();
             if !early.is_empty() {
                 effects.extend(
-                    self.apply_inputs(tx, &trip_id.to_string(), &early.inputs(), now)
+                    self.apply_inputs(tx, &trip_id.to_string(), &early.inputs(), now, None)
                         .await?,
                 );
                 if let Some((t, _)) =

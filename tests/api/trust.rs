@@ -49,6 +49,17 @@ async fn a_device_platform_posts_only_its_devices_events(app: TestApp) {
     );
     assert_eq!(ours[0]["device_id"], SEAL_1.1);
     assert_eq!(ours[0]["authenticated"], "platform:acme-feed", "{events}");
+    // Unsigned, the event is its poster's in the audit trail (the device id only claimed).
+    let audit = app.get(&format!("/v1/trips/{trip}/audit")).await.json();
+    let entry = audit["entries"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["action"] == "input.seal_event" && e["payload"]["seq"] == 7001)
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["actor"], "user:acme-feed/device-platform", "{audit}");
 
     // Another device alone: refused and kept, but on no trip: no alert there, no trip named.
     let alerts_before = app.count("alerts").await;
