@@ -178,11 +178,7 @@ pub struct KeyList {
 }
 
 fn limit_of(limit: Option<i64>) -> Result<i64, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(bad("limit", format!("{limit} is outside 1..={MAX_LIMIT}")));
-    }
-    Ok(limit)
+    super::trips::limit_within(limit, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
 /// A device's keys (revoked and expired ones too), without any secret.

@@ -1038,21 +1038,15 @@ impl Trip {
                     }
                 }
             }
-            kind if kind.is_tamper() => {
-                if newest {
-                    self.status.equipment[e].seals[s].state = SealState::Tampered;
-                }
-                self.raise(
-                    fx,
-                    AlertKind::SealTamper,
-                    Severity::Critical,
-                    Some(&seal_id),
-                    &evidence,
-                    event.time,
-                    point,
-                    format!("seal {seal_id} reported {}", kind.as_str()),
-                );
-            }
+            kind if kind.is_tamper() => self.tampered(
+                fx,
+                (e, s),
+                newest,
+                &evidence,
+                event.time,
+                point,
+                format!("seal {seal_id} reported {}", kind.as_str()),
+            ),
             SealEventKind::Jamming => self.raise(
                 fx,
                 AlertKind::PositionJump,
@@ -1172,24 +1166,18 @@ impl Trip {
             SealEventKind::Locked if newest => {
                 self.status.equipment[e].seals[s].state = SealState::Locked;
             }
-            kind if kind.is_tamper() => {
-                if newest {
-                    self.status.equipment[e].seals[s].state = SealState::Tampered;
-                }
-                self.raise(
-                    fx,
-                    AlertKind::SealTamper,
-                    Severity::Critical,
-                    Some(&seal_id),
-                    &evidence,
-                    event.time,
-                    point,
-                    format!(
-                        "seal {seal_id} reported {} after the trip was cancelled",
-                        kind.as_str()
-                    ),
-                );
-            }
+            kind if kind.is_tamper() => self.tampered(
+                fx,
+                (e, s),
+                newest,
+                &evidence,
+                event.time,
+                point,
+                format!(
+                    "seal {seal_id} reported {} after the trip was cancelled",
+                    kind.as_str()
+                ),
+            ),
             _ => {}
         }
     }
@@ -2268,6 +2256,35 @@ impl Trip {
         fx.push(Effect::AlertCleared {
             alert: alert.clone(),
         });
+    }
+
+    /// A seal (equipment `e`, seal `s`) reported tampering: its state, if this is its newest
+    /// event, and a critical `seal_tamper` alert.
+    #[allow(clippy::too_many_arguments)]
+    fn tampered(
+        &mut self,
+        fx: &mut Vec<Effect>,
+        (e, s): (usize, usize),
+        newest: bool,
+        evidence: &str,
+        at: Timestamp,
+        point: Option<LatLon>,
+        detail: String,
+    ) {
+        if newest {
+            self.status.equipment[e].seals[s].state = SealState::Tampered;
+        }
+        let seal_id = self.status.equipment[e].seals[s].id.clone();
+        self.raise(
+            fx,
+            AlertKind::SealTamper,
+            Severity::Critical,
+            Some(&seal_id),
+            evidence,
+            at,
+            point,
+            detail,
+        );
     }
 
     /// One open alert per rule (and seal, for seal rules): a repeat adds its event to the
