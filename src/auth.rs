@@ -96,7 +96,13 @@ pub struct TokenInfo {
     pub created_by: String,
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When it last authenticated a request, to the minute ([`LAST_USED_EVERY_S`]).
+    pub last_used_at: Option<DateTime<Utc>>,
 }
+
+/// A token's `last_used_at` is written at most this often: a write a minute per token in
+/// use, not one a request.
+pub const LAST_USED_EVERY_S: i64 = 60;
 
 impl serde::Serialize for Role {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -234,8 +240,8 @@ pub fn parse_expiry(text: Option<&str>, now: DateTime<Utc>) -> Result<DateTime<U
 }
 
 impl NewToken {
-    /// Checks the combination: an officer needs an authority (a single window may have
-    /// one), a shipper or transporter a party; the others take neither.
+    /// Checks the combination: an officer and a single window need an authority, a
+    /// shipper or transporter a party; the others take neither.
     pub fn check(&self) -> Result<(), TokenError> {
         check_name(&self.name)?;
         if self.role == Role::Partner {
@@ -244,12 +250,18 @@ impl NewToken {
             ));
         }
         match (&self.authority, self.role) {
-            (None, Role::Officer) => {
-                return Err(TokenError::Invalid(
-                    "an officer token needs --authority (KE, KE-KRA)".into(),
-                ));
+            (None, Role::Officer | Role::SingleWindow) => {
+                return Err(TokenError::Invalid(format!(
+                    "a {} token needs --authority (KE, KE-KRA){}",
+                    self.role,
+                    if self.role == Role::SingleWindow {
+                        ": the country it files declarations for"
+                    } else {
+                        ""
+                    }
+                )));
             }
-            // A single window may be bound to its country: it files only for it.
+            // A single window is bound to its country: it files only for it.
             (Some(a), Role::Officer | Role::SingleWindow) => check_authority(a)?,
             (Some(_), role) => {
                 return Err(TokenError::Invalid(format!(
@@ -470,6 +482,7 @@ impl Tokens {
                 created_by: new.created_by.clone(),
                 expires_at: new.expires_at,
                 revoked_at: None,
+                last_used_at: None,
             },
             token,
         ))
@@ -478,7 +491,7 @@ impl Tokens {
     pub async fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
         let rows = sqlx::query(
             "select id, name, role, authority, party, created_at, created_by, expires_at,
-                    revoked_at
+                    revoked_at, last_used_at
              from api_tokens order by name",
         )
         .fetch_all(self.store.pool())
@@ -542,7 +555,7 @@ impl Tokens {
         };
         let row = sqlx::query(
             "select id, name, role, authority, party, key_hash, created_at, created_by,
-                    expires_at, revoked_at
+                    expires_at, revoked_at, last_used_at
              from api_tokens where id = $1",
         )
         .bind(id)
@@ -568,6 +581,16 @@ impl Tokens {
         if info.expires_at <= now {
             return Ok(Err(Refusal::Expired));
         }
+        if info
+            .last_used_at
+            .is_none_or(|at| (now - at).num_seconds() >= LAST_USED_EVERY_S)
+        {
+            // Best effort: a request is not refused because its token's use could not be
+            // noted.
+            if let Err(e) = self.note_use(&info.id, now).await {
+                tracing::warn!(token = %info.name, error = %e, "token use not recorded");
+            }
+        }
         Ok(Ok(Authenticated {
             id: info.id,
             name: info.name,
@@ -575,6 +598,19 @@ impl Tokens {
             authority: info.authority,
             party: info.party,
         }))
+    }
+}
+
+impl Tokens {
+    async fn note_use(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        sqlx::query("update api_tokens set last_used_at = $1 where id = $2")
+            .bind(ts(now))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -592,6 +628,11 @@ fn info_of(row: &sqlx::any::AnyRow) -> Result<TokenInfo, TokenError> {
         created_by: row.try_get("created_by")?,
         expires_at: parse_ts(&row.try_get::<String, _>("expires_at")?)?,
         revoked_at: revoked.as_deref().map(parse_ts).transpose()?,
+        last_used_at: row
+            .try_get::<Option<String>, _>("last_used_at")?
+            .as_deref()
+            .map(parse_ts)
+            .transpose()?,
     })
 }
 
@@ -633,5 +674,38 @@ mod tests {
             parse_expiry(None, now).ok(),
             Some(now + Duration::days(DEFAULT_LIFETIME_DAYS))
         );
+    }
+
+    #[test]
+    fn roles_take_the_binding_they_need_and_no_other() {
+        let new = |role, authority: Option<&str>, party: Option<&str>| NewToken {
+            name: "t".into(),
+            role,
+            authority: authority.map(str::to_owned),
+            party: party.map(str::to_owned),
+            expires_at: Utc::now() + Duration::days(1),
+            created_by: "test".into(),
+        };
+        assert!(new(Role::Officer, Some("GT"), None).check().is_ok());
+        assert!(new(Role::SingleWindow, Some("GT"), None).check().is_ok());
+        assert!(new(Role::Shipper, None, Some("GT-NIT-1")).check().is_ok());
+        assert!(
+            new(Role::Transporter, None, Some("GT-TR-1"))
+                .check()
+                .is_ok()
+        );
+        assert!(new(Role::Operator, None, None).check().is_ok());
+        for refused in [
+            new(Role::Officer, None, None),
+            // A single window files for one country: unbound, it would file for any.
+            new(Role::SingleWindow, None, None),
+            new(Role::Shipper, None, None),
+            new(Role::Shipper, None, Some("a:b")),
+            new(Role::Operator, Some("GT"), None),
+            new(Role::Integrator, None, Some("X")),
+            new(Role::Partner, None, None),
+        ] {
+            assert!(refused.check().is_err(), "{:?}", refused.role);
+        }
     }
 }

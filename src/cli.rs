@@ -628,8 +628,8 @@ async fn token(command: TokenCommand, settings: &Settings) -> anyhow::Result<i32
         }
         TokenCommand::List => {
             println!(
-                "{:<24} {:<16} {:<16} {:<26} state",
-                "name", "role", "authority/party", "expires"
+                "{:<24} {:<16} {:<16} {:<26} {:<26} state",
+                "name", "role", "authority/party", "expires", "last used"
             );
             for t in tokens.list().await? {
                 let state = match t.revoked_at {
@@ -638,11 +638,13 @@ async fn token(command: TokenCommand, settings: &Settings) -> anyhow::Result<i32
                     None => "live".into(),
                 };
                 println!(
-                    "{:<24} {:<16} {:<16} {:<26} {state}",
+                    "{:<24} {:<16} {:<16} {:<26} {:<26} {state}",
                     t.name,
                     t.role.as_str(),
                     t.authority.as_deref().or(t.party.as_deref()).unwrap_or("-"),
                     t.expires_at.to_rfc3339(),
+                    t.last_used_at
+                        .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
                 );
             }
             0

@@ -58,12 +58,14 @@ pub struct Source<'a> {
 pub struct Scope {
     /// The partner id, or the single window's filer id (`token:<name>`).
     pub id: String,
-    /// The country it may file declarations for; `None`: not bound to one.
+    /// The country it may file declarations for; `None`: none.
     pub country: Option<String>,
     /// The trip parties it sees.
     pub parties: Vec<String>,
     /// Whether it may post seal events (a partner's feed may; a single window may not).
     pub posts_events: bool,
+    /// What it is, as refusals name it: "partner", "single window".
+    pub what: &'static str,
 }
 
 impl Scope {
@@ -73,6 +75,7 @@ impl Scope {
             country: Some(p.country().to_owned()),
             parties: p.visible_parties(),
             posts_events: true,
+            what: "partner",
         }
     }
 
@@ -559,16 +562,17 @@ impl Ingest {
             return Err(IngestError::Forbidden(located));
         }
         if let (Inbound::Declaration(d), Some(p)) = (&decoded.inbound, source.scope)
-            && let Some(country) = p.country()
-            && d.issuing_authority.as_str().get(..2) != Some(country)
+            && p.country() != d.issuing_authority.as_str().get(..2)
         {
             // Said before anything is looked up: the refusal is the same whether or not
-            // that authority has such a declaration.
+            // that authority has such a declaration. A confined sender bound to no
+            // country (a single window's token made before `--authority` was required)
+            // files for none.
             let located = Located::pointer(
                 "/issuing_authority",
                 format!(
-                    "partner {} may not file for authority {}",
-                    p.id, d.issuing_authority
+                    "{} {} may not file for authority {}",
+                    p.what, p.id, d.issuing_authority
                 ),
             );
             self.record_rejected(&message, &serde_json::json!([located]).to_string())
@@ -1915,6 +1919,21 @@ async fn withhold(
             return Ok(());
         }
         first = false;
+    }
+    // As for a device no trip holds: past the cap, a variant is counted, not kept (the
+    // answer must not tell the two apart, and the table must not grow without bound).
+    if rows.len() as i64 > MAX_CONFLICT_VARIANTS {
+        counts.conflicting += 1;
+        conflicts.push(EventConflictNote {
+            pointer: pointer.to_owned(),
+            conflicts_with: key.to_owned(),
+            detail: format!(
+                "seal event {key} contradicts stored event {key}, which has \
+                 {MAX_CONFLICT_VARIANTS} conflicting variants kept already: \
+                 counted (conflicts_dropped), not kept"
+            ),
+        });
+        return Ok(());
     }
     sqlx::query(
         "insert into withheld_events (partner_id, event_key, content_sha256, device_id,

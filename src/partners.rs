@@ -163,7 +163,11 @@ pub fn parties_of(declaration: &TransitDeclaration, filer: Option<&str>) -> BTre
     if let Some(filer) = filer {
         parties.insert(format!("filer:{filer}"));
     }
-    // A transporter's token sees the trips its carrier id is on.
+    // A shipper's token sees the trips its declarant id lodged; a transporter's the trips
+    // its carrier id is on.
+    if let Some(declarant) = &declaration.declarant {
+        parties.insert(format!("declarant:{}", declarant.id));
+    }
     if let Some(carrier) = &declaration.carrier {
         parties.insert(format!("carrier:{}", carrier.id));
     }

@@ -236,13 +236,64 @@ pub async fn put_zone(
     Ok(stored(created, feature))
 }
 
+/// The zones a scoped viewer (an officer, a partner) sees: a zone linked to an office is
+/// reference data, as the office registry is; any other (a release place, a rest area, a
+/// border post of its own) only when it lies on or by a corridor its trips name.
+struct ZoneScope {
+    geography: std::sync::Arc<ects_core::spatial::Geography>,
+    corridors: Vec<std::sync::Arc<ects_core::spatial::CorridorIndex>>,
+}
+
+impl ZoneScope {
+    /// `None`: the viewer sees every zone.
+    async fn of(state: &AppState, viewer: &Viewer) -> Result<Option<Self>, ApiError> {
+        let Some(parties) = viewer.parties() else {
+            return Ok(None);
+        };
+        let ids = state.store.corridor_ids_seen(&parties).await?;
+        let mut conn = state
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(crate::store::StoreError::from)?;
+        let geography = state.tracking.geography(&mut conn).await?;
+        let corridors = ids
+            .iter()
+            .filter_map(|id| CorridorId::parse(id.clone()).ok())
+            .filter_map(|id| geography.corridor(&id).cloned())
+            .collect();
+        Ok(Some(Self {
+            geography,
+            corridors,
+        }))
+    }
+
+    fn sees(&self, id: &str) -> bool {
+        let Ok(id) = ZoneId::parse(id.to_owned()) else {
+            return false;
+        };
+        let Some(zone) = self.geography.zones.get(&id) else {
+            return false;
+        };
+        zone.office_code.is_some() || self.corridors.iter().any(|c| c.reaches(&zone.shape))
+    }
+}
+
 /// A registered zone, as sent.
 #[utoipa::path(tag = "geometry", params(("id" = String, Path)), responses((status = 200, body = Object), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 #[get("/v1/zones/{id}")]
 pub async fn get_zone(
     state: web::Data<AppState>,
+    viewer: Viewer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    // A zone the viewer may not see is answered as one that does not exist.
+    if let Some(scope) = ZoneScope::of(&state, &viewer).await?
+        && !scope.sees(&path)
+    {
+        return Err(ApiError::NotFound(format!("zone {}", path.as_str())));
+    }
     let row = state
         .store
         .zone(&path)
@@ -263,13 +314,31 @@ pub async fn get_zone(
 #[get("/v1/zones")]
 pub async fn list_zones(
     state: web::Data<AppState>,
+    viewer: Viewer,
     query: web::Query<GeoPageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, after) = page_of(&query)?;
-    let rows = state
-        .store
-        .zones_page(after.as_deref(), limit.saturating_add(1))
-        .await?;
+    let want = limit.saturating_add(1);
+    let rows = match ZoneScope::of(&state, &viewer).await? {
+        None => state.store.zones_page(after.as_deref(), want).await?,
+        Some(scope) => {
+            // Filtered a store page at a time: at most 10,000 zones, so a few pages.
+            let mut seen = Vec::new();
+            let mut cursor = after.clone();
+            loop {
+                let page = state.store.zones_page(cursor.as_deref(), 1000).await?;
+                let last = page.last().map(|(id, _)| id.clone());
+                let full = page.len() == 1000;
+                seen.extend(page.into_iter().filter(|(id, _)| scope.sees(id)));
+                if seen.len() as i64 >= want || !full {
+                    break;
+                }
+                cursor = last;
+            }
+            seen.truncate(usize::try_from(want).unwrap_or(usize::MAX));
+            seen
+        }
+    };
     let (zones, next) = paged(rows, limit);
     Ok(HttpResponse::Ok().json(ZoneList { zones, next }))
 }

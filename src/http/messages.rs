@@ -65,6 +65,7 @@ fn scope_of(viewer: &Viewer) -> Option<Scope> {
             country: u.authority.as_ref().map(|a| a.chars().take(2).collect()),
             parties: viewer.parties().unwrap_or_default(),
             posts_events: false,
+            what: "single window",
         }),
         Viewer::User(_) => None,
     }

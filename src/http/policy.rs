@@ -77,6 +77,11 @@ const SCOPE_TRIPS: &str = "admin and operator: every trip; officer: trips its co
                            declarant or carrier id";
 const SCOPE_EVIDENCE: &str = "admin and operator: every trip; officer and partner: trips its \
                               country is party to (and a partner's filings)";
+const SCOPE_CORRIDORS: &str = "admin and operator: every corridor; officer and partner: the \
+                               corridors the trips it sees name";
+const SCOPE_ZONES: &str = "admin and operator: every zone; officer and partner: the zones of \
+                           offices (reference data, as the office registry) and the others \
+                           that lie on or by a corridor the trips it sees name";
 const SCOPE_CUSTODIAN: &str = "an officer or partner of the authority named in the command, \
                                which must be the trip's custodian (issuing authority to \
                                cancel); trips it may not see are 404";
@@ -219,7 +224,7 @@ pub const ROUTES: &[RoutePolicy] = &[
         method: "GET",
         path: "/v1/corridors",
         access: Access::Roles(READ_TRIP_EVIDENCE),
-        scope: "every corridor",
+        scope: SCOPE_CORRIDORS,
     },
     RoutePolicy {
         method: "PUT",
@@ -231,13 +236,13 @@ pub const ROUTES: &[RoutePolicy] = &[
         method: "GET",
         path: "/v1/corridors/{id}",
         access: Access::Roles(READ_TRIP_EVIDENCE),
-        scope: "every corridor",
+        scope: SCOPE_CORRIDORS,
     },
     RoutePolicy {
         method: "GET",
         path: "/v1/zones",
         access: Access::Roles(READ_TRIP_EVIDENCE),
-        scope: "every zone",
+        scope: SCOPE_ZONES,
     },
     RoutePolicy {
         method: "PUT",
@@ -249,7 +254,7 @@ pub const ROUTES: &[RoutePolicy] = &[
         method: "GET",
         path: "/v1/zones/{id}",
         access: Access::Roles(READ_TRIP_EVIDENCE),
-        scope: "every zone",
+        scope: SCOPE_ZONES,
     },
     RoutePolicy {
         method: "GET",

@@ -155,6 +155,23 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// The corridors the trips with one of these parties name (at most 10,000).
+    pub async fn corridor_ids_seen(&self, parties: &[String]) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "select distinct t.corridor_id as id from trips t
+                 join trip_parties p on p.trip_id = t.trip_id
+             where t.corridor_id is not null and (p.party = $1 or p.party = $2)
+             limit 10000",
+        )
+        .bind(parties.first().map(String::as_str).unwrap_or(""))
+        .bind(parties.get(1).map(String::as_str).unwrap_or(""))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("id")?))
+            .collect()
+    }
+
     /// Stores or replaces a zone; `true` when it is new.
     pub async fn put_zone(
         &self,

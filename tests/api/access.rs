@@ -537,16 +537,18 @@ async fn an_operator_acknowledges_an_alert_in_the_audit_chain(app: TestApp) {
 }
 
 /// A single window sees what it filed (by reference), another one nothing; a transporter
-/// sees the trips of its carrier id, without their events or alerts.
+/// sees the trips of its carrier id and a shipper those of its declarant id, without
+/// their events or alerts.
 async fn single_windows_and_transporters_see_their_own(app: TestApp) {
     let window = app.token(Role::SingleWindow, "a").await;
     let other_window = app.token(Role::SingleWindow, "b").await;
+    let mut declaration: serde_json::Value =
+        serde_json::from_slice(&crate::helpers::fixture("ects-json/declaration-gt-sv.json"))
+            .expect("the fixture is JSON");
+    declaration["declarant"] =
+        serde_json::json!({"id": "GT-NIT-4471882", "name": "Exportadora del Atlántico"});
     let filed = app
-        .post_as(
-            &window,
-            "/v1/messages/ects-json",
-            crate::helpers::fixture("ects-json/declaration-gt-sv.json"),
-        )
+        .post_as(&window, "/v1/messages/ects-json", declaration.to_string())
         .await;
     assert_eq!(filed.status, 202, "{}", filed.text);
     let trip = filed.json()["trips"][0]
@@ -616,9 +618,65 @@ async fn single_windows_and_transporters_see_their_own(app: TestApp) {
     );
     let stranger = app.token(Role::Transporter, "XX-TR-1").await;
     assert_eq!(get(stranger, format!("/v1/trips/{trip}")).await.status, 404);
+
+    let shipper = app.token(Role::Shipper, "GT-NIT-4471882").await;
+    let shipper_view = get(shipper.clone(), format!("/v1/trips/{trip}")).await;
+    assert_eq!(shipper_view.status, 200, "{}", shipper_view.text);
+    assert_eq!(
+        shipper_view.json()["open_alerts"],
+        serde_json::json!([]),
+        "{}",
+        shipper_view.text
+    );
+    let listed = get(shipper.clone(), "/v1/trips".into()).await.json();
+    assert_eq!(
+        listed["trips"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    assert_eq!(
+        get(shipper, format!("/v1/trips/{trip}/audit")).await.status,
+        403
+    );
+    // The carrier's id is not a declarant's: a shipper token under it sees nothing.
+    let wrong_party = app.token(Role::Shipper, "GT-TR-0042").await;
+    assert_eq!(
+        get(wrong_party, format!("/v1/trips/{trip}")).await.status,
+        404
+    );
+}
+
+/// `token list` shows when a token was last used (noted at most once a minute).
+async fn a_tokens_last_use_is_noted(app: TestApp) {
+    let used =
+        crate::helpers::make_token(&app.tokens, "used-once", Role::Operator, None, None).await;
+    crate::helpers::make_token(&app.tokens, "never-used", Role::Operator, None, None).await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let reply = app
+        .send(
+            app.anonymous
+                .get(format!("{}/v1/trips", app.address))
+                .bearer_auth(&used),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let listed = app.tokens.list().await.expect("the tokens");
+    let last = |name: &str| {
+        listed
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.last_used_at)
+            .expect("listed")
+    };
+    assert!(
+        last("used-once").is_some_and(|at| at >= before),
+        "{listed:?}"
+    );
+    assert_eq!(last("never-used"), None);
 }
 
 crate::on_both_backends!(
+    a_tokens_last_use_is_noted,
     the_audit_trail_names_each_principal,
     single_windows_and_transporters_see_their_own,
     an_operator_acknowledges_an_alert_in_the_audit_chain

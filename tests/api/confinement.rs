@@ -207,6 +207,34 @@ async fn a_partner_reaches_only_the_trips_it_may_see(backend: Backend) {
         );
         assert!(!a.text.contains(&trip), "{step}: {}", a.text);
     }
+    // More conflicting variants, past the cap on those kept: still alike.
+    for battery in 10..16 {
+        let variant = |device: (&str, &str)| {
+            let mut e = event(device.1, device.0, 500, "opened");
+            e["battery_pct"] = json!(battery);
+            e.to_string()
+        };
+        let a = send(&app, mx, "POST", "/v1/seal-events", &variant(SEAL_1)).await;
+        let b = send(
+            &app,
+            mx,
+            "POST",
+            "/v1/seal-events",
+            &variant(UNKNOWN_DEVICE),
+        )
+        .await;
+        assert_eq!(
+            shape(&a, &held_ids),
+            shape(&b, &unknown_ids),
+            "variant with battery {battery}: the answers differ"
+        );
+    }
+    // The event and its variants kept, as for a stored event: no more than the cap.
+    assert_eq!(
+        app.count_where("withheld_events", &format!("device_id = '{}'", SEAL_1.1))
+            .await,
+        1 + ects_gateway::ingest::MAX_CONFLICT_VARIANTS,
+    );
     assert_eq!(
         app.count_where("seal_events", &format!("trip_id = '{trip}'"))
             .await,
@@ -383,6 +411,11 @@ async fn a_partner_reaches_only_the_trips_it_may_see(backend: Backend) {
             "/v1/corridors/CA-PQZ-SAL".to_owned(),
             "/v1/corridors/CA-NO-SUCH".to_owned(),
         ),
+        // A release place on the trip's corridor.
+        (
+            "/v1/zones/DEPOT".to_owned(),
+            "/v1/zones/NO-SUCH-ZONE".to_owned(),
+        ),
         (
             "/v1/trips?reference=GT-2026-T-000123".to_owned(),
             "/v1/trips?reference=GT-2026-T-000555".to_owned(),
@@ -392,8 +425,16 @@ async fn a_partner_reaches_only_the_trips_it_may_see(backend: Backend) {
             let a = send(&app, who, "GET", &path, "").await;
             let b = send(&app, who, "GET", &unknown_path, "").await;
             assert_eq!(
-                shape(&a, &[&trip, "CA-PQZ-SAL", "GT-2026-T-000123"]),
-                shape(&b, &[UNKNOWN_TRIP, "CA-NO-SUCH", "GT-2026-T-000555"]),
+                shape(&a, &[&trip, "CA-PQZ-SAL", "GT-2026-T-000123", "DEPOT"]),
+                shape(
+                    &b,
+                    &[
+                        UNKNOWN_TRIP,
+                        "CA-NO-SUCH",
+                        "GT-2026-T-000555",
+                        "NO-SUCH-ZONE"
+                    ]
+                ),
                 "{path}"
             );
         }
@@ -416,6 +457,70 @@ async fn a_partner_reaches_only_the_trips_it_may_see(backend: Backend) {
         Some(1),
         "GT lists the corridor of the trip it sees"
     );
+    // Zones: an office's zone is reference data (as the office registry); a zone of its
+    // own only along a corridor the viewer's trips name. A release place far from any
+    // of GT's trips is GT's no more than MX's.
+    let far = json!({"type": "Feature",
+                     "properties": {"kind": "release_place", "radius_m": 500},
+                     "geometry": {"type": "Point", "coordinates": [-99.1, 19.4]}});
+    assert_eq!(app.put("/v1/zones/FAR-DEPOT", &far).await.status, 201);
+    let kinds = |who| {
+        let app = &app;
+        async move {
+            let listed = send(app, who, "GET", "/v1/zones", "").await;
+            assert_eq!(listed.status, 200, "{}", listed.text);
+            let mut kinds: Vec<String> =
+                serde_json::from_str::<Value>(&listed.text).unwrap()["zones"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|z| z["properties"]["kind"].as_str().unwrap_or("?").to_owned())
+                    .collect();
+            kinds.sort();
+            kinds
+        }
+    };
+    assert_eq!(kinds(mx).await, ["customs_office", "customs_office"]);
+    assert_eq!(
+        kinds(gt).await,
+        ["customs_office", "customs_office", "release_place"]
+    );
+    assert_eq!(
+        app.get("/v1/zones").await.json()["zones"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    assert_eq!(
+        send(&app, gt, "GET", "/v1/zones/FAR-DEPOT", "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        send(&app, gt, "GET", "/v1/zones/GTPQZ", "").await.status,
+        200
+    );
+    assert_eq!(
+        send(&app, mx, "GET", "/v1/zones/SVSAL", "").await.status,
+        200
+    );
+    // Paging a scoped list: one at a time, the cursor carries on past what it may not see.
+    let first = send(&app, gt, "GET", "/v1/zones?limit=1", "").await;
+    let first: Value = serde_json::from_str(&first.text).unwrap();
+    let next = first["next"].as_str().expect("a next page").to_owned();
+    let rest = send(
+        &app,
+        gt,
+        "GET",
+        &format!("/v1/zones?limit=5&after={next}"),
+        "",
+    )
+    .await;
+    let rest: Value = serde_json::from_str(&rest.text).unwrap();
+    assert_eq!(rest["zones"].as_array().map(Vec::len), Some(2), "{rest}");
+    assert_eq!(rest["next"], Value::Null, "{rest}");
+
     // Offices are reference data, the same for everyone.
     assert_eq!(
         send(&app, mx, "GET", "/v1/offices", "").await.text,

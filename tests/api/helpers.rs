@@ -331,7 +331,8 @@ pub async fn make_token(
 impl TestApp {
     /// A token of this role, made once per (role, authority or party) and kept: an
     /// officer's needs its authority (`app.token(Role::Officer, "GT")`), a shipper's or
-    /// transporter's its party id; for the others the second argument is a name suffix.
+    /// transporter's its party id; for the others the second argument is a name suffix
+    /// (a single window's token is bound to GT).
     pub async fn token(&self, role: Role, scope: &str) -> String {
         let key = format!("{role}/{scope}");
         if let Some(t) = self
@@ -354,6 +355,8 @@ impl TestApp {
         };
         let (authority, party) = match role {
             Role::Officer => (Some(scope), None),
+            // A single window files for its country; the tests' declarations are GT's.
+            Role::SingleWindow => (Some("GT"), None),
             Role::Shipper | Role::Transporter => (None, Some(scope)),
             _ => (None, None),
         };

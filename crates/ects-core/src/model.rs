@@ -33,6 +33,18 @@ pub struct Carrier {
     pub name: Option<String>,
 }
 
+/// The declarant: the trader (or its customs broker) who lodged the declaration. A
+/// shipper's token sees the trips whose declarant id is its party.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Declarant {
+    /// The declarant's id with the customs authority (TIN, EORI, trader code).
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -120,6 +132,8 @@ pub struct TransitDeclaration {
     pub time_limit: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub corridor_id: Option<CorridorId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declarant: Option<Declarant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carrier: Option<Carrier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -210,6 +210,36 @@ impl CorridorIndex {
             .any(|s| s.may_be_within(v, sin_radius) && s.angle_to(v) <= radius)
     }
 
+    /// Whether a zone lies on or by the corridor: its circle, or the circle around its
+    /// polygon's outer ring, comes within half the corridor's width of the line. A
+    /// superset for a polygon (its circle is larger than it), never a miss.
+    pub fn reaches(&self, shape: &ZoneShape) -> bool {
+        let (centre, radius_m) = match shape {
+            ZoneShape::Circle { centre, radius_m } => (*centre, *radius_m),
+            ZoneShape::Polygon(rings) => {
+                let Some(outer) = rings.first().filter(|r| !r.is_empty()) else {
+                    return false;
+                };
+                let (mut lo, mut hi) = ((f64::MAX, f64::MAX), (f64::MIN, f64::MIN));
+                for p in outer {
+                    lo = (lo.0.min(p.lat), lo.1.min(p.lon));
+                    hi = (hi.0.max(p.lat), hi.1.max(p.lon));
+                }
+                let centre = LatLon {
+                    lat: (lo.0 + hi.0) / 2.0,
+                    lon: (lo.1 + hi.1) / 2.0,
+                };
+                let radius = outer
+                    .iter()
+                    .map(|p| distance_m(centre, *p))
+                    .fold(0.0, f64::max);
+                (centre, radius)
+            }
+        };
+        self.distance_within(centre, self.half_width_m() + radius_m)
+            .is_some()
+    }
+
     /// The reference: distance to every segment with `geo`'s haversine closest point. For
     /// tests and benchmarks; the rules never scan all segments.
     pub fn distance_brute_force(&self, p: LatLon) -> f64 {
@@ -518,6 +548,33 @@ mod tests {
         );
         assert_eq!(set.stop_allowed(ll(14.01, -90.6)), None);
         assert!(set.zone_contains(&ZoneId::parse("REST").unwrap(), ll(14.0, -90.6)));
+    }
+
+    #[test]
+    fn a_zone_reaches_a_corridor_when_its_circle_touches_the_band() {
+        // 2 km wide along the meridian; 0.01° of longitude at the equator is 1,112 m.
+        let c = CorridorIndex::new(&corridor(vec![ll(0.0, 0.0), ll(1.0, 0.0)], 2000.0));
+        let circle = |lon: f64, radius_m: f64| ZoneShape::Circle {
+            centre: ll(0.5, lon),
+            radius_m,
+        };
+        assert!(c.reaches(&circle(0.0, 10.0)));
+        // 1,112 m off the line: 112 m beyond the band, so a radius of 150 m reaches it
+        // and one of 50 m does not.
+        assert!(c.reaches(&circle(0.01, 150.0)));
+        assert!(!c.reaches(&circle(0.01, 50.0)));
+        let square = |lon: f64| {
+            ZoneShape::Polygon(vec![vec![
+                ll(0.49, lon),
+                ll(0.49, lon + 0.01),
+                ll(0.51, lon + 0.01),
+                ll(0.51, lon),
+                ll(0.49, lon),
+            ]])
+        };
+        assert!(c.reaches(&square(0.005)));
+        assert!(!c.reaches(&square(0.5)));
+        assert!(!c.reaches(&ZoneShape::Polygon(vec![])));
     }
 
     fn line_strategy() -> impl Strategy<Value = Vec<LatLon>> {
