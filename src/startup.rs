@@ -260,6 +260,11 @@ impl Application {
             partners: partners.clone(),
             amqp: settings.amqp_url.is_some(),
         };
+        // Inputs received from now on are judged with these thresholds; a replay judges
+        // earlier ones with those of their time.
+        crate::tracking::record_installation_rules(&store, &settings.rules)
+            .await
+            .context("cannot record the installation's rules")?;
         let tracking =
             Arc::new(Tracking::new(store.clone(), settings.rules).with_recipients(recipients));
         let tick_interval = settings.tick_interval_s;

@@ -177,6 +177,63 @@ async fn trip_rules_version(
     .transpose()
 }
 
+/// The installation's thresholds (`[rules]` of the configuration) are versioned with the
+/// geometry: when a gateway starts with other `[rules]` than the last recorded, they are
+/// kept in `geometry_history` (kind `rules`) at a new geometry version, so inputs received
+/// from then on are judged with them and a replay judges those before with the ones of
+/// then. Returns whether they changed.
+pub async fn record_installation_rules(store: &Store, rules: &Rules) -> Result<bool, StoreError> {
+    let text = serde_json::to_string(rules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut tx = store.begin_write().await?;
+    let latest: Option<String> = sqlx::query(
+        "select feature from geometry_history where kind = 'rules' and feature_id = $1
+         order by version desc limit 1",
+    )
+    .bind(INSTALLATION_RULES)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| r.try_get("feature"))
+    .transpose()?;
+    if latest.as_deref() == Some(text.as_str()) {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    bump_geometry_version(&mut tx, "rules", INSTALLATION_RULES, &text).await?;
+    tx.commit().await?;
+    tracing::info!(
+        first = latest.is_none(),
+        "installation rules recorded at a new geometry version"
+    );
+    Ok(true)
+}
+
+/// The `feature_id` of the installation's rules in `geometry_history`.
+const INSTALLATION_RULES: &str = "installation";
+
+/// The installation's thresholds at a geometry version: the last recorded at or before it,
+/// else the first recorded (inputs from before they were kept), else `None`.
+async fn installation_rules_at(
+    conn: &mut AnyConnection,
+    version: i64,
+) -> Result<Option<Rules>, StoreError> {
+    let row = sqlx::query(
+        "select feature from geometry_history where kind = 'rules' and feature_id = $1
+         order by case when version <= $2 then 0 else 1 end,
+                  case when version <= $2 then -version else version end
+         limit 1",
+    )
+    .bind(INSTALLATION_RULES)
+    .bind(version)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|r| {
+        serde_json::from_str::<Rules>(&r.try_get::<String, _>("feature")?)
+            .map(|r| r.clamped())
+            .map_err(|e| StoreError::Corrupt(format!("installation rules: {e}")))
+    })
+    .transpose()
+}
+
 /// Marks a corridor or zone as changed, inside the transaction that writes it, and keeps
 /// the feature at the new version (a replay judges an input with the geometry of then).
 pub async fn bump_geometry_version(
@@ -1052,6 +1109,7 @@ impl Tracking {
         // versions judged with those; the closing tick with today's.
         inputs.sort_by_cached_key(|(i, _)| i.sort_key());
         let mut rules_at: Vec<(i64, RulesOverride)> = Vec::new();
+        let mut installation_at: Vec<(i64, Rules)> = Vec::new();
         for run in inputs.chunk_by(|a, b| a.1 == b.1) {
             let (geometry_version, rules_version) = run[0].1;
             let loaded;
@@ -1061,6 +1119,17 @@ impl Tracking {
                     &loaded
                 }
                 None => geo,
+            };
+            let run_installation = match geometry_version {
+                None => self.rules,
+                Some(v) => match installation_at.iter().find(|(n, _)| *n == v) {
+                    Some((_, r)) => *r,
+                    None => {
+                        let r = installation_rules_at(conn, v).await?.unwrap_or(self.rules);
+                        installation_at.push((v, r));
+                        r
+                    }
+                },
             };
             let run_rules = match rules_version {
                 None => trip.rules.clone(),
@@ -1077,7 +1146,7 @@ impl Tracking {
             let applied = guarded(&trip_id, "replay", || {
                 rebuilt.rules = run_rules;
                 for (input, _) in run {
-                    let _ = rebuilt.apply(input, run_geo, &self.rules, now);
+                    let _ = rebuilt.apply(input, run_geo, &run_installation, now);
                 }
             });
             if applied.is_none() {

@@ -10,6 +10,7 @@ use crate::tracking::{DEPARTURE_LON, DESTINATION_LON, LAT, SEAL_1, Seq, post, ro
 on_both_backends!(
     a_redrawn_corridor_does_not_rewrite_a_past_deviation,
     changed_thresholds_raise_nothing_on_past_events,
+    a_restart_with_other_installation_rules_does_not_rewrite_the_past,
 );
 
 async fn deviations(app: &TestApp, trip: &str) -> Vec<Value> {
@@ -88,5 +89,40 @@ async fn changed_thresholds_raise_nothing_on_past_events(app: TestApp) {
     assert_eq!(
         raised[0]["raised_at"],
         crate::tracking::t(10).to_rfc3339().replace("+00:00", "Z")
+    );
+}
+
+/// The installation's `[rules]` are versioned too: a gateway restarted with other
+/// thresholds judges new inputs with them, and a replay judges the earlier ones with the
+/// thresholds they were received under.
+async fn a_restart_with_other_installation_rules_does_not_rewrite_the_past(app: TestApp) {
+    let mut seq = Seq(0);
+    let trip = rolling(&app, &mut seq).await;
+    // Four minutes off the corridor under the default thresholds: a deviation.
+    post(&app, off_road(&mut seq, 5..=8)).await;
+    let judged = deviations(&app, &trip).await;
+    assert_eq!(judged.len(), 1, "{judged:?}");
+    // Restarted with two hours before an excursion counts.
+    let mut settings = crate::helpers::test_settings(crate::helpers::mappings_dir());
+    settings.rules.deviation_min_s = 7200;
+    let restarted = app.another(settings).await;
+    // A late fix replays the trip: the fixes received before the restart keep their
+    // judgement.
+    let late = seq.event(SEAL_1, 1, "position", road_lon(1), 0.0);
+    post(&restarted, vec![late]).await;
+    assert_eq!(deviations(&restarted, &trip).await, judged);
+    // A second restart with the same thresholds records no new version.
+    let before: i64 = restarted
+        .count_where("geometry_history", "kind = 'rules'")
+        .await;
+    assert_eq!(before, 2, "the defaults, then the two hours");
+    let mut same = crate::helpers::test_settings(crate::helpers::mappings_dir());
+    same.rules.deviation_min_s = 7200;
+    let again = restarted.another(same).await;
+    assert_eq!(
+        again
+            .count_where("geometry_history", "kind = 'rules'")
+            .await,
+        before
     );
 }
