@@ -184,7 +184,7 @@ async fn trip_rules_version(
 /// then. Returns whether they changed.
 pub async fn record_installation_rules(store: &Store, rules: &Rules) -> Result<bool, StoreError> {
     let text = serde_json::to_string(rules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let mut tx = store.begin_write().await?;
+    let mut tx = store.begin_geometry_write().await?;
     let latest: Option<String> = sqlx::query(
         "select feature from geometry_history where kind = 'rules' and feature_id = $1
          order by version desc limit 1",

@@ -70,7 +70,7 @@ impl Store {
         actor: Actor<'_>,
     ) -> Result<bool, StoreError> {
         let now = ts(now);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_geometry_write().await?;
         let existed = sqlx::query("select 1 from corridors where corridor_id = $1")
             .bind(corridor.id.as_str())
             .fetch_optional(&mut **tx)
@@ -181,7 +181,7 @@ impl Store {
         actor: Actor<'_>,
     ) -> Result<bool, StoreError> {
         let now = ts(now);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_geometry_write().await?;
         let created = ZoneRoom::default()
             .claim(&mut tx, zone.id.as_str(), "")
             .await?;

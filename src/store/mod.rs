@@ -223,7 +223,25 @@ impl Store {
     /// A transaction that will write. SQLite takes the write lock at once (`begin
     /// immediate`) so that a transaction never fails at commit for having read first; a
     /// second process on the same file still waits on the busy timeout.
+    ///
+    /// On PostgreSQL it first pins the geometry version (`for share` on its row): an input
+    /// stored in it records the version it is judged with, and no corridor, zone or rules
+    /// change can commit between the two. Writes that change the geometry use
+    /// [`Store::begin_geometry_write`] instead.
     pub async fn begin_write(&self) -> Result<Tx, StoreError> {
+        let mut tx = self.begin_geometry_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("select version from geometry_version where id = 1 for share")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// A write transaction that may bump the geometry version (corridors, zones, offices'
+    /// zones, the installation's rules): it does not pin it, so two of them never wait on
+    /// each other's pin.
+    pub async fn begin_geometry_write(&self) -> Result<Tx, StoreError> {
         let gate = match &self.write_gate {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,

@@ -207,7 +207,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let now = ts(now);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_geometry_write().await?;
         let mut added = 0;
         for office in offices {
             let entry = serde_json::to_string(office).unwrap_or_default();
@@ -242,7 +242,7 @@ impl Store {
         now: DateTime<Utc>,
         actor: Actor<'_>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_geometry_write().await?;
         let mut room = ZoneRoom::default();
         let created = upsert(&mut tx, office, &ts(now), actor, &mut room, "/location").await?;
         tx.commit().await?;
@@ -257,7 +257,7 @@ impl Store {
         actor: Actor<'_>,
     ) -> Result<ImportCounts, StoreError> {
         let now = ts(now);
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_geometry_write().await?;
         let mut counts = ImportCounts::default();
         let mut room = ZoneRoom::default();
         for office in offices {

@@ -126,3 +126,47 @@ async fn a_restart_with_other_installation_rules_does_not_rewrite_the_past(app: 
         before
     );
 }
+
+/// On PostgreSQL a write transaction pins the geometry version: a zone written meanwhile
+/// waits for it to end, so an input stored in it records the version it was judged with.
+#[tokio::test]
+async fn a_geometry_change_waits_for_the_writes_that_judge_with_the_version_before() {
+    let Some(app) = crate::helpers::spawn_app(crate::helpers::Backend::Postgres).await else {
+        return;
+    };
+    let version = |app: &TestApp| {
+        let store = app.store.clone();
+        async move {
+            use sqlx::Row;
+            sqlx::query("select version from geometry_version where id = 1")
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+                .get::<i64, _>("version")
+        }
+    };
+    let before = version(&app).await;
+    let tx = app.store.begin_write().await.expect("a write transaction");
+    let store = app.store.clone();
+    let zone = json!({"type": "Feature", "properties": {"kind": "rest_area", "radius_m": 300},
+                      "geometry": {"type": "Point", "coordinates": [-90.6, 14.0]}});
+    let parsed = ects_core::geo::Zone::from_geojson(
+        ects_core::ZoneId::parse("REST-PIN".to_owned()).unwrap(),
+        &zone,
+    )
+    .unwrap();
+    let writer = tokio::spawn(async move {
+        store
+            .put_zone(&parsed, &zone, chrono::Utc::now(), "test")
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !writer.is_finished(),
+        "the zone was written under a pinned version"
+    );
+    assert_eq!(version(&app).await, before);
+    tx.commit().await.expect("committed");
+    writer.await.expect("joined").expect("the zone is written");
+    assert_eq!(version(&app).await, before + 1);
+}
