@@ -3,7 +3,8 @@
 # AMQP-over-TLS tests. Idempotent: the certificates are made once, the configuration is
 # appended once, and RabbitMQ is restarted only when 5671 is not already listening.
 # Prints the variables the tests read (eval "$(.ci/rabbitmq-tls.sh)"):
-#   TEST_AMQPS_URL, TEST_AMQPS_CA, TEST_AMQPS_CLIENT_CERT, TEST_AMQPS_CLIENT_KEY
+#   TEST_AMQPS_URL, TEST_AMQPS_CA, TEST_AMQPS_CLIENT_CERT, TEST_AMQPS_CLIENT_KEY,
+#   TEST_AMQPS_EXTERNAL_URL (certificate login: the client certificate's CN, guest)
 # Everything else goes to standard error.
 set -euo pipefail
 
@@ -49,7 +50,24 @@ ssl_options.fail_if_no_peer_cert = false
 CONF
 fi
 
-if ! tcp_open 5671; then
+# Certificate login (SASL EXTERNAL, the client certificate's CN as the broker user) for
+# the test of `?auth_mechanism=external`: the plugin, and the mechanisms offered.
+restart=no
+if ! grep -q '^auth_mechanisms.3 = EXTERNAL' "$conf" 2>/dev/null; then
+  say "rabbitmq-tls: offering SASL EXTERNAL (certificate login) in $conf"
+  rabbitmq-plugins enable --offline rabbitmq_auth_mechanism_ssl >/dev/null 2>&1 \
+    || rabbitmq-plugins enable rabbitmq_auth_mechanism_ssl >/dev/null 2>&1 || true
+  cat >>"$conf" <<CONF
+# Added by .ci/rabbitmq-tls.sh: certificate login for the tests.
+auth_mechanisms.1 = PLAIN
+auth_mechanisms.2 = AMQPLAIN
+auth_mechanisms.3 = EXTERNAL
+ssl_cert_login_from = common_name
+CONF
+  restart=yes
+fi
+
+if [ "$restart" = yes ] || ! tcp_open 5671; then
   say "rabbitmq-tls: restarting RabbitMQ to open 5671"
   if tcp_open 5672; then rabbitmqctl stop >/dev/null 2>&1 || true; fi
   for _ in $(seq 30); do tcp_open 5672 || break; sleep 1; done
@@ -71,3 +89,4 @@ echo "export TEST_AMQPS_URL=amqps://guest:guest@localhost:5671/%2f"
 echo "export TEST_AMQPS_CA=$dir/ca.pem"
 echo "export TEST_AMQPS_CLIENT_CERT=$dir/client.pem"
 echo "export TEST_AMQPS_CLIENT_KEY=$dir/client.key"
+echo "export TEST_AMQPS_EXTERNAL_URL='amqps://localhost:5671/%2f?auth_mechanism=external'"

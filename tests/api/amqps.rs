@@ -121,11 +121,28 @@ fn partner(toml: &str) -> PartnerConfig {
     toml::from_str(toml).expect("a partner entry")
 }
 
-async fn a_partner_publishes_over_tls_bound_to_its_broker_user(backend: Backend) {
+async fn a_partner_publishes_over_tls_bound_to_its_broker_user(backend: Backend, external: bool) {
     let Some(broker) = broker() else {
         return;
     };
     let user = user_of(&broker.url);
+    // The gateway logs in with its client certificate alone (SASL EXTERNAL: the broker
+    // user is the certificate's CN), or with user and password beside it.
+    let gateway_url = if external {
+        match std::env::var("TEST_AMQPS_EXTERNAL_URL") {
+            Ok(url) => url,
+            Err(_) if std::env::var("CI").is_ok() => {
+                panic!("TEST_AMQPS_EXTERNAL_URL must be set for the certificate-login test: {HOW}")
+            }
+            Err(_) => return,
+        }
+    } else {
+        broker.url.clone()
+    };
+    assert!(
+        !external || broker.client.is_some(),
+        "certificate login needs TEST_AMQPS_CLIENT_CERT and TEST_AMQPS_CLIENT_KEY"
+    );
     let id = format!("gt-{}", suffix());
     let queue = format!("ects.test.in.{id}");
     let token = format!("{id}-token");
@@ -134,7 +151,6 @@ async fn a_partner_publishes_over_tls_bound_to_its_broker_user(backend: Backend)
          sees = \"filed\"\namqp_user_id = \"{user}\"\napi_token_sha256 = \"{}\"\n",
         hex::encode(Sha256::digest(token.as_bytes()))
     ));
-    let gateway_url = broker.url.clone();
     let ca = broker.ca.clone();
     let client = broker.client.clone();
     let Some(app) = spawn_app_with(backend, product_mappings_dir(), |s| {
@@ -206,7 +222,12 @@ async fn a_partner_publishes_over_tls_bound_to_its_broker_user(backend: Backend)
 
 #[tokio::test]
 async fn a_partner_publishes_over_tls_bound_to_its_broker_user_sqlite() {
-    a_partner_publishes_over_tls_bound_to_its_broker_user(Backend::Sqlite).await;
+    a_partner_publishes_over_tls_bound_to_its_broker_user(Backend::Sqlite, false).await;
+}
+
+#[tokio::test]
+async fn the_gateway_logs_in_to_the_broker_by_its_certificate_sqlite() {
+    a_partner_publishes_over_tls_bound_to_its_broker_user(Backend::Sqlite, true).await;
 }
 
 /// A TLS file of the broker link the gateway cannot use is refused (at start), naming the key.
