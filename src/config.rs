@@ -585,6 +585,16 @@ impl Settings {
                     .into(),
             );
         }
+        if let Some(tls) = tls
+            && tls.client_ca_files.is_empty()
+            && !tls.client_crl_files.is_empty()
+        {
+            return invalid(
+                "http.tls.client_crl_files is set without http.tls.client_ca_files: a \
+                 revocation list applies to the certificates of a configured authority"
+                    .into(),
+            );
+        }
         let asks_certificates = tls.is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None);
         let has_ca = tls.is_some_and(|t| !t.client_ca_files.is_empty());
         for (i, p) in self.partners.iter().enumerate() {

@@ -46,6 +46,11 @@ pub struct TlsSettings {
     /// PEM bundles of the certificate authorities whose client certificates are accepted.
     #[serde(default)]
     pub client_ca_files: Vec<PathBuf>,
+    /// PEM certificate revocation lists of those authorities: a client certificate (or an
+    /// intermediate) they list is refused in the handshake. A certificate of an authority
+    /// with no list here is not checked. Read at start: a new list takes a restart.
+    #[serde(default)]
+    pub client_crl_files: Vec<PathBuf>,
     #[serde(default)]
     pub client_auth: ClientAuth,
 }
@@ -262,6 +267,24 @@ fn read_certificates(what: &str, path: &Path) -> anyhow::Result<Vec<CertificateD
     Ok(certs)
 }
 
+fn read_crls(
+    path: &Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    let what = "http.tls.client_crl_files";
+    let pem = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("{what} {}: cannot read it: {e}", path.display()))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{what} {}: not PEM CRLs: {e}", path.display()))?;
+    anyhow::ensure!(
+        !crls.is_empty(),
+        "{what} {}: no PEM CRL (-----BEGIN X509 CRL-----) in it",
+        path.display()
+    );
+    Ok(crls)
+}
+
 fn read_private_key(what: &str, path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let pem = std::fs::read(path)
         .map_err(|e| anyhow::anyhow!("{what} {}: cannot read it: {e}", path.display()))?;
@@ -290,13 +313,21 @@ impl ServerTls {
                     })?;
                 }
             }
+            let mut crls = Vec::new();
+            for path in &settings.client_crl_files {
+                crls.extend(read_crls(path)?);
+            }
             // Optional at this layer: `PartnerVerifier` decides whether one is mandatory
             // (a pinned certificate is not under any CA).
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .with_crls(crls)
+                    .allow_unknown_revocation_status()
                     .allow_unauthenticated()
                     .build()
-                    .map_err(|e| anyhow::anyhow!("http.tls.client_ca_files: {e}"))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!("http.tls.client_ca_files / client_crl_files: {e}")
+                    })?;
             Some(verifier)
         };
         let pins: BTreeSet<String> = partners

@@ -37,6 +37,36 @@ impl Ca {
         self.issuer.pem()
     }
 
+    /// A leaf certificate with this serial number, and a CRL of this CA that revokes it.
+    pub(crate) fn revoked_leaf(&self, cn: &str, serial: u64) -> (Leaf, String) {
+        let (mut params, key) = leaf_params(cn, &[], false);
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("a leaf certificate");
+        let now = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970");
+        let day = std::time::Duration::from_secs(86_400);
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now - day,
+            next_update: now + 30 * day,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial),
+                revocation_time: now - day,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .expect("a CRL");
+        (Leaf::new(cert, key), crl.pem().expect("CRL PEM"))
+    }
+
     /// A leaf certificate it signs: `cn`, `sans` (DNS names or IP addresses), valid from
     /// a year ago to a year ahead unless `expired`.
     pub(crate) fn leaf(&self, cn: &str, sans: &[&str], expired: bool) -> Leaf {
@@ -136,6 +166,7 @@ impl Pki {
             cert_file: self.path("server.pem"),
             key_file: self.path("server.key"),
             client_ca_files: vec![self.path("clients-ca.pem")],
+            client_crl_files: Vec::new(),
             client_auth,
         }
     }
@@ -453,6 +484,41 @@ async fn required_client_auth_refuses_a_connection_without_certificate_sqlite() 
     required_client_auth_refuses_a_connection_without_certificate(Backend::Sqlite).await;
 }
 
+/// A client certificate its authority revoked (`client_crl_files`) is refused in the
+/// handshake; one the list does not name still connects.
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused_in_the_handshake() {
+    let pki = Pki::new();
+    let (revoked, crl) = pki.client_ca.revoked_leaf("sv-customs", 4242);
+    let good = pki.client_ca.leaf("sv-customs", &[], false);
+    std::fs::write(pki.path("clients.crl.pem"), crl).expect("written");
+    let mut tls = pki.settings(ClientAuth::Required);
+    tls.client_crl_files = vec![pki.path("clients.crl.pem")];
+    let partners = vec![partner(
+        "id = \"sv-customs\"\nauthority = \"SV\"\nformat = \"ects-json\"\n\
+         certificate_subject = \"CN=sv-customs\"\n",
+    )];
+    let Some(app) = spawn_app_with(Backend::Sqlite, product_mappings_dir(), |s| {
+        s.partners = partners;
+        s.http.tls = Some(tls);
+    })
+    .await
+    else {
+        return;
+    };
+    let url = https(&app);
+    let result = pki
+        .client(Some(&revoked))
+        .get(format!("{url}/v1/trips"))
+        .send()
+        .await;
+    assert_refused(result, "CertificateRevoked", "a revoked certificate");
+    assert_eq!(
+        trip_ids(&pki.client(Some(&good)), &url, None).await,
+        (200, vec![])
+    );
+}
+
 /// Bad TLS settings stop the gateway at start, naming the key and the file.
 #[tokio::test]
 async fn bad_tls_files_stop_the_gateway_from_starting() {
@@ -481,6 +547,18 @@ async fn bad_tls_files_stop_the_gateway_from_starting() {
         (
             "needs http.tls.client_ca_files",
             (|t: &mut TlsSettings| t.client_ca_files.clear()),
+        ),
+        (
+            "http.tls.client_crl_files",
+            (|t: &mut TlsSettings| {
+                t.client_crl_files = vec![t.cert_file.with_file_name("garbage.pem")]
+            }),
+        ),
+        (
+            "http.tls.client_crl_files",
+            (|t: &mut TlsSettings| {
+                t.client_crl_files = vec![PathBuf::from("/nonexistent/clients.crl.pem")]
+            }),
         ),
         (
             // The key of another certificate.
