@@ -2,6 +2,8 @@
 counter = 0
 wrk.method = "POST"
 wrk.headers["content-type"] = "application/json"
+-- The caller's credential (bench/http-load.sh makes an admin token): ECTS_TOKEN.
+wrk.headers["authorization"] = "Bearer " .. (os.getenv("ECTS_TOKEN") or "")
 request = function()
   counter = counter + 1
   local seq = counter * 1000 + math.random(0, 999)

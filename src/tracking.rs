@@ -242,6 +242,14 @@ pub async fn bump_geometry_version(
     id: &str,
     feature: &str,
 ) -> Result<(), StoreError> {
+    if conn.backend_name() == "PostgreSQL" {
+        // Waits for the writes that pinned the version before (`Store::begin_write`).
+        sqlx::query("select pg_advisory_xact_lock($1, $2)::text")
+            .bind(crate::store::GEOMETRY_LOCK.0)
+            .bind(crate::store::GEOMETRY_LOCK.1)
+            .execute(&mut *conn)
+            .await?;
+    }
     sqlx::query("update geometry_version set version = version + 1 where id = 1")
         .execute(&mut *conn)
         .await?;

@@ -224,14 +224,16 @@ impl Store {
     /// immediate`) so that a transaction never fails at commit for having read first; a
     /// second process on the same file still waits on the busy timeout.
     ///
-    /// On PostgreSQL it first pins the geometry version (`for share` on its row): an input
-    /// stored in it records the version it is judged with, and no corridor, zone or rules
-    /// change can commit between the two. Writes that change the geometry use
-    /// [`Store::begin_geometry_write`] instead.
+    /// On PostgreSQL it first pins the geometry version (a shared advisory lock, which a
+    /// geometry change takes exclusively, [`GEOMETRY_LOCK`]): an input stored in it records
+    /// the version it is judged with, and no corridor, zone or rules change can commit
+    /// between the two. Writes that change the geometry use [`Store::begin_geometry_write`].
     pub async fn begin_write(&self) -> Result<Tx, StoreError> {
         let mut tx = self.begin_geometry_write().await?;
         if self.backend == Backend::Postgres {
-            sqlx::query("select version from geometry_version where id = 1 for share")
+            sqlx::query("select pg_advisory_xact_lock_shared($1, $2)::text")
+                .bind(GEOMETRY_LOCK.0)
+                .bind(GEOMETRY_LOCK.1)
                 .execute(&mut **tx)
                 .await?;
         }
@@ -270,6 +272,10 @@ impl Store {
         self.pool.close().await;
     }
 }
+
+/// The PostgreSQL advisory lock (two-key space, apart from the devices' one-key locks)
+/// that pins the geometry version: shared by every write, exclusive for a change of it.
+pub const GEOMETRY_LOCK: (i32, i32) = (0x4543_5453, 1);
 
 /// `sqlite://data/ects.db` → creates `data/` and asks sqlx to create the file if missing.
 fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
