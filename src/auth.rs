@@ -309,6 +309,9 @@ pub struct Tokens {
     store: Store,
     key: Arc<hmac::Key>,
     rng: SystemRandom,
+    /// When this process last tried to note each token's use: at most one attempt a
+    /// minute per token, done off the request's path, whether or not it succeeded.
+    noted: Arc<std::sync::Mutex<std::collections::HashMap<String, DateTime<Utc>>>>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -421,6 +424,7 @@ impl Tokens {
             store,
             key: Arc::new(key),
             rng: SystemRandom::new(),
+            noted: Default::default(),
         }
     }
 
@@ -581,14 +585,31 @@ impl Tokens {
         if info.expires_at <= now {
             return Ok(Err(Refusal::Expired));
         }
-        if info
-            .last_used_at
-            .is_none_or(|at| (now - at).num_seconds() >= LAST_USED_EVERY_S)
-        {
-            // Best effort: a request is not refused because its token's use could not be
-            // noted.
-            if let Err(e) = self.note_use(&info.id, now).await {
-                tracing::warn!(token = %info.name, error = %e, "token use not recorded");
+        let stale = |at: Option<DateTime<Utc>>| {
+            at.is_none_or(|at| (now - at).num_seconds() >= LAST_USED_EVERY_S)
+        };
+        if stale(info.last_used_at) {
+            let due = {
+                let mut noted = self.noted.lock().unwrap_or_else(|p| p.into_inner());
+                let due = stale(noted.get(&info.id).copied());
+                if due {
+                    if noted.len() >= 100_000 {
+                        noted.clear();
+                    }
+                    noted.insert(info.id.clone(), now);
+                }
+                due
+            };
+            if due {
+                // Off the request's path: a request never waits for the write lock, and
+                // is never refused because its token's use could not be noted.
+                let tokens = self.clone();
+                let (id, name) = (info.id.clone(), info.name.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = tokens.note_use(&id, now).await {
+                        tracing::warn!(token = %name, error = %e, "token use not recorded");
+                    }
+                });
             }
         }
         Ok(Ok(Authenticated {

@@ -1148,10 +1148,13 @@ impl Ingest {
             message.now,
         )
         .await?;
+        // The traders of the new version replace those of the old one (a replaced
+        // declarant or carrier loses the trip's status); the countries of both versions
+        // stay parties (the record of what they were told), and so does the filer.
+        store::outbox::remove_trader_parties(&mut tx, &trip_id.to_string()).await?;
         store::outbox::insert_parties(
             &mut tx,
             &trip_id.to_string(),
-            // The countries of the new version; the filer stays who it was.
             &crate::partners::parties_of(&amended, None),
         )
         .await?;
@@ -1569,7 +1572,28 @@ impl Ingest {
                     Some(t) => !sees_cached(&message.source, &mut tx, &mut visible, &t).await?,
                     None => false,
                 };
-                if hidden {
+                // Device authentication first, as for any device: an event it refuses is
+                // refused (kept as evidence on no trip) whoever holds the device, so the
+                // answer depends on the device's keys, not on the trip.
+                let refused_anyway = hidden && {
+                    let facts = match device_facts.entry(event.device_id.as_str().to_owned()) {
+                        std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(new) => new.insert(
+                            crate::devices::DeviceFacts::load(&mut tx, event.device_id.as_str())
+                                .await?,
+                        ),
+                    };
+                    matches!(
+                        self.devices.judge_with(
+                            facts,
+                            event,
+                            message.source.platform,
+                            message.now
+                        )?,
+                        Verdict::Refused(_)
+                    )
+                };
+                if hidden && !refused_anyway {
                     withhold(
                         &mut tx,
                         message,
@@ -1901,14 +1925,24 @@ async fn withhold(
     earlier_messages: &mut BTreeSet<String>,
 ) -> Result<(), StoreError> {
     let sha = hex::encode(Sha256::digest(text.as_bytes()));
+    let seq = store::seq_column(event)?;
+    // By key, or by device and seq, as `store::find_event` matches a stored event.
     let rows = sqlx::query(
-        "select content_sha256, message_id from withheld_events
-         where partner_id = $1 and event_key = $2 order by received_at, message_id",
+        "select content_sha256, message_id, event_key from withheld_events
+         where partner_id = $1 and (event_key = $2 or (device_id = $3 and seq = $4))
+         order by received_at, message_id",
     )
     .bind(&partner.id)
     .bind(key)
+    .bind(event.device_id.as_str())
+    .bind(seq)
     .fetch_all(&mut ***tx)
     .await?;
+    // The first kept is the "stored" one the others conflict with.
+    let first_key: String = match rows.first() {
+        Some(r) => r.try_get("event_key")?,
+        None => key.to_owned(),
+    };
     let mut first = true;
     for r in &rows {
         if r.try_get::<String, _>("content_sha256")? == sha {
@@ -1937,8 +1971,9 @@ async fn withhold(
     }
     sqlx::query(
         "insert into withheld_events (partner_id, event_key, content_sha256, device_id,
-             canonical, message_id, received_at)
-         values ($1, $2, $3, $4, $5, $6, $7)",
+             canonical, message_id, received_at, seq)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)
+         on conflict (partner_id, event_key, content_sha256) do nothing",
     )
     .bind(&partner.id)
     .bind(key)
@@ -1947,6 +1982,7 @@ async fn withhold(
     .bind(text)
     .bind(&message.id)
     .bind(store::ts(message.now))
+    .bind(seq)
     .execute(&mut ***tx)
     .await?;
     if rows.is_empty() {
@@ -1955,9 +1991,9 @@ async fn withhold(
         counts.conflicting += 1;
         conflicts.push(EventConflictNote {
             pointer: pointer.to_owned(),
-            conflicts_with: key.to_owned(),
+            conflicts_with: first_key.clone(),
             detail: format!(
-                "seal event {key} (device {} seq {}) contradicts stored event {key}: kept as evidence, not applied; alert event_conflict",
+                "seal event {key} (device {} seq {}) contradicts stored event {first_key}: kept as evidence, not applied; alert event_conflict",
                 event.device_id,
                 event.seq.map_or("-".into(), |s| s.to_string()),
             ),

@@ -1128,16 +1128,16 @@ impl Tracking {
                 }
                 None => geo,
             };
-            let run_installation = match geometry_version {
-                None => self.rules,
-                Some(v) => match installation_at.iter().find(|(n, _)| *n == v) {
-                    Some((_, r)) => *r,
-                    None => {
-                        let r = installation_rules_at(conn, v).await?.unwrap_or(self.rules);
-                        installation_at.push((v, r));
-                        r
-                    }
-                },
+            // Inputs stored before versions were kept (no version): the first rules
+            // recorded, i.e. those of the first start that kept them.
+            let v = geometry_version.unwrap_or(-1);
+            let run_installation = match installation_at.iter().find(|(n, _)| *n == v) {
+                Some((_, r)) => *r,
+                None => {
+                    let r = installation_rules_at(conn, v).await?.unwrap_or(self.rules);
+                    installation_at.push((v, r));
+                    r
+                }
             };
             let run_rules = match rules_version {
                 None => trip.rules.clone(),

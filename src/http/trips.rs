@@ -153,6 +153,23 @@ fn not_acceptable(detail: String, formats: &crate::formats::Formats) -> ApiError
 }
 
 /// A trip's status answered in `format` (406 when the format cannot say it).
+/// A status without alert evidence, for a trader's side (shipper, transporter) and a
+/// single window: no open alerts, a seal that was opened or tampered with reads
+/// `unknown` (not reported to this caller), and no custody chain (its seal checks,
+/// remarks and officers are the authorities'); the custodian stays.
+fn without_evidence(status: &mut TripStatus) {
+    status.open_alerts.clear();
+    for seal in status.equipment.iter_mut().flat_map(|e| e.seals.iter_mut()) {
+        if matches!(
+            seal.state,
+            ects_core::SealState::Opened | ects_core::SealState::Tampered
+        ) {
+            seal.state = ects_core::SealState::Unknown;
+        }
+    }
+    status.custody_chain.clear();
+}
+
 async fn status_in(
     state: &AppState,
     format: &str,
@@ -205,8 +222,7 @@ pub async fn get_trip(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("trip {id}")))?;
     if !viewer.sees_alerts() {
-        // Status without alert evidence: a trader's side is not told what was detected.
-        status.open_alerts.clear();
+        without_evidence(&mut status);
     }
     if format == crate::status::CANONICAL {
         return Ok(HttpResponse::Ok()
@@ -271,9 +287,7 @@ pub async fn list_trips(
     };
     let mut trips = trips;
     if !viewer.sees_alerts() {
-        for t in &mut trips {
-            t.open_alerts.clear();
-        }
+        trips.iter_mut().for_each(without_evidence);
     }
     Ok(HttpResponse::Ok().json(TripList { trips, next }))
 }
@@ -315,6 +329,11 @@ async fn reference_status_in(
         [] => Err(ApiError::NotFound(format!(
             "a trip of declaration {reference:?}"
         ))),
+        [one] if !viewer.sees_alerts() => {
+            let mut one = one.clone();
+            without_evidence(&mut one);
+            status_in(state, format, &one).await
+        }
         [one] => status_in(state, format, one).await,
         several => Err(ApiError::BadParameter {
             name: "reference",

@@ -91,6 +91,18 @@ impl Viewer {
         }
     }
 
+    /// The parties geometry reads (corridors, zones) are scoped by: the countries only. A
+    /// declaration names its corridor as free text, so what a caller filed (its `filer:`
+    /// party) must not widen what it sees of the map. `None`: all geometry.
+    pub fn geometry_parties(&self) -> Option<Vec<String>> {
+        self.parties().map(|parties| {
+            parties
+                .into_iter()
+                .filter(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_uppercase()))
+                .collect()
+        })
+    }
+
     /// The configured partner this is, if it is one.
     pub fn partner_id(&self) -> Option<&str> {
         match self {

@@ -33,7 +33,7 @@ pub(crate) use trips::{
     lock_seal_devices, release_from_cancelled, trip_for_event, update_trip, upsert_alert,
 };
 pub(crate) use trips::{
-    conflict_kept, conflict_variants, count_dropped_conflict, insert_event_conflict,
+    conflict_kept, conflict_variants, count_dropped_conflict, insert_event_conflict, seq_column,
 };
 // Declaration versions (amendments).
 pub(crate) use trips::{

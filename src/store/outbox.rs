@@ -212,6 +212,22 @@ pub async fn insert_parties(
     Ok(())
 }
 
+/// Removes a trip's trader parties (`declarant:`, `carrier:`), before an amendment's are
+/// written.
+pub async fn remove_trader_parties(
+    conn: &mut AnyConnection,
+    trip_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "delete from trip_parties where trip_id = $1
+             and (substr(party, 1, 10) = 'declarant:' or substr(party, 1, 8) = 'carrier:')",
+    )
+    .bind(trip_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn trip_parties(
     conn: &mut AnyConnection,
     trip_id: &str,

@@ -524,7 +524,7 @@ pub async fn claim_unmatched_for(
 
 /// The sequence number as stored (a signed 64-bit integer): one above [`ects_core::MAX_SEQ`]
 /// is refused where events are parsed, and never stored as a negative number.
-fn seq_column(event: &SealEvent) -> Result<Option<i64>, StoreError> {
+pub(crate) fn seq_column(event: &SealEvent) -> Result<Option<i64>, StoreError> {
     event
         .seq
         .map(|s| {

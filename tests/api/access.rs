@@ -660,19 +660,24 @@ async fn a_tokens_last_use_is_noted(app: TestApp) {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    let listed = app.tokens.list().await.expect("the tokens");
-    let last = |name: &str| {
-        listed
+    // Noted off the request's path: soon after.
+    let listed = crate::helpers::eventually("the token's use noted", || async {
+        let listed = app.tokens.list().await.expect("the tokens");
+        let used = listed
             .iter()
-            .find(|t| t.name == name)
-            .map(|t| t.last_used_at)
-            .expect("listed")
-    };
-    assert!(
-        last("used-once").is_some_and(|at| at >= before),
-        "{listed:?}"
-    );
-    assert_eq!(last("never-used"), None);
+            .find(|t| t.name == "used-once")
+            .and_then(|t| t.last_used_at);
+        match used {
+            Some(at) if at >= before => Ok(listed),
+            other => Err(format!("last_used_at {other:?}")),
+        }
+    })
+    .await;
+    let never = listed
+        .iter()
+        .find(|t| t.name == "never-used")
+        .expect("listed");
+    assert_eq!(never.last_used_at, None);
 }
 
 crate::on_both_backends!(

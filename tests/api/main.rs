@@ -28,6 +28,7 @@ mod paging;
 mod partners;
 mod push;
 mod retention;
+mod review;
 mod slow_clients;
 mod status;
 mod suite;

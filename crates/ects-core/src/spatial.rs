@@ -379,6 +379,11 @@ impl ZoneSet {
         self.by_id.get(id).map(|&i| &self.entries[i].zone)
     }
 
+    /// Every zone, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Zone> {
+        self.entries.iter().map(|e| &e.zone)
+    }
+
     fn entry_contains(entry: &ZoneEntry, p: LatLon) -> bool {
         match &entry.prepared {
             Prepared::Polygon(poly) => poly.contains(&Point::new(p.lon, p.lat)),
