@@ -1960,9 +1960,9 @@ async fn withhold(
         counts.conflicting += 1;
         conflicts.push(EventConflictNote {
             pointer: pointer.to_owned(),
-            conflicts_with: key.to_owned(),
+            conflicts_with: first_key.clone(),
             detail: format!(
-                "seal event {key} contradicts stored event {key}, which has \
+                "seal event {key} contradicts stored event {first_key}, which has \
                  {MAX_CONFLICT_VARIANTS} conflicting variants kept already: \
                  counted (conflicts_dropped), not kept"
             ),

@@ -238,7 +238,8 @@ pub async fn put_zone(
 
 /// The zones a scoped viewer (an officer, a partner) sees: a zone linked to an office is
 /// reference data, as the office registry is; any other (a release place, a rest area, a
-/// border post of its own) only when it lies on or by a corridor its trips name.
+/// border post of its own) only when it lies on or by a corridor that trips of its
+/// country name (`Viewer::geometry_parties`).
 struct ZoneScope {
     geography: std::sync::Arc<ects_core::spatial::Geography>,
     corridors: Vec<std::sync::Arc<ects_core::spatial::CorridorIndex>>,
