@@ -456,15 +456,18 @@ pub async fn claim_unmatched_for(
              where e.trip_id is null and e.event_time >= $1 and e.device_id = $2
                and (e.sent_by_parties is null or exists (
                    select 1 from trip_parties tp where tp.trip_id = $3
-                      and e.sent_by_parties like '%,' || tp.party || ',%'))";
+                      and e.sent_by_parties like '%,' || replace(replace(replace(
+                          tp.party, '!', '!!'), '%', '!%'), '_', '!_') || ',%' escape '!'))";
         const BY_SEAL: &str = "select e.event_key, e.canonical from seal_events e
              where e.trip_id is null and e.event_time >= $1 and e.seal_id = $2
                and (e.sent_by_parties is null or exists (
                    select 1 from trip_parties tp where tp.trip_id = $3
-                      and e.sent_by_parties like '%,' || tp.party || ',%'))";
+                      and e.sent_by_parties like '%,' || replace(replace(replace(
+                          tp.party, '!', '!!'), '%', '!%'), '_', '!_') || ',%' escape '!'))";
         // A seal with a device takes only that device's events (an event naming the seal
         // from another device is not the seal's); a seal without one, events naming it.
-        // An event a partner sent is claimed only by a trip that partner may see.
+        // An event a partner sent is claimed only by a trip that partner may see (a party
+        // matched exactly: its `%` and `_` escaped).
         let (sql, key) = match &seal.device_id {
             Some(device) => (BY_DEVICE, device.as_str()),
             None => (BY_SEAL, seal.id.as_str()),
