@@ -1576,13 +1576,8 @@ impl Ingest {
                 // refused (kept as evidence on no trip) whoever holds the device, so the
                 // answer depends on the device's keys, not on the trip.
                 let refused_anyway = hidden && {
-                    let facts = match device_facts.entry(event.device_id.as_str().to_owned()) {
-                        std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
-                        std::collections::btree_map::Entry::Vacant(new) => new.insert(
-                            crate::devices::DeviceFacts::load(&mut tx, event.device_id.as_str())
-                                .await?,
-                        ),
-                    };
+                    let facts =
+                        facts_of(&mut device_facts, &mut tx, event.device_id.as_str()).await?;
                     matches!(
                         self.devices.judge_with(
                             facts,
@@ -1630,12 +1625,7 @@ impl Ingest {
             }
             // Device authentication: a refused event is kept as evidence and raises
             // device_auth_failure; it is never applied, nor does it take its seq.
-            let facts = match device_facts.entry(event.device_id.as_str().to_owned()) {
-                std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
-                std::collections::btree_map::Entry::Vacant(new) => new.insert(
-                    crate::devices::DeviceFacts::load(&mut tx, event.device_id.as_str()).await?,
-                ),
-            };
+            let facts = facts_of(&mut device_facts, &mut tx, event.device_id.as_str()).await?;
             let verdict =
                 self.devices
                     .judge_with(facts, event, message.source.platform, message.now)?;
@@ -1719,16 +1709,7 @@ impl Ingest {
                     // are counted on the stored event, not kept, not applied.
                     store::count_dropped_conflict(&mut tx, &found.event_key).await?;
                     counts.conflicting += 1;
-                    conflicts.push(EventConflictNote {
-                        pointer: pointer.clone(),
-                        conflicts_with: found.event_key.clone(),
-                        detail: format!(
-                            "seal event {key} contradicts stored event {}, which has \
-                             {MAX_CONFLICT_VARIANTS} conflicting variants kept already: \
-                             counted (conflicts_dropped), not kept",
-                            found.event_key
-                        ),
-                    });
+                    conflicts.push(EventConflictNote::dropped(&pointer, &key, &found.event_key));
                     continue;
                 }
                 let stored = store::insert_event_conflict(
@@ -1749,16 +1730,12 @@ impl Ingest {
                     continue;
                 }
                 counts.conflicting += 1;
-                conflicts.push(EventConflictNote {
-                    pointer: pointer.clone(),
-                    conflicts_with: found.event_key.clone(),
-                    detail: format!(
-                        "seal event {key} (device {} seq {}) contradicts stored event {}: kept as evidence, not applied; alert event_conflict",
-                        event.device_id,
-                        event.seq.map_or("-".into(), |s| s.to_string()),
-                        found.event_key
-                    ),
-                });
+                conflicts.push(EventConflictNote::kept(
+                    &pointer,
+                    &key,
+                    event,
+                    &found.event_key,
+                ));
                 if let Some(id) = trip_id {
                     per_trip_conflicts
                         .entry(id)
@@ -1908,6 +1885,49 @@ async fn event_trip(tx: &mut Tx, event_key: &str) -> Result<Option<String>, Stor
     Ok(row.and_then(|r| r.try_get::<Option<String>, _>("trip_id").ok().flatten()))
 }
 
+// One wording for a stored and a withheld event's conflicts: the answers must not differ.
+impl EventConflictNote {
+    /// A conflicting variant kept as evidence.
+    fn kept(pointer: &str, key: &str, event: &SealEvent, stored: &str) -> Self {
+        Self {
+            pointer: pointer.to_owned(),
+            conflicts_with: stored.to_owned(),
+            detail: format!(
+                "seal event {key} (device {} seq {}) contradicts stored event {stored}: kept as evidence, not applied; alert event_conflict",
+                event.device_id,
+                event.seq.map_or("-".into(), |s| s.to_string()),
+            ),
+        }
+    }
+
+    /// A conflicting variant past the cap: counted, not kept.
+    fn dropped(pointer: &str, key: &str, stored: &str) -> Self {
+        Self {
+            pointer: pointer.to_owned(),
+            conflicts_with: stored.to_owned(),
+            detail: format!(
+                "seal event {key} contradicts stored event {stored}, which has \
+                 {MAX_CONFLICT_VARIANTS} conflicting variants kept already: \
+                 counted (conflicts_dropped), not kept"
+            ),
+        }
+    }
+}
+
+/// A device's keys and platform, read once per message (the device is locked meanwhile).
+async fn facts_of<'c>(
+    cache: &'c mut BTreeMap<String, crate::devices::DeviceFacts>,
+    conn: &mut sqlx::AnyConnection,
+    device: &str,
+) -> Result<&'c mut crate::devices::DeviceFacts, StoreError> {
+    Ok(match cache.entry(device.to_owned()) {
+        std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+        std::collections::btree_map::Entry::Vacant(new) => {
+            new.insert(crate::devices::DeviceFacts::load(conn, device).await?)
+        }
+    })
+}
+
 /// Keeps apart an event a partner sent for a device a trip it may not see holds, and
 /// counts it as the events of a device no trip holds are counted: unmatched the first
 /// time, a duplicate when sent again, conflicting when its key comes with other content.
@@ -1958,15 +1978,7 @@ async fn withhold(
     // answer must not tell the two apart, and the table must not grow without bound).
     if rows.len() as i64 > MAX_CONFLICT_VARIANTS {
         counts.conflicting += 1;
-        conflicts.push(EventConflictNote {
-            pointer: pointer.to_owned(),
-            conflicts_with: first_key.clone(),
-            detail: format!(
-                "seal event {key} contradicts stored event {first_key}, which has \
-                 {MAX_CONFLICT_VARIANTS} conflicting variants kept already: \
-                 counted (conflicts_dropped), not kept"
-            ),
-        });
+        conflicts.push(EventConflictNote::dropped(pointer, key, &first_key));
         return Ok(());
     }
     sqlx::query(
@@ -1989,15 +2001,7 @@ async fn withhold(
         counts.unmatched += 1;
     } else {
         counts.conflicting += 1;
-        conflicts.push(EventConflictNote {
-            pointer: pointer.to_owned(),
-            conflicts_with: first_key.clone(),
-            detail: format!(
-                "seal event {key} (device {} seq {}) contradicts stored event {first_key}: kept as evidence, not applied; alert event_conflict",
-                event.device_id,
-                event.seq.map_or("-".into(), |s| s.to_string()),
-            ),
-        });
+        conflicts.push(EventConflictNote::kept(pointer, key, event, &first_key));
     }
     Ok(())
 }
